@@ -1,0 +1,17 @@
+"""visual-prompting: adapt a frozen vision model (above all CLIP) to a new task with one learned image prompt.
+
+Library first: ``prompters`` (the prompt designs), ``backbones`` (frozen models from one spec string),
+``heads`` (CLIP text classifier, label mappings), ``data`` (datasets, splits, cached tensors),
+``model`` (``PromptedModel``: the one way to predict), ``training``, ``evaluation``, ``prompt_file``
+(safetensors + JSON metadata), ``cli``.
+"""
+from .backbones import BackboneCache, load_backbone
+from .errors import VPError
+from .model import PromptedModel
+from .prompt_file import load_prompt, save_prompt
+from .prompters import PrompterConfig, create_prompter
+from .training import TrainConfig, TrainEvent, TrainResult, train
+
+__version__ = "0.1.0"
+__all__ = ["BackboneCache", "load_backbone", "VPError", "PromptedModel", "load_prompt", "save_prompt",
+           "PrompterConfig", "create_prompter", "TrainConfig", "TrainEvent", "TrainResult", "train", "__version__"]

@@ -1,0 +1,274 @@
+"""Command line: ``python -m visual_prompting train | eval | predict | info``.
+
+A thin front over the library: it parses options into the library's configs, prints results, and turns every
+:class:`VPError` into one readable line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+from .errors import VPError
+
+EPILOG_TRAIN = """examples:
+  python -m visual_prompting train --model effnet-lite0@96 --dataset fashion_mnist_subset --steps 200 --batch-size 64
+  python -m visual_prompting train --model clip:ViT-B-32/openai --dataset cifar10 --download --epochs 1000
+  python -m visual_prompting train --dataset path/to/class_folders --prompter shrink_pad --steps 500 --resume
+"""
+
+
+def _add_train(sub) -> None:
+    from .training import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="learn a visual prompt for a frozen model",
+                       description="Learn one visual prompt for a frozen backbone on a dataset. Defaults follow the "
+                                   "paper (SGD lr 40, momentum 0.9, warm-up then cosine). The best prompt by "
+                                   "validation accuracy is written to OUT_DIR/best.safetensors as training goes; "
+                                   "Ctrl-C stops cleanly and keeps it.",
+                       epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=d.model, help="backbone spec: effnet-lite0 (offline), clip:NAME/TAG "
+                   "(e.g. clip:ViT-B-32/openai), torchvision:NAME; append @SIZE to change the input size "
+                   "(default: %(default)s)")
+    p.add_argument("--dataset", default=d.dataset, help="fashion_mnist_subset (bundled), a torchvision name "
+                   "(cifar10, cifar100, svhn, eurosat, flowers102, dtd, oxford_pets, food101, gtsrb, mnist, "
+                   "fashion_mnist) or a folder of class folders (default: %(default)s)")
+    p.add_argument("--data-root", default=None, help="where torchvision datasets live / are downloaded "
+                   "(default: $VP_DATA or ~/.cache/visual_prompting/data)")
+    p.add_argument("--download", action="store_true", help="download a torchvision dataset if it is missing")
+    p.add_argument("--prompter", default=d.prompter, choices=["pad", "fixed_patch", "random_patch", "shrink_pad"],
+                   help="prompt design: pad = frame around the image (paper default), fixed_patch = square at the "
+                   "top-left, random_patch = square at a random place, shrink_pad = image shrunk inside the frame "
+                   "(default: %(default)s)")
+    p.add_argument("--prompt-size", type=int, default=None, help="pad width or patch side in pixels (default: "
+                   "30 at 224px scaled to the input size for pads, a quarter of the side for patches)")
+    p.add_argument("--clamp", default=d.clamp, choices=["straight-through", "hard", "none"],
+                   help="keep prompted images in [0,1]: straight-through (clamped output, gradient passes), hard "
+                   "(plain clamp), none (paper, unclamped) (default: %(default)s)")
+    p.add_argument("--init", default=d.init, choices=["zeros", "randn"],
+                   help="prompt initialisation; randn is the reference code's (default: %(default)s)")
+    p.add_argument("--templates", default=d.templates, choices=["paper", "ensemble"],
+                   help="CLIP text templates: the paper's 'This is a photo of a {}' or CLIP's ensemble for the "
+                   "dataset (default: %(default)s)")
+    p.add_argument("--label-mapping", default=d.label_mapping, choices=["first_k", "frequency", "iterative"],
+                   help="vision-only models: first_k (paper), frequency (once, from data) or iterative "
+                   "(recomputed every epoch) (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs (default: %(default)s, as the paper)")
+    p.add_argument("--steps", type=int, default=None, help="a step budget instead of epochs")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 256 for CLIP, 128 for vision models")
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate in the paper's units (normalised input "
+                   "space; scaled per channel by std^2 for the pixel-space prompt) (default: %(default)s)")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help="linear warm-up steps, at most a tenth of the run (default: %(default)s)")
+    p.add_argument("--eval-every", type=int, default=None, help="validate every N steps (default: once an "
+                   "epoch, at least ten times a run)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="share of train held out to pick the best prompt (default: %(default)s)")
+    p.add_argument("--mapping-samples", type=int, default=d.mapping_samples,
+                   help="train images used to compute frequency / iterative mappings (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="disable mixed precision on CUDA")
+    p.add_argument("--out-dir", default=d.out_dir, help="where best.safetensors, last.safetensors and "
+                   "history.json go (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.safetensors")
+    p.add_argument("--num-workers", type=int, default=d.num_workers,
+                   help="image decoding workers for datasets too large to cache (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="accuracy of a prompt, with and without it",
+                       description="Top-1/top-5 of a prompt file's model on a split, with and without the prompt.")
+    p.add_argument("--prompt", required=True, help="prompt file (.safetensors)")
+    p.add_argument("--dataset", default=None, help="dataset (default: the one the prompt was trained on)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="(default: %(default)s)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--per-class", action="store_true", help="also print per-class accuracy")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="zero-shot and prompted top-k for images",
+                       description="Classify images with and without a prompt and print both top-k side by side.")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--prompt", required=True, help="prompt file (.safetensors)")
+    p.add_argument("-k", "--top-k", type=int, default=5, help="(default: %(default)s)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--save-prompted", default=None, metavar="DIR", help="also write each prompted image as a PNG")
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="what a prompt file holds; or the known datasets and backbones",
+                       description="Print a prompt file's metadata and metrics (validated), or with no file the "
+                                   "datasets and backbone specs this version knows.")
+    p.add_argument("prompt", nargs="?", help="prompt file (.safetensors)")
+    p.add_argument("--json", action="store_true", help="print the raw metadata as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m visual_prompting",
+                                 description="Visual prompting: adapt a frozen vision model to a new classification "
+                                             "task by learning one image perturbation.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,predict,info}")
+    _add_train(sub)
+    _add_eval(sub)
+    _add_predict(sub)
+    _add_info(sub)
+    return ap
+
+
+def _pct(x) -> str:
+    return "  n/a " if x is None else f"{100 * x:5.1f}%"
+
+
+def cmd_train(a) -> int:
+    from .training import TrainConfig, train
+
+    cfg = TrainConfig.from_dict({f.name: getattr(a, f.name) for f in fields(TrainConfig) if hasattr(a, f.name)})
+    bar = None
+
+    def progress(ev):
+        nonlocal bar
+        if ev.kind == "start":
+            print(f"zero-shot (no prompt) val top-1: {_pct(ev.zero_shot_val_top1)}  |  {ev.message}", file=sys.stderr)
+            if not a.quiet:
+                from tqdm import tqdm
+
+                bar = tqdm(total=ev.total_steps, initial=ev.step, unit="step", dynamic_ncols=True)
+        elif ev.kind == "step" and bar is not None:
+            bar.update(ev.step - bar.n)
+            bar.set_postfix(loss=f"{ev.loss:.3f}", lr=f"{ev.lr:.3g}", img_s=f"{ev.images_per_s:.0f}")
+        elif ev.kind == "eval":
+            msg = f"step {ev.step}: val top-1 {_pct(ev.val_top1)} (best {_pct(ev.best_val_top1)})"
+            (bar.write(msg) if bar is not None else print(msg, file=sys.stderr))
+        elif ev.kind == "end" and bar is not None:
+            bar.close()
+
+    res = train(cfg, callbacks=[progress])
+    m = res.metrics
+    if res.interrupted:
+        print(f"stopped at step {res.steps_done}; the best prompt so far is kept.")
+    print(f"best prompt: {res.best_path}  (last: {res.last_path})")
+    print(f"test top-1   no prompt {_pct(m['test_top1_no_prompt'])}   prompted {_pct(m['test_top1'])}   "
+          f"({m['test_n']} images)")
+    print(f"test top-5   no prompt {_pct(m['test_top5_no_prompt'])}   prompted {_pct(m['test_top5'])}")
+    print(f"val  top-1   no prompt {_pct(m.get('zero_shot_val_top1'))}   prompted {_pct(m.get('best_val_top1'))}")
+    return 130 if res.interrupted else 0
+
+
+def cmd_eval(a) -> int:
+    from .data import load_splits
+    from .evaluation import evaluate
+    from .heads import LabelMappingHead
+    from .model import PromptedModel
+    from .utils import pick_device
+
+    model, pf = PromptedModel.from_prompt_file(a.prompt, pick_device(a.device))
+    name = a.dataset or pf.meta.get("dataset") or ""
+    tc = pf.meta.get("train_config", {})
+    splits = load_splits(name, image_size=model.image_size, root=a.data_root or tc.get("data_root"),
+                         download=a.download, val_fraction=tc.get("val_fraction", 0.1))
+    if splits.class_names != model.class_names:
+        raise VPError(f"{name} has classes {splits.class_names[:5]}... but the prompt was trained for "
+                      f"{model.class_names[:5]}...")
+    data = splits.get(a.split)
+    with_p = evaluate(model, data, True, a.batch_size)
+    baseline = pf.meta.get("metrics", {}).get("baseline_mapping")
+    if isinstance(model.head, LabelMappingHead) and baseline:
+        model.head.set_mapping(__import__("torch").tensor(baseline))
+    without = evaluate(model, data, False, a.batch_size)
+    if a.json:
+        print(json.dumps({"prompted": with_p.to_dict(), "no_prompt": without.to_dict()}, indent=2))
+        return 0
+    print(f"{name} / {a.split}: {with_p.n} images, {len(model.class_names)} classes, backbone {model.backbone.spec}")
+    print(f"            no prompt   prompted")
+    print(f"top-1        {_pct(without.top1)}     {_pct(with_p.top1)}")
+    print(f"top-5        {_pct(without.top5)}     {_pct(with_p.top5)}")
+    if a.per_class:
+        for c in model.class_names:
+            print(f"  {c:30s} {_pct(without.per_class[c])}     {_pct(with_p.per_class[c])}")
+    return 0
+
+
+def cmd_predict(a) -> int:
+    import os
+
+    from .data import open_image
+    from .model import PromptedModel
+    from .utils import pick_device
+
+    model, pf = PromptedModel.from_prompt_file(a.prompt, pick_device(a.device))
+    failures = 0
+    for path in a.images:
+        try:
+            img = open_image(path)
+        except VPError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failures += 1
+            continue
+        zs = model.predict([img], a.top_k, use_prompt=False)[0]
+        pr = model.predict([img], a.top_k, use_prompt=True)[0]
+        print(f"\n{path}")
+        print(f"  {'zero-shot (no prompt)':36s}  {'prompted':36s}")
+        for (n0, p0), (n1, p1) in zip(zs, pr):
+            print(f"  {n0[:28]:28s} {100 * p0:5.1f}%   {n1[:28]:28s} {100 * p1:5.1f}%")
+        if a.save_prompted:
+            os.makedirs(a.save_prompted, exist_ok=True)
+            out = os.path.join(a.save_prompted, os.path.splitext(os.path.basename(path))[0] + "_prompted.png")
+            model.prompted_images([img])[0].save(out)
+            print(f"  prompted image: {out}")
+    return 2 if failures == len(a.images) else (1 if failures else 0)
+
+
+def cmd_info(a) -> int:
+    if not a.prompt:
+        from .data import dataset_names
+
+        print("datasets:", ", ".join(dataset_names()), "or a folder of class folders")
+        print("backbones: effnet-lite0 (offline), clip:NAME/TAG (open_clip), clip:vp-tiny (random, tests), "
+              "torchvision:NAME; append @SIZE to change the input size")
+        return 0
+    from .prompt_file import load_prompt
+
+    pf = load_prompt(a.prompt)
+    m = pf.meta
+    if a.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    pc, head = m["prompter"], m["head"]
+    print(f"prompt file   {a.prompt}")
+    print(f"prompter      {pc['kind']}, size {pc['size']} at {pc['image_size']}px, clamp {pc['clamp']}, "
+          f"{pf.prompter.num_parameters():,} numbers")
+    print(f"backbone      {m['backbone']['spec']}")
+    print(f"dataset       {m.get('dataset', '')}")
+    print(f"classes       {len(m['class_names'])}: {', '.join(m['class_names'][:10])}{' ...' if len(m['class_names']) > 10 else ''}")
+    if head["kind"] == "clip_text":
+        print(f"head          CLIP text classifier, {len(head['templates'])} template(s): {head['templates'][0]!r}")
+    else:
+        print(f"head          label mapping ({head['method']}): {head['mapping']}")
+    for k, v in m.get("metrics", {}).items():
+        if isinstance(v, float):
+            print(f"  {k:24s} {v:.4f}")
+        elif isinstance(v, (int, str)):
+            print(f"  {k:24s} {v}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "info": cmd_info}[args.command](args)
+    except VPError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,374 @@
+"""Datasets: decoded once into uint8 tensors (when they fit in memory), split deterministically, batched.
+
+Names accepted by :func:`load_splits`:
+
+* ``fashion_mnist_subset`` - the small balanced Fashion-MNIST subset shipped in ``assets/`` (tests, offline demo)
+* ``cifar10 cifar100 svhn eurosat flowers102 dtd oxford_pets food101 gtsrb mnist fashion_mnist`` - through
+  torchvision (downloaded into ``root`` when ``download=True``); ``fashion_mnist`` is read from Debian's
+  ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``) when that is installed
+* a directory of class folders (ImageFolder); if it has ``train/`` and ``test/`` (or ``val/``) inside, those are
+  the splits, otherwise a fixed 20% is held out as test
+
+The validation split is carved from train with a fixed seed (independent of the training seed) and is what
+picks the best prompt; the test split is only for the final number.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from .classnames import CLASSNAMES
+from .errors import VPError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BUNDLED_SUBSET = ASSETS / "fashion_mnist_subset.safetensors"
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_ROOT = os.environ.get("VP_DATA", os.path.join(os.path.expanduser("~"), ".cache", "visual_prompting", "data"))
+SPLIT_SEED = 0
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+# -- images ---------------------------------------------------------------------------------------------------
+
+def open_image(path_or_file) -> Image.Image:
+    """Open any image as RGB, with a clear message when it is not an image or is broken."""
+    try:
+        img = Image.open(path_or_file)
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise VPError(f"Cannot read {getattr(path_or_file, 'name', path_or_file)} as an image ({e}).") from e
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGBA", "LA", "P"):  # composite transparency on white, the way a viewer shows it
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, img)
+    if img.mode == "I;16" or img.mode == "I":
+        arr = np.asarray(img, dtype=np.float64)
+        arr = (255 * (arr - arr.min()) / max(arr.max() - arr.min(), 1)).astype(np.uint8)
+        img = Image.fromarray(arr)
+    return img.convert("RGB")
+
+
+def pil_to_uint8(img: Image.Image, size: int | None) -> torch.Tensor:
+    """RGB PIL image -> (3, size, size) uint8: shorter side resized to ``size`` (bicubic), centre crop."""
+    img = to_rgb(img)
+    if size is not None:
+        w, h = img.size
+        if w < 1 or h < 1:
+            raise VPError("Image has no pixels.")
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        img = img.resize((nw, nh), Image.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def to_model_input(batch: torch.Tensor, image_size: int) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float (B, 3, S, S) in [0, 1]; grey becomes RGB; resized (antialiased) if needed."""
+    x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if x.shape[-2:] != (image_size, image_size):
+        if x.shape[-2] != x.shape[-1]:
+            raise VPError(f"Images of shape {tuple(x.shape[-2:])} must be square here; decode them with pil_to_uint8.")
+        x = F.interpolate(x, size=(image_size, image_size), mode="bicubic", antialias=True, align_corners=False)
+        x = x.clamp_(0.0, 1.0)
+    return x.contiguous()
+
+
+# -- image sets -----------------------------------------------------------------------------------------------
+
+class ImageSet:
+    """Images of one split with their labels; yields uint8 batches."""
+
+    def __init__(self, labels: torch.Tensor, class_names: list[str], name: str):
+        self.labels = labels.long()
+        self.class_names = list(class_names)
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: torch.Tensor) -> "ImageSet":
+        raise NotImplementedError
+
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
+        """Yield ``(uint8 images, labels)`` once over the set."""
+        raise NotImplementedError
+
+
+class TensorImageSet(ImageSet):
+    """Every image already decoded, as one uint8 tensor (N, C, H, W) - no decoding per step."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names, name):
+        super().__init__(labels, class_names, name)
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise VPError(f"{name}: images must be uint8 (N, C, H, W) with one label each.")
+        self.images = images
+
+    def subset(self, indices):
+        return TensorImageSet(self.images[indices], self.labels[indices], self.class_names, self.name)
+
+    def batches(self, batch_size, shuffle=False, generator=None):
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for i in range(0, n, batch_size):
+            idx = order[i : i + batch_size]
+            yield self.images[idx], self.labels[idx]
+
+
+class StreamImageSet(ImageSet):
+    """Images decoded on the fly by DataLoader workers (datasets too big to hold decoded in memory)."""
+
+    def __init__(self, dataset, labels, class_names, name, image_size: int, num_workers: int = 2):
+        super().__init__(labels, class_names, name)
+        self.dataset, self.image_size, self.num_workers = dataset, image_size, num_workers
+
+    def subset(self, indices):
+        return StreamImageSet(torch.utils.data.Subset(self.dataset, indices.tolist()), self.labels[indices],
+                              self.class_names, self.name, self.image_size, self.num_workers)
+
+    def _item(self, i):
+        img, y = self.dataset[i]
+        return pil_to_uint8(img, self.image_size), int(y)
+
+    def batches(self, batch_size, shuffle=False, generator=None):
+        loader = torch.utils.data.DataLoader(
+            _Decoded(self), batch_size=batch_size, shuffle=shuffle, generator=generator,
+            num_workers=self.num_workers, persistent_workers=False)
+        for x, y in loader:
+            yield x, y
+
+
+class _Decoded(torch.utils.data.Dataset):
+    def __init__(self, s: StreamImageSet):
+        self.s = s
+
+    def __len__(self):
+        return len(self.s)
+
+    def __getitem__(self, i):
+        return self.s._item(i)
+
+
+@dataclass
+class DataSplits:
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    class_names: list[str]
+    name: str
+
+    def get(self, split: str) -> ImageSet:
+        if split not in ("train", "val", "test"):
+            raise VPError(f"Unknown split {split!r}; use train, val or test.")
+        return getattr(self, split)
+
+
+# -- building -------------------------------------------------------------------------------------------------
+
+def canonical_name(name: str) -> str:
+    key = name.strip().lower().replace("-", "_")
+    aliases = {"cifar_10": "cifar10", "cifar_100": "cifar100", "fmnist": "fashion_mnist",
+               "fashionmnist": "fashion_mnist", "oxfordiiitpet": "oxford_pets", "pets": "oxford_pets",
+               "flowers": "flowers102", "flowers_102": "flowers102", "food_101": "food101"}
+    return aliases.get(key, key)
+
+
+def dataset_names() -> list[str]:
+    return ["fashion_mnist_subset", *CLASSNAMES]
+
+
+def carve(n: int, fraction: float, seed: int = SPLIT_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic split of range(n) into (kept, held_out) with ``fraction`` held out (at least one)."""
+    if n < 2:
+        raise VPError("A split needs at least two images.")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    k = min(n - 1, max(1, round(n * fraction)))
+    return perm[k:].sort().values, perm[:k].sort().values
+
+
+def load_splits(name: str, *, image_size: int = 224, root: str | None = None, download: bool = False,
+                val_fraction: float = 0.1, max_cache_bytes: int = 4 << 30, num_workers: int = 2) -> DataSplits:
+    """Train / val / test splits of a dataset, by name or directory (see the module docstring)."""
+    root = root or DEFAULT_ROOT
+    if os.path.isdir(name):
+        train, test = _image_folder(name, image_size, max_cache_bytes, num_workers)
+        label = os.path.basename(os.path.normpath(name))
+    else:
+        key = canonical_name(name)
+        label = key
+        if key == "fashion_mnist_subset":
+            train, test = _bundled_subset()
+        elif key == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir():
+            train, test = (_read_idx_set(DEBIAN_FASHION_MNIST, s) for s in ("train", "t10k"))
+        elif key in CLASSNAMES:
+            train, test = _torchvision(key, root, download, image_size, max_cache_bytes, num_workers)
+        else:
+            raise VPError(f"Unknown dataset {name!r}: not a directory and not one of {', '.join(dataset_names())}.")
+    keep, held = carve(len(train), val_fraction)
+    return DataSplits(train.subset(keep), train.subset(held), test, train.class_names, label)
+
+
+def _bundled_subset() -> tuple[ImageSet, ImageSet]:
+    if not BUNDLED_SUBSET.is_file():
+        raise VPError(f"The bundled subset {BUNDLED_SUBSET} is missing; run scripts/make_bundled_subset.py.")
+    from safetensors import safe_open
+    import json
+
+    with safe_open(str(BUNDLED_SUBSET), "pt") as f:
+        meta = json.loads(f.metadata()["class_names"])
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    return (TensorImageSet(t["train_images"], t["train_labels"], meta, "fashion_mnist_subset"),
+            TensorImageSet(t["test_images"], t["test_labels"], meta, "fashion_mnist_subset"))
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an (optionally gzipped) IDX file of uint8 data, as used by MNIST and Fashion-MNIST."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise VPError(f"{path} is not a uint8 IDX file.")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise VPError(f"{path} is truncated.")
+    return arr.reshape(dims)
+
+
+def _read_idx_set(folder: Path, prefix: str) -> TensorImageSet:
+    images = torch.from_numpy(read_idx(folder / f"{prefix}-images-idx3-ubyte.gz").copy()).unsqueeze(1)
+    labels = torch.from_numpy(read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64))
+    return TensorImageSet(images, labels, CLASSNAMES["fashion_mnist"], "fashion_mnist")
+
+
+def _torchvision(key: str, root: str, download: bool, image_size: int, max_bytes: int, workers: int):
+    import torchvision.datasets as D
+
+    names = CLASSNAMES[key]
+    specs = {
+        "cifar10": (D.CIFAR10, {"train": True}, {"train": False}),
+        "cifar100": (D.CIFAR100, {"train": True}, {"train": False}),
+        "mnist": (D.MNIST, {"train": True}, {"train": False}),
+        "fashion_mnist": (D.FashionMNIST, {"train": True}, {"train": False}),
+        "svhn": (D.SVHN, {"split": "train"}, {"split": "test"}),
+        "flowers102": (D.Flowers102, {"split": "train"}, {"split": "test"}),
+        "dtd": (D.DTD, {"split": "train"}, {"split": "test"}),
+        "oxford_pets": (D.OxfordIIITPet, {"split": "trainval"}, {"split": "test"}),
+        "food101": (D.Food101, {"split": "train"}, {"split": "test"}),
+        "gtsrb": (D.GTSRB, {"split": "train"}, {"split": "test"}),
+        "eurosat": (D.EuroSAT, {}, None),  # one set: a fixed 20% is held out as test
+    }
+    cls, train_kw, test_kw = specs[key]
+
+    def make(kw):
+        try:
+            return cls(root=root, download=download, **kw)
+        except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+            hint = "add --download (needs internet)" if not download else "check the internet connection"
+            raise VPError(f"{key} is not in {root} ({e}); {hint}.") from e
+        except OSError as e:  # URLError, DNS failure
+            raise VPError(f"Could not download {key} into {root}: {e}. Offline, use fashion_mnist_subset "
+                          "or a folder of class folders.") from e
+
+    def wrap(ds):
+        return _decode_all(ds, names, key, image_size, max_bytes, workers)
+
+    if test_kw is None:
+        full = wrap(make(train_kw))
+        keep, held = carve(len(full), 0.2, seed=SPLIT_SEED + 1)
+        return full.subset(keep), full.subset(held)
+    return wrap(make(train_kw)), wrap(make(test_kw))
+
+
+def _decode_all(ds, names, key, image_size, max_bytes, workers) -> ImageSet:
+    """Fast paths for datasets that hold arrays; otherwise decode each image once (or stream if too big)."""
+    data = getattr(ds, "data", None)
+    if isinstance(data, torch.Tensor) and data.ndim == 3:  # MNIST family (N, 28, 28)
+        return TensorImageSet(data.unsqueeze(1).contiguous(), torch.as_tensor(ds.targets), names, key)
+    if isinstance(data, np.ndarray) and data.ndim == 4:  # CIFAR (N, 32, 32, 3) or SVHN (N, 3, 32, 32)
+        t = torch.from_numpy(data)
+        t = t if t.shape[1] == 3 else t.permute(0, 3, 1, 2)
+        labels = getattr(ds, "targets", None)
+        labels = labels if labels is not None else ds.labels
+        return TensorImageSet(t.contiguous(), torch.as_tensor(np.asarray(labels)), names, key)
+    labels = _labels_of(ds)
+    if len(labels) * 3 * image_size * image_size > max_bytes:
+        return StreamImageSet(ds, labels, names, key, image_size, workers)
+    return _decode_list(ds, labels, names, key, image_size)
+
+
+def _labels_of(ds) -> torch.Tensor:
+    for attr in ("targets", "_labels", "labels"):
+        v = getattr(ds, attr, None)
+        if v is not None:
+            return torch.as_tensor(np.asarray(v)).long()
+    if hasattr(ds, "_samples"):  # GTSRB
+        return torch.tensor([int(y) for _, y in ds._samples])
+    return torch.tensor([int(ds[i][1]) for i in range(len(ds))])
+
+
+def _decode_list(ds, labels, names, key, image_size) -> TensorImageSet:
+    out = torch.empty(len(ds), 3, image_size, image_size, dtype=torch.uint8)
+    for i in range(len(ds)):
+        out[i] = pil_to_uint8(ds[i][0], image_size)
+    return TensorImageSet(out, labels, names, key)
+
+
+def _folder_items(folder: Path) -> tuple[list[tuple[Path, int]], list[str]]:
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise VPError(f"{folder} needs at least two class folders (one folder of images per class).")
+    items = [(p, i) for i, c in enumerate(classes) for p in sorted((folder / c).rglob("*"))
+             if p.suffix.lower() in IMAGE_EXTS and p.is_file()]
+    if not items:
+        raise VPError(f"No images ({', '.join(IMAGE_EXTS)}) found under {folder}.")
+    return items, classes
+
+
+def _image_folder(path: str, image_size: int, max_bytes: int, workers: int) -> tuple[ImageSet, ImageSet]:
+    """A folder of class folders -> decoded sets. Broken images are skipped with a warning that names them."""
+    folder = Path(path)
+    sub = {d.name.lower(): d for d in folder.iterdir() if d.is_dir()}
+    test_dir = sub.get("test") or sub.get("val")
+    if "train" in sub and test_dir is not None:
+        train_items, classes = _folder_items(sub["train"])
+        test_items, test_classes = _folder_items(test_dir)
+        if test_classes != classes:
+            raise VPError(f"{sub['train']} and {test_dir} must have the same class folders.")
+    else:
+        items, classes = _folder_items(folder)
+        keep, held = carve(len(items), 0.2, seed=SPLIT_SEED + 1)
+        train_items, test_items = [items[i] for i in keep], [items[i] for i in held]
+    names = [c.replace("_", " ") for c in classes]
+    label = folder.name
+    return (_decode_items(train_items, names, label, image_size), _decode_items(test_items, names, label, image_size))
+
+
+def _decode_items(items, names, label, image_size) -> TensorImageSet:
+    imgs, labels, bad = [], [], []
+    for p, y in items:
+        try:
+            imgs.append(pil_to_uint8(open_image(p), image_size))
+            labels.append(y)
+        except VPError:
+            bad.append(str(p))
+    if bad:
+        warnings.warn(f"Skipped {len(bad)} unreadable image(s): {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+    if not imgs:
+        raise VPError(f"None of the images of {label} could be read.")
+    return TensorImageSet(torch.stack(imgs), torch.tensor(labels), names, label)

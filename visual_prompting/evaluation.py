@@ -1,0 +1,62 @@
+"""Accuracy of a (prompted) model on a split: top-1, top-5, per class, with or without the prompt."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .data import ImageSet, to_model_input
+from .model import PromptedModel
+from .utils import autocast
+
+
+@dataclass
+class EvalResult:
+    top1: float
+    top5: float
+    loss: float
+    n: int
+    per_class: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def logits_over(model: PromptedModel, data: ImageSet, use_prompt: bool = True, batch_size: int = 256,
+                amp: bool = True, source: bool = False):
+    """Yield ``(logits, labels)`` batch by batch (``source=True``: the backbone's own outputs, no head)."""
+    was = model.training
+    model.eval()
+    try:
+        for images, labels in data.batches(batch_size):
+            x = to_model_input(images, model.image_size).to(model.device, non_blocking=True)
+            with autocast(model.device, amp):
+                x = model.prompt(x) if use_prompt else x
+                out = model.backbone(x) if source else model.head(model.backbone(x))
+            yield out.float(), labels.to(model.device)
+    finally:
+        model.train(was)
+
+
+def evaluate(model: PromptedModel, data: ImageSet, use_prompt: bool = True, batch_size: int = 256,
+             amp: bool = True) -> EvalResult:
+    k = len(model.class_names)
+    correct1 = correct5 = 0
+    loss_sum = 0.0
+    hits = torch.zeros(k, dtype=torch.long)
+    totals = torch.zeros(k, dtype=torch.long)
+    for logits, labels in logits_over(model, data, use_prompt, batch_size, amp):
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        top = logits.topk(min(5, k), dim=1).indices
+        ok1 = (top[:, 0] == labels).cpu()
+        correct1 += int(ok1.sum())
+        correct5 += int((top == labels[:, None]).any(dim=1).sum())
+        lab = labels.cpu()
+        totals += torch.bincount(lab, minlength=k)
+        hits += torch.bincount(lab[ok1], minlength=k)
+    n = int(totals.sum())
+    per_class = {name: (float(hits[i]) / float(totals[i]) if totals[i] else float("nan"))
+                 for i, name in enumerate(model.class_names)}
+    return EvalResult(correct1 / max(n, 1), correct5 / max(n, 1), loss_sum / max(n, 1), n, per_class)

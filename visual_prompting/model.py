@@ -1,0 +1,89 @@
+"""The one way to predict: a frozen backbone, a head, and (optionally) a prompt, on one device.
+
+``PromptedModel`` is what the trainer trains, what evaluation measures, and what the CLI and the app use to
+predict; ``PromptedModel.from_prompt_file`` rebuilds it from a saved prompt.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backbones import Backbone, BackboneCache, load_backbone
+from .data import pil_to_uint8, to_model_input
+from .errors import VPError
+from .heads import create_head
+from .prompters import Prompter
+
+
+class PromptedModel(nn.Module):
+    def __init__(self, backbone: Backbone, head: nn.Module, prompter: Prompter | None, class_names: list[str]):
+        super().__init__()
+        self.backbone, self.head, self.prompter = backbone, head, prompter
+        self.class_names = list(class_names)
+        if prompter is not None and prompter.cfg.image_size != backbone.image_size:
+            raise VPError(f"The prompt is for {prompter.cfg.image_size}px images but {backbone.spec} takes "
+                          f"{backbone.image_size}px; use '{backbone.spec.split('@')[0]}@{prompter.cfg.image_size}'.")
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.mean.device
+
+    @property
+    def image_size(self) -> int:
+        return self.backbone.image_size
+
+    def prompt(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images -> prompted [0, 1] images (unchanged when there is no prompt)."""
+        return self.prompter(images) if self.prompter is not None else images
+
+    def forward(self, images: torch.Tensor, use_prompt: bool = True) -> torch.Tensor:
+        """[0, 1] images (B, 3, S, S) -> logits over ``class_names``."""
+        x = self.prompt(images) if use_prompt else images
+        return self.head(self.backbone(x))
+
+    def preprocess(self, images) -> torch.Tensor:
+        """PIL images or uint8 tensors -> float [0, 1] batch on the model's device."""
+        if isinstance(images, torch.Tensor):
+            batch = images if images.ndim == 4 else images.unsqueeze(0)
+        else:
+            batch = torch.stack([pil_to_uint8(im, self.image_size) for im in images])
+        return to_model_input(batch, self.image_size).to(self.device)
+
+    @torch.no_grad()
+    def prompted_images(self, images) -> list:
+        """The prompted images as 8-bit RGB PIL images (what you would save as PNG and classify again)."""
+        from PIL import Image
+
+        was = self.training
+        self.eval()
+        x = self.prompt(self.preprocess(images)).clamp(0, 1)
+        self.train(was)
+        arr = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(a) for a in arr]
+
+    @torch.no_grad()
+    def predict(self, images, k: int = 5, use_prompt: bool = True) -> list[list[tuple[str, float]]]:
+        """Top-k (class name, probability) for each image."""
+        was = self.training
+        self.eval()
+        probs = self(self.preprocess(images), use_prompt=use_prompt).softmax(-1)
+        self.train(was)
+        k = min(k, probs.shape[1])
+        top = probs.topk(k, dim=1)
+        return [[(self.class_names[int(i)], float(p)) for p, i in zip(ps, ids)] for ps, ids in zip(top.values, top.indices)]
+
+    @classmethod
+    def from_prompt_file(cls, path, device="cpu", cache: BackboneCache | None = None, backbone: str | None = None):
+        """Rebuild the model a prompt file was trained with. ``backbone`` overrides the stored spec (this is
+        refused unless the stored spec matches, since a prompt only means something for its own model)."""
+        from .prompt_file import load_prompt
+
+        pf = load_prompt(path)
+        spec = pf.meta["backbone"]["spec"]
+        if backbone is not None and backbone != spec:
+            raise VPError(f"This prompt was trained for {spec}, not {backbone}; it would not mean anything there.")
+        bb = cache.get(spec, device) if cache is not None else load_backbone(spec, device)
+        head_meta = pf.meta["head"]
+        head = create_head(bb, pf.meta["class_names"], templates=head_meta.get("templates"),
+                           mapping=head_meta.get("method", "first_k"), mapping_indices=head_meta.get("mapping"))
+        return cls(bb, head, pf.prompter.to(device).eval(), pf.meta["class_names"]), pf

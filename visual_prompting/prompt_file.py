@@ -1,0 +1,158 @@
+"""Prompt files: ``safetensors`` with the prompt's tensors and JSON metadata. Nothing is ever unpickled.
+
+Layout: tensors ``prompt.<name>`` (the prompter's parameters) plus, in training checkpoints only,
+``state.<name>`` (optimiser momentum, RNG state) for resuming. The safetensors header's ``__metadata__`` has
+``format = "visual-prompting"``, ``format_version`` and ``metadata``: a JSON document with
+
+``prompter``      the prompter config (kind, image_size, size, clamp, init, seed)
+``backbone``      ``{"spec": ..., "kind": "clip"|"classifier", "image_size": ..., "mean": ..., "std": ...}``
+``class_names``   list of the new task's class names
+``head``          ``{"kind": "clip_text", "templates": [...]}`` or
+                  ``{"kind": "label_mapping", "method": ..., "mapping": [...], "num_source": ...}``
+``dataset``       name of the training data (informative)
+``train_config``  the full training config (so the prompt can be re-made)
+``metrics``       e.g. ``{"val_top1": ..., "test_top1": ..., "test_top1_no_prompt": ...}``
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import VPError
+from .prompters import Prompter, PrompterConfig, create_prompter
+
+FORMAT = "visual-prompting"
+FORMAT_VERSION = 1
+REQUIRED = ("prompter", "backbone", "class_names", "head")
+
+
+@dataclass
+class PromptFile:
+    prompter: Prompter
+    meta: dict
+    state: dict[str, torch.Tensor] = field(default_factory=dict)  # training state (checkpoints only)
+    path: str | None = None
+
+
+def build_metadata(prompter: Prompter, *, backbone: dict, class_names: list[str], head: dict, dataset: str = "",
+                   train_config: dict | None = None, metrics: dict | None = None, **extra) -> dict:
+    return {"prompter": prompter.cfg.to_dict(), "backbone": backbone, "class_names": list(class_names),
+            "head": head, "dataset": dataset, "train_config": train_config or {}, "metrics": metrics or {}, **extra}
+
+
+def save_prompt(path, prompter: Prompter, meta: dict, state: dict[str, torch.Tensor] | None = None) -> str:
+    """Write a prompt file atomically (a temporary file renamed into place: a crash never leaves half a file)."""
+    path = str(path)
+    validate_metadata(meta)
+    tensors = {f"prompt.{k}": v.detach().float().cpu().contiguous() for k, v in prompter.named_parameters()}
+    for k, v in (state or {}).items():
+        tensors[f"state.{k}"] = v.detach().cpu().contiguous()
+    header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "metadata": json.dumps(meta)}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    save_file(tensors, tmp, metadata=header)
+    os.replace(tmp, path)
+    return path
+
+
+def read_metadata(path) -> dict:
+    """Only the JSON metadata (cheap: reads the header, not the tensors)."""
+    return _open(path)[0]
+
+
+def load_prompt(path) -> PromptFile:
+    """Load and validate a prompt file; every problem is a :class:`VPError` that says what is wrong."""
+    meta, tensors = _open(path, with_tensors=True)
+    cfg = PrompterConfig(**meta["prompter"])
+    prompter = create_prompter(cfg)
+    expected = dict(prompter.named_parameters())
+    got = {k[len("prompt."):]: v for k, v in tensors.items() if k.startswith("prompt.")}
+    missing, unexpected = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    if missing or unexpected:
+        raise VPError(f"{path}: tensors do not match a {cfg.kind} prompt (missing: {missing or 'none'}, "
+                      f"unexpected: {unexpected or 'none'}).")
+    for k, p in expected.items():
+        if tuple(got[k].shape) != tuple(p.shape):
+            raise VPError(f"{path}: prompt tensor {k!r} has shape {tuple(got[k].shape)}, expected {tuple(p.shape)} "
+                          f"for a {cfg.kind} prompt of size {cfg.size} at {cfg.image_size}px.")
+        if not torch.isfinite(got[k]).all():
+            raise VPError(f"{path}: prompt tensor {k!r} holds NaN or infinite values.")
+    with torch.no_grad():
+        for k, p in expected.items():
+            p.copy_(got[k])
+    state = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
+    return PromptFile(prompter, meta, state, str(path))
+
+
+def _open(path, with_tensors: bool = False):
+    path = str(path)
+    if not os.path.isfile(path):
+        raise VPError(f"Prompt file not found: {path}")
+    try:
+        with safe_open(path, "pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise VPError(f"{path} is not a safetensors prompt file ({e}).") from e
+    if header.get("format") != FORMAT:
+        raise VPError(f"{path} is a safetensors file but not a visual-prompting prompt (no 'format: {FORMAT}').")
+    try:
+        version = int(header.get("format_version", "0"))
+    except ValueError:
+        version = 0
+    if version < 1 or version > FORMAT_VERSION:
+        raise VPError(f"{path}: prompt format version {header.get('format_version')!r} is not supported "
+                      f"(this version reads 1..{FORMAT_VERSION}); upgrade visual-prompting.")
+    try:
+        meta = json.loads(header.get("metadata", ""))
+    except json.JSONDecodeError as e:
+        raise VPError(f"{path}: the metadata is not valid JSON ({e}).") from e
+    validate_metadata(meta, source=path)
+    return meta, tensors
+
+
+def validate_metadata(meta: dict, source: str = "metadata") -> None:
+    if not isinstance(meta, dict):
+        raise VPError(f"{source}: metadata must be a JSON object.")
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise VPError(f"{source}: metadata is missing {', '.join(missing)}.")
+    pc = meta["prompter"]
+    if not isinstance(pc, dict) or set(pc) - set(PrompterConfig.__dataclass_fields__):
+        raise VPError(f"{source}: 'prompter' must be a prompter config with keys from "
+                      f"{', '.join(PrompterConfig.__dataclass_fields__)}.")
+    names = meta["class_names"]
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names):
+        raise VPError(f"{source}: 'class_names' must be a list of at least two non-empty names.")
+    bb = meta["backbone"]
+    if not isinstance(bb, dict) or not isinstance(bb.get("spec"), str):
+        raise VPError(f"{source}: 'backbone' must say which model the prompt is for ('spec').")
+    head = meta["head"]
+    kind = head.get("kind") if isinstance(head, dict) else None
+    if kind == "clip_text":
+        t = head.get("templates")
+        if not isinstance(t, list) or not t or not all(isinstance(s, str) and "{}" in s for s in t):
+            raise VPError(f"{source}: a CLIP head needs 'templates', each with '{{}}' for the class name.")
+    elif kind == "label_mapping":
+        m = head.get("mapping")
+        if not isinstance(m, list) or len(m) != len(names) or not all(isinstance(i, int) and i >= 0 for i in m):
+            raise VPError(f"{source}: 'mapping' must list one source-class index per class ({len(names)}).")
+        if len(set(m)) != len(m):
+            raise VPError(f"{source}: 'mapping' maps two classes onto the same source class.")
+    else:
+        raise VPError(f"{source}: 'head.kind' must be 'clip_text' or 'label_mapping', not {kind!r}.")
+
+
+def check_backbone(meta: dict, spec: str) -> str | None:
+    """A warning text when a prompt is used with a backbone other than the one it was trained for."""
+    want = meta["backbone"]["spec"]
+    if want != spec:
+        return (f"This prompt was trained for {want}; applied to {spec} it is just noise to that model, "
+                "and its predictions mean nothing.")
+    return None

@@ -1,0 +1,249 @@
+"""Visual prompts: one learnable perturbation in pixel space, added to every input image.
+
+Every prompter takes images in [0, 1] of shape (B, 3, S, S), *before* the backbone's own normalisation, and
+returns prompted images of the same shape. By default the result is clamped to [0, 1], so a prompted image
+is a real image that can be saved as a PNG and classified again with the same result.
+
+Clamp modes (``clamp``):
+
+``"straight-through"`` (default)
+    The output is clamped to [0, 1]; the backward pass lets the gradient through as if it were not. A plain
+    clamp kills the gradient wherever a pixel is pushed out of range, and a zero-initialised frame over a
+    black border starts right at that edge and never moves. After each optimiser step the trainer calls
+    :meth:`Prompter.project_`, which keeps the prompt in [-1, 1] (beyond that it changes nothing).
+``"hard"``
+    A plain ``clamp``: zero gradient outside the range (kept to show why the default exists).
+``"none"``
+    The paper's behaviour: no clamping, the prompted image may leave [0, 1].
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import VPError
+
+CLAMP_MODES = ("straight-through", "hard", "none")
+INITS = ("zeros", "randn")
+
+
+@dataclass
+class PrompterConfig:
+    """Everything needed to rebuild a prompter (stored in the prompt file's metadata)."""
+
+    kind: str = "pad"  # pad | fixed_patch | random_patch | shrink_pad
+    image_size: int = 224
+    size: int = 30  # pad width, or patch side
+    clamp: str = "straight-through"
+    init: str = "zeros"
+    init_std: float = 0.0  # std of the "randn" init, in pixel units (the paper's randn in normalised space * std)
+    seed: int = 0  # random_patch: where the patch sits at evaluation
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def straight_through_clamp(x: torch.Tensor) -> torch.Tensor:
+    """Clamp to [0, 1] in the forward pass; identity in the backward pass."""
+    return x + (x.clamp(0.0, 1.0) - x).detach()
+
+
+class Prompter(nn.Module):
+    """Base class: holds the config, the clamp and the helpers shared by every prompt design."""
+
+    kind = "base"
+
+    def __init__(self, cfg: PrompterConfig):
+        super().__init__()
+        if cfg.clamp not in CLAMP_MODES:
+            raise VPError(f"Unknown clamp mode {cfg.clamp!r}; choose one of {', '.join(CLAMP_MODES)}.")
+        if cfg.init not in INITS:
+            raise VPError(f"Unknown prompt init {cfg.init!r}; choose one of {', '.join(INITS)}.")
+        if cfg.image_size < 1 or cfg.size < 1:
+            raise VPError(f"Prompt size and image size must be positive (got size={cfg.size}, image={cfg.image_size}).")
+        self.cfg = cfg
+
+    # -- parameters ---------------------------------------------------------------------------------------
+    def _param(self, *shape: int) -> nn.Parameter:
+        t = torch.zeros(*shape)
+        if self.cfg.init == "randn":
+            t.normal_(0.0, self.cfg.init_std)
+        return nn.Parameter(t)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Keep the prompt where it can still act: [-1, 1] when the output is clamped."""
+        if self.cfg.clamp != "none":
+            for p in self.parameters():
+                p.clamp_(-1.0, 1.0)
+
+    # -- applying -----------------------------------------------------------------------------------------
+    def _check(self, images: torch.Tensor) -> None:
+        s = self.cfg.image_size
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != s or images.shape[3] != s:
+            raise VPError(
+                f"{self.kind} prompt expects images of shape (B, 3, {s}, {s}); got {tuple(images.shape)}."
+            )
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.clamp == "straight-through":
+            return straight_through_clamp(x)
+        if self.cfg.clamp == "hard":
+            return x.clamp(0.0, 1.0)
+        return x
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self._check(images)
+        return self._finish(self._prompt(images))
+
+    def _prompt(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- looking at it ------------------------------------------------------------------------------------
+    def delta(self) -> torch.Tensor:
+        """The prompt as a (3, S, S) map in pixel units (zero where it does not act)."""
+        raise NotImplementedError
+
+    def mask(self) -> torch.Tensor:
+        """(1, S, S) float mask of the pixels the prompt owns."""
+        raise NotImplementedError
+
+
+def _pad_delta(up, down, left, right, s: int, p: int) -> torch.Tensor:
+    centre = torch.zeros(3, s - 2 * p, s - 2 * p, device=up.device, dtype=up.dtype)
+    middle = torch.cat([left, centre, right], dim=2)
+    return torch.cat([up, middle, down], dim=1)
+
+
+class PadPrompter(Prompter):
+    """A frame of width p around the image (the paper's default: p=30 at 224, 69,840 numbers)."""
+
+    kind = "pad"
+
+    def __init__(self, cfg: PrompterConfig):
+        super().__init__(cfg)
+        s, p = cfg.image_size, cfg.size
+        if 2 * p >= s:
+            raise VPError(f"Pad width {p} is too large for {s}px images (needs 2*pad < image size).")
+        self.pad_up = self._param(3, p, s)
+        self.pad_down = self._param(3, p, s)
+        self.pad_left = self._param(3, s - 2 * p, p)
+        self.pad_right = self._param(3, s - 2 * p, p)
+
+    def delta(self) -> torch.Tensor:
+        return _pad_delta(self.pad_up, self.pad_down, self.pad_left, self.pad_right, self.cfg.image_size, self.cfg.size)
+
+    def mask(self) -> torch.Tensor:
+        s, p = self.cfg.image_size, self.cfg.size
+        m = torch.ones(1, s, s)
+        m[:, p : s - p, p : s - p] = 0
+        return m
+
+    def _prompt(self, images: torch.Tensor) -> torch.Tensor:
+        return images + self.delta().to(images.dtype)
+
+
+class FixedPatchPrompter(Prompter):
+    """A p x p patch at the top-left corner."""
+
+    kind = "fixed_patch"
+
+    def __init__(self, cfg: PrompterConfig):
+        super().__init__(cfg)
+        if cfg.size > cfg.image_size:
+            raise VPError(f"Patch size {cfg.size} is larger than the {cfg.image_size}px image.")
+        self.patch = self._param(3, cfg.size, cfg.size)
+
+    def _location(self) -> tuple[int, int]:
+        return 0, 0
+
+    def delta(self) -> torch.Tensor:
+        s, p = self.cfg.image_size, self.cfg.size
+        y, x = self._location()
+        return F.pad(self.patch, (x, s - p - x, y, s - p - y))
+
+    def mask(self) -> torch.Tensor:
+        s, p = self.cfg.image_size, self.cfg.size
+        y, x = self._location()
+        m = torch.zeros(1, s, s)
+        m[:, y : y + p, x : x + p] = 1
+        return m
+
+    def _prompt(self, images: torch.Tensor) -> torch.Tensor:
+        return images + self.delta().to(images.dtype)
+
+
+class RandomPatchPrompter(FixedPatchPrompter):
+    """A p x p patch at a random place: a new place for every batch while training; at evaluation one fixed
+    place drawn from ``cfg.seed``, so results are repeatable."""
+
+    kind = "random_patch"
+
+    def __init__(self, cfg: PrompterConfig):
+        super().__init__(cfg)
+        g = torch.Generator().manual_seed(cfg.seed)
+        hi = cfg.image_size - cfg.size + 1
+        self.eval_location = tuple(int(v) for v in torch.randint(0, hi, (2,), generator=g))
+        self._train_location: tuple[int, int] | None = None
+
+    def _location(self) -> tuple[int, int]:
+        if self.training and self._train_location is not None:
+            return self._train_location
+        return self.eval_location
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            hi = self.cfg.image_size - self.cfg.size + 1
+            self._train_location = tuple(int(v) for v in torch.randint(0, hi, (2,)))
+        return super().forward(images)
+
+
+class ShrinkPadPrompter(Prompter):
+    """The image is shrunk to S-2p and the learned frame fills the border (no overlap with the image).
+
+    The frame starts grey (0.5, close to the backbone's mean colour, like EVP's zero in normalised space)."""
+
+    kind = "shrink_pad"
+    base = 0.5
+
+    def __init__(self, cfg: PrompterConfig):
+        super().__init__(cfg)
+        s, p = cfg.image_size, cfg.size
+        if 2 * p >= s:
+            raise VPError(f"Pad width {p} is too large for {s}px images (needs 2*pad < image size).")
+        self.pad_up = self._param(3, p, s)
+        self.pad_down = self._param(3, p, s)
+        self.pad_left = self._param(3, s - 2 * p, p)
+        self.pad_right = self._param(3, s - 2 * p, p)
+
+    def delta(self) -> torch.Tensor:
+        return _pad_delta(self.pad_up, self.pad_down, self.pad_left, self.pad_right, self.cfg.image_size, self.cfg.size)
+
+    def mask(self) -> torch.Tensor:
+        return PadPrompter.mask(self)
+
+    def _prompt(self, images: torch.Tensor) -> torch.Tensor:
+        s, p = self.cfg.image_size, self.cfg.size
+        inner = F.interpolate(images, size=(s - 2 * p, s - 2 * p), mode="bilinear", antialias=True, align_corners=False)
+        canvas = F.pad(inner, (p, p, p, p), value=0.0)
+        frame = (self.base + self.delta()) * self.mask().to(images.device)
+        return canvas + frame.to(images.dtype)
+
+
+PROMPTERS: dict[str, type[Prompter]] = {
+    c.kind: c for c in (PadPrompter, FixedPatchPrompter, RandomPatchPrompter, ShrinkPadPrompter)
+}
+
+
+def create_prompter(cfg: PrompterConfig | None = None, **overrides) -> Prompter:
+    """Build a prompter from a config (or keyword arguments), e.g. ``create_prompter(kind="pad", size=30)``."""
+    cfg = PrompterConfig(**{**(cfg.to_dict() if cfg else {}), **overrides})
+    if cfg.kind not in PROMPTERS:
+        raise VPError(f"Unknown prompter kind {cfg.kind!r}; choose one of {', '.join(PROMPTERS)}.")
+    return PROMPTERS[cfg.kind](cfg)

@@ -1,0 +1,393 @@
+"""Training a visual prompt: the paper's recipe, one loop for every backbone, prompter and dataset.
+
+Recipe (defaults): SGD, lr 40 in the paper's units, momentum 0.9, no weight decay, linear warm-up for 1000
+steps (at most a tenth of a short run) then per-step cosine decay, batch 256 for CLIP and 128 for vision
+models, AMP on CUDA, seed 0.
+
+The learning rate is given in the paper's units. The paper adds its prompt to the *normalised* image; here
+the prompt lives in pixel space, where the same update needs the learning rate times the square of the
+normalisation std. The trainer scales each channel's gradient by std_c**2, so ``lr=40`` is exactly the
+paper's step (e.g. an effective pixel-space lr of 10 for EfficientNet's std 0.5, about 2.9 for CLIP).
+
+Only the prompt is optimised: the backbone is frozen and no gradient is ever computed for its weights. The
+best prompt (by validation accuracy, never test) and the last one (with the optimiser state, to resume) are
+written to ``out_dir`` as they change; a run stopped by Ctrl-C, a callback or ``should_stop`` keeps both.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .backbones import Backbone, BackboneCache, ClipBackbone, load_backbone
+from .classnames import CLIP_TEMPLATES, PAPER_TEMPLATE
+from .data import DataSplits, ImageSet, canonical_name, load_splits, to_model_input
+from .errors import VPError
+from .evaluation import EvalResult, evaluate, logits_over
+from .heads import LabelMappingHead, create_head, frequency_mapping, prediction_counts
+from .model import PromptedModel
+from .prompt_file import build_metadata, load_prompt, save_prompt
+from .prompters import PrompterConfig, create_prompter
+from .utils import amp_dtype, autocast, pick_device, seed_everything
+
+
+@dataclass
+class TrainConfig:
+    model: str = "effnet-lite0"
+    dataset: str = "fashion_mnist_subset"
+    data_root: str | None = None
+    download: bool = False
+    prompter: str = "pad"
+    prompt_size: int | None = None  # pad: 30 at 224 scaled to the input size; patches: a quarter of the side
+    clamp: str = "straight-through"
+    init: str = "zeros"
+    templates: str = "paper"  # CLIP: "paper" (one template) or "ensemble" (CLIP's templates for the dataset)
+    label_mapping: str = "iterative"  # vision models: first_k (paper) | frequency | iterative
+    epochs: int = 1000
+    steps: int | None = None  # a step budget; overrides epochs
+    batch_size: int | None = None  # 256 for CLIP, 128 for vision models (paper)
+    lr: float = 40.0  # paper units (normalised space)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    warmup_steps: int = 1000
+    eval_every: int | None = None  # steps; default once an epoch, and at least ten times a run
+    val_fraction: float = 0.1
+    mapping_samples: int = 5000  # train images used to (re)compute a frequency / iterative mapping
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    out_dir: str = "runs/latest"
+    resume: bool = False
+    num_workers: int = 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class TrainEvent:
+    """What a callback receives. ``kind`` is start | step | eval | mapping | end."""
+
+    kind: str
+    step: int
+    total_steps: int
+    epoch: int = 0
+    loss: float | None = None
+    lr: float | None = None
+    train_acc: float | None = None
+    images_per_s: float | None = None
+    val_top1: float | None = None
+    best_val_top1: float | None = None
+    zero_shot_val_top1: float | None = None
+    is_best: bool = False
+    prompt: torch.Tensor | None = None  # (3, S, S) snapshot of the prompt on eval events
+    message: str = ""
+
+
+@dataclass
+class TrainResult:
+    best_path: str
+    last_path: str
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+    steps_done: int = 0
+
+
+class StopTraining(Exception):
+    """Raise from a callback to end training cleanly (the best prompt stays on disk)."""
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up to ``base`` over ``warmup`` steps, then cosine decay to 0 at ``total`` (reference code)."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    span = max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / span)) * base
+
+
+def default_prompt_size(kind: str, image_size: int) -> int:
+    if kind in ("pad", "shrink_pad"):
+        return max(1, round(30 * image_size / 224))
+    return max(1, image_size // 4)
+
+
+def templates_for(cfg: TrainConfig, dataset_key: str) -> list[str]:
+    if cfg.templates == "paper":
+        return [PAPER_TEMPLATE]
+    if cfg.templates == "ensemble":
+        return CLIP_TEMPLATES.get(dataset_key, [PAPER_TEMPLATE])
+    raise VPError(f"Unknown templates {cfg.templates!r}; use 'paper' or 'ensemble'.")
+
+
+class Trainer:
+    """Holds one run: model, data, optimiser, schedule, checkpoints. ``run()`` trains; ``events`` are emitted
+    to ``callbacks``; ``should_stop()`` is polled every step (the app's Stop button)."""
+
+    def __init__(self, cfg: TrainConfig, callbacks: list[Callable[[TrainEvent], None]] | None = None,
+                 should_stop: Callable[[], bool] | None = None, cache: BackboneCache | None = None,
+                 splits: DataSplits | None = None):
+        self.cfg = cfg
+        self.callbacks = list(callbacks or [])
+        self.should_stop = should_stop or (lambda: False)
+        self.device = pick_device(cfg.device)
+        seed_everything(cfg.seed)
+        self.backbone: Backbone = cache.get(cfg.model, self.device) if cache else load_backbone(cfg.model, self.device)
+        S = self.backbone.image_size
+        self.splits = splits or load_splits(cfg.dataset, image_size=S, root=cfg.data_root, download=cfg.download,
+                                            val_fraction=cfg.val_fraction, num_workers=cfg.num_workers)
+        self.class_names = self.splits.class_names
+        self.is_clip = isinstance(self.backbone, ClipBackbone)
+        if not self.is_clip and cfg.label_mapping not in ("first_k", "frequency", "iterative"):
+            raise VPError(f"Unknown label mapping {cfg.label_mapping!r}; use first_k, frequency or iterative.")
+        self.templates = templates_for(cfg, canonical_name(self.splits.name)) if self.is_clip else None
+        size = cfg.prompt_size or default_prompt_size(cfg.prompter, S)
+        self.prompter = create_prompter(
+            PrompterConfig(kind=cfg.prompter, image_size=S, size=size, clamp=cfg.clamp, init=cfg.init,
+                           init_std=float(self.backbone.std.mean()) if cfg.init == "randn" else 0.0, seed=cfg.seed)
+        ).to(self.device)
+        head = create_head(self.backbone, self.class_names, templates=self.templates, mapping=cfg.label_mapping)
+        self.model = PromptedModel(self.backbone, head, self.prompter, self.class_names)
+        self.batch_size = cfg.batch_size or (256 if self.is_clip else 128)
+        if len(self.splits.train) == 0:
+            raise VPError("The training split is empty.")
+        self.steps_per_epoch = math.ceil(len(self.splits.train) / self.batch_size)
+        self.total_steps = cfg.steps or cfg.epochs * self.steps_per_epoch
+        if self.total_steps < 1:
+            raise VPError("Nothing to train: steps (or epochs) must be at least 1.")
+        self.warmup = max(1, min(cfg.warmup_steps, self.total_steps // 10))
+        self.eval_every = cfg.eval_every or max(1, min(self.steps_per_epoch, self.total_steps // 10))
+        self.optimizer = torch.optim.SGD(self.prompter.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        # per-channel std**2: turns the paper's normalised-space step into the same step in pixel space
+        self.grad_scale = (self.backbone.std.view(3, 1, 1) ** 2).to(self.device)
+        dtype = amp_dtype(self.device) if cfg.amp else None
+        self.scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+        self.out_dir = cfg.out_dir
+        self.best_path = os.path.join(self.out_dir, "best.safetensors")
+        self.last_path = os.path.join(self.out_dir, "last.safetensors")
+        self.history: list[dict] = []
+        self.step = 0
+        self.best_val = -1.0
+        self.zero_shot_val: float | None = None
+        self.baseline_mapping: list[int] | None = None
+        g = torch.Generator().manual_seed(cfg.seed + 1)
+        n = len(self.splits.train)
+        self.mapping_idx = torch.randperm(n, generator=g)[: min(n, cfg.mapping_samples)]
+
+    # -- events -------------------------------------------------------------------------------------------
+    def emit(self, ev: TrainEvent) -> None:
+        rec = {k: v for k, v in asdict(ev).items() if k != "prompt" and v is not None}
+        self.history.append(rec)
+        for cb in self.callbacks:
+            cb(ev)
+
+    # -- label mapping ------------------------------------------------------------------------------------
+    def compute_mapping(self, use_prompt: bool) -> torch.Tensor:
+        subset = self.splits.train.subset(self.mapping_idx)
+        counts = torch.zeros(len(self.backbone.source_classes), len(self.class_names), dtype=torch.long)
+        for logits, labels in logits_over(self.model, subset, use_prompt, self.batch_size, self.cfg.amp, source=True):
+            counts += prediction_counts(logits, labels, len(self.class_names))
+        return frequency_mapping(counts)
+
+    def head_meta(self) -> dict:
+        return self.model.head.describe()
+
+    # -- checkpoints --------------------------------------------------------------------------------------
+    def metadata(self, metrics: dict) -> dict:
+        return build_metadata(
+            self.prompter, backbone=self.backbone.describe(), class_names=self.class_names, head=self.head_meta(),
+            dataset=self.splits.name, train_config=self.cfg.to_dict(), metrics=metrics)
+
+    def save_best(self, val_top1: float) -> None:
+        metrics = {"val_top1": val_top1, "zero_shot_val_top1": self.zero_shot_val, "step": self.step,
+                   "baseline_mapping": self.baseline_mapping}
+        save_prompt(self.best_path, self.prompter, self.metadata(metrics))
+
+    def save_last(self) -> None:
+        state = {f"momentum.{i}": self.optimizer.state[p]["momentum_buffer"]
+                 for i, p in enumerate(self.prompter.parameters())
+                 if self.optimizer.state.get(p, {}).get("momentum_buffer") is not None}
+        state["rng"] = torch.get_rng_state()
+        metrics = {"step": self.step, "best_val_top1": self.best_val, "zero_shot_val_top1": self.zero_shot_val,
+                   "baseline_mapping": self.baseline_mapping}
+        save_prompt(self.last_path, self.prompter, self.metadata(metrics), state=state)
+        with open(os.path.join(self.out_dir, "history.json"), "w") as f:
+            json.dump(self.history, f)
+
+    def try_resume(self) -> bool:
+        if not (self.cfg.resume and os.path.isfile(self.last_path)):
+            return False
+        pf = load_prompt(self.last_path)
+        if pf.meta["prompter"] != self.prompter.cfg.to_dict() or pf.meta["backbone"]["spec"] != self.backbone.spec:
+            raise VPError(f"{self.last_path} was made with another prompter or backbone; use a new --out-dir.")
+        with torch.no_grad():
+            for p, q in zip(self.prompter.parameters(), pf.prompter.parameters()):
+                p.copy_(q.to(self.device))
+        for i, p in enumerate(self.prompter.parameters()):
+            if f"momentum.{i}" in pf.state:
+                self.optimizer.state[p]["momentum_buffer"] = pf.state[f"momentum.{i}"].to(self.device)
+        if "rng" in pf.state:
+            torch.set_rng_state(pf.state["rng"])
+        m = pf.meta["metrics"]
+        self.step = int(m["step"])
+        self.best_val = float(m.get("best_val_top1", -1.0))
+        self.zero_shot_val = m.get("zero_shot_val_top1")
+        self.baseline_mapping = m.get("baseline_mapping")
+        if isinstance(self.model.head, LabelMappingHead):
+            self.model.head.set_mapping(torch.tensor(pf.meta["head"]["mapping"]))
+        hist = os.path.join(self.out_dir, "history.json")
+        if os.path.isfile(hist):
+            with open(hist) as f:
+                self.history = json.load(f)
+        return True
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def _baseline(self) -> float:
+        """Validation accuracy with no prompt (and, for frequency/iterative mapping, the mapping found
+        without a prompt): the number every prompt is compared with."""
+        head = self.model.head
+        if isinstance(head, LabelMappingHead) and self.cfg.label_mapping != "first_k":
+            self.baseline_mapping = self.compute_mapping(use_prompt=False).tolist()
+            head.set_mapping(torch.tensor(self.baseline_mapping))
+        return evaluate(self.model, self.splits.val, use_prompt=False, batch_size=self.batch_size, amp=self.cfg.amp).top1
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        os.makedirs(self.out_dir, exist_ok=True)
+        resumed = self.try_resume()
+        if not resumed:
+            self.zero_shot_val = self._baseline()
+            if isinstance(self.model.head, LabelMappingHead) and cfg.label_mapping in ("frequency", "iterative"):
+                self.model.head.set_mapping(self.compute_mapping(use_prompt=True))
+        self.emit(TrainEvent("start", self.step, self.total_steps, zero_shot_val_top1=self.zero_shot_val,
+                             message=f"{self.prompter.num_parameters():,} trainable numbers; "
+                                     f"{len(self.splits.train)} train / {len(self.splits.val)} val images"))
+        interrupted = False
+        try:
+            self._loop()
+        except (KeyboardInterrupt, StopTraining):
+            interrupted = True
+        finally:
+            self.save_last()
+        if not os.path.isfile(self.best_path):  # stopped before the first evaluation: keep what there is
+            self.save_best(self._validate())
+        metrics = self.finish()
+        self.emit(TrainEvent("end", self.step, self.total_steps, best_val_top1=self.best_val,
+                             zero_shot_val_top1=self.zero_shot_val,
+                             message="stopped early; best prompt kept" if interrupted else "done"))
+        self.save_last()
+        return TrainResult(self.best_path, self.last_path, metrics, self.history, interrupted, self.step)
+
+    def _validate(self) -> float:
+        return evaluate(self.model, self.splits.val, True, self.batch_size, self.cfg.amp).top1
+
+    def _loop(self) -> None:
+        cfg, model = self.cfg, self.model
+        S = self.backbone.image_size
+        iterative = isinstance(model.head, LabelMappingHead) and cfg.label_mapping == "iterative"
+        while self.step < self.total_steps:
+            epoch, skip = divmod(self.step, self.steps_per_epoch)
+            if iterative and skip == 0 and epoch > 0:
+                model.head.set_mapping(self.compute_mapping(use_prompt=True))
+                self.emit(TrainEvent("mapping", self.step, self.total_steps, epoch=epoch,
+                                     message=f"label mapping recomputed: {model.head.mapping.tolist()}"))
+            gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+            for i, (images, labels) in enumerate(self.splits.train.batches(self.batch_size, shuffle=True, generator=gen)):
+                if i < skip:
+                    continue
+                if self.step >= self.total_steps:
+                    break
+                if self.should_stop():
+                    raise StopTraining
+                t0 = time.perf_counter()
+                loss, acc, lr = self.train_step(to_model_input(images, S), labels)
+                dt = time.perf_counter() - t0
+                self.step += 1
+                self.emit(TrainEvent("step", self.step, self.total_steps, epoch=epoch, loss=loss, lr=lr,
+                                     train_acc=acc, images_per_s=len(labels) / max(dt, 1e-9)))
+                if self.step % self.eval_every == 0 or self.step == self.total_steps:
+                    self.eval_and_checkpoint(epoch)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
+        cfg = self.cfg
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        lr = cosine_lr(self.step, self.total_steps, cfg.lr, self.warmup)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.model.train()
+        with autocast(self.device, cfg.amp):
+            logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        for p in self.prompter.parameters():
+            if p.grad is not None:
+                p.grad.mul_(self.grad_scale)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.prompter.project_()
+        acc = float((logits.argmax(1) == y).float().mean())
+        return float(loss.detach()), acc, lr
+
+    def eval_and_checkpoint(self, epoch: int) -> None:
+        val = self._validate()
+        is_best = val > self.best_val
+        if is_best:
+            self.best_val = val
+            self.save_best(val)
+        self.emit(TrainEvent("eval", self.step, self.total_steps, epoch=epoch, val_top1=val,
+                             best_val_top1=self.best_val, zero_shot_val_top1=self.zero_shot_val, is_best=is_best,
+                             prompt=self.prompter.delta().detach().cpu().clone()))
+        self.save_last()
+
+    def finish(self) -> dict:
+        """Test numbers for the best prompt (chosen on validation), with and without the prompt."""
+        best, pf = PromptedModel.from_prompt_file(self.best_path, self.device, backbone=self.backbone.spec,
+                                                  cache=_Single(self.backbone))
+        bs = self.batch_size
+        with_p = evaluate(best, self.splits.test, True, bs, self.cfg.amp)
+        if isinstance(best.head, LabelMappingHead) and self.baseline_mapping is not None:
+            best.head.set_mapping(torch.tensor(self.baseline_mapping))
+        without = evaluate(best, self.splits.test, False, bs, self.cfg.amp)
+        metrics = {**pf.meta["metrics"], "test_top1": with_p.top1, "test_top5": with_p.top5,
+                   "test_top1_no_prompt": without.top1, "test_top5_no_prompt": without.top5,
+                   "test_per_class": with_p.per_class, "test_n": with_p.n,
+                   "best_val_top1": self.best_val, "steps": self.step}
+        meta = pf.meta
+        meta["metrics"] = metrics
+        save_prompt(self.best_path, pf.prompter, meta)
+        return metrics
+
+
+class _Single:
+    """A cache that holds the backbone already loaded (so finishing does not load it again)."""
+
+    def __init__(self, bb: Backbone):
+        self.bb = bb
+
+    def get(self, spec, device):
+        return self.bb
+
+
+def train(cfg: TrainConfig, callbacks=None, should_stop=None, cache: BackboneCache | None = None) -> TrainResult:
+    """Train a prompt with ``cfg``; see :class:`Trainer`."""
+    return Trainer(cfg, callbacks, should_stop, cache).run()
