@@ -76,7 +76,10 @@ def pil_to_uint8(img: Image.Image, size: int | None) -> torch.Tensor:
 
 
 def to_model_input(batch: torch.Tensor, image_size: int) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float (B, 3, S, S) in [0, 1]; grey becomes RGB; resized (antialiased) if needed."""
+    """uint8 (B, C, H, W) -> float (B, 3, S, S) in [0, 1]; grey becomes RGB; resized (antialiased) if needed.
+
+    A resized batch is rounded back to 8-bit levels, as a resized image file would be, so that a prompted
+    image saved as a PNG holds exactly what the model saw."""
     x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
@@ -84,7 +87,7 @@ def to_model_input(batch: torch.Tensor, image_size: int) -> torch.Tensor:
         if x.shape[-2] != x.shape[-1]:
             raise VPError(f"Images of shape {tuple(x.shape[-2:])} must be square here; decode them with pil_to_uint8.")
         x = F.interpolate(x, size=(image_size, image_size), mode="bicubic", antialias=True, align_corners=False)
-        x = x.clamp_(0.0, 1.0)
+        x = x.clamp_(0.0, 1.0).mul_(255.0).round_().div_(255.0)
     return x.contiguous()
 
 
@@ -243,6 +246,8 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise VPError(f"{path} is not a uint8 IDX file.")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise VPError(f"{path} is truncated.")
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):

@@ -7,12 +7,14 @@ is a real image that can be saved as a PNG and classified again with the same re
 Clamp modes (``clamp``):
 
 ``"straight-through"`` (default)
-    The output is clamped to [0, 1]; the backward pass lets the gradient through as if it were not. A plain
+    The output is clamped to [0, 1] and rounded to 8-bit levels (k/255), so it is exactly what a PNG holds;
+    the backward pass lets the gradient through as if neither had happened. A plain
     clamp kills the gradient wherever a pixel is pushed out of range, and a zero-initialised frame over a
     black border starts right at that edge and never moves. After each optimiser step the trainer calls
     :meth:`Prompter.project_`, which keeps the prompt in [-1, 1] (beyond that it changes nothing).
 ``"hard"``
-    A plain ``clamp``: zero gradient outside the range (kept to show why the default exists).
+    A plain ``clamp`` (and the same 8-bit rounding): zero gradient outside the range (kept to show why the
+    default exists).
 ``"none"``
     The paper's behaviour: no clamping, the prompted image may leave [0, 1].
 """
@@ -46,9 +48,14 @@ class PrompterConfig:
         return asdict(self)
 
 
+def to_8bit(x: torch.Tensor) -> torch.Tensor:
+    """Clamp to [0, 1] and round to the 256 levels of an 8-bit image."""
+    return x.clamp(0.0, 1.0).mul(255.0).round().div(255.0)
+
+
 def straight_through_clamp(x: torch.Tensor) -> torch.Tensor:
-    """Clamp to [0, 1] in the forward pass; identity in the backward pass."""
-    return x + (x.clamp(0.0, 1.0) - x).detach()
+    """Forward: clamp to [0, 1] and round to 8-bit levels. Backward: identity."""
+    return x + (to_8bit(x) - x).detach()
 
 
 class Prompter(nn.Module):
@@ -95,7 +102,8 @@ class Prompter(nn.Module):
         if self.cfg.clamp == "straight-through":
             return straight_through_clamp(x)
         if self.cfg.clamp == "hard":
-            return x.clamp(0.0, 1.0)
+            c = x.clamp(0.0, 1.0)
+            return c + (to_8bit(c) - c).detach()
         return x
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

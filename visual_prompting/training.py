@@ -360,14 +360,21 @@ class Trainer:
         self.save_last()
 
     def finish(self) -> dict:
-        """Test numbers for the best prompt (chosen on validation), with and without the prompt."""
-        best, pf = PromptedModel.from_prompt_file(self.best_path, self.device, backbone=self.backbone.spec,
-                                                  cache=_Single(self.backbone))
+        """Test numbers for the best prompt (chosen on validation), with and without the prompt. Reuses this
+        run's backbone and head (the text features are not encoded again)."""
+        pf = load_prompt(self.best_path)
+        head = self.model.head
+        best = PromptedModel(self.backbone, head, pf.prompter.to(self.device), self.class_names)
         bs = self.batch_size
+        if isinstance(head, LabelMappingHead):
+            head.set_mapping(torch.tensor(pf.meta["head"]["mapping"]))
         with_p = evaluate(best, self.splits.test, True, bs, self.cfg.amp)
-        if isinstance(best.head, LabelMappingHead) and self.baseline_mapping is not None:
-            best.head.set_mapping(torch.tensor(self.baseline_mapping))
-        without = evaluate(best, self.splits.test, False, bs, self.cfg.amp)
+        if isinstance(head, LabelMappingHead) and self.baseline_mapping is not None:
+            head.set_mapping(torch.tensor(self.baseline_mapping))
+            without = evaluate(best, self.splits.test, False, bs, self.cfg.amp)
+            head.set_mapping(torch.tensor(pf.meta["head"]["mapping"]))
+        else:
+            without = evaluate(best, self.splits.test, False, bs, self.cfg.amp)
         metrics = {**pf.meta["metrics"], "test_top1": with_p.top1, "test_top5": with_p.top5,
                    "test_top1_no_prompt": without.top1, "test_top5_no_prompt": without.top5,
                    "test_per_class": with_p.per_class, "test_n": with_p.n,
@@ -376,16 +383,6 @@ class Trainer:
         meta["metrics"] = metrics
         save_prompt(self.best_path, pf.prompter, meta)
         return metrics
-
-
-class _Single:
-    """A cache that holds the backbone already loaded (so finishing does not load it again)."""
-
-    def __init__(self, bb: Backbone):
-        self.bb = bb
-
-    def get(self, spec, device):
-        return self.bb
 
 
 def train(cfg: TrainConfig, callbacks=None, should_stop=None, cache: BackboneCache | None = None) -> TrainResult:

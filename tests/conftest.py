@@ -1,0 +1,41 @@
+"""Shared fixtures. Everything here runs offline on 2 CPU cores: tiny random CLIP towers, EfficientNet-Lite0 at
+64 px with its real ImageNet weights, and the Fashion-MNIST subset bundled in assets/."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from visual_prompting import TrainConfig, load_backbone, train
+from visual_prompting.data import load_splits
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+EFFNET = "effnet-lite0@64"
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    return load_backbone("clip:vp-tiny")
+
+
+@pytest.fixture(scope="session")
+def effnet():
+    return load_backbone(EFFNET)
+
+
+@pytest.fixture(scope="session")
+def subset_splits():
+    return load_splits("fashion_mnist_subset", image_size=64)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, subset_splits):
+    """One real, short training run shared by the tests that need a trained prompt."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(model=EFFNET, dataset="fashion_mnist_subset", steps=120, batch_size=64,
+                      out_dir=str(out), device="cpu", seed=0)
+    events = []
+    result = train(cfg, callbacks=[events.append])
+    return result, events, cfg

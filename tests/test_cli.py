@@ -1,0 +1,62 @@
+import subprocess
+import sys
+
+import pytest
+
+from visual_prompting.cli import main
+
+EXAMPLE = "assets/examples/7_sneaker.png"
+
+
+def test_help_works_as_a_module():
+    out = subprocess.run([sys.executable, "-m", "visual_prompting", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "train" in out.stdout and "predict" in out.stdout
+
+
+@pytest.mark.parametrize("cmd, words", [("train", ["--prompter", "--lr", "paper"]), ("eval", ["--split"]),
+                                        ("predict", ["--prompt", "-k"]), ("info", ["prompt"])])
+def test_every_command_explains_its_options(cmd, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert all(w in out for w in words)
+
+
+def test_train_then_info_eval_predict(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    rc = main(["train", "--model", "clip:vp-tiny", "--steps", "4", "--batch-size", "16", "--out-dir", str(out_dir),
+               "--device", "cpu", "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "test top-1" in out and "prompted" in out
+    best = str(out_dir / "best.safetensors")
+    assert main(["info", best]) == 0
+    out = capsys.readouterr().out
+    assert "clip:vp-tiny" in out and "pad, size 4 at 32px" in out and "CLIP text classifier" in out
+    assert main(["eval", "--prompt", best, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "no prompt" in out and "1000 images" in out
+    assert main(["predict", EXAMPLE, "--prompt", best, "-k", "3", "--device", "cpu",
+                 "--save-prompted", str(tmp_path / "png")]) == 0
+    out = capsys.readouterr().out
+    assert "zero-shot (no prompt)" in out and "prompted" in out
+    assert (tmp_path / "png" / "7_sneaker_prompted.png").is_file()
+
+
+def test_errors_are_one_clear_line(tmp_path, capsys, trained):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_text("nope")
+    assert main(["info", str(junk)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "not a safetensors" in err and "Traceback" not in err
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff garbage")
+    best = trained[0].best_path
+    assert main(["predict", str(broken), EXAMPLE, "--prompt", best]) == 1  # one bad image, the other is classified
+    captured = capsys.readouterr()
+    assert "Cannot read" in captured.err and "7_sneaker" in captured.out
+    assert main(["train", "--dataset", "no_such_set", "--out-dir", str(tmp_path / "x")]) == 2
+    assert "Unknown dataset" in capsys.readouterr().err
+    assert main(["info"]) == 0
+    assert "fashion_mnist_subset" in capsys.readouterr().out

@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from visual_prompting import VPError
+from visual_prompting.classnames import CLASSNAMES
+from visual_prompting.data import (DEBIAN_FASHION_MNIST, TensorImageSet, carve, load_splits, open_image,
+                                   pil_to_uint8, read_idx, to_model_input)
+
+
+def test_bundled_subset_splits(subset_splits):
+    s = subset_splits
+    assert (len(s.train), len(s.val), len(s.test)) == (2700, 300, 1000)
+    assert s.class_names == CLASSNAMES["fashion_mnist"]
+    assert isinstance(s.train, TensorImageSet) and s.train.images.dtype == torch.uint8
+    assert torch.bincount(s.test.labels).tolist() == [100] * 10
+
+
+def test_validation_is_carved_from_train_deterministically(subset_splits):
+    again = load_splits("fashion_mnist_subset", image_size=64)
+    assert torch.equal(again.val.images, subset_splits.val.images)
+    keep, held = carve(3000, 0.1)
+    assert len(set(keep.tolist()) & set(held.tolist())) == 0 and len(keep) + len(held) == 3000
+    # train and val never share an image
+    tr = {bytes(x.numpy()) for x in subset_splits.train.images}
+    assert not any(bytes(x.numpy()) in tr for x in subset_splits.val.images[:50])
+
+
+def test_batches_cover_the_set_once(subset_splits):
+    seen = []
+    for images, labels in subset_splits.val.batches(64, shuffle=True, generator=torch.Generator().manual_seed(1)):
+        assert images.dtype == torch.uint8 and len(images) <= 64
+        seen.append(labels)
+    assert sorted(torch.cat(seen).tolist()) == sorted(subset_splits.val.labels.tolist())
+
+
+def test_model_input_is_rgb_float_at_the_right_size():
+    x = to_model_input(torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8), 64)
+    assert x.shape == (2, 3, 64, 64) and x.dtype == torch.float32
+    assert 0 <= float(x.min()) and float(x.max()) <= 1
+    assert torch.equal(x[:, 0], x[:, 1])
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "I;16", "CMYK", "1"])
+def test_odd_images_become_rgb(mode):
+    img = Image.new(mode, (40, 20))
+    t = pil_to_uint8(img, 16)
+    assert t.shape == (3, 16, 16) and t.dtype == torch.uint8
+
+
+def test_broken_image_is_a_clear_error(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(VPError, match="Cannot read"):
+        open_image(bad)
+    (tmp_path / "note.jpg").write_text("hello")
+    with pytest.raises(VPError, match="Cannot read"):
+        open_image(tmp_path / "note.jpg")
+
+
+def _make_folder(root, classes=("cats", "dogs"), n=6, size=(20, 30)):
+    for c, colour in zip(classes, ((255, 0, 0), (0, 0, 255))):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", size, colour).save(root / c / f"{i}.png")
+
+
+def test_image_folder_with_and_without_split_folders(tmp_path):
+    _make_folder(tmp_path / "flat")
+    s = load_splits(str(tmp_path / "flat"), image_size=16)
+    assert s.class_names == ["cats", "dogs"]
+    assert len(s.train) + len(s.val) + len(s.test) == 12 and len(s.test) >= 2
+    assert s.train.images.shape[1:] == (3, 16, 16)
+    _make_folder(tmp_path / "split" / "train")
+    _make_folder(tmp_path / "split" / "test", n=3)
+    s = load_splits(str(tmp_path / "split"), image_size=16)
+    assert len(s.test) == 6 and len(s.train) + len(s.val) == 12
+
+
+def test_image_folder_skips_broken_images_and_names_them(tmp_path):
+    _make_folder(tmp_path)
+    (tmp_path / "cats" / "bad.png").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="bad.png"):
+        s = load_splits(str(tmp_path), image_size=16)
+    assert len(s.train) + len(s.val) + len(s.test) == 12
+
+
+def test_image_folder_problems_are_clear(tmp_path):
+    (tmp_path / "only").mkdir()
+    with pytest.raises(VPError, match="two class folders"):
+        load_splits(str(tmp_path), image_size=16)
+
+
+def test_unknown_dataset_and_missing_download(tmp_path):
+    with pytest.raises(VPError, match="Unknown dataset"):
+        load_splits("imagenet-42", image_size=16)
+    with pytest.raises(VPError, match="--download"):
+        load_splits("cifar10", image_size=16, root=str(tmp_path))
+
+
+def test_idx_reader(tmp_path):
+    import gzip
+    data = bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2]) + bytes(range(8))
+    with gzip.open(tmp_path / "x-idx3-ubyte.gz", "wb") as f:
+        f.write(data)
+    arr = read_idx(tmp_path / "x-idx3-ubyte.gz")
+    assert arr.shape == (2, 2, 2) and arr.ravel().tolist() == list(range(8))
+    (tmp_path / "bad").write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x09")
+    with pytest.raises(VPError):
+        read_idx(tmp_path / "bad")
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian dataset-fashion-mnist not installed")
+def test_full_fashion_mnist_from_debian():
+    s = load_splits("fashion_mnist", image_size=28)
+    assert len(s.train) + len(s.val) == 60000 and len(s.test) == 10000
+    assert np.bincount(s.test.labels.numpy()).tolist() == [1000] * 10

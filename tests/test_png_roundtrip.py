@@ -1,0 +1,41 @@
+"""A clamped prompted image is a real image: saved as an 8-bit PNG and classified again, it gives the same top-1
+as the in-memory prompted tensor."""
+import torch
+
+from visual_prompting import PromptedModel
+from visual_prompting.data import open_image, to_model_input
+
+
+def test_prompted_png_classifies_like_the_tensor(trained, subset_splits, tmp_path):
+    result, _, _ = trained
+    model, _ = PromptedModel.from_prompt_file(result.best_path)
+    model.eval()
+    test = subset_splits.test
+    same = total = 0
+    for images, _ in test.batches(250):
+        x = to_model_input(images, model.image_size)
+        with torch.no_grad():
+            in_memory = model(x).argmax(1)
+        pngs = []
+        for i, im in enumerate(model.prompted_images(images)):
+            path = tmp_path / f"{total + i}.png"
+            im.save(path)
+            pngs.append(open_image(path))
+        reread = torch.stack([torch.from_numpy(__import__("numpy").array(p)).permute(2, 0, 1) for p in pngs])
+        with torch.no_grad():
+            from_png = model(to_model_input(reread, model.image_size), use_prompt=False).argmax(1)
+        same += int((from_png == in_memory).sum())
+        total += len(images)
+    assert total == 1000
+    assert same / total >= 0.99, f"only {same}/{total} PNGs kept their top-1"
+
+
+def test_unclamped_prompt_leaves_the_pixel_range(trained):
+    """Why the clamp matters: the paper's unclamped prompt gives values a PNG cannot hold."""
+    from visual_prompting import create_prompter
+
+    p = create_prompter(kind="pad", image_size=64, size=9, clamp="none")
+    with torch.no_grad():
+        p.pad_up.fill_(0.7)
+    y = p(torch.full((1, 3, 64, 64), 0.6))
+    assert float(y.max()) > 1.0

@@ -1,0 +1,167 @@
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from visual_prompting import TrainConfig, VPError, load_prompt, train
+from visual_prompting.data import load_splits
+from visual_prompting.training import StopTraining, Trainer, cosine_lr
+
+
+def test_short_real_training_beats_no_prompt_on_held_out_data(trained):
+    result, events, cfg = trained
+    m = result.metrics
+    print({k: v for k, v in m.items() if k != "test_per_class"})
+    assert m["test_n"] == 1000
+    assert m["test_top1"] > m["test_top1_no_prompt"] + 0.05
+    assert not result.interrupted and result.steps_done == 120
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    assert "mapping" in kinds  # iterative mapping recomputed at epoch boundaries
+    assert sum(k == "step" for k in kinds) == 120
+
+
+def test_best_prompt_is_chosen_on_validation_not_test(trained):
+    result, events, cfg = trained
+    vals = [e.val_top1 for e in events if e.kind == "eval"]
+    pf = load_prompt(result.best_path)
+    assert pf.meta["metrics"]["val_top1"] == max(vals)
+    assert pf.meta["train_config"] == cfg.to_dict()
+    assert pf.meta["head"]["kind"] == "label_mapping" and len(pf.meta["head"]["mapping"]) == 10
+    assert os.path.isfile(os.path.join(cfg.out_dir, "history.json"))
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    assert cosine_lr(0, 100, 40.0, 10) == pytest.approx(4.0)
+    assert cosine_lr(9, 100, 40.0, 10) == pytest.approx(40.0)
+    assert cosine_lr(55, 100, 40.0, 10) == pytest.approx(20.0)
+    assert cosine_lr(100, 100, 40.0, 10) == pytest.approx(0.0, abs=1e-9)
+
+
+def _tiny_cfg(tmp_path, **kw):
+    base = dict(model="clip:vp-tiny", dataset="fashion_mnist_subset", steps=20, batch_size=32, device="cpu",
+                out_dir=str(tmp_path), eval_every=5, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def tiny_splits():
+    return load_splits("fashion_mnist_subset", image_size=32)
+
+
+def test_paper_learning_rate_is_converted_to_pixel_space(tmp_path, tiny_splits):
+    """One SGD step on the pixel-space prompt equals the paper's step on a prompt in normalised space."""
+    t = Trainer(_tiny_cfg(tmp_path, clamp="none", init="randn", warmup_steps=1, momentum=0.0, lr=40.0),
+                splits=tiny_splits)
+    std, mean = t.backbone.std, t.backbone.mean
+    x = torch.rand(8, 3, 32, 32)
+    y = torch.randint(0, 10, (8,))
+    p0 = t.prompter.delta().detach().clone()
+    # the paper: d lives in normalised space, f(norm(x) + d)
+    d = (p0 / std[0]).clone().requires_grad_(True)
+    feats = t.backbone.net.encode_image((x - mean) / std + d * t.prompter.mask())
+    loss = torch.nn.functional.cross_entropy(t.model.head(feats), y)
+    loss.backward()
+    d1 = d.detach() - 40.0 * d.grad * t.prompter.mask()
+    t.train_step(x, y)
+    p1 = t.prompter.delta().detach()
+    assert torch.allclose(p1, d1 * std[0] * t.prompter.mask(), atol=1e-5)
+
+
+def test_clip_training_changes_only_the_prompt(tmp_path, tiny_splits, monkeypatch):
+    t = Trainer(_tiny_cfg(tmp_path, steps=6), splits=tiny_splits)
+    before = {k: v.clone() for k, v in t.backbone.state_dict().items()}
+    calls = []
+    orig = t.backbone.net.encode_text
+    monkeypatch.setattr(t.backbone.net, "encode_text", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    p0 = t.prompter.delta().detach().clone()
+    res = t.run()
+    assert calls == []  # text features were encoded once, before training
+    assert not torch.equal(t.prompter.delta().detach(), p0)
+    after = t.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert load_prompt(res.best_path).meta["head"]["templates"] == ["This is a photo of a {}"]
+
+
+def test_stopping_keeps_the_best_prompt_on_disk(tmp_path, tiny_splits):
+    seen = []
+
+    def stop_after_12(ev):
+        if ev.kind == "step":
+            seen.append(ev.step)
+            if ev.step == 12:
+                raise StopTraining
+
+    res = Trainer(_tiny_cfg(tmp_path), callbacks=[stop_after_12], splits=tiny_splits).run()
+    assert res.interrupted and res.steps_done == 12
+    assert os.path.isfile(res.best_path) and os.path.isfile(res.last_path)
+    assert load_prompt(res.last_path).meta["metrics"]["step"] == 12
+    assert "test_top1" in load_prompt(res.best_path).meta["metrics"]
+
+
+def test_ctrl_c_and_stop_flag_keep_the_best_prompt(tmp_path, tiny_splits):
+    def ctrl_c(ev):
+        if ev.kind == "step" and ev.step == 3:
+            raise KeyboardInterrupt
+
+    res = Trainer(_tiny_cfg(tmp_path / "a"), callbacks=[ctrl_c], splits=tiny_splits).run()
+    assert res.interrupted and res.steps_done == 3 and os.path.isfile(res.best_path)
+    flag = {"n": 0}
+
+    def should_stop():
+        flag["n"] += 1
+        return flag["n"] > 7
+
+    res = Trainer(_tiny_cfg(tmp_path / "b"), should_stop=should_stop, splits=tiny_splits).run()
+    assert res.interrupted and res.steps_done == 7 and os.path.isfile(res.best_path)
+
+
+def test_resume_gives_the_same_prompt_as_an_uninterrupted_run(tmp_path, tiny_splits):
+    full = Trainer(_tiny_cfg(tmp_path / "full", prompter="random_patch"), splits=tiny_splits)
+    full.run()
+
+    def stop_at_9(ev):
+        if ev.kind == "step" and ev.step == 9:
+            raise StopTraining
+
+    Trainer(_tiny_cfg(tmp_path / "cut", prompter="random_patch"), callbacks=[stop_at_9], splits=tiny_splits).run()
+    resumed = Trainer(_tiny_cfg(tmp_path / "cut", prompter="random_patch", resume=True), splits=tiny_splits)
+    res = resumed.run()
+    assert res.steps_done == 20
+    assert torch.allclose(resumed.prompter.delta(), full.prompter.delta(), atol=1e-6)
+
+
+def test_resume_refuses_a_different_run(tmp_path, tiny_splits):
+    Trainer(_tiny_cfg(tmp_path, steps=2), splits=tiny_splits).run()
+    with pytest.raises(VPError, match="another prompter"):
+        Trainer(_tiny_cfg(tmp_path, steps=4, prompter="fixed_patch", resume=True), splits=tiny_splits).run()
+
+
+@pytest.mark.parametrize("mapping", ["first_k", "frequency"])
+def test_label_mappings_in_training(tmp_path, effnet, subset_splits, mapping):
+    from visual_prompting.backbones import BackboneCache
+
+    cache = BackboneCache()
+    cache._cache[("effnet-lite0@64", "cpu")] = effnet
+    t = Trainer(TrainConfig(model="effnet-lite0@64", steps=3, batch_size=32, label_mapping=mapping, device="cpu",
+                            out_dir=str(tmp_path), mapping_samples=300), cache=cache, splits=subset_splits)
+    res = t.run()
+    m = load_prompt(res.best_path).meta["head"]
+    assert m["method"] == mapping
+    if mapping == "first_k":
+        assert m["mapping"] == list(range(10))
+    else:
+        assert m["mapping"] != list(range(10)) and len(set(m["mapping"])) == 10
+
+
+def test_bad_training_settings_are_clear(tmp_path, tiny_splits):
+    with pytest.raises(VPError, match="templates"):
+        Trainer(_tiny_cfg(tmp_path, templates="fancy"), splits=tiny_splits)
+    with pytest.raises(VPError, match="at least 1"):
+        Trainer(_tiny_cfg(tmp_path, steps=None, epochs=0), splits=tiny_splits)
+    with pytest.raises(VPError, match="CUDA is not available"):
+        Trainer(_tiny_cfg(tmp_path, device="cuda"), splits=tiny_splits) if not torch.cuda.is_available() \
+            else (_ for _ in ()).throw(VPError("CUDA is not available (skipped on GPU machines)"))
