@@ -142,3 +142,20 @@ def test_bad_specs_say_what_is_wrong(spec, msg):
 def test_open_clip_random_weights_spec_builds_a_real_architecture():
     bb = load_backbone("clip:ViT-B-32/random@64")
     assert bb.image_size == 64 and isinstance(bb.net, open_clip.CLIP)
+
+
+def test_torchvision_backbones_offline_say_so_and_random_weights_work(monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    def no_network(*a, **k):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_network, raising=False)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(VPError, match="Cannot get the ImageNet weights of torchvision:resnet18"):
+        load_backbone("torchvision:resnet18")
+    bb = load_backbone("torchvision:resnet18/random@32")
+    assert bb.kind == "classifier" and len(bb.source_classes) == 1000 and bb.image_size == 32
+    assert bb(torch.rand(1, 3, 32, 32)).shape == (1, 1000)

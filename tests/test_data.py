@@ -116,3 +116,45 @@ def test_full_fashion_mnist_from_debian():
     s = load_splits("fashion_mnist", image_size=28)
     assert len(s.train) + len(s.val) == 60000 and len(s.test) == 10000
     assert np.bincount(s.test.labels.numpy()).tolist() == [1000] * 10
+
+
+def test_small_sets_are_resized_once_with_the_same_pixels_as_per_batch():
+    big = load_splits("fashion_mnist_subset", image_size=48, resize_cache_bytes=0)  # kept at 28 px
+    small = load_splits("fashion_mnist_subset", image_size=48)  # resized once to 48 px
+    assert big.val.images.shape[-1] == 28 and small.val.images.shape[-1] == 48
+    a = to_model_input(big.val.images[:64], 48)
+    b = to_model_input(small.val.images[:64], 48)
+    assert torch.equal(a, b)
+
+
+def _write_idx(path, arr):
+    arr = np.asarray(arr, dtype=np.uint8)
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    path.write_bytes(header + arr.tobytes())
+
+
+def test_torchvision_mnist_path_with_local_files(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    s = load_splits("MNIST", image_size=32, root=str(tmp_path))
+    assert s.class_names == [str(i) for i in range(10)]
+    assert len(s.train) + len(s.val) == 40 and len(s.test) == 20
+    assert s.test.images.shape[1:] == (1, 32, 32)
+
+
+def test_torchvision_eurosat_path_decodes_and_holds_out_a_test_split(tmp_path):
+    folders = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
+               "PermanentCrop", "Residential", "River", "SeaLake"]
+    for i, c in enumerate(folders):
+        d = tmp_path / "eurosat" / "2750" / c
+        d.mkdir(parents=True)
+        for j in range(3):
+            Image.new("RGB", (64, 64), (25 * i, 10 * j, 0)).save(d / f"{c}_{j}.jpg")
+    s = load_splits("eurosat", image_size=24, root=str(tmp_path))
+    assert s.class_names[0] == "annual crop land" and len(s.class_names) == 10
+    assert len(s.train) + len(s.val) + len(s.test) == 30 and len(s.test) == 6
+    assert s.train.images.shape[1:] == (3, 24, 24)

@@ -124,6 +124,17 @@ class TensorImageSet(ImageSet):
     def subset(self, indices):
         return TensorImageSet(self.images[indices], self.labels[indices], self.class_names, self.name)
 
+    def resized(self, size: int, chunk: int = 512) -> "TensorImageSet":
+        """The same set resized once to ``size`` (same arithmetic as :func:`to_model_input`, kept as uint8)."""
+        if self.images.shape[-2:] == (size, size):
+            return self
+        out = torch.empty(len(self), self.images.shape[1], size, size, dtype=torch.uint8)
+        for i in range(0, len(self), chunk):
+            x = self.images[i : i + chunk].float().div_(255.0)
+            x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+            out[i : i + chunk] = x.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+        return TensorImageSet(out, self.labels, self.class_names, self.name)
+
     def batches(self, batch_size, shuffle=False, generator=None):
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
@@ -204,8 +215,13 @@ def carve(n: int, fraction: float, seed: int = SPLIT_SEED) -> tuple[torch.Tensor
 
 
 def load_splits(name: str, *, image_size: int = 224, root: str | None = None, download: bool = False,
-                val_fraction: float = 0.1, max_cache_bytes: int = 4 << 30, num_workers: int = 2) -> DataSplits:
-    """Train / val / test splits of a dataset, by name or directory (see the module docstring)."""
+                val_fraction: float = 0.1, max_cache_bytes: int = 4 << 30, num_workers: int = 2,
+                resize_cache_bytes: int = 1 << 30) -> DataSplits:
+    """Train / val / test splits of a dataset, by name or directory (see the module docstring).
+
+    Images are decoded once. Sets held as tensors are also resized once to ``image_size`` when the resized
+    copy fits in ``resize_cache_bytes`` (per split); larger ones are resized batch by batch as they are used
+    (a cheap tensor op next to the model), and sets over ``max_cache_bytes`` are decoded by DataLoader workers."""
     root = root or DEFAULT_ROOT
     if os.path.isdir(name):
         train, test = _image_folder(name, image_size, max_cache_bytes, num_workers)
@@ -222,7 +238,10 @@ def load_splits(name: str, *, image_size: int = 224, root: str | None = None, do
         else:
             raise VPError(f"Unknown dataset {name!r}: not a directory and not one of {', '.join(dataset_names())}.")
     keep, held = carve(len(train), val_fraction)
-    return DataSplits(train.subset(keep), train.subset(held), test, train.class_names, label)
+    parts = [train.subset(keep), train.subset(held), test]
+    parts = [p.resized(image_size) if isinstance(p, TensorImageSet)
+             and len(p) * p.images.shape[1] * image_size**2 <= resize_cache_bytes else p for p in parts]
+    return DataSplits(*parts, train.class_names, label)
 
 
 def _bundled_subset() -> tuple[ImageSet, ImageSet]:
