@@ -14,7 +14,8 @@ def test_help_works_as_a_module():
 
 
 @pytest.mark.parametrize("cmd, words", [("train", ["--prompter", "--lr", "paper"]), ("eval", ["--split"]),
-                                        ("predict", ["--prompt", "-k"]), ("info", ["prompt"])])
+                                        ("predict", ["--prompt", "-k"]), ("info", ["prompt"]),
+                                        ("push", ["--repo-id", "--private", "--dry-run"])])
 def test_every_command_explains_its_options(cmd, words, capsys):
     with pytest.raises(SystemExit) as e:
         main([cmd, "--help"])
@@ -60,3 +61,13 @@ def test_errors_are_one_clear_line(tmp_path, capsys, trained):
     assert "Unknown dataset" in capsys.readouterr().err
     assert main(["info"]) == 0
     assert "fashion_mnist_subset" in capsys.readouterr().out
+
+
+def test_push_dry_run_writes_the_upload_folder_and_it_loads_back(tmp_path, capsys, trained):
+    best = trained[0].best_path
+    assert main(["push", best, "--repo-id", "someone/fmnist-pad", "--dry-run", str(tmp_path / "up")]) == 0
+    assert sorted(p.name for p in (tmp_path / "up").iterdir()) == ["README.md", "config.json", "prompt.png",
+                                                                    "prompt.safetensors"]
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "up")]) == 0  # a folder is accepted wherever a prompt is
+    assert "effnet-lite0@64" in capsys.readouterr().out

@@ -84,7 +84,7 @@ def _add_train(sub) -> None:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="accuracy of a prompt, with and without it",
                        description="Top-1/top-5 of a prompt file's model on a split, with and without the prompt.")
-    p.add_argument("--prompt", required=True, help="prompt file (.safetensors)")
+    p.add_argument("--prompt", required=True, help="prompt file (.safetensors), a folder with prompt.safetensors, hf://USER/NAME[@REV][/FILE] or USER/NAME")
     p.add_argument("--dataset", default=None, help="dataset (default: the one the prompt was trained on)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="(default: %(default)s)")
     p.add_argument("--data-root", default=None)
@@ -99,7 +99,7 @@ def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="zero-shot and prompted top-k for images",
                        description="Classify images with and without a prompt and print both top-k side by side.")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--prompt", required=True, help="prompt file (.safetensors)")
+    p.add_argument("--prompt", required=True, help="prompt file (.safetensors), a folder with prompt.safetensors, hf://USER/NAME[@REV][/FILE] or USER/NAME")
     p.add_argument("-k", "--top-k", type=int, default=5, help="(default: %(default)s)")
     p.add_argument("--device", default="auto")
     p.add_argument("--save-prompted", default=None, metavar="DIR", help="also write each prompted image as a PNG")
@@ -109,19 +109,34 @@ def _add_info(sub) -> None:
     p = sub.add_parser("info", help="what a prompt file holds; or the known datasets and backbones",
                        description="Print a prompt file's metadata and metrics (validated), or with no file the "
                                    "datasets and backbone specs this version knows.")
-    p.add_argument("prompt", nargs="?", help="prompt file (.safetensors)")
+    p.add_argument("prompt", nargs="?", help="prompt file (.safetensors), a folder with prompt.safetensors, hf://USER/NAME[@REV][/FILE] or USER/NAME")
     p.add_argument("--json", action="store_true", help="print the raw metadata as JSON")
+
+
+def _add_push(sub) -> None:
+    p = sub.add_parser("push", help="upload a prompt to the Hugging Face Hub",
+                       description="Upload a prompt to a Hub model repo (created if missing): prompt.safetensors, "
+                                   "config.json, a model card (README.md) with its accuracy, and prompt.png.")
+    p.add_argument("prompt", help="prompt file (.safetensors)")
+    p.add_argument("--repo-id", required=True, metavar="USER/NAME", help="the Hub repo to create or update")
+    p.add_argument("--token", default=None, help="token with write access (default: the one from `hf auth login` "
+                   "or $HF_TOKEN; prefer those, a token on the command line is visible to others)")
+    p.add_argument("--private", action="store_true", help="make a new repo private (an existing one keeps its "
+                   "visibility)")
+    p.add_argument("--message", default=None, help="commit message")
+    p.add_argument("--dry-run", metavar="DIR", default=None, help="only write the folder that would be uploaded")
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m visual_prompting",
                                  description="Visual prompting: adapt a frozen vision model to a new classification "
                                              "task by learning one image perturbation.")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,predict,info}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,predict,info,push}")
     _add_train(sub)
     _add_eval(sub)
     _add_predict(sub)
     _add_info(sub)
+    _add_push(sub)
     return ap
 
 
@@ -262,10 +277,25 @@ def cmd_info(a) -> int:
     return 0
 
 
+def cmd_push(a) -> int:
+    from .hub import prepare_upload, push_prompt
+
+    if a.dry_run:
+        print(f"upload folder: {prepare_upload(a.prompt, a.dry_run, repo_id=a.repo_id)}")
+        return 0
+    print(f"pushed: {push_prompt(a.prompt, a.repo_id, token=a.token, private=a.private, commit_message=a.message)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "info": cmd_info}[args.command](args)
+        if getattr(args, "prompt", None) and args.command in ("eval", "predict", "info"):
+            from .hub import resolve_prompt
+
+            args.prompt = resolve_prompt(args.prompt)
+        return {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "info": cmd_info,
+                "push": cmd_push}[args.command](args)
     except VPError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -212,29 +212,13 @@ class RandomPatchPrompter(FixedPatchPrompter):
         return super().forward(images)
 
 
-class ShrinkPadPrompter(Prompter):
+class ShrinkPadPrompter(PadPrompter):
     """The image is shrunk to S-2p and the learned frame fills the border (no overlap with the image).
 
     The frame starts grey (0.5, close to the backbone's mean colour, like EVP's zero in normalised space)."""
 
     kind = "shrink_pad"
     base = 0.5
-
-    def __init__(self, cfg: PrompterConfig):
-        super().__init__(cfg)
-        s, p = cfg.image_size, cfg.size
-        if 2 * p >= s:
-            raise VPError(f"Pad width {p} is too large for {s}px images (needs 2*pad < image size).")
-        self.pad_up = self._param(3, p, s)
-        self.pad_down = self._param(3, p, s)
-        self.pad_left = self._param(3, s - 2 * p, p)
-        self.pad_right = self._param(3, s - 2 * p, p)
-
-    def delta(self) -> torch.Tensor:
-        return _pad_delta(self.pad_up, self.pad_down, self.pad_left, self.pad_right, self.cfg.image_size, self.cfg.size)
-
-    def mask(self) -> torch.Tensor:
-        return PadPrompter.mask(self)
 
     def _prompt(self, images: torch.Tensor) -> torch.Tensor:
         s, p = self.cfg.image_size, self.cfg.size

@@ -178,6 +178,7 @@ class Trainer:
         self.best_path = os.path.join(self.out_dir, "best.safetensors")
         self.last_path = os.path.join(self.out_dir, "last.safetensors")
         self.history: list[dict] = []
+        self.log_every = max(1, self.total_steps // 2000)
         self.step = 0
         self.best_val = -1.0
         self.zero_shot_val: float | None = None
@@ -188,8 +189,9 @@ class Trainer:
 
     # -- events -------------------------------------------------------------------------------------------
     def emit(self, ev: TrainEvent) -> None:
-        rec = {k: v for k, v in asdict(ev).items() if k != "prompt" and v is not None}
-        self.history.append(rec)
+        """Send an event to every callback; keep it in ``history`` (step events thinned to ~2000 a run)."""
+        if ev.kind != "step" or ev.step % self.log_every == 0 or ev.step == self.total_steps:
+            self.history.append({k: v for k, v in asdict(ev).items() if k != "prompt" and v is not None})
         for cb in self.callbacks:
             cb(ev)
 
@@ -312,7 +314,8 @@ class Trainer:
                 if self.should_stop():
                     raise StopTraining
                 t0 = time.perf_counter()
-                loss, acc, lr = self.train_step(to_model_input(images, S), labels)
+                x = to_model_input(images.to(self.device, non_blocking=True), S)
+                loss, acc, lr = self.train_step(x, labels)
                 dt = time.perf_counter() - t0
                 self.step += 1
                 self.emit(TrainEvent("step", self.step, self.total_steps, epoch=epoch, loss=loss, lr=lr,

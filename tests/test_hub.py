@@ -1,0 +1,346 @@
+"""Hub sharing without the internet: the upload folder and model card, local sources, and the real
+``huggingface_hub.hf_hub_download`` path against a tiny fake Hub served on 127.0.0.1."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import huggingface_hub
+import pytest
+import torch
+from huggingface_hub import ModelCard, constants
+
+from visual_prompting import VPError, create_prompter, load_prompt, save_prompt
+from visual_prompting.hub import (UPLOAD_FILES, base_model_for, prepare_upload, pull_prompt, push_prompt,
+                                  resolve_prompt)
+from visual_prompting.prompt_file import build_metadata, read_metadata
+
+METRICS = {"val_top1": 0.61, "best_val_top1": 0.61, "zero_shot_val_top1": 0.42, "test_top1": 0.639,
+           "test_top5": 0.94, "test_top1_no_prompt": 0.408, "test_top5_no_prompt": 0.839, "test_n": 1000}
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens there
+
+
+def _prompter():
+    return create_prompter(kind="pad", image_size=32, size=4, init="randn", init_std=0.2)
+
+
+def _meta(p, **over):
+    m = build_metadata(p, backbone={"spec": "clip:vp-tiny", "kind": "clip"}, class_names=["cat", "dog"],
+                       head={"kind": "clip_text", "templates": ["This is a photo of a {}"]}, dataset="cifar10",
+                       train_config={"lr": 40.0, "steps": 100, "batch_size": 32}, metrics=dict(METRICS))
+    m.update(over)
+    return m
+
+
+def _same_prompt(a, b) -> None:
+    pa, pb = load_prompt(a), load_prompt(b)
+    assert pa.meta == pb.meta
+    ta, tb = dict(pa.prompter.named_parameters()), dict(pb.prompter.named_parameters())
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+@pytest.fixture(autouse=True)
+def isolated_hf(tmp_path, monkeypatch):
+    """Own Hugging Face cache, online mode, no proxy for 127.0.0.1: nothing here can reach the real Hub."""
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("HF_ENDPOINT", UNREACHABLE)  # a test that needs a Hub starts the fake one
+    return cache
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+    p = _prompter()
+    return save_prompt(tmp_path / "src" / "best.safetensors", p, _meta(p))
+
+
+@pytest.fixture
+def upload_folder(prompt_file, tmp_path):
+    return prepare_upload(prompt_file, tmp_path / "upload", repo_id="alice/vp-test")
+
+
+# -- the fake Hub ------------------------------------------------------------------------------------------------
+
+class FakeHub:
+    """The two requests ``hf_hub_download`` makes, as the Hub answers them:
+
+    HEAD/GET ``/{repo_id}/resolve/{revision}/{filename}`` -> 200 with ``X-Repo-Commit`` (required, else
+    FileMetadataError), ``ETag`` (the cache's blob name; ``X-Linked-Etag`` would win if present), ``Content-Length``
+    (the expected size; ``X-Linked-Size`` would win) and, for GET, the bytes. No ``X-Xet-*`` headers, so it is a plain
+    HTTP download. Errors: 404 + ``X-Error-Code: RepoNotFound | RevisionNotFound | EntryNotFound`` (mapped by
+    ``hf_raise_for_status``), and 503 for repos marked down.
+    """
+
+    ROUTE = re.compile(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
+
+    def __init__(self):
+        self.repos: dict[str, dict] = {}
+        self.down: set[str] = set()
+        self.requests: list[tuple[str, str]] = []
+        self.url = ""
+        self._server = None
+
+    def add_folder(self, repo_id: str, folder) -> str:
+        files = {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+        commit = hashlib.sha1(repr(sorted((k, hashlib.sha256(v).hexdigest()) for k, v in files.items()))
+                              .encode()).hexdigest()
+        self.repos[repo_id] = {"commit": commit, "files": files}
+        return commit
+
+    def answer(self, method: str, raw_path: str):
+        self.requests.append((method, raw_path))
+        m = self.ROUTE.match(urlsplit(raw_path).path)
+        if not m:
+            return 404, {}, b"not found"
+        repo_id, revision, filename = unquote(m[1]), unquote(m[2]), unquote(m[3])
+        if repo_id in self.down:
+            return 503, {}, b"service unavailable"
+        repo = self.repos.get(repo_id)
+        if repo is None:
+            return 404, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"}, b"no repo"
+        if revision not in ("main", repo["commit"]):
+            return 404, {"X-Error-Code": "RevisionNotFound", "X-Error-Message": "Invalid rev id"}, b"no revision"
+        head = {"X-Repo-Commit": repo["commit"]}
+        if filename not in repo["files"]:
+            return 404, {**head, "X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found"}, b"no file"
+        body = repo["files"][filename]
+        return 200, {**head, "ETag": f'"{hashlib.sha256(body).hexdigest()}"',
+                     "Content-Type": "application/octet-stream"}, body
+
+    def start(self) -> "FakeHub":
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _reply(self, with_body: bool):
+                status, headers, body = hub.answer(self.command, self.path)
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if with_body:
+                    self.wfile.write(body)
+
+            def do_HEAD(self):  # noqa: N802
+                self._reply(False)
+
+            def do_GET(self):  # noqa: N802
+                self._reply(True)
+
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    fake = FakeHub().start()
+    monkeypatch.setenv("HF_ENDPOINT", fake.url)
+    yield fake
+    fake.stop()
+
+
+# -- the upload folder ---------------------------------------------------------------------------------------------
+
+def test_prepare_upload_writes_exactly_the_upload(prompt_file, upload_folder):
+    assert sorted(p.name for p in upload_folder.iterdir()) == sorted(UPLOAD_FILES)
+    assert (upload_folder / "prompt.safetensors").read_bytes() == Path(prompt_file).read_bytes()
+    assert json.loads((upload_folder / "config.json").read_text()) == read_metadata(prompt_file)
+
+    text = (upload_folder / "README.md").read_text()
+    assert text.startswith("---\n")
+    import yaml
+
+    front = yaml.safe_load(text.split("---\n")[1])
+    assert front["library_name"] == "visual-prompting"
+    assert front["tags"] == ["visual-prompting", "image-classification", "clip"]
+    assert front["datasets"] == ["cifar10"] and front["metrics"] == ["accuracy"]
+    assert "base_model" not in front  # clip:vp-tiny has random weights: no base model
+    results = front["model-index"][0]["results"][0]
+    assert results["dataset"]["split"] == "test"
+    assert [r["value"] for r in results["metrics"]] == [0.639, 0.94]
+
+    card = ModelCard.load(upload_folder / "README.md")  # how the Hub library reads it
+    assert card.data.library_name == "visual-prompting"
+    assert [r.metric_value for r in card.data.eval_results] == [0.639, 0.94]
+    body = card.text
+    assert "python -m visual_prompting predict IMG --prompt prompt.safetensors" in body
+    assert "PromptedModel.from_prompt_file" in body and "![prompt](prompt.png)" in body
+    assert "| test top-1 | 40.8% | 63.9% |" in body
+    assert "| test top-5 | 83.9% | 94.0% |" in body
+    assert "| val top-1 | 42.0% | 61.0% |" in body
+
+
+def test_prompt_png_shows_the_prompt_on_grey(upload_folder):
+    from PIL import Image
+
+    im = Image.open(upload_folder / "prompt.png")
+    assert im.mode == "RGB" and im.size[0] == im.size[1] >= 256
+    w = im.size[0]
+    assert im.getpixel((w // 2, w // 2)) == (128, 128, 128)  # the image area: untouched
+    border = [im.getpixel((x, 1)) for x in range(0, w, 8)]
+    assert len(set(border)) > 5  # the frame: the random prompt's colours
+
+
+def test_loading_the_upload_folder_gives_back_the_same_prompt(prompt_file, upload_folder):
+    path = resolve_prompt(upload_folder)
+    assert Path(path) == upload_folder / "prompt.safetensors"
+    _same_prompt(path, prompt_file)
+    assert resolve_prompt(prompt_file) == str(prompt_file)
+
+
+def test_card_without_metrics_and_checkpoint_state(tmp_path):
+    p = _prompter()
+    ckpt = save_prompt(tmp_path / "last.safetensors", p, _meta(p, metrics={}, dataset="/home/me/my_photos"),
+                       state={"rng": torch.zeros(5, dtype=torch.uint8)})
+    folder = prepare_upload(ckpt, tmp_path / "up")
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "visual-prompting"
+    assert card.data.eval_results is None and card.data.datasets is None  # a local folder is not a Hub dataset
+    assert "## Accuracy" not in card.text
+    shared = load_prompt(folder / "prompt.safetensors")
+    assert shared.state == {}  # optimiser / RNG state is not shared
+    _same_prompt(folder / "prompt.safetensors", ckpt)
+    with pytest.raises(VPError, match="other files"):
+        (tmp_path / "busy").mkdir()
+        (tmp_path / "busy" / "notes.txt").write_text("x")
+        prepare_upload(ckpt, tmp_path / "busy")
+
+
+def test_base_model_only_for_known_weights():
+    assert base_model_for("clip:ViT-B-32/openai") == "timm/vit_base_patch32_clip_224.openai"
+    assert base_model_for("clip:vp-tiny") is None
+    assert base_model_for("clip:ViT-B-32/random") is None
+    assert base_model_for("effnet-lite0@96") is None
+
+
+def test_bad_sources_say_what_is_wrong(tmp_path):
+    with pytest.raises(VPError, match="not found"):
+        resolve_prompt(tmp_path / "runs" / "nope.safetensors")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VPError, match="without prompt.safetensors"):
+        resolve_prompt(tmp_path / "empty")
+    with pytest.raises(VPError, match="Hub location"):
+        resolve_prompt("hf://only-one-part")
+    with pytest.raises(VPError, match="repo id"):
+        pull_prompt("not a repo")
+
+
+# -- pulling through huggingface_hub ----------------------------------------------------------------------------
+
+def test_pull_downloads_then_works_from_the_cache(hub, upload_folder, prompt_file, isolated_hf, monkeypatch):
+    commit = hub.add_folder("alice/vp-test", upload_folder)
+    path = pull_prompt("alice/vp-test")
+    assert Path(path).is_relative_to(isolated_hf) and commit in path
+    _same_prompt(path, prompt_file)
+    assert ("GET", "/alice/vp-test/resolve/main/prompt.safetensors") in hub.requests
+    assert resolve_prompt("hf://alice/vp-test") == path
+    assert resolve_prompt("alice/vp-test") == path
+    assert resolve_prompt(f"hf://alice/vp-test@{commit}/prompt.safetensors") == path
+
+    hub.stop()  # the Hub goes away: the cached copy is used, quickly
+    t = time.monotonic()
+    assert pull_prompt("alice/vp-test") == path
+    assert resolve_prompt(f"hf://alice/vp-test@{commit}") == path
+    assert time.monotonic() - t < 10
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # HF_HUB_OFFLINE=1 before huggingface_hub was imported
+    assert pull_prompt("alice/vp-test") == path
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # ... or set later
+    assert pull_prompt("alice/vp-test") == path
+    with pytest.raises(VPError, match="offline mode"):
+        pull_prompt("alice/never-downloaded")
+
+
+def test_missing_repo_file_or_revision_fail_fast(hub, upload_folder):
+    hub.add_folder("alice/vp-test", upload_folder)
+    hub.down.add("alice/down")
+    cases = [(dict(repo_id="nobody/nothing"), "no such repo"),
+             (dict(repo_id="alice/vp-test", filename="other.safetensors"), "no file of that name"),
+             (dict(repo_id="alice/vp-test", revision="v9"), "no such revision"),
+             (dict(repo_id="alice/down"), "HTTP 503"),  # huggingface_hub alone would retry this with backoff
+             (dict(repo_id="alice/vp-test", filename="config.json"), "not a usable visual-prompting prompt")]
+    for kw, words in cases:
+        t = time.monotonic()
+        with pytest.raises(VPError, match=words):
+            pull_prompt(**kw)
+        assert time.monotonic() - t < 5, kw
+    with pytest.raises(VPError, match="No local file or folder 'nobody/nothing'.*no such repo"):
+        resolve_prompt("nobody/nothing")
+
+
+def test_unreachable_hub_with_empty_cache_fails_fast():
+    t = time.monotonic()
+    with pytest.raises(VPError, match="unreachable.*not in the local Hugging Face cache"):
+        pull_prompt("alice/vp-test")
+    with pytest.raises(VPError, match="unreachable"):
+        resolve_prompt("hf://alice/vp-test@v1/prompts/cifar10.safetensors")
+    assert time.monotonic() - t < 10
+
+
+# -- pushing ----------------------------------------------------------------------------------------------------
+
+def test_push_fails_fast_and_clearly_without_a_hub(prompt_file, monkeypatch):
+    t = time.monotonic()
+    with pytest.raises(VPError, match="unreachable"):
+        push_prompt(prompt_file, "alice/vp-test", token="hf_fake")
+    assert time.monotonic() - t < 10
+    with pytest.raises(VPError, match="repo id"):
+        push_prompt(prompt_file, "alice/vp/test")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(VPError, match="offline"):
+        push_prompt(prompt_file, "alice/vp-test")
+
+
+def test_push_creates_the_repo_and_uploads_the_prepared_folder(hub, prompt_file, monkeypatch):
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    calls = []
+
+    def create_repo(self, repo_id, **kw):
+        calls.append(("create_repo", repo_id, kw, self.endpoint, self.token))
+        return huggingface_hub.RepoUrl(f"{self.endpoint}/{repo_id}", endpoint=self.endpoint)
+
+    def upload_folder(self, *, repo_id, folder_path, **kw):
+        calls.append(("upload_folder", repo_id, kw, sorted(p.name for p in Path(folder_path).iterdir())))
+        _same_prompt(Path(folder_path) / "prompt.safetensors", prompt_file)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    url = push_prompt(prompt_file, "alice/vp-new", token="hf_fake", private=True)
+    assert url == f"{hub.url}/alice/vp-new"
+    (_, rid, kw, endpoint, token), (_, rid2, kw2, files) = calls
+    assert rid == rid2 == "alice/vp-new" and endpoint == hub.url and token == "hf_fake"
+    assert kw["private"] is True and kw["exist_ok"] is True
+    assert files == sorted(UPLOAD_FILES) and "pad" in kw2["commit_message"]
+
+    def refused(self, repo_id, **kw):
+        raise HfHubHTTPError("401 Unauthorized", response=httpx2.Response(401, request=httpx2.Request("POST", hub.url)))
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", refused)
+    with pytest.raises(VPError, match="refused the token"):
+        push_prompt(prompt_file, "alice/vp-new", token="hf_bad")
