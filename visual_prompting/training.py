@@ -183,9 +183,11 @@ class Trainer:
         self.best_val = -1.0
         self.zero_shot_val: float | None = None
         self.baseline_mapping: list[int] | None = None
-        g = torch.Generator().manual_seed(cfg.seed + 1)
-        n = len(self.splits.train)
-        self.mapping_idx = torch.randperm(n, generator=g)[: min(n, cfg.mapping_samples)]
+        self.mapping_set = None  # the train images that (re)compute a frequency / iterative mapping, taken once
+        if isinstance(head, LabelMappingHead) and cfg.label_mapping != "first_k":
+            n = len(self.splits.train)
+            idx = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[: min(n, cfg.mapping_samples)]
+            self.mapping_set = self.splits.train.subset(idx)
 
     # -- events -------------------------------------------------------------------------------------------
     def emit(self, ev: TrainEvent) -> None:
@@ -197,9 +199,9 @@ class Trainer:
 
     # -- label mapping ------------------------------------------------------------------------------------
     def compute_mapping(self, use_prompt: bool) -> torch.Tensor:
-        subset = self.splits.train.subset(self.mapping_idx)
         counts = torch.zeros(len(self.backbone.source_classes), len(self.class_names), dtype=torch.long)
-        for logits, labels in logits_over(self.model, subset, use_prompt, self.batch_size, self.cfg.amp, source=True):
+        for logits, labels in logits_over(self.model, self.mapping_set, use_prompt, self.batch_size, self.cfg.amp,
+                                          source=True):
             counts += prediction_counts(logits, labels, len(self.class_names))
         return frequency_mapping(counts)
 
