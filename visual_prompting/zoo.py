@@ -1,6 +1,14 @@
-"""The local prompt zoo: every valid prompt file under ``prompts_zoo/`` with its metadata."""
+"""The prompt zoo: the prompt files in ``prompts_zoo/`` and the index that says what each one measured.
+
+``prompts_zoo/index.json`` is ``{"version": 1, "prompts": [entry, ...]}``; an entry names a prompt by ``path``
+(relative to the zoo folder) or ``repo_id`` (a Hugging Face Hub repo, optionally ``filename``/``revision``),
+with its ``backbone``, ``dataset``, ``classes``, ``prompter`` and ``metrics`` (and, for prompts made here, the
+exact ``command`` that made them). ``scripts/build_zoo.py`` writes it; tests check that every entry exists and
+still measures what it lists.
+"""
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -8,16 +16,54 @@ from .errors import VPError
 from .prompt_file import read_metadata
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "prompts_zoo"
+INDEX = ZOO_DIR / "index.json"
 
 
-def list_prompts(folder: str | Path = ZOO_DIR) -> list[dict]:
-    """``[{"name", "path", "meta"}]`` for each readable prompt file; unreadable ones are skipped with a warning."""
+def load_index(folder: str | Path = ZOO_DIR) -> list[dict]:
+    """The entries of ``folder/index.json`` (empty when there is none); malformed ones are an error."""
+    path = Path(folder) / "index.json"
+    if not path.is_file():
+        return []
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise VPError(f"{path} is not valid JSON ({e}).") from e
+    entries = doc.get("prompts") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        raise VPError(f"{path} must be {{\"version\": 1, \"prompts\": [...]}}.")
+    for e in entries:
+        if not isinstance(e, dict) or not e.get("name") or not (e.get("path") or e.get("repo_id")):
+            raise VPError(f"{path}: every entry needs a 'name' and a 'path' or 'repo_id' ({e!r}).")
+    return entries
+
+
+def list_prompts(folder: str | Path = ZOO_DIR, include_hub: bool = False) -> list[dict]:
+    """``[{"name", "path", "meta", "index"}]``: every readable prompt file in ``folder`` (with its index entry, if
+    any), plus, with ``include_hub``, the index's Hub entries that can be pulled now. Unreadable files and Hub
+    entries that cannot be reached are skipped with a warning that says why."""
+    folder = Path(folder)
+    by_path = {e["path"]: e for e in load_index(folder) if e.get("path")}
     out = []
-    for path in sorted(Path(folder).glob("**/*.safetensors")):
+    for path in sorted(folder.glob("**/*.safetensors")):
+        rel = str(path.relative_to(folder))
         try:
             meta = read_metadata(path)
         except VPError as e:
             warnings.warn(f"Skipping {path}: {e}")
             continue
-        out.append({"name": str(path.relative_to(folder).with_suffix("")), "path": str(path), "meta": meta})
+        entry = by_path.get(rel)
+        out.append({"name": entry["name"] if entry else str(Path(rel).with_suffix("")), "path": str(path),
+                    "meta": meta, "index": entry})
+    if include_hub:
+        from .hub import pull_prompt
+
+        for e in load_index(folder):
+            if not e.get("repo_id"):
+                continue
+            try:
+                path = pull_prompt(e["repo_id"], e.get("filename"), e.get("revision"))
+            except VPError as err:
+                warnings.warn(f"Skipping Hub prompt {e['name']}: {err}")
+                continue
+            out.append({"name": e["name"], "path": path, "meta": read_metadata(path), "index": e})
     return out

@@ -1,0 +1,108 @@
+"""Train the offline zoo prompts and write prompts_zoo/index.json with what each one measured.
+
+Each entry is EfficientNet-Lite0 (real ImageNet weights, 96 px) on the full Fashion-MNIST from Debian's
+dataset-fashion-mnist package, trained with the exact CLI command stored in the index, then evaluated on the
+full 10,000-image test set and on the bundled subset's 1,000 test images (which tests can check offline).
+
+    python scripts/build_zoo.py                  # all kinds (about half an hour on 2 CPU cores)
+    python scripts/build_zoo.py --kinds pad      # only some
+    python scripts/build_zoo.py --index-only     # rewrite the index from the prompts already in prompts_zoo/
+    python scripts/build_zoo.py --verify         # evaluate every entry again on its full test set, compare
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from visual_prompting import PromptedModel  # noqa: E402
+from visual_prompting.data import load_splits  # noqa: E402
+from visual_prompting.evaluation import evaluate  # noqa: E402
+from visual_prompting.prompt_file import read_metadata  # noqa: E402
+from visual_prompting.zoo import INDEX, ZOO_DIR  # noqa: E402
+
+MODEL = "effnet-lite0@96"
+KINDS = ("pad", "fixed_patch", "random_patch", "shrink_pad")
+
+
+def command(kind: str, dataset: str, steps: int) -> list[str]:
+    return ["python", "-m", "visual_prompting", "train", "--model", MODEL, "--dataset", dataset, "--prompter", kind,
+            "--steps", str(steps), "--batch-size", "64", "--out-dir", f"runs/zoo/{dataset}-{kind}", "--quiet"]
+
+
+def subset_accuracy(path: Path) -> dict:
+    model, pf = PromptedModel.from_prompt_file(path)
+    test = load_splits("fashion_mnist_subset", image_size=model.image_size).test
+    return {"subset_test_top1": evaluate(model, test, True).top1, "subset_test_n": len(test)}
+
+
+def entry(path: Path, cmd: str | None, seconds: float | None) -> dict:
+    meta = read_metadata(path)
+    m = meta["metrics"]
+    e = {"name": path.stem, "path": str(path.relative_to(ZOO_DIR)), "backbone": meta["backbone"]["spec"],
+         "dataset": meta["dataset"], "classes": meta["class_names"], "prompter": meta["prompter"]["kind"],
+         "prompt_size": meta["prompter"]["size"],
+         "metrics": {k: m[k] for k in ("test_top1", "test_top5", "test_top1_no_prompt", "test_top5_no_prompt",
+                                      "test_n", "best_val_top1") if k in m}}
+    e["metrics"].update(subset_accuracy(path))
+    if cmd:
+        e["command"] = cmd
+    if seconds:
+        e["train_seconds"] = round(seconds)
+    return e
+
+
+def verify() -> int:
+    from visual_prompting.backbones import BackboneCache
+    from visual_prompting.zoo import load_index
+
+    cache, worst = BackboneCache(), 0.0
+    for e in load_index():
+        model, pf = PromptedModel.from_prompt_file(ZOO_DIR / e["path"], cache=cache)
+        test = load_splits(e["dataset"], image_size=model.image_size).test
+        got = evaluate(model, test, True).top1
+        listed = e["metrics"]["test_top1"]
+        worst = max(worst, abs(got - listed))
+        print(f"{e['name']:48s} listed {100 * listed:6.2f}%  measured {100 * got:6.2f}%  ({len(test)} test images)")
+    print(f"largest difference: {100 * worst:.2f} points")
+    return 0 if worst <= 0.005 else 1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--dataset", default="fashion_mnist")
+    ap.add_argument("--index-only", action="store_true")
+    ap.add_argument("--verify", action="store_true", help="re-evaluate every index entry on its dataset's test "
+                    "split and fail if any differs from the listed test top-1 by more than 0.5 points")
+    a = ap.parse_args()
+    if a.verify:
+        sys.exit(verify())
+    old = {e["path"]: e for e in json.loads(INDEX.read_text())["prompts"]} if INDEX.is_file() else {}
+    if not a.index_only:
+        for kind in a.kinds:
+            cmd = command(kind, a.dataset, a.steps)
+            t0 = time.perf_counter()
+            subprocess.run(cmd[:1] and [sys.executable, *cmd[1:]], cwd=ROOT, check=True)
+            dest = ZOO_DIR / f"effnet-lite0-96_{a.dataset.replace('_', '-')}_{kind}.safetensors"
+            shutil.copyfile(ROOT / cmd[cmd.index("--out-dir") + 1] / "best.safetensors", dest)
+            old[str(dest.relative_to(ZOO_DIR))] = {"command": shlex.join(cmd), "train_seconds": time.perf_counter() - t0}
+    entries = []
+    for path in sorted(ZOO_DIR.glob("*.safetensors")):
+        prev = old.get(str(path.relative_to(ZOO_DIR)), {})
+        entries.append(entry(path, prev.get("command"), prev.get("train_seconds")))
+        print(json.dumps({k: entries[-1][k] for k in ("name", "metrics")}))
+    INDEX.write_text(json.dumps({"version": 1, "prompts": entries}, indent=2) + "\n")
+    print(f"wrote {INDEX} ({len(entries)} prompts)")
+
+
+if __name__ == "__main__":
+    main()
