@@ -50,8 +50,7 @@ class TryPrompt:
             raise VPError("Upload an image or pick an example first.")
         model = self.model(name)
         img = to_rgb(image)
-        zs = model.predict([img], 5, use_prompt=False)[0]
-        pr = model.predict([img], 5, use_prompt=True)[0]
+        (zs,), (pr,) = model.predict_both([img], 5)
         return model.prompted_images([img])[0], dict(zs), dict(pr)
 
 

@@ -10,7 +10,7 @@ import torch
 from visual_prompting import TrainConfig, load_backbone, train
 from visual_prompting.data import load_splits
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(int(os.environ.get("VP_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 EFFNET = "effnet-lite0@64"
 

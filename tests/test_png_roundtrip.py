@@ -23,7 +23,7 @@ def test_prompted_png_classifies_like_the_tensor(trained, subset_splits, tmp_pat
             pngs.append(open_image(path))
         reread = torch.stack([torch.from_numpy(__import__("numpy").array(p)).permute(2, 0, 1) for p in pngs])
         with torch.no_grad():
-            from_png = model(to_model_input(reread, model.image_size), use_prompt=False).argmax(1)
+            from_png = model.classify_prompted(to_model_input(reread, model.image_size)).argmax(1)
         same += int((from_png == in_memory).sum())
         total += len(images)
     assert total == 1000

@@ -182,7 +182,6 @@ def cmd_train(a) -> int:
 def cmd_eval(a) -> int:
     from .data import load_splits
     from .evaluation import evaluate
-    from .heads import LabelMappingHead
     from .model import PromptedModel
     from .utils import pick_device
 
@@ -196,10 +195,7 @@ def cmd_eval(a) -> int:
                       f"{model.class_names[:5]}...")
     data = splits.get(a.split)
     with_p = evaluate(model, data, True, a.batch_size)
-    baseline = pf.meta.get("metrics", {}).get("baseline_mapping")
-    if isinstance(model.head, LabelMappingHead) and baseline:
-        model.head.set_mapping(__import__("torch").tensor(baseline))
-    without = evaluate(model, data, False, a.batch_size)
+    without = evaluate(model, data, False, a.batch_size)  # uses the no-prompt mapping when the file has one
     if a.json:
         print(json.dumps({"prompted": with_p.to_dict(), "no_prompt": without.to_dict()}, indent=2))
         return 0
@@ -229,8 +225,7 @@ def cmd_predict(a) -> int:
             print(f"error: {e}", file=sys.stderr)
             failures += 1
             continue
-        zs = model.predict([img], a.top_k, use_prompt=False)[0]
-        pr = model.predict([img], a.top_k, use_prompt=True)[0]
+        (zs,), (pr,) = model.predict_both([img], a.top_k)
         print(f"\n{path}")
         print(f"  {'zero-shot (no prompt)':36s}  {'prompted':36s}")
         for (n0, p0), (n1, p1) in zip(zs, pr):

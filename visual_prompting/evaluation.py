@@ -35,7 +35,7 @@ def logits_over(model: PromptedModel, data: ImageSet, use_prompt: bool = True, b
             x = to_model_input(images.to(model.device, non_blocking=True), model.image_size)
             with autocast(model.device, amp):
                 x = model.prompt(x) if use_prompt else x
-                out = model.backbone(x) if source else model.head(model.backbone(x))
+                out = model.backbone(x) if source else model.logits(model.backbone(x), use_prompt)
             yield out.float(), labels.to(model.device)
     finally:
         model.train(was)

@@ -20,6 +20,8 @@ class PromptedModel(nn.Module):
         super().__init__()
         self.backbone, self.head, self.prompter = backbone, head, prompter
         self.class_names = list(class_names)
+        # label mapping found *without* a prompt (frequency / iterative runs): what "no prompt" means for them
+        self.baseline_mapping: torch.Tensor | None = None
         if prompter is not None and prompter.cfg.image_size != backbone.image_size:
             raise VPError(f"The prompt is for {prompter.cfg.image_size}px images but {backbone.spec} takes "
                           f"{backbone.image_size}px; use '{backbone.spec.split('@')[0]}@{prompter.cfg.image_size}'.")
@@ -39,7 +41,18 @@ class PromptedModel(nn.Module):
     def forward(self, images: torch.Tensor, use_prompt: bool = True) -> torch.Tensor:
         """[0, 1] images (B, 3, S, S) -> logits over ``class_names``."""
         x = self.prompt(images) if use_prompt else images
-        return self.head(self.backbone(x))
+        return self.logits(self.backbone(x), use_prompt)
+
+    def classify_prompted(self, prompted: torch.Tensor) -> torch.Tensor:
+        """Logits for images that already carry the prompt (e.g. a prompted PNG read back from disk)."""
+        return self.head(self.backbone(prompted))
+
+    def logits(self, outputs: torch.Tensor, use_prompt: bool = True) -> torch.Tensor:
+        """Backbone outputs -> class logits. Without a prompt, a label-mapping model reads the mapping that was
+        found without one (when known), so "no prompt" is the fair baseline, not the prompt's own mapping."""
+        if not use_prompt and self.baseline_mapping is not None:
+            return outputs[:, self.baseline_mapping.to(outputs.device)].float()
+        return self.head(outputs)
 
     def preprocess(self, images) -> torch.Tensor:
         """PIL images or uint8 tensors -> float [0, 1] batch on the model's device."""
@@ -61,16 +74,30 @@ class PromptedModel(nn.Module):
         arr = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(a) for a in arr]
 
+    def _top(self, logits: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
+        top = logits.softmax(-1).topk(min(k, logits.shape[1]), dim=1)
+        return [[(self.class_names[int(i)], float(p)) for p, i in zip(ps, ids)] for ps, ids in zip(top.values, top.indices)]
+
     @torch.no_grad()
     def predict(self, images, k: int = 5, use_prompt: bool = True) -> list[list[tuple[str, float]]]:
         """Top-k (class name, probability) for each image."""
         was = self.training
         self.eval()
-        probs = self(self.preprocess(images), use_prompt=use_prompt).softmax(-1)
+        logits = self(self.preprocess(images), use_prompt=use_prompt)
         self.train(was)
-        k = min(k, probs.shape[1])
-        top = probs.topk(k, dim=1)
-        return [[(self.class_names[int(i)], float(p)) for p, i in zip(ps, ids)] for ps, ids in zip(top.values, top.indices)]
+        return self._top(logits, k)
+
+    @torch.no_grad()
+    def predict_both(self, images, k: int = 5):
+        """``(zero_shot, prompted)`` top-k for each image, from one forward pass over the plain and the prompted
+        images together (what the app and ``predict`` show side by side)."""
+        was = self.training
+        self.eval()
+        x = self.preprocess(images)
+        out = self.backbone(torch.cat([x, self.prompt(x)]))
+        self.train(was)
+        n = len(x)
+        return self._top(self.logits(out[:n], False), k), self._top(self.logits(out[n:], True), k)
 
     @classmethod
     def from_prompt_file(cls, path, device="cpu", cache: BackboneCache | None = None, backbone: str | None = None):
@@ -86,4 +113,8 @@ class PromptedModel(nn.Module):
         head_meta = pf.meta["head"]
         head = create_head(bb, pf.meta["class_names"], templates=head_meta.get("templates"),
                            mapping=head_meta.get("method", "first_k"), mapping_indices=head_meta.get("mapping"))
-        return cls(bb, head, pf.prompter.to(device).eval(), pf.meta["class_names"]), pf
+        model = cls(bb, head, pf.prompter.to(device).eval(), pf.meta["class_names"])
+        baseline = pf.meta.get("metrics", {}).get("baseline_mapping")
+        if baseline and head_meta["kind"] == "label_mapping":
+            model.baseline_mapping = torch.tensor(baseline, dtype=torch.long, device=bb.mean.device)
+        return model, pf

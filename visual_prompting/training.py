@@ -248,7 +248,7 @@ class Trainer:
         self.step = int(m["step"])
         self.best_val = float(m.get("best_val_top1", -1.0))
         self.zero_shot_val = m.get("zero_shot_val_top1")
-        self.baseline_mapping = m.get("baseline_mapping")
+        self._set_baseline(m.get("baseline_mapping"))
         if isinstance(self.model.head, LabelMappingHead):
             self.model.head.set_mapping(torch.tensor(pf.meta["head"]["mapping"]))
         hist = os.path.join(self.out_dir, "history.json")
@@ -259,13 +259,15 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------------
     def _baseline(self) -> float:
-        """Validation accuracy with no prompt (and, for frequency/iterative mapping, the mapping found
+        """Validation accuracy with no prompt (and, for frequency/iterative mapping, with the mapping found
         without a prompt): the number every prompt is compared with."""
-        head = self.model.head
-        if isinstance(head, LabelMappingHead) and self.cfg.label_mapping != "first_k":
-            self.baseline_mapping = self.compute_mapping(use_prompt=False).tolist()
-            head.set_mapping(torch.tensor(self.baseline_mapping))
+        if isinstance(self.model.head, LabelMappingHead) and self.cfg.label_mapping != "first_k":
+            self._set_baseline(self.compute_mapping(use_prompt=False).tolist())
         return evaluate(self.model, self.splits.val, use_prompt=False, batch_size=self.batch_size, amp=self.cfg.amp).top1
+
+    def _set_baseline(self, mapping: list[int] | None) -> None:
+        self.baseline_mapping = mapping
+        self.model.baseline_mapping = None if mapping is None else torch.tensor(mapping, device=self.device)
 
     def run(self) -> TrainResult:
         cfg = self.cfg
@@ -369,17 +371,12 @@ class Trainer:
         run's backbone and head (the text features are not encoded again)."""
         pf = load_prompt(self.best_path)
         head = self.model.head
-        best = PromptedModel(self.backbone, head, pf.prompter.to(self.device), self.class_names)
-        bs = self.batch_size
         if isinstance(head, LabelMappingHead):
             head.set_mapping(torch.tensor(pf.meta["head"]["mapping"]))
-        with_p = evaluate(best, self.splits.test, True, bs, self.cfg.amp)
-        if isinstance(head, LabelMappingHead) and self.baseline_mapping is not None:
-            head.set_mapping(torch.tensor(self.baseline_mapping))
-            without = evaluate(best, self.splits.test, False, bs, self.cfg.amp)
-            head.set_mapping(torch.tensor(pf.meta["head"]["mapping"]))
-        else:
-            without = evaluate(best, self.splits.test, False, bs, self.cfg.amp)
+        best = PromptedModel(self.backbone, head, pf.prompter.to(self.device), self.class_names)
+        best.baseline_mapping = self.model.baseline_mapping
+        with_p = evaluate(best, self.splits.test, True, self.batch_size, self.cfg.amp)
+        without = evaluate(best, self.splits.test, False, self.batch_size, self.cfg.amp)
         metrics = {**pf.meta["metrics"], "test_top1": with_p.top1, "test_top5": with_p.top5,
                    "test_top1_no_prompt": without.top1, "test_top5_no_prompt": without.top5,
                    "test_per_class": with_p.per_class, "test_n": with_p.n,

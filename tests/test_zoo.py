@@ -1,0 +1,57 @@
+"""The shipped zoo: every index entry is a real prompt file that still measures what the index says."""
+import json
+
+import pytest
+
+from visual_prompting import PromptedModel, VPError
+from visual_prompting.backbones import BackboneCache
+from visual_prompting.data import load_splits
+from visual_prompting.evaluation import evaluate
+from visual_prompting.zoo import INDEX, ZOO_DIR, list_prompts, load_index
+
+ENTRIES = load_index()
+
+
+def test_index_lists_exactly_the_shipped_prompts():
+    files = sorted(str(p.relative_to(ZOO_DIR)) for p in ZOO_DIR.glob("**/*.safetensors"))
+    assert files and sorted(e["path"] for e in ENTRIES if e.get("path")) == files
+    kinds = {e["prompter"] for e in ENTRIES if e["backbone"].startswith("effnet-lite0")}
+    assert {"pad", "fixed_patch", "random_patch", "shrink_pad"} <= kinds
+    assert all(e.get("command", "").startswith("python -m visual_prompting train") for e in ENTRIES)
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e["name"] for e in ENTRIES])
+def test_entry_matches_its_file_and_still_measures_what_it_lists(entry):
+    listed = {p["name"]: p for p in list_prompts()}
+    meta = listed[entry["name"]]["meta"]
+    assert meta["backbone"]["spec"] == entry["backbone"] and meta["dataset"] == entry["dataset"]
+    assert meta["class_names"] == entry["classes"] and meta["prompter"]["kind"] == entry["prompter"]
+    model, _ = PromptedModel.from_prompt_file(ZOO_DIR / entry["path"], cache=_CACHE)
+    test = load_splits("fashion_mnist_subset", image_size=model.image_size).test
+    got = evaluate(model, test, True).top1
+    assert abs(got - entry["metrics"]["subset_test_top1"]) <= 0.005
+
+
+_CACHE = BackboneCache()
+
+
+def test_malformed_index_is_a_clear_error(tmp_path):
+    (tmp_path / "index.json").write_text("{not json")
+    with pytest.raises(VPError, match="not valid JSON"):
+        load_index(tmp_path)
+    (tmp_path / "index.json").write_text(json.dumps({"version": 1, "prompts": [{"name": "x"}]}))
+    with pytest.raises(VPError, match="'path' or 'repo_id'"):
+        load_index(tmp_path)
+
+
+def test_unreachable_hub_entries_are_skipped_with_a_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "index.json").write_text(json.dumps({"version": 1, "prompts": [
+        {"name": "remote", "repo_id": "someone/vp-prompt"}]}))
+    with pytest.warns(UserWarning, match="Skipping Hub prompt remote"):
+        assert list_prompts(tmp_path, include_hub=True) == []
+
+
+def test_index_file_is_committed():
+    assert INDEX.is_file()
