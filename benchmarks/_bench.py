@@ -1,0 +1,195 @@
+"""Helpers shared by the benchmark scripts: machine description, JSON/Markdown output, timing, plots.
+
+Not part of the library: the scripts in this folder measure the library from the outside, the way a user
+would run it. Every script writes ``OUT/<name>.json`` (the numbers), ``OUT/<name>.png`` (a plot) and
+``OUT/<name>.md`` (the table printed at the end, with the command that made it).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+DEFAULT_OUT = BENCH_DIR / "results"
+
+if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` from anywhere, or imported by the tests
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+
+def add_threads_arg(ap) -> None:
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's choice, one per core). Use 1 when the machine is "
+                         "shared: two multi-threaded torch processes on the same cores can run 30-50x slower")
+
+
+def apply_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(n)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_state() -> dict:
+    def run(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = run("rev-parse", "HEAD")
+    return {"git_commit": commit or None, "git_dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
+
+
+def machine_info(device: torch.device | str | None = None) -> dict:
+    """What ran the benchmark: enough to tell whether two result files are comparable."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": dev.type,
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model(),
+        # a busy machine makes every timing here meaningless: say how busy it was when the run started
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **git_state(),
+    }
+    if dev.type == "cuda":
+        from visual_prompting.utils import amp_dtype
+
+        info["cuda"] = torch.version.cuda
+        info["amp_dtype"] = str(amp_dtype(dev))
+    return info
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    args = sys.argv[1:] if argv is None else list(argv)
+    return " ".join(["python", f"benchmarks/{script}", *map(shlex.quote, args)])
+
+
+def _clean(obj):
+    """JSON-safe: NaN/inf become null, tensors and numpy scalars become Python numbers."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):
+        try:
+            return _clean(obj.item())
+        except (ValueError, RuntimeError):
+            pass
+    return obj
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".part")
+    tmp.write_text(json.dumps(_clean(obj), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    def cell(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_markdown(path: Path, title: str, command: str, machine: dict, body: str) -> str:
+    dev = machine.get("device_name") or machine.get("device")
+    text = (f"### {title}\n\n    {command}\n\n{body}\n\n"
+            f"Machine: {machine.get('cpus_usable')} CPU cores ({machine.get('cpu')}), device {dev}, torch "
+            f"{machine.get('torch')}, load average at start {machine.get('load_average_at_start')}; "
+            f"{machine.get('date_utc')}, commit {str(machine.get('git_commit'))[:10]}"
+            f"{' (dirty)' if machine.get('git_dirty') else ''}.\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text
+
+
+def pyplot():
+    """matplotlib with the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    """Seconds ``fn()`` takes, with the device's queued work finished before and after."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def linear_regime(sizes: list[int], seconds_per_item: list[float], tol: float = 0.10) -> dict:
+    """Where cost grows linearly with the amount of work, by one stated rule.
+
+    ``seconds_per_item[i]`` is the cost of one image at work size ``sizes[i]`` (sizes ascending). Time is
+    linear in the work where that cost is flat; we call it flat within ``tol`` (10%) of the best (lowest)
+    cost measured. ``linear_from``: the first size whose cost is within ``tol`` of the best (below it a fixed
+    per-call overhead dominates, time grows less than linearly). ``stops_linear_at``: the first larger size
+    from which the cost stays more than ``tol`` above the best (time grows faster than the work), or None when
+    it stays linear up to the largest size tried."""
+    best = min(seconds_per_item)
+    start = next(i for i, c in enumerate(seconds_per_item) if c <= (1 + tol) * best)
+    above = [c > (1 + tol) * best for c in seconds_per_item]
+    # the first size from which every larger size is also above: one noisy point in between does not count
+    stop = next((i for i in range(start + 1, len(sizes)) if all(above[i:])), None)
+    return {"rule": f"per-image cost within {round(100 * tol)}% of the lowest measured",
+            "best_seconds_per_image": best, "linear_from": sizes[start],
+            "stops_linear_at": sizes[stop] if stop is not None else None,
+            "overhead_bound_below": sizes[start] if start > 0 else None}

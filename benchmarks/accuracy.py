@@ -1,0 +1,411 @@
+"""Accuracy on real data, offline: frozen EfficientNet-Lite0 (ImageNet weights) on Fashion-MNIST.
+
+    python benchmarks/accuracy.py                  # the full benchmark (designed for ~45 min on 2 CPU cores)
+    python benchmarks/accuracy.py --smoke --out /tmp/acc   # tiny settings, seconds (what the tests run)
+
+Data: the full Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package (/usr/share/datasets/fashion-mnist).
+Every method sees the same images: one fixed random train subset (``--train-size``, default 10,000 of the
+54,000 training images left after the library's fixed 10% validation carve), one fixed validation subset
+(``--val-size``, default 2,000, picks each prompt's best checkpoint and the linear probe's L2 strength) and the
+full 10,000-image test set, which is only used for the reported number.
+
+Rows (``method`` in the JSON):
+
+* ``no_prompt_first_k``        no prompt, the paper's hard-coded mapping (class i reads ImageNet logit i)
+* ``no_prompt_frequency``      no prompt, frequency mapping computed without a prompt on the train subset
+* ``pad_first_k`` / ``pad_frequency`` / ``pad_iterative``   pad prompt with each label mapping (clamped: a
+  real image, the library's default ``straight-through`` clamp)
+* ``pad_iterative_unclamped``  the same pad prompt without clamping (``--clamp none``, the paper's behaviour)
+* ``fixed_patch_iterative`` / ``random_patch_iterative`` / ``shrink_pad_iterative``   the other prompt kinds
+* ``linear_probe``             the paper's comparison point: logistic regression on the frozen 1280-d
+  penultimate features of the same train subset, CLIP's recipe (L-BFGS, L2 strength swept on validation over
+  C = 1e-6 .. 1e6 with a binary-search refinement to 8 steps per decade); implemented in torch
+
+Each row records test top-1, trainable parameters and wall time on this machine (plus top-5, best validation
+accuracy and the validation curve, to tell whether more steps would help).
+
+Budget (the defaults; a design estimate, not a measurement): 96 px input, 10,000 train images, 1000 steps of
+batch 64 per trained row (6.4 epochs). On 2 CPU cores EfficientNet-Lite0 at 96 px trains at about 260 images/s
+and evaluates about 3x faster, so a trained row is ~4 min of training plus ~1.5 min of validation (10 x 2,000
+images), label-mapping passes (5,000 images each epoch) and the two 10,000-image test passes: ~5-6 min. Seven
+trained rows ~40 min, the two no-prompt rows ~1 min, the linear probe ~1-3 min: ~45 min in all. Halve
+``--steps`` to halve it. Rows are written to the JSON as they finish, so an interrupted run keeps them.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import (DEFAULT_OUT, add_threads_arg, apply_threads, command_line, machine_info,  # noqa: E402
+                    markdown_table, pyplot, write_json, write_markdown)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from visual_prompting import BackboneCache, PromptedModel, TrainConfig  # noqa: E402
+from visual_prompting.backbones import ClipBackbone  # noqa: E402
+from visual_prompting.data import DEBIAN_FASHION_MNIST, DataSplits, load_splits, to_model_input  # noqa: E402
+from visual_prompting.evaluation import evaluate, logits_over  # noqa: E402
+from visual_prompting.heads import create_head, frequency_mapping, prediction_counts  # noqa: E402
+from visual_prompting.training import Trainer  # noqa: E402
+from visual_prompting.utils import autocast, pick_device, seed_everything  # noqa: E402
+
+# method, kind, prompter, label mapping, clamp, description
+ROWS = [
+    ("no_prompt_first_k", "no_prompt", None, "first_k", None, "no prompt, hard-coded mapping (paper)"),
+    ("no_prompt_frequency", "no_prompt", None, "frequency", None, "no prompt, frequency mapping"),
+    ("pad_first_k", "prompt", "pad", "first_k", "straight-through", "pad prompt, hard-coded mapping"),
+    ("pad_frequency", "prompt", "pad", "frequency", "straight-through", "pad prompt, frequency mapping"),
+    ("pad_iterative", "prompt", "pad", "iterative", "straight-through", "pad prompt, iterative mapping, clamped (a real image)"),
+    ("pad_iterative_unclamped", "prompt", "pad", "iterative", "none", "pad prompt, iterative mapping, unclamped (paper)"),
+    ("fixed_patch_iterative", "prompt", "fixed_patch", "iterative", "straight-through", "fixed patch, iterative mapping"),
+    ("random_patch_iterative", "prompt", "random_patch", "iterative", "straight-through", "random patch, iterative mapping"),
+    ("shrink_pad_iterative", "prompt", "shrink_pad", "iterative", "straight-through", "shrink-and-pad, iterative mapping"),
+    ("linear_probe", "linear_probe", None, None, None, "linear probe on frozen features (paper's comparison)"),
+]
+METHODS = [r[0] for r in ROWS]
+
+
+# -- data ------------------------------------------------------------------------------------------------------
+
+def build_splits(dataset: str, image_size: int, train_size: int, val_size: int, test_size: int | None,
+                 seed: int) -> DataSplits:
+    """One fixed train subset, one fixed validation subset and the test set, resized once to ``image_size``."""
+    full = load_splits(dataset, image_size=image_size, resize_cache_bytes=0)  # decoded, not resized yet
+
+    def pick(part, n, s):
+        if n is None or n >= len(part):
+            return part
+        idx = torch.randperm(len(part), generator=torch.Generator().manual_seed(s))[:n].sort().values
+        return part.subset(idx)
+
+    train = pick(full.train, train_size, seed)
+    val = pick(full.val, val_size, seed + 1)
+    test = pick(full.test, test_size, seed + 2)
+    return DataSplits(train.resized(image_size), val.resized(image_size), test.resized(image_size),
+                      full.class_names, full.name)
+
+
+# -- rows ------------------------------------------------------------------------------------------------------
+
+def run_no_prompt(spec: str, mapping: str, splits: DataSplits, cache: BackboneCache, device, batch: int) -> dict:
+    bb = cache.get(spec, device)
+    head = create_head(bb, splits.class_names, mapping=mapping)
+    model = PromptedModel(bb, head, None, splits.class_names)
+    if mapping == "frequency":  # greedy one-to-one mapping from what the model predicts on the train subset
+        counts = torch.zeros(len(bb.source_classes), len(splits.class_names), dtype=torch.long)
+        for logits, labels in logits_over(model, splits.train, use_prompt=False, batch_size=batch, source=True):
+            counts += prediction_counts(logits, labels, len(splits.class_names))
+        head.set_mapping(frequency_mapping(counts))
+    test = evaluate(model, splits.test, use_prompt=False, batch_size=batch)
+    val = evaluate(model, splits.val, use_prompt=False, batch_size=batch)
+    return {"test_top1": test.top1, "test_top5": test.top5, "val_top1": val.top1, "trainable_params": 0,
+            "mapping": head.mapping.tolist()}
+
+
+def run_prompt(spec: str, prompter: str, mapping: str, clamp: str, splits: DataSplits, cache: BackboneCache,
+               args, out_dir: str) -> dict:
+    cfg = TrainConfig(model=spec, dataset=splits.name, prompter=prompter, label_mapping=mapping, clamp=clamp,
+                      steps=args.steps, batch_size=args.batch_size, device=args.device, seed=args.seed,
+                      out_dir=out_dir, num_workers=0)
+
+    def progress(ev):
+        if ev.kind == "eval" and not args.quiet:
+            print(f"    step {ev.step}/{ev.total_steps}  val top-1 {ev.val_top1:.3f}", flush=True)
+
+    trainer = Trainer(cfg, callbacks=[progress], cache=cache, splits=splits)
+    result = trainer.run()
+    m = result.metrics
+    evals = [(h["step"], h["val_top1"]) for h in result.history if h.get("kind") == "eval"]
+    steps_acc = [h["train_acc"] for h in result.history if h.get("kind") == "step" and "train_acc" in h]
+    tail = steps_acc[-max(1, len(steps_acc) // 10):]
+    best_step = max(evals, key=lambda e: e[1])[0] if evals else None
+    return {"test_top1": m["test_top1"], "test_top5": m["test_top5"], "val_top1": m.get("best_val_top1"),
+            "test_top1_no_prompt": m["test_top1_no_prompt"], "trainable_params": trainer.prompter.num_parameters(),
+            "prompt_size": trainer.prompter.cfg.size, "steps": result.steps_done,
+            "train_acc_last_10pct": sum(tail) / len(tail) if tail else None,
+            "best_val_step": best_step, "still_improving_at_end": bool(evals) and best_step == evals[-1][0],
+            "val_curve": [[s, round(v, 4)] for s, v in evals]}
+
+
+# -- linear probe ------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def frozen_features(bb, data, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penultimate features of the frozen backbone (the input of its last linear layer; CLIP: the image
+    embedding), computed through the library's own forward, no prompt."""
+    grabbed: list[torch.Tensor] = []
+    hook = None
+    if not isinstance(bb, ClipBackbone):
+        last = [m for m in bb.net.modules() if isinstance(m, nn.Linear)][-1]
+        hook = last.register_forward_pre_hook(lambda mod, inp: grabbed.append(inp[0].detach().float().flatten(1)))
+    feats, labels = [], []
+    try:
+        for images, y in data.batches(batch):
+            x = to_model_input(images.to(device), bb.image_size)
+            with autocast(device):
+                out = bb(x)
+            feats.append((grabbed.pop() if hook is not None else out.float()).cpu())
+            labels.append(y)
+    finally:
+        if hook is not None:
+            hook.remove()
+    return torch.cat(feats), torch.cat(labels)
+
+
+def fit_logreg(X, y, C: float, num_classes: int, max_iter: int, init=None):
+    """Multinomial logistic regression, sklearn's objective C * sum(CE) + ||W||^2 / 2 (bias unpenalised),
+    written as mean(CE) + ||W||^2 / (2 C n) and minimised with L-BFGS."""
+    n, d = X.shape
+    W = torch.zeros(d, num_classes) if init is None else init[0].clone()
+    b = torch.zeros(num_classes) if init is None else init[1].clone()
+    W.requires_grad_(True)
+    b.requires_grad_(True)
+    lam = 1.0 / (C * n)
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, history_size=20, tolerance_grad=1e-6,
+                            tolerance_change=1e-10, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(X @ W + b, y) + 0.5 * lam * (W * W).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return W.detach(), b.detach()
+
+
+def accuracy(X, y, W, b) -> float:
+    return float(((X @ W + b).argmax(1) == y).float().mean())
+
+
+def linear_probe(bb, splits: DataSplits, batch: int, device, refinements: int, max_iter: int,
+                 log_c_grid: list[float]) -> dict:
+    Xtr, ytr = frozen_features(bb, splits.train, batch, device)
+    Xva, yva = frozen_features(bb, splits.val, batch, device)
+    Xte, yte = frozen_features(bb, splits.test, batch, device)
+    k = len(splits.class_names)
+    fits: dict[float, tuple] = {}
+    sweep = []
+
+    def fit(logc, init=None):
+        if logc not in fits:
+            W, b = fit_logreg(Xtr, ytr, 10.0 ** logc, k, max_iter, init)
+            fits[logc] = (W, b, accuracy(Xva, yva, W, b))
+            sweep.append({"C": 10.0 ** logc, "val_top1": fits[logc][2]})
+        return fits[logc]
+
+    prev = None
+    for logc in sorted(log_c_grid):  # strong to weak regularisation, each fit warm-started from the last
+        prev = fit(logc, prev[:2] if prev else None)
+    best = max(fits, key=lambda c: (fits[c][2], -c))
+    grid = sorted(log_c_grid)
+    step = (grid[1] - grid[0]) if len(grid) > 1 else 1.0
+    for _ in range(refinements):  # CLIP: halve the interval around the peak until 8 steps per decade
+        step /= 2
+        for logc in (best - step, best + step):
+            if grid[0] <= logc <= grid[-1]:
+                fit(round(logc, 6), fits[best][:2])
+        best = max(fits, key=lambda c: (fits[c][2], -c))
+    W, b, val = fits[best]
+    return {"test_top1": accuracy(Xte, yte, W, b),
+            "test_top5": float(((Xte @ W + b).topk(min(5, k), 1).indices == yte[:, None]).any(1).float().mean()),
+            "val_top1": val, "train_top1": accuracy(Xtr, ytr, W, b), "trainable_params": W.numel() + b.numel(),
+            "feature_dim": Xtr.shape[1], "best_C": 10.0 ** best, "sweep": sorted(sweep, key=lambda s: s["C"])}
+
+
+# -- report ------------------------------------------------------------------------------------------------------
+
+def summarize(rows: list[dict]) -> dict:
+    by = {r["method"]: r for r in rows}
+    prompts = [r for r in rows if r["kind"] == "prompt"]
+    out: dict = {"goal": "the best prompt reaches the linear probe's test top-1"}
+    if prompts:
+        best = max(prompts, key=lambda r: r["test_top1"])
+        out.update(best_prompt=best["method"], best_prompt_test_top1=best["test_top1"])
+    if "linear_probe" in by:
+        out["linear_probe_test_top1"] = by["linear_probe"]["test_top1"]
+        if prompts:
+            out["gap_points"] = round(100 * (by["linear_probe"]["test_top1"] - out["best_prompt_test_top1"]), 2)
+            out["goal_met"] = out["best_prompt_test_top1"] >= by["linear_probe"]["test_top1"]
+    obs = []
+
+    def diff(a, b_, what):
+        if a in by and b_ in by:
+            obs.append(f"{what}: {a} - {b_} = {100 * (by[a]['test_top1'] - by[b_]['test_top1']):+.1f} points")
+
+    diff("no_prompt_frequency", "no_prompt_first_k", "mapping without a prompt")
+    diff("pad_frequency", "pad_first_k", "frequency vs hard-coded mapping (pad)")
+    diff("pad_iterative", "pad_frequency", "iterative vs frequency mapping (pad)")
+    diff("pad_iterative_unclamped", "pad_iterative", "unclamped vs clamped (pad, iterative)")
+    diff("shrink_pad_iterative", "pad_iterative", "shrink-and-pad vs pad")
+    diff("fixed_patch_iterative", "pad_iterative", "fixed patch vs pad")
+    diff("random_patch_iterative", "pad_iterative", "random patch vs pad")
+    rising = [r["method"] for r in prompts if r.get("still_improving_at_end")]
+    if rising:
+        obs.append("best validation accuracy at the last evaluation (more steps would likely help): " + ", ".join(rising))
+    if "linear_probe" in by and prompts:
+        lp = by["linear_probe"]
+        best = by[out["best_prompt"]]
+        if best.get("train_acc_last_10pct") is not None and lp.get("train_top1") is not None:
+            obs.append(f"train accuracy: best prompt ~{100 * best['train_acc_last_10pct']:.1f}% (last 10% of steps) vs "
+                       f"linear probe {100 * lp['train_top1']:.1f}%: a prompt that also underfits the train set is "
+                       "limited by capacity/optimisation (steps, prompt size, mapping), not by overfitting")
+    out["observations"] = obs
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    return markdown_table(
+        ["method", "test top-1 %", "trainable params", "seconds", "val top-1 %", "what"],
+        [[r["method"], round(100 * r["test_top1"], 2), r["trainable_params"], round(r["seconds"], 1),
+          round(100 * r["val_top1"], 2) if r.get("val_top1") is not None else None, r["description"]] for r in rows])
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
+    names = [r["method"] for r in rows][::-1]
+    vals = [100 * r["test_top1"] for r in rows][::-1]
+    colors = ["#999999" if r["kind"] == "no_prompt" else "#d62728" if r["kind"] == "linear_probe" else "#1f77b4"
+              for r in rows][::-1]
+    ax.barh(names, vals, color=colors)
+    for i, v in enumerate(vals):
+        ax.text(v + 0.5, i, f"{v:.1f}", va="center", fontsize=8)
+    lp = [r for r in rows if r["method"] == "linear_probe"]
+    if lp:
+        ax.axvline(100 * lp[0]["test_top1"], color="#d62728", ls="--", lw=1, label="linear probe")
+        ax.legend(loc="lower right")
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("test top-1 (%)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- main ------------------------------------------------------------------------------------------------------
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="folder for accuracy.json/.png/.md (default: %(default)s)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny settings (32 px, 200 train / 100 val / 200 test images, 3 steps): checks the script runs")
+    ap.add_argument("--model", default="effnet-lite0", help="backbone without @size (default: %(default)s)")
+    ap.add_argument("--image-size", type=int, default=None, help="input size in px (default 96; smoke 32)")
+    ap.add_argument("--dataset", default="auto",
+                    help="'auto' = Debian's full fashion_mnist (smoke: the bundled subset when it is absent)")
+    ap.add_argument("--train-size", type=int, default=None, help="train subset size (default 10000; smoke 200)")
+    ap.add_argument("--val-size", type=int, default=None, help="validation subset size (default 2000; smoke 100)")
+    ap.add_argument("--test-size", type=int, default=None, help="test subset size (default: the full test set; smoke 200)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps per prompt row (default 1000; smoke 3)")
+    ap.add_argument("--batch-size", type=int, default=None, help="training batch (default 64; smoke 32)")
+    ap.add_argument("--rows", default="all", help=f"comma-separated subset of: {', '.join(METHODS)}")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lp-max-iter", type=int, default=None, help="L-BFGS iterations per linear-probe fit (default 1000)")
+    ap.add_argument("--runs-dir", default=None, help="keep each row's prompt files here (default: a temp folder)")
+    ap.add_argument("--quiet", action="store_true")
+    add_threads_arg(ap)
+    a = ap.parse_args(argv)
+    smoke = a.smoke
+    a.image_size = a.image_size or (32 if smoke else 96)
+    a.train_size = a.train_size or (200 if smoke else 10000)
+    a.val_size = a.val_size or (100 if smoke else 2000)
+    a.test_size = a.test_size or (200 if smoke else None)
+    a.steps = a.steps or (3 if smoke else 1000)
+    a.batch_size = a.batch_size or (32 if smoke else 64)
+    a.lp_max_iter = a.lp_max_iter or (50 if smoke else 1000)
+    if a.dataset == "auto":
+        if DEBIAN_FASHION_MNIST.is_dir():
+            a.dataset = "fashion_mnist"
+        elif smoke:
+            a.dataset = "fashion_mnist_subset"
+        else:
+            ap.error(f"the full Fashion-MNIST is not at {DEBIAN_FASHION_MNIST}: install Debian's dataset-fashion-mnist "
+                     "(apt-get install dataset-fashion-mnist), or pass --dataset NAME to benchmark something else")
+    a.rows = METHODS if a.rows == "all" else [m.strip() for m in a.rows.split(",") if m.strip()]
+    unknown = set(a.rows) - set(METHODS)
+    if unknown:
+        ap.error(f"unknown rows {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    return a
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    apply_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(args.device)
+    args.device = str(device)
+    seed_everything(args.seed)
+    spec = f"{args.model}@{args.image_size}"
+    t0 = time.perf_counter()
+    splits = build_splits(args.dataset, args.image_size, args.train_size, args.val_size, args.test_size, args.seed)
+    data_seconds = time.perf_counter() - t0
+    settings = {"model": spec, "dataset": splits.name, "image_size": args.image_size, "train_size": len(splits.train),
+                "val_size": len(splits.val), "test_size": len(splits.test), "steps": args.steps,
+                "batch_size": args.batch_size, "seed": args.seed, "smoke": args.smoke,
+                "recipe": "library defaults: SGD lr 40 (paper units), momentum 0.9, warm-up min(1000, steps/10), cosine; "
+                          "best checkpoint by validation",
+                "linear_probe": "L-BFGS logistic regression on frozen penultimate features, no augmentation; C swept "
+                                "1e-6..1e6 on validation (CLIP's recipe), fitted on the train subset only",
+                "data_seconds": round(data_seconds, 2)}
+    doc = {"machine": machine_info(device), "command": command_line("accuracy.py", argv), "settings": settings,
+           "status": "running", "rows": []}
+    json_path = out / "accuracy.json"
+    print(f"{spec} on {splits.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test "
+          f"images, {args.steps} steps of {args.batch_size} per prompt row, device {device}", flush=True)
+    cache = BackboneCache()
+    runs_parent = args.runs_dir or tempfile.mkdtemp(prefix="vp-accuracy-")
+    for method, kind, prompter, mapping, clamp, desc in ROWS:
+        if method not in args.rows:
+            continue
+        if not args.quiet:
+            print(f"-- {method}: {desc}", flush=True)
+        t = time.perf_counter()
+        if kind == "no_prompt":
+            res = run_no_prompt(spec, mapping, splits, cache, device, max(args.batch_size, 256))
+        elif kind == "prompt":
+            res = run_prompt(spec, prompter, mapping, clamp, splits, cache, args, str(Path(runs_parent) / method))
+        else:
+            log_grid = [-2.0, 0.0, 2.0] if args.smoke else [-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0]
+            res = linear_probe(cache.get(spec, device), splits, max(args.batch_size, 256), device,
+                               refinements=0 if args.smoke else 4, max_iter=args.lp_max_iter, log_c_grid=log_grid)
+        row = {"method": method, "test_top1": res.pop("test_top1"), "trainable_params": res.pop("trainable_params"),
+               "seconds": round(time.perf_counter() - t, 2), "kind": kind, "description": desc,
+               "prompter": prompter, "label_mapping": mapping, "clamp": clamp, **res}
+        doc["rows"].append(row)
+        write_json(json_path, doc)  # keep what is done if the run is stopped
+        print(f"   {method}: test top-1 {100 * row['test_top1']:.2f}%  params {row['trainable_params']:,}  "
+              f"{row['seconds']:.1f} s", flush=True)
+    if not args.runs_dir:
+        shutil.rmtree(runs_parent, ignore_errors=True)
+    doc["summary"] = summarize(doc["rows"])
+    doc["status"] = "complete"
+    doc["total_seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(json_path, doc)
+    title = (f"{spec}, {splits.name}: {len(splits.train)} train, {len(splits.test)} test, "
+             f"{args.steps} steps x {args.batch_size}")
+    plot(doc["rows"], out / "accuracy.png", title)
+    s = doc["summary"]
+    lines = [table(doc["rows"])]
+    if "gap_points" in s:
+        lines.append(f"\nBest prompt: {s['best_prompt']} {100 * s['best_prompt_test_top1']:.2f}%; linear probe "
+                     f"{100 * s['linear_probe_test_top1']:.2f}%; gap {s['gap_points']:+.2f} points "
+                     f"(goal {'met' if s['goal_met'] else 'not met'}). Total {doc['total_seconds'] / 60:.1f} min.")
+    lines += [f"- {o}" for o in s["observations"]]
+    text = write_markdown(out / "accuracy.md", "Accuracy (Fashion-MNIST, frozen EfficientNet-Lite0)", doc["command"],
+                          doc["machine"], "\n".join(lines))
+    print(text)
+    return doc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""App latency: launch to first prediction, and one prediction against the bare forward pass.
+
+    python benchmarks/app_latency.py                   # under a minute on 2 CPU cores (design estimate)
+    python benchmarks/app_latency.py --smoke --out /tmp/al
+
+What is measured:
+
+* ``launch_to_page_s``: from starting ``python app.py`` (a subprocess on a free localhost port) until its page
+  answers HTTP 200;
+* ``launch_to_first_prediction_s``: from the same start until the first ``/predict`` call returns, through
+  ``gradio_client`` (connecting the client and loading the backbone on first use included);
+* ``prediction_s``: the median of ``--repeats`` further ``/predict`` calls. One call is what the page's
+  Classify button does: zero-shot top-5 *and* prompted top-5 of one image, plus the prompted image as PNG.
+  It includes the HTTP round trip, uploading the image and downloading the prompted PNG;
+* ``bare_forward_s``: the same prompted model's backbone + head on a batch of two preprocessed images (the two
+  forward passes a prediction needs, batched), in this process, no prompt, median of ``--bare-repeats``;
+* ``handler_s``: the app's handler (``app.TryPrompt.run``) called in this process, median: what the app does
+  for one click without the web server, to tell the server's share from the model's;
+* ``ratio`` = ``prediction_s / bare_forward_s`` (goal: at most 1.2).
+
+The prompt is the first one ``app.TryPrompt().prompts`` lists (the app's default), the image
+``assets/examples/0_T-shirt-top.png`` (bare forward: it and ``1_trouser.png``). The server runs with
+``GRADIO_ANALYTICS_ENABLED=False`` (no calls out) and is stopped at the end whatever happens.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import (DEFAULT_OUT, REPO, add_threads_arg, apply_threads, command_line, machine_info,  # noqa: E402
+                    markdown_table, median, pyplot, write_json, write_markdown)
+
+import torch  # noqa: E402
+
+GOAL = 1.2
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_page(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with status {proc.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, socket.timeout, OSError):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"app.py did not answer on {url} within {timeout:.0f} s:\n{log.read_text()[-2000:]}")
+
+
+def check_prediction(res) -> None:
+    """The endpoint gives (prompted image, zero-shot label, prompted label); each label has a top-5."""
+    if not (isinstance(res, (list, tuple)) and len(res) == 3):
+        raise RuntimeError(f"/predict returned {type(res).__name__}, not the 3 outputs expected")
+    for lab in res[1:]:
+        conf = lab.get("confidences") if isinstance(lab, dict) else None
+        if not conf or len(conf) != 5:
+            raise RuntimeError(f"/predict label output is not a top-5: {lab!r}")
+
+
+def measure_in_process(name: str, image_paths: list[Path], bare_repeats: int, handler_repeats: int) -> dict:
+    import app
+    from PIL import Image
+
+    state = app.TryPrompt()
+    model = state.model(name)
+    imgs = [Image.open(p).convert("RGB") for p in image_paths]
+    x = model.preprocess(imgs[:2])
+    model.eval()
+
+    def bare():
+        with torch.no_grad():
+            model.head(model.backbone(x))
+
+    for _ in range(2):
+        bare()
+    bare_times = []
+    for _ in range(bare_repeats):
+        t = time.perf_counter()
+        bare()
+        bare_times.append(time.perf_counter() - t)
+    state.run(name, imgs[0])
+    handler_times = []
+    for _ in range(handler_repeats):
+        t = time.perf_counter()
+        state.run(name, imgs[0])
+        handler_times.append(time.perf_counter() - t)
+    return {"bare_forward_s": median(bare_times), "bare_forward_all_s": bare_times, "handler_s": median(handler_times),
+            "handler_all_s": handler_times, "prompt_spec": model.backbone.spec, "image_size": model.image_size}
+
+
+def measure_server(name: str, image: Path, repeats: int, timeout: float, threads: int | None) -> dict:
+    from gradio_client import Client, handle_file
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
+               GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    with tempfile.TemporaryDirectory(prefix="vp-app-latency-") as tmp:
+        log = Path(tmp) / "app.log"
+        client = None
+        with open(log, "w") as logf:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=logf,
+                                    stderr=subprocess.STDOUT)
+            try:
+                wait_for_page(url, proc, timeout, log)
+                t_page = time.perf_counter()
+                client = Client(url, verbose=False, download_files=str(Path(tmp) / "downloads"),
+                                analytics_enabled=False)
+                t_client = time.perf_counter()
+                res = client.predict(name, handle_file(str(image)), api_name="/predict")
+                t_first = time.perf_counter()
+                check_prediction(res)
+                times = []
+                for _ in range(repeats):
+                    t = time.perf_counter()
+                    res = client.predict(name, handle_file(str(image)), api_name="/predict")
+                    times.append(time.perf_counter() - t)
+                check_prediction(res)
+            finally:
+                if client is not None:
+                    try:
+                        client.close()
+                    except Exception:  # noqa: BLE001 - closing is best effort; the server is stopped next
+                        pass
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=15)
+    top = {c["label"]: round(c["confidence"], 4) for c in res[2]["confidences"]}
+    return {"launch_to_page_s": t_page - t0, "client_connect_s": t_client - t_page,
+            "launch_to_first_prediction_s": t_first - t0, "first_prediction_s": t_first - t_client,
+            "prediction_s": median(times), "prediction_all_s": times, "prompted_top5_example": top}
+
+
+def plot(doc: dict, path: Path) -> None:
+    plt = pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.2))
+    names = ["bare forward (batch of 2)", "handler, in process", "prediction via HTTP"]
+    vals = [doc["bare_forward_s"], doc["handler_s"], doc["prediction_s"]]
+    a.barh(names[::-1], [1000 * v for v in vals][::-1], color=["#1f77b4", "#ff7f0e", "#2ca02c"][::-1])
+    a.axvline(1000 * GOAL * doc["bare_forward_s"], color="red", ls="--", lw=1, label=f"goal: {GOAL}x bare forward")
+    a.set_xlabel("milliseconds (median)")
+    a.legend(fontsize=8)
+    a.set_title(f"One prediction: ratio {doc['ratio']:.2f}x the bare forward", fontsize=9)
+    b.barh(["launch -> first prediction", "launch -> page answers"],
+           [doc["launch_to_first_prediction_s"], doc["launch_to_page_s"]], color="#9467bd")
+    b.set_xlabel("seconds")
+    b.set_title("Start-up", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="folder for app_latency.json/.png/.md (default: %(default)s)")
+    ap.add_argument("--smoke", action="store_true", help="2 predictions, 3 bare forwards: checks the script runs")
+    ap.add_argument("--repeats", type=int, default=None, help="predictions after the first (default 20; smoke 2)")
+    ap.add_argument("--bare-repeats", type=int, default=None, help="bare forwards and handler calls (default 30; smoke 3)")
+    ap.add_argument("--prompt", default=None, help="prompt name (default: the app's first)")
+    ap.add_argument("--timeout", type=float, default=180, help="seconds to wait for the page (default: %(default)s)")
+    add_threads_arg(ap)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    apply_threads(args.threads)
+    repeats = args.repeats or (2 if args.smoke else 20)
+    bare_repeats = args.bare_repeats or (3 if args.smoke else 30)
+    examples = REPO / "assets" / "examples"
+    images = [examples / "0_T-shirt-top.png", examples / "1_trouser.png"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from visual_prompting.zoo import list_prompts
+
+    import app  # the app's own list, so the name is what its dropdown shows first
+
+    name = args.prompt or next(iter(app.TryPrompt().prompts), None)
+    if name is None:
+        raise SystemExit("prompts_zoo/ has no prompt: the app has nothing to predict with")
+    assert list_prompts()  # same folder the app reads
+    inproc = measure_in_process(name, images, bare_repeats, bare_repeats)
+    server = measure_server(name, images[0], repeats, args.timeout, args.threads)
+    doc = {"machine": machine_info("cpu"), "command": command_line("app_latency.py", argv),
+           "settings": {"prompt": name, "image": str(images[0].relative_to(REPO)), "repeats": repeats,
+                        "bare_repeats": bare_repeats, "smoke": args.smoke,
+                        "server_threads": args.threads or "torch default"},
+           "launch_to_first_prediction_s": server.pop("launch_to_first_prediction_s"),
+           "prediction_s": server.pop("prediction_s"), "bare_forward_s": inproc.pop("bare_forward_s"),
+           **server, **inproc}
+    doc["ratio"] = doc["prediction_s"] / doc["bare_forward_s"]
+    doc["handler_ratio"] = doc["handler_s"] / doc["bare_forward_s"]
+    doc["goal"] = f"prediction_s <= {GOAL} x bare_forward_s"
+    doc["goal_met"] = doc["ratio"] <= GOAL
+    doc["notes"] = ("prediction_s is measured through gradio_client: it includes the HTTP round trip, uploading the "
+                    "image, the app's zero-shot and prompted top-5 (two batch-of-one forwards) and encoding and "
+                    "downloading the prompted PNG. bare_forward_s is one batch of two through the same model's "
+                    "backbone and head in process. handler_s is the app's handler in process (no server).")
+    write_json(out / "app_latency.json", doc)
+    plot(doc, out / "app_latency.png")
+    body = markdown_table(
+        ["launch -> page (s)", "launch -> first prediction (s)", "prediction (s)", "handler in process (s)",
+         "bare forward, batch 2 (s)", f"ratio (goal <= {GOAL})"],
+        [[doc["launch_to_page_s"], doc["launch_to_first_prediction_s"], doc["prediction_s"], doc["handler_s"],
+          doc["bare_forward_s"], doc["ratio"]]])
+    body += f"\n\nPrompt `{name}` ({doc['prompt_spec']}), image `{doc['settings']['image']}`."
+    print(write_markdown(out / "app_latency.md", "App latency", doc["command"], doc["machine"], body))
+    return doc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The benchmark scripts in benchmarks/ run in their tiny ``--smoke`` mode and write the result files anyone can
+check by script: the keys and shapes the benchmarks promise, not how good the numbers are (benchmarks are not
+tests; their full runs are not part of this suite).
+
+Each script runs with ``--threads 1``: on a shared 2-core machine two multi-threaded torch processes can slow
+each other down 30-50x, and these settings are too small to gain from a second thread."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPTS = ("accuracy", "speed", "scaling", "app_latency")
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread in this file (the scripts also get ``--threads 1``); the suite's setting comes back after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def is_num(v, lo=0.0) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= lo
+
+
+def read(path: Path) -> dict:
+    assert path.is_file(), f"{path} was not written"
+    return json.loads(path.read_text())
+
+
+def check_outputs(out: Path, name: str) -> dict:
+    doc = read(out / f"{name}.json")
+    png = out / f"{name}.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / f"{name}.md").read_text().startswith("### ")
+    m = doc["machine"]
+    assert {"platform", "cpu_count", "torch", "device_name"} <= set(m)
+    return doc
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_has_help(name, capsys):
+    mod = load(name)
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "--smoke" in text and "--out" in text
+
+
+def test_accuracy_smoke(tmp_path):
+    acc = load("accuracy")
+    acc.main(["--smoke", "--out", str(tmp_path), "--threads", "1", "--quiet"])
+    doc = check_outputs(tmp_path, "accuracy")
+    rows = doc["rows"]
+    methods = [r["method"] for r in rows]
+    assert methods == acc.METHODS and len(set(methods)) == len(methods)
+    for r in rows:
+        assert isinstance(r["method"], str)
+        assert is_num(r["test_top1"]) and r["test_top1"] <= 1
+        assert isinstance(r["trainable_params"], int) and r["trainable_params"] >= 0
+        assert is_num(r["seconds"])
+    no_prompt = [r for r in rows if r["method"].startswith("no_prompt")]
+    assert len(no_prompt) == 2 and all(r["trainable_params"] == 0 for r in no_prompt)
+    assert sum(r["method"] == "linear_probe" for r in rows) == 1
+    trained = [r for r in rows if r["kind"] == "prompt"]
+    assert len(trained) == 7 and all(r["trainable_params"] > 0 for r in trained)
+    assert {r["clamp"] for r in trained if r["prompter"] == "pad" and r["label_mapping"] == "iterative"} == \
+        {"straight-through", "none"}
+    assert doc["status"] == "complete" and "gap_points" in doc["summary"]
+    assert doc["settings"]["test_size"] == 200
+
+
+def test_speed_smoke_merges_models_and_measures_memory(tmp_path):
+    speed = load("speed")
+    out = ["--smoke", "--out", str(tmp_path), "--threads", "1", "--quiet"]
+    speed.main(out + ["--models", "clip:vp-tiny", "--memory", "off"])  # CLIP: text encoder in the reference loop
+    speed.main(out + ["--models", "effnet-lite0@32"])  # merged into the same file, peak memory in subprocesses
+    doc = check_outputs(tmp_path, "speed")
+    assert set(doc["results"]) == {"clip:vp-tiny", "effnet-lite0@32"}
+    for model, per_device in doc["results"].items():
+        r = per_device["cpu"]
+        for k in ("library_img_s", "limit_img_s", "reference_img_s", "ratio_vs_limit", "ratio_vs_reference"):
+            assert is_num(r[k]) and r[k] > 0, (model, k)
+        assert r["ratio_vs_limit"] == pytest.approx(r["library_img_s"] / r["limit_img_s"])
+        assert r["ratio_vs_reference"] == pytest.approx(r["library_img_s"] / r["reference_img_s"])
+        for v in ("library", "limit", "reference"):
+            key = f"{v}_peak_mem_mib"
+            assert key in r
+            if model.startswith("effnet"):
+                assert is_num(r[key]) and r[key] > 0, (key, r["memory_kind"])
+            else:
+                assert r[key] is None
+
+
+def test_scaling_smoke(tmp_path):
+    load("scaling").main(["--smoke", "--out", str(tmp_path), "--threads", "1"])
+    doc = check_outputs(tmp_path, "scaling")
+    tr, ev = doc["training"], doc["evaluation"]
+    assert len(tr["batch_sizes"]) == len(tr["images_per_s"]) == 2 and all(is_num(v) for v in tr["images_per_s"])
+    assert len(ev["dataset_sizes"]) == len(ev["seconds"]) == 2 and all(is_num(v) for v in ev["seconds"])
+    for part in (tr, ev):
+        assert {"linear_from", "stops_linear_at", "rule"} <= set(part["linear"])
+    assert len(doc["conclusions"]) == 2
+
+
+def test_linear_regime_rule():
+    linear_regime = load("_bench").linear_regime
+
+    r = linear_regime([8, 16, 32, 64, 128], [3.0, 1.5, 1.0, 1.05, 1.5])
+    assert r["linear_from"] == 32 and r["overhead_bound_below"] == 32 and r["stops_linear_at"] == 128
+    r = linear_regime([1, 2, 4, 8], [1.0, 1.3, 1.0, 1.02])  # one noisy point is not the end of linearity
+    assert r["linear_from"] == 1 and r["stops_linear_at"] is None
+
+
+def test_linear_probe_fits_separable_data():
+    acc = load("accuracy")
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(300, 16, generator=g)
+    y = (X[:, 0] > 0).long() + 2 * (X[:, 1] > 0).long()
+    W, b = acc.fit_logreg(X, y, C=100.0, num_classes=4, max_iter=100)
+    assert acc.accuracy(X, y, W, b) > 0.97
+    W0, _ = acc.fit_logreg(X, y, C=1e-6, num_classes=4, max_iter=100)  # strong L2: weights near zero
+    assert float(W0.abs().max()) < 1e-2
+
+
+def test_app_latency_smoke(tmp_path):
+    pytest.importorskip("gradio_client")
+    load("app_latency").main(["--smoke", "--out", str(tmp_path), "--threads", "1"])
+    doc = check_outputs(tmp_path, "app_latency")
+    for k in ("launch_to_first_prediction_s", "prediction_s", "bare_forward_s", "ratio"):
+        assert is_num(doc[k]) and doc[k] > 0, k
+    assert doc["launch_to_first_prediction_s"] >= doc["launch_to_page_s"]
+    assert doc["ratio"] == pytest.approx(doc["prediction_s"] / doc["bare_forward_s"])
+    assert len(doc["prompted_top5_example"]) == 5
