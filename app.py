@@ -50,8 +50,8 @@ class TryPrompt:
             raise VPError("Upload an image or pick an example first.")
         model = self.model(name)
         img = to_rgb(image)
-        (zs,), (pr,) = model.predict_both([img], 5)
-        return model.prompted_images([img])[0], dict(zs), dict(pr)
+        (zs,), (pr,), (prompted,) = model.predict_both([img], 5, with_images=True)
+        return prompted, dict(zs), dict(pr)
 
 
 def build_app(state: TryPrompt | None = None) -> gr.Blocks:

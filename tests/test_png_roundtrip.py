@@ -39,3 +39,16 @@ def test_unclamped_prompt_leaves_the_pixel_range(trained):
         p.pad_up.fill_(0.7)
     y = p(torch.full((1, 3, 64, 64), 0.6))
     assert float(y.detach().max()) > 1.0
+
+
+def test_predict_both_images_match_prompted_images(trained):
+    from PIL import Image
+
+    model, _ = PromptedModel.from_prompt_file(trained[0].best_path)
+    img = Image.open("assets/examples/3_dress.png")
+    zs, pr, ims = model.predict_both([img], 3, with_images=True)
+    assert (zs, pr) == model.predict_both([img], 3)
+    assert ims[0].tobytes() == model.prompted_images([img])[0].tobytes()
+    for both, alone in ((pr[0], model.predict([img], 3)[0]), (zs[0], model.predict([img], 3, use_prompt=False)[0])):
+        assert [n for n, _ in both] == [n for n, _ in alone]
+        assert all(abs(p - q) < 1e-5 for (_, p), (_, q) in zip(both, alone))

@@ -88,16 +88,24 @@ class PromptedModel(nn.Module):
         return self._top(logits, k)
 
     @torch.no_grad()
-    def predict_both(self, images, k: int = 5):
+    def predict_both(self, images, k: int = 5, with_images: bool = False):
         """``(zero_shot, prompted)`` top-k for each image, from one forward pass over the plain and the prompted
-        images together (what the app and ``predict`` show side by side)."""
+        images together (what the app and ``predict`` show side by side). ``with_images=True`` also returns the
+        prompted images as 8-bit PIL images, from the same tensors (no second preprocessing)."""
+        from PIL import Image
+
         was = self.training
         self.eval()
         x = self.preprocess(images)
-        out = self.backbone(torch.cat([x, self.prompt(x)]))
+        px = self.prompt(x)
+        out = self.backbone(torch.cat([x, px]))
         self.train(was)
         n = len(x)
-        return self._top(self.logits(out[:n], False), k), self._top(self.logits(out[n:], True), k)
+        result = (self._top(self.logits(out[:n], False), k), self._top(self.logits(out[n:], True), k))
+        if not with_images:
+            return result
+        arr = (px.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return (*result, [Image.fromarray(a) for a in arr])
 
     @classmethod
     def from_prompt_file(cls, path, device="cpu", cache: BackboneCache | None = None, backbone: str | None = None):
