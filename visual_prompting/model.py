@@ -15,6 +15,14 @@ from .heads import create_head
 from .prompters import Prompter
 
 
+def _to_pil(images: torch.Tensor) -> list:
+    """[0, 1] float batch (B, 3, S, S) -> 8-bit RGB PIL images."""
+    from PIL import Image
+
+    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
 class PromptedModel(nn.Module):
     def __init__(self, backbone: Backbone, head: nn.Module, prompter: Prompter | None, class_names: list[str]):
         super().__init__()
@@ -65,14 +73,11 @@ class PromptedModel(nn.Module):
     @torch.no_grad()
     def prompted_images(self, images) -> list:
         """The prompted images as 8-bit RGB PIL images (what you would save as PNG and classify again)."""
-        from PIL import Image
-
         was = self.training
         self.eval()
-        x = self.prompt(self.preprocess(images)).clamp(0, 1)
+        x = self.prompt(self.preprocess(images))
         self.train(was)
-        arr = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return [Image.fromarray(a) for a in arr]
+        return _to_pil(x)
 
     def _top(self, logits: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
         top = logits.softmax(-1).topk(min(k, logits.shape[1]), dim=1)
@@ -92,8 +97,6 @@ class PromptedModel(nn.Module):
         """``(zero_shot, prompted)`` top-k for each image, from one forward pass over the plain and the prompted
         images together (what the app and ``predict`` show side by side). ``with_images=True`` also returns the
         prompted images as 8-bit PIL images, from the same tensors (no second preprocessing)."""
-        from PIL import Image
-
         was = self.training
         self.eval()
         x = self.preprocess(images)
@@ -104,8 +107,7 @@ class PromptedModel(nn.Module):
         result = (self._top(self.logits(out[:n], False), k), self._top(self.logits(out[n:], True), k))
         if not with_images:
             return result
-        arr = (px.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return (*result, [Image.fromarray(a) for a in arr])
+        return (*result, _to_pil(px))
 
     @classmethod
     def from_prompt_file(cls, path, device="cpu", cache: BackboneCache | None = None, backbone: str | None = None):
