@@ -225,7 +225,7 @@ def cmd_predict(a) -> int:
             print(f"error: {e}", file=sys.stderr)
             failures += 1
             continue
-        (zs,), (pr,) = model.predict_both([img], a.top_k)
+        (zs,), (pr,), (prompted,) = model.predict_both([img], a.top_k, with_images=True)
         print(f"\n{path}")
         print(f"  {'zero-shot (no prompt)':36s}  {'prompted':36s}")
         for (n0, p0), (n1, p1) in zip(zs, pr):
@@ -233,7 +233,7 @@ def cmd_predict(a) -> int:
         if a.save_prompted:
             os.makedirs(a.save_prompted, exist_ok=True)
             out = os.path.join(a.save_prompted, os.path.splitext(os.path.basename(path))[0] + "_prompted.png")
-            model.prompted_images([img])[0].save(out)
+            prompted.save(out)
             print(f"  prompted image: {out}")
     return 2 if failures == len(a.images) else (1 if failures else 0)
 

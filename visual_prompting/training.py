@@ -27,9 +27,9 @@ import torch.nn.functional as F
 
 from .backbones import Backbone, BackboneCache, ClipBackbone, load_backbone
 from .classnames import CLIP_TEMPLATES, PAPER_TEMPLATE
-from .data import DataSplits, ImageSet, canonical_name, load_splits, to_model_input
+from .data import DataSplits, canonical_name, load_splits, to_model_input
 from .errors import VPError
-from .evaluation import EvalResult, evaluate, logits_over
+from .evaluation import evaluate, logits_over
 from .heads import LabelMappingHead, create_head, frequency_mapping, prediction_counts
 from .model import PromptedModel
 from .prompt_file import build_metadata, load_prompt, save_prompt
