@@ -1,34 +1,224 @@
-"""The small app: its handler works on the shipped zoo and example images, and bad input is a clear message."""
+"""The app's handlers (visual_prompting.ui.VPApp), called directly: real prompts from prompts_zoo/, real example
+images, real (short) training runs on the bundled data, and a clear VPError for every kind of bad input."""
+import zipfile
+
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-app = pytest.importorskip("app")
+from visual_prompting import VPError
+from visual_prompting.prompt_file import load_prompt
+from visual_prompting.ui import OWN_BACKBONE, UPLOADED_DATASET, AppConfig, VPApp
+
+from conftest import EFFNET
 
 
 @pytest.fixture(scope="module")
-def state():
-    return app.TryPrompt()
+def vp(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("app")
+    return VPApp(AppConfig(user_zoo_dir=tmp / "zoo", work_dir=tmp / "work", device="cpu"))
 
 
-def test_zoo_has_a_real_prompt_and_the_handler_predicts(state):
-    assert state.prompts, "prompts_zoo/ must ship at least one prompt"
-    name = next(iter(state.prompts))
-    assert "test top-1" in state.describe(name)
-    prompted, zero, with_prompt = state.run(name, Image.open(app.EXAMPLES[0]))
-    size = state.model(name).image_size
-    assert prompted.size == (size, size)
-    assert len(zero) == 5 and len(with_prompt) == 5
-    classes = set(state.prompts[name]["meta"]["class_names"])
-    assert set(zero) <= classes and set(with_prompt) <= classes
-    assert abs(sum(with_prompt.values()) - 1) < 0.5
+@pytest.fixture(scope="module")
+def name(vp):
+    assert vp.entries, "prompts_zoo/ must ship at least one prompt"
+    return next(iter(vp.entries))
 
 
-def test_bad_input_is_a_message(state):
-    with pytest.raises(app.VPError, match="Upload an image"):
-        state.run(next(iter(state.prompts)), None)
-    with pytest.raises(app.VPError, match="Pick a prompt"):
-        state.run("no such prompt", Image.new("RGB", (8, 8)))
+def test_try_predicts_top5_over_the_prompts_classes(vp, name):
+    assert "test top-1" in vp.describe(name)
+    prompted, zero, with_prompt = vp.predict(name, None, vp.examples()[0])
+    model, meta, warning = vp.model(vp.prompt_path(name))
+    assert warning is None
+    assert prompted.size == (model.image_size, model.image_size)
+    classes = set(meta["class_names"])
+    for labels in (zero, with_prompt):
+        assert len(labels) == 5 and set(labels) <= classes
+        assert 0.5 < sum(labels.values()) <= 1.0 + 1e-5
+    # the prompted picture is what the model classified: reading it back gives the same top class
+    png = torch.from_numpy(np.array(prompted)).permute(2, 0, 1)
+    with torch.no_grad():
+        top = model.classify_prompted(model.preprocess(png)).argmax(1)
+    assert model.class_names[int(top)] == max(with_prompt, key=with_prompt.get)
 
 
-def test_blocks_build(state):
-    assert app.build_app(state) is not None
+def test_uploaded_prompt_file_wins_over_the_dropdown(vp, trained):
+    result, _, _ = trained
+    assert "effnet-lite0@64" in vp.describe("not a zoo name", result.best_path)
+    _, zero, with_prompt = vp.predict(None, result.best_path, vp.examples()[1])
+    assert set(with_prompt) <= set(load_prompt(result.best_path).meta["class_names"])
+
+
+def test_another_backbone_only_with_a_warning(vp, trained):
+    result, _, _ = trained
+    assert vp.backbone_choices(None, result.best_path)[0] == OWN_BACKBONE
+    warnings = []
+    _, _, labels = vp.predict(None, result.best_path, vp.examples()[0], backbone="torchvision:resnet18/random@64",
+                              warn=warnings.append)
+    assert len(warnings) == 1 and "trained for effnet-lite0@64" in warnings[0] and "mean nothing" in warnings[0]
+    assert len(labels) == 5
+    quiet = []
+    vp.predict(None, result.best_path, vp.examples()[0], backbone=OWN_BACKBONE, warn=quiet.append)
+    assert quiet == []
+
+
+def test_bad_input_is_a_clear_message(vp, name, tmp_path):
+    with pytest.raises(VPError, match="Upload an image"):
+        vp.predict(name, None, None)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(VPError, match="broken.png cannot be read"):
+        vp.predict(name, None, str(broken))
+    with pytest.raises(VPError, match="Pick a prompt"):
+        vp.predict(None, None, vp.examples()[0])
+    with pytest.raises(VPError, match="not found"):
+        vp.predict("no such prompt", None, vp.examples()[0])
+    pickle = tmp_path / "evil.safetensors"
+    pickle.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)
+    with pytest.raises(VPError):
+        vp.predict(name, str(pickle), vp.examples()[0])
+    assert vp.describe(name, str(pickle)).startswith("**Cannot use this prompt:**")
+    # odd images are fine: RGBA, greyscale, 16-bit, a numpy array
+    for img in (Image.new("RGBA", (40, 30), (255, 0, 0, 128)), Image.new("L", (5, 90)), Image.new("I;16", (32, 32))):
+        assert len(vp.predict(name, None, img)[2]) == 5
+    assert len(vp.predict(name, None, np.zeros((20, 20, 3), "uint8"))[2]) == 5
+
+
+def test_inspect_shows_the_prompt_its_amplitude_spectrum_saliency_and_metadata(vp, name):
+    out = vp.inspect(name, None, vp.examples()[0])
+    meta = vp.entries[name]["meta"]
+    for key in ("prompt", "amplitude", "spectrum", "saliency"):
+        assert min(out[key].size) >= 256
+    assert [r[0] for r in out["channels"]] == ["red", "green", "blue"]
+    assert all(0 < r[1] <= r[3] <= 255 for r in out["channels"])  # a trained prompt is not zero
+    assert out["saliency_class"] in meta["class_names"]
+    fields = dict(out["metadata"])
+    assert fields["backbone.spec"] == meta["backbone"]["spec"] and "metrics.test_top1" in fields
+    assert vp.inspect(name, None, None)["saliency"] is None
+
+
+def test_zoo_rows_and_gallery_list_every_prompt(vp):
+    rows, gallery = vp.zoo_rows(), vp.zoo_gallery()
+    assert len(rows) == len(gallery) == len(vp.entries)
+    for row, (name, e) in zip(rows, vp.entries.items()):
+        assert row[0] == name and row[2] == e["meta"]["backbone"]["spec"]
+        assert row[6].endswith("%")
+
+
+def train_cfg(vp, session, **kw):
+    args = dict(model=EFFNET, dataset="fashion_mnist_subset", steps=12, batch_size=32)
+    return vp.train_config(session, **{**args, **kw})
+
+
+def test_training_streams_progress_curves_and_the_prompt_then_adds_it_to_the_zoo(vp):
+    cfg = train_cfg(vp, "s-train")
+    updates = list(vp.train_stream(cfg, "s-train", min_interval=0.0))
+    fractions = [u.fraction for u in updates]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    last = updates[-1]
+    assert last.done and last.result_path and last.status.startswith("Done.") and "Test top-1" in last.status
+    series = {r["series"] for r in last.curves}
+    assert {"train loss", "train accuracy", "val accuracy (prompt)", "val accuracy (no prompt)"} <= series
+    assert last.prompt is not None and "without a prompt" in last.accuracy
+    assert any(u.prompt is not None and not u.done for u in updates)  # the prompt is shown while it trains
+    pf = load_prompt(last.result_path)
+    assert pf.meta["train_config"]["steps"] == 12 and pf.meta["metrics"]["test_n"] == 1000
+
+    msg = vp.add_to_zoo(last.result_path, "unit-test-pad")
+    assert "my/unit-test-pad" in msg and "my/unit-test-pad" in vp.entries
+    assert len(vp.predict("my/unit-test-pad", None, vp.examples()[0])[2]) == 5
+    with pytest.raises(VPError, match="Zoo names"):
+        vp.add_to_zoo(last.result_path, "../escape")
+    with pytest.raises(VPError, match="Train a prompt first"):
+        vp.add_to_zoo(None, "x")
+
+
+def test_stop_ends_the_run_and_keeps_the_best_prompt(vp):
+    cfg = train_cfg(vp, "s-stop", steps=400)
+    updates = []
+    for u in vp.train_stream(cfg, "s-stop", min_interval=0.0):
+        updates.append(u)
+        if "step 3/" in u.status:
+            vp.stop("s-stop")
+    last = updates[-1]
+    assert last.done and last.status.startswith("Stopped early")
+    pf = load_prompt(last.result_path)
+    assert pf.meta["metrics"]["steps"] < 400
+
+
+def test_closing_the_stream_stops_training_and_keeps_the_prompt_on_disk(vp):
+    cfg = train_cfg(vp, "s-close", steps=400)
+    stream = vp.train_stream(cfg, "s-close", min_interval=0.0)
+    for u in stream:
+        if "step 2/" in u.status:
+            break
+    stream.close()  # the browser went away
+    pf = load_prompt(f"{cfg.out_dir}/best.safetensors")
+    assert pf.meta["metrics"]["steps"] < 400
+
+
+def test_training_on_an_uploaded_zip_of_class_folders(vp, tmp_path):
+    archive = tmp_path / "shapes.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for c, colour in (("red_things", (200, 30, 30)), ("blue_things", (30, 30, 200))):
+            for i in range(8):
+                img = Image.new("RGB", (24, 24), tuple(max(0, v - 9 * i) for v in colour))
+                path = tmp_path / f"{c}{i}.png"
+                img.save(path)
+                z.write(path, f"shapes/{c}/{i}.png")
+    cfg = train_cfg(vp, "s-zip", dataset=UPLOADED_DATASET, upload=str(archive), steps=3, batch_size=4)
+    last = list(vp.train_stream(cfg, "s-zip"))[-1]
+    assert load_prompt(last.result_path).meta["class_names"] == ["blue things", "red things"]
+
+
+def test_bad_training_settings_and_archives_are_clear_messages(vp, tmp_path):
+    with pytest.raises(VPError, match="Steps must be between"):
+        train_cfg(vp, "s-bad", steps=0)
+    with pytest.raises(VPError, match="whole number"):
+        train_cfg(vp, "s-bad", batch_size=2.5)
+    with pytest.raises(VPError, match="learning rate"):
+        train_cfg(vp, "s-bad", lr=-1)
+    with pytest.raises(VPError, match="Unknown backbone spec"):
+        train_cfg(vp, "s-bad", model="resnet")
+    with pytest.raises(VPError, match="Pick a dataset"):
+        train_cfg(vp, "s-bad", dataset="/etc")
+    with pytest.raises(VPError, match="Upload a .zip"):
+        train_cfg(vp, "s-bad", dataset=UPLOADED_DATASET)
+    text = tmp_path / "notes.zip"
+    text.write_text("hello")
+    with pytest.raises(VPError, match="not a readable .zip"):
+        train_cfg(vp, "s-bad", dataset=UPLOADED_DATASET, upload=str(text))
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("../../outside.txt", "x")
+    with pytest.raises(VPError, match="outside the dataset folder"):
+        train_cfg(vp, "s-bad", dataset=UPLOADED_DATASET, upload=str(evil))
+    with pytest.raises(VPError, match="valid id"):
+        train_cfg(vp, "../other-user")
+    # a run whose data cannot be read fails with the library's message, not a traceback
+    empty = tmp_path / "empty.zip"
+    with zipfile.ZipFile(empty, "w") as z:
+        z.writestr("only/readme.txt", "x")
+    with pytest.raises(VPError, match="at least two class folders"):
+        list(vp.train_stream(train_cfg(vp, "s-empty", dataset=UPLOADED_DATASET, upload=str(empty)), "s-empty"))
+
+
+def test_push_needs_a_token_and_fails_fast_offline(vp, trained, monkeypatch):
+    result, _, _ = trained
+    with pytest.raises(VPError, match="token"):
+        vp.push(result.best_path, "someone/prompt", "")
+    with pytest.raises(VPError, match="Train a prompt first"):
+        vp.push(None, "someone/prompt", "hf_x")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(VPError, match="unreachable"):
+        vp.push(result.best_path, "someone/prompt", "hf_x")
+
+
+def test_blocks_build_with_the_four_tabs(vp):
+    import app
+
+    demo = app.build_app(vp)
+    labels = {b.label for b in demo.blocks.values() if type(b).__name__ == "Tab"}
+    assert labels == {"Try a prompt", "Train a prompt", "Inspect a prompt", "Zoo"}
+    assert {"predict", "train", "inspect", "stop"} <= {d.api_name for d in demo.fns.values() if d.api_name}

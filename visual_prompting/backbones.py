@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from urllib.parse import urlparse
 
 import torch
@@ -152,16 +153,25 @@ def load_backbone(spec: str, device: str | torch.device = "cpu") -> Backbone:
 
 
 class BackboneCache:
-    """Loads each backbone once per (spec, device) and hands the same frozen module to every caller."""
+    """Loads each backbone once per (spec, device) and hands the same frozen module to every caller. Thread-safe:
+    two callers asking for the same backbone at once wait for one load (the app serves several users)."""
 
     def __init__(self):
         self._cache: dict[tuple[str, str], Backbone] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
 
     def get(self, spec: str, device: str | torch.device = "cpu") -> Backbone:
         key = (spec, str(device))
-        if key not in self._cache:
-            self._cache[key] = load_backbone(spec, device)
-        return self._cache[key]
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._cache:
+                self._cache[key] = load_backbone(spec, device)
+            return self._cache[key]
+
+    def loaded(self) -> list[str]:
+        return [spec for spec, _ in self._cache]
 
 
 # -- loaders --------------------------------------------------------------------------------------------------

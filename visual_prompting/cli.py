@@ -200,7 +200,7 @@ def cmd_eval(a) -> int:
         print(json.dumps({"prompted": with_p.to_dict(), "no_prompt": without.to_dict()}, indent=2))
         return 0
     print(f"{name} / {a.split}: {with_p.n} images, {len(model.class_names)} classes, backbone {model.backbone.spec}")
-    print(f"            no prompt   prompted")
+    print("            no prompt   prompted")
     print(f"top-1        {_pct(without.top1)}     {_pct(with_p.top1)}")
     print(f"top-5        {_pct(without.top5)}     {_pct(with_p.top5)}")
     if a.per_class:

@@ -104,7 +104,7 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, indices: torch.Tensor) -> "ImageSet":
+    def subset(self, indices: torch.Tensor) -> ImageSet:
         raise NotImplementedError
 
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
@@ -124,7 +124,7 @@ class TensorImageSet(ImageSet):
     def subset(self, indices):
         return TensorImageSet(self.images[indices], self.labels[indices], self.class_names, self.name)
 
-    def resized(self, size: int, chunk: int = 512) -> "TensorImageSet":
+    def resized(self, size: int, chunk: int = 512) -> TensorImageSet:
         """The same set resized once to ``size`` (same arithmetic as :func:`to_model_input`, kept as uint8)."""
         if self.images.shape[-2:] == (size, size):
             return self
@@ -247,8 +247,9 @@ def load_splits(name: str, *, image_size: int = 224, root: str | None = None, do
 def _bundled_subset() -> tuple[ImageSet, ImageSet]:
     if not BUNDLED_SUBSET.is_file():
         raise VPError(f"The bundled subset {BUNDLED_SUBSET} is missing; run scripts/make_bundled_subset.py.")
-    from safetensors import safe_open
     import json
+
+    from safetensors import safe_open
 
     with safe_open(str(BUNDLED_SUBSET), "pt") as f:
         meta = json.loads(f.metadata()["class_names"])
@@ -396,3 +397,35 @@ def _decode_items(items, names, label, image_size) -> TensorImageSet:
     if not imgs:
         raise VPError(f"None of the images of {label} could be read.")
     return TensorImageSet(torch.stack(imgs), torch.tensor(labels), names, label)
+
+
+def extract_zip_dataset(zip_path, dest, max_files: int = 200_000, max_bytes: int = 4 << 30) -> str:
+    """Unpack an uploaded ``.zip`` of class folders into ``dest`` and return the folder :func:`load_splits` should
+    read (the archive's single top-level folder when it has one). Refuses archives that are not zip files, whose
+    members would land outside ``dest`` (absolute paths, ``..``), or that are too large once unpacked."""
+    import zipfile
+
+    dest = Path(dest)
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise VPError(f"{Path(str(zip_path)).name} is not a readable .zip file ({e}). Zip a folder that holds one "
+                      "folder of images per class.") from e
+    with zf:
+        members = [m for m in zf.infolist() if not m.is_dir() and "__MACOSX" not in m.filename]
+        if len(members) > max_files:
+            raise VPError(f"The archive holds {len(members)} files; the limit is {max_files}.")
+        if sum(m.file_size for m in members) > max_bytes:
+            raise VPError(f"The archive unpacks to more than {max_bytes >> 20} MiB; use a smaller dataset.")
+        root = dest.resolve()
+        for m in members:
+            target = (dest / m.filename).resolve()
+            if m.filename.startswith(("/", "\\")) or not target.is_relative_to(root):
+                raise VPError(f"The archive member {m.filename!r} would be written outside the dataset folder; refused.")
+        dest.mkdir(parents=True, exist_ok=True)
+        for m in members:
+            zf.extract(m, dest)
+    entries = [d for d in dest.iterdir() if not d.name.startswith(".")]
+    if len(entries) == 1 and entries[0].is_dir():
+        return str(entries[0])
+    return str(dest)

@@ -113,7 +113,7 @@ def pull_prompt(repo_id: str, filename: str | None = None, revision: str | None 
         get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision, repo_type=repo_type, endpoint=endpoint),
                              token=token, timeout=timeout, endpoint=endpoint,
                              library_name=LIBRARY_NAME, library_version=_library_version())
-    except Exception as e:  # noqa: BLE001 - every failure becomes a VPError (or falls back to the cache) below
+    except Exception as e:
         kind, message = _classify(e, where, endpoint)
         path = None if kind == "missing" else _from_cache(**kw)
         if path is None:
@@ -123,7 +123,7 @@ def pull_prompt(repo_id: str, filename: str | None = None, revision: str | None 
     try:
         path = hf_hub_download(**kw, endpoint=endpoint, token=token, etag_timeout=timeout,
                                library_name=LIBRARY_NAME, library_version=_library_version())
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise VPError(_classify(e, where, endpoint)[1]) from e
     return _validated(path, where)
 
@@ -142,9 +142,15 @@ def _from_cache(*, repo_id, filename, revision=None, cache_dir=None, repo_type=N
 
 def _classify(e: Exception, where: str, endpoint: str) -> tuple[str, str]:
     """``("missing" | "unavailable", message)`` for an exception from a Hub call."""
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        OfflineModeIsEnabled, RemoteEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     if isinstance(e, GatedRepoError):
         return "unavailable", (f"Cannot download {where}: the repo is gated; accept its conditions on the Hub and log "
@@ -270,28 +276,10 @@ def prepare_upload(prompt_path, folder, *, repo_id: str | None = None) -> Path:
 
 
 def render_prompt_png(prompter, path, min_size: int = 256) -> Path:
-    """Save the prompt as an RGB PNG: 0.5 + delta / (2 max|delta|) inside the prompt's pixels, grey elsewhere,
-    enlarged (nearest neighbour) to at least ``min_size`` pixels. PIL only."""
-    import torch
-    from PIL import Image
+    """Save the prompt as an RGB PNG (:func:`visual_prompting.visualization.prompt_image`)."""
+    from .visualization import prompt_image
 
-    was = prompter.training
-    prompter.eval()  # random_patch: its fixed evaluation place
-    with torch.no_grad():
-        delta = prompter.delta().detach().float().cpu()
-        mask = prompter.mask().detach().float().cpu().expand_as(delta) > 0
-    prompter.train(was)
-    peak = float((delta * mask).abs().max())
-    img = torch.full_like(delta, 0.5)
-    if peak > 0:
-        img = torch.where(mask, (0.5 + delta / (2 * peak)).clamp(0, 1), img)
-    arr = (img * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    pic = Image.fromarray(arr, "RGB")
-    s = arr.shape[0]
-    if s < min_size:
-        f = -(-min_size // s)
-        pic = pic.resize((s * f, s * f), Image.NEAREST)
-    pic.save(path)
+    prompt_image(prompter, min_size).save(path)
     return Path(path)
 
 
@@ -471,7 +459,7 @@ def push_prompt(prompt_path, repo_id: str, token: str | None = None, private: bo
         try:
             url = api.create_repo(repo_id, private=True if private else None, exist_ok=True, repo_type="model")
             api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=message, repo_type="model")
-        except Exception as e:  # noqa: BLE001 - every failure becomes one readable VPError
+        except Exception as e:
             raise VPError(_push_error(e, repo_id, endpoint)) from e
     return str(url)
 

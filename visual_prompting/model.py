@@ -110,21 +110,30 @@ class PromptedModel(nn.Module):
         return (*result, _to_pil(px))
 
     @classmethod
-    def from_prompt_file(cls, path, device="cpu", cache: BackboneCache | None = None, backbone: str | None = None):
-        """Rebuild the model a prompt file was trained with. ``backbone`` overrides the stored spec (this is
-        refused unless the stored spec matches, since a prompt only means something for its own model)."""
+    def from_prompt_file(cls, path, device="cpu", cache: BackboneCache | None = None, backbone: str | None = None,
+                         allow_other_backbone: bool = False):
+        """Rebuild the model a prompt file was trained with. ``backbone`` names another backbone; that is refused
+        (a prompt only means something for its own model) unless ``allow_other_backbone`` is set, e.g. to *show*
+        what the prompt does elsewhere. Then the head is rebuilt for that backbone (CLIP: the same class names and
+        templates; a classifier: the stored mapping when its indices exist there, else first-k), and callers
+        should say so plainly (``prompt_file.check_backbone`` gives the text)."""
         from .prompt_file import load_prompt
 
         pf = load_prompt(path)
         spec = pf.meta["backbone"]["spec"]
-        if backbone is not None and backbone != spec:
+        other = backbone is not None and backbone != spec
+        if other and not allow_other_backbone:
             raise VPError(f"This prompt was trained for {spec}, not {backbone}; it would not mean anything there.")
-        bb = cache.get(spec, device) if cache is not None else load_backbone(spec, device)
+        use = backbone if other else spec
+        bb = cache.get(use, device) if cache is not None else load_backbone(use, device)
         head_meta = pf.meta["head"]
+        indices = head_meta.get("mapping")
+        if other and indices is not None and (not hasattr(bb, "source_classes") or max(indices) >= len(bb.source_classes)):
+            indices = None
         head = create_head(bb, pf.meta["class_names"], templates=head_meta.get("templates"),
-                           mapping=head_meta.get("method", "first_k"), mapping_indices=head_meta.get("mapping"))
+                           mapping=head_meta.get("method", "first_k"), mapping_indices=indices)
         model = cls(bb, head, pf.prompter.to(device).eval(), pf.meta["class_names"])
         baseline = pf.meta.get("metrics", {}).get("baseline_mapping")
-        if baseline and head_meta["kind"] == "label_mapping":
+        if baseline and head_meta["kind"] == "label_mapping" and not other:
             model.baseline_mapping = torch.tensor(baseline, dtype=torch.long, device=bb.mean.device)
         return model, pf

@@ -9,6 +9,9 @@ still measures what it lists.
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -17,6 +20,8 @@ from .prompt_file import read_metadata
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "prompts_zoo"
 INDEX = ZOO_DIR / "index.json"
+# prompts a user adds (e.g. from the app's Train tab) go here, never into the shipped, verified zoo
+USER_ZOO_DIR = Path(os.environ.get("VP_USER_ZOO", Path.home() / ".cache" / "visual_prompting" / "zoo"))
 
 
 def load_index(folder: str | Path = ZOO_DIR) -> list[dict]:
@@ -67,3 +72,38 @@ def list_prompts(folder: str | Path = ZOO_DIR, include_hub: bool = False) -> lis
                 continue
             out.append({"name": e["name"], "path": path, "meta": read_metadata(path), "index": e})
     return out
+
+
+def index_entry(name: str, path: str, meta: dict, **extra) -> dict:
+    """An index entry for a prompt file's metadata (what ``index.json`` lists for it)."""
+    m = meta.get("metrics", {})
+    keep = ("test_top1", "test_top5", "test_top1_no_prompt", "test_top5_no_prompt", "test_n", "best_val_top1")
+    return {"name": name, "path": path, "backbone": meta["backbone"]["spec"], "dataset": meta.get("dataset", ""),
+            "classes": meta["class_names"], "prompter": meta["prompter"]["kind"],
+            "prompt_size": meta["prompter"]["size"], "metrics": {k: m[k] for k in keep if m.get(k) is not None},
+            **extra}
+
+
+def add_prompt(prompt_path, name: str, folder: str | Path = USER_ZOO_DIR, **extra) -> dict:
+    """Copy a prompt into the zoo ``folder`` as ``NAME.safetensors`` and list it in that folder's index (replacing
+    an entry of the same name). Returns the entry. The file is validated first; a training checkpoint is stored
+    without its optimiser state."""
+    from .prompt_file import load_prompt, save_prompt
+
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}", name or ""):
+        raise VPError(f"Zoo names use letters, digits, '-', '_' and '.' (at most 96), not {name!r}.")
+    pf = load_prompt(prompt_path)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}.safetensors"
+    if pf.state:
+        save_prompt(target, pf.prompter, pf.meta)
+    elif Path(prompt_path).resolve() != target.resolve():
+        shutil.copyfile(prompt_path, target)
+    entries = [e for e in load_index(folder) if e["name"] != name]
+    entry = index_entry(name, target.name, pf.meta, **extra)
+    entries.append(entry)
+    tmp = folder / "index.json.tmp"
+    tmp.write_text(json.dumps({"version": 1, "prompts": entries}, indent=1, ensure_ascii=False) + "\n")
+    os.replace(tmp, folder / "index.json")
+    return entry

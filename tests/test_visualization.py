@@ -1,0 +1,70 @@
+"""Pictures of a prompt: exact values on prompts whose content is known."""
+import numpy as np
+import torch
+
+from visual_prompting import PromptedModel, create_prompter
+from visual_prompting.heads import create_head
+from visual_prompting.visualization import (amplitude, colorize, curve_records, delta_image, metadata_rows,
+                                            prompt_image, saliency, spectrum)
+
+
+def red_frame(size=32, pad=4, value=0.2):
+    p = create_prompter(kind="pad", image_size=size, size=pad)
+    with torch.no_grad():
+        for t in p.parameters():
+            t.zero_()
+            t[0] = value  # red channel only
+    return p
+
+
+def test_prompt_image_maps_zero_to_grey_and_the_peak_to_white():
+    p = red_frame()
+    arr = np.asarray(prompt_image(p, min_size=32))
+    assert arr.shape == (32, 32, 3)
+    assert tuple(arr[0, 0]) == (255, 128, 128)  # red at +peak, green/blue at 0 -> grey
+    assert tuple(arr[16, 16]) == (128, 128, 128)  # the centre is not the prompt's
+    # a trainer snapshot (no mask) draws the same picture
+    assert np.array_equal(np.asarray(delta_image(p.delta())), np.asarray(prompt_image(p)))
+
+
+def test_amplitude_per_pixel_and_per_channel_in_8bit_levels():
+    heat, rows = amplitude(red_frame(value=0.2), min_size=32)
+    assert rows[0] == ["red", 51.0, 51.0, 51.0] and rows[1][1:] == [0.0, 0.0, 0.0] and rows[2][0] == "blue"
+    arr = np.asarray(heat)
+    assert arr[0, 0].sum() > arr[16, 16].sum()  # frame bright, centre dark
+    assert tuple(arr[16, 16]) == (0, 0, 4)
+
+
+def test_spectrum_of_a_frame_peaks_at_zero_frequency():
+    arr = np.asarray(spectrum(red_frame(), min_size=32)).astype(int).sum(-1)
+    assert np.unravel_index(arr.argmax(), arr.shape) == (16, 16)  # fftshift puts zero frequency in the centre
+
+
+def test_colorize_is_monotone_and_handles_all_zero():
+    ramp = np.asarray(colorize(np.linspace(0, 1, 50)[None, :])).astype(int).sum(-1)[0]
+    assert (np.diff(ramp) >= 0).all()
+    assert np.asarray(colorize(np.zeros((3, 3)))).max() <= 4
+
+
+def test_saliency_explains_the_top_prompted_class_without_touching_the_weights(effnet):
+    p = create_prompter(kind="pad", image_size=effnet.image_size, size=8)
+    names = ["a", "b", "c"]
+    model = PromptedModel(effnet, create_head(effnet, names), p, names)
+    from PIL import Image
+
+    img = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8"))
+    overlay, cls = saliency(model, img, min_size=64)
+    assert overlay.size == (64, 64) and cls == model.predict([img], 1)[0][0][0]
+    assert all(w.grad is None for w in effnet.parameters()) and all(q.grad is None for q in p.parameters())
+    assert np.asarray(overlay).std() > 0
+
+
+def test_metadata_rows_and_curve_records():
+    rows = dict(metadata_rows({"a": {"b": 1.23456, "c": None}, "classes": list(range(20))}))
+    assert rows["a.b"] == "1.235" and rows["a.c"] == "" and rows["classes"].endswith("(20 in all)")
+    rec = curve_records([{"kind": "start", "step": 0, "zero_shot_val_top1": 0.4},
+                         {"kind": "step", "step": 1, "loss": 2.0, "train_acc": 0.25},
+                         {"kind": "eval", "step": 1, "val_top1": 0.5}])
+    assert {(r["series"], r["value"]) for r in rec} == {("train loss", 2.0), ("train accuracy", 0.25),
+                                                        ("val accuracy (prompt)", 0.5),
+                                                        ("val accuracy (no prompt)", 0.4)}

@@ -1,0 +1,456 @@
+"""What the app does, without Gradio: pick and load prompts, predict, inspect, train live, add to the zoo, push.
+
+``app.py`` builds the Gradio page and calls :class:`VPApp`; every method here takes and returns plain Python
+values (paths, PIL images, dicts, rows) and raises :class:`VPError` with a readable message on bad input, so it is
+tested directly and any other front (a notebook, another UI) can reuse it.
+
+Sharing: one :class:`VPApp` serves every user. Backbones and prompted models load lazily, once, and are shared
+(they are frozen, so that is safe); everything that belongs to one user (a training run, its stop flag, its output
+folder) is keyed by that user's session id. The stop flag is a file in the session's folder, so Stop also reaches a
+training function that runs in another process (ZeroGPU Spaces run the decorated function in a worker process).
+"""
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .backbones import BackboneCache, parse_spec
+from .data import dataset_names, extract_zip_dataset, open_image, to_rgb
+from .errors import VPError
+from .model import PromptedModel
+from .prompt_file import check_backbone, read_metadata
+from .training import TrainConfig, Trainer, TrainEvent
+from .utils import pick_device
+from .visualization import (
+    amplitude,
+    curve_records,
+    delta_image,
+    metadata_rows,
+    prompt_image,
+    saliency,
+    spectrum,
+)
+from .zoo import USER_ZOO_DIR, ZOO_DIR, add_prompt, list_prompts
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
+UPLOADED_DATASET = "upload a .zip of class folders"
+PROMPTER_KINDS = ["pad", "fixed_patch", "random_patch", "shrink_pad"]
+LABEL_MAPPINGS = ["iterative", "frequency", "first_k"]
+CLAMPS = ["straight-through", "none", "hard"]
+# backbones offered in the Train tab (any other spec can be typed); the first works offline
+TRAIN_BACKBONES = ["effnet-lite0@96", "effnet-lite0@64", "effnet-lite0", "clip:ViT-B-32/openai",
+                   "clip:ViT-B-32/laion2b_s34b_b79k", "clip:ViT-B-16/openai"]
+OWN_BACKBONE = "the prompt's own (recommended)"
+
+
+@dataclass
+class AppConfig:
+    zoo_dir: Path = ZOO_DIR
+    user_zoo_dir: Path = USER_ZOO_DIR
+    work_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "visual-prompting-app")
+    device: str = "auto"
+    max_models: int = 8  # prompted models kept loaded (backbones are shared between them)
+    max_steps: int = 100_000
+    max_batch_size: int = 1024
+
+
+@dataclass
+class TrainDefaults:
+    model: str
+    steps: int
+    batch_size: int
+
+
+@dataclass
+class TrainUpdate:
+    """One refresh of the Train tab."""
+
+    fraction: float
+    status: str
+    curves: list[dict] = field(default_factory=list)
+    prompt: object | None = None  # PIL image of the prompt as it is now
+    accuracy: str = ""
+    result_path: str | None = None
+    done: bool = False
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+class VPApp:
+    def __init__(self, cfg: AppConfig | None = None):
+        self.cfg = cfg or AppConfig()
+        self.device = pick_device(self.cfg.device)
+        self.cache = BackboneCache()
+        self._models: OrderedDict[tuple[str, float, str], tuple[PromptedModel, object]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.entries: dict[str, dict] = {}
+        self.refresh_zoo()
+
+    # -- the zoo ------------------------------------------------------------------------------------------
+    def refresh_zoo(self, include_hub: bool = False) -> list[str]:
+        """Re-read the shipped zoo, the user's zoo and (``include_hub``) the index's Hub entries; the names."""
+        entries = {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for e in list_prompts(self.cfg.zoo_dir, include_hub=include_hub):
+                entries[e["name"]] = {**e, "source": "hub" if (e["index"] or {}).get("repo_id") else "zoo"}
+            if Path(self.cfg.user_zoo_dir).is_dir():
+                for e in list_prompts(self.cfg.user_zoo_dir):
+                    entries[f"my/{e['name']}"] = {**e, "source": "yours"}
+        self.skipped = [str(w.message) for w in caught]
+        self.entries = entries
+        return list(entries)
+
+    def zoo_rows(self) -> list[list]:
+        """One row per prompt: name, source, backbone, dataset, prompt, classes, test top-1 (with / without)."""
+        rows = []
+        for name, e in self.entries.items():
+            m = e["meta"]
+            met = m.get("metrics", {})
+            classes = m["class_names"]
+            rows.append([name, e["source"], m["backbone"]["spec"], m.get("dataset", ""),
+                         f"{m['prompter']['kind']} ({m['prompter']['size']} px)",
+                         f"{len(classes)}: " + ", ".join(classes[:6]) + (" ..." if len(classes) > 6 else ""),
+                         _pct(met.get("test_top1")), _pct(met.get("test_top1_no_prompt"))])
+        return rows
+
+    ZOO_HEADERS = ["name", "source", "backbone", "dataset", "prompt", "classes", "test top-1", "no prompt"]
+
+    def zoo_gallery(self) -> list[tuple]:
+        """``[(picture of the prompt, caption)]`` for every prompt in the zoo."""
+        from .prompt_file import load_prompt
+
+        out = []
+        for name, e in self.entries.items():
+            try:
+                pf = load_prompt(e["path"])
+            except VPError:
+                continue
+            met = e["meta"].get("metrics", {})
+            cap = f"{name} - {e['meta']['backbone']['spec']} - {e['meta'].get('dataset', '')} - {_pct(met.get('test_top1'))}"
+            out.append((prompt_image(pf.prompter, 192), cap))
+        return out
+
+    # -- choosing a prompt --------------------------------------------------------------------------------
+    def prompt_path(self, choice: str | None, upload: str | None = None) -> str:
+        """The file behind the user's choice: an uploaded file wins; then a zoo name; then anything
+        :func:`hub.resolve_prompt` understands (``USER/NAME``, ``hf://...``) typed into the box."""
+        if upload:
+            path = os.fspath(upload)
+            read_metadata(path)  # a clear message for a file that is not a prompt
+            return path
+        if not choice:
+            raise VPError("Pick a prompt from the zoo, type a Hub repo id (USER/NAME), or upload a prompt file.")
+        if choice in self.entries:
+            return self.entries[choice]["path"]
+        from .hub import resolve_prompt
+
+        if os.path.exists(choice):
+            raise VPError("Only prompts from the zoo, the Hub or an upload can be used here.")
+        return resolve_prompt(choice)
+
+    def describe(self, choice: str | None, upload: str | None = None) -> str:
+        """A short Markdown line about the chosen prompt (or why it cannot be read)."""
+        try:
+            meta = read_metadata(self.prompt_path(choice, upload))
+        except VPError as e:
+            return f"**Cannot use this prompt:** {e}"
+        met = meta.get("metrics", {})
+        acc = (f"test top-1 **{_pct(met['test_top1'])}** with the prompt, {_pct(met.get('test_top1_no_prompt'))} "
+               f"without" + (f" ({met['test_n']} images)" if met.get("test_n") else "")
+               if met.get("test_top1") is not None else "no test numbers stored")
+        p = meta["prompter"]
+        return (f"**{p['kind']}** prompt ({p['size']} px at {p['image_size']} px) for `{meta['backbone']['spec']}` "
+                f"on **{meta.get('dataset') or '?'}**, {len(meta['class_names'])} classes: {acc}")
+
+    def backbone_choices(self, choice: str | None, upload: str | None = None) -> list[str]:
+        """The prompt's own backbone first, then others that take the same image size (to *see* that a prompt
+        means nothing elsewhere; choosing one always comes with a warning)."""
+        try:
+            meta = read_metadata(self.prompt_path(choice, upload))
+        except VPError:
+            return [OWN_BACKBONE]
+        spec, size = meta["backbone"]["spec"], meta["prompter"]["image_size"]
+        others = [f"effnet-lite0@{size}" if size != 224 else "effnet-lite0", f"torchvision:resnet18@{size}"]
+        if size == 224:
+            others += ["clip:ViT-B-32/openai"]
+        return [OWN_BACKBONE] + [o for o in others if o != spec]
+
+    def model(self, path: str, backbone: str | None = None) -> tuple[PromptedModel, dict, str | None]:
+        """The prompted model for a prompt file (cached), its metadata, and a warning when ``backbone`` is not
+        the one the prompt was trained for."""
+        meta = read_metadata(path)
+        spec = meta["backbone"]["spec"]
+        use = spec if backbone in (None, "", OWN_BACKBONE) else backbone
+        if use != spec:
+            parse_spec(use)
+        key = (os.path.abspath(path), os.path.getmtime(path), use)
+        with self._lock:
+            hit = self._models.get(key)
+            if hit is not None:
+                self._models.move_to_end(key)
+        if hit is None:
+            model, pf = PromptedModel.from_prompt_file(path, device=self.device, cache=self.cache,
+                                                       backbone=use, allow_other_backbone=True)
+            hit = (model, pf.meta)
+            with self._lock:
+                self._models[key] = hit
+                while len(self._models) > self.cfg.max_models:
+                    self._models.popitem(last=False)
+        return hit[0], hit[1], check_backbone(meta, use)
+
+    # -- Try ----------------------------------------------------------------------------------------------
+    def predict(self, choice, upload, image, backbone: str | None = None,
+                warn: Callable[[str], None] | None = None):
+        """``(prompted PIL image, zero-shot {class: p}, prompted {class: p})``, top-5 over the prompt's classes."""
+        img = self.read_image(image)
+        model, _, warning = self.model(self.prompt_path(choice, upload), backbone)
+        if warning and warn:
+            warn(warning)
+        (zs,), (pr,), (prompted,) = model.predict_both([img], 5, with_images=True)
+        return prompted, dict(zs), dict(pr)
+
+    @staticmethod
+    def read_image(image):
+        """A PIL image, a path or an array from the UI -> RGB PIL image; a clear message when there is none."""
+        if image is None or (isinstance(image, str) and not image):
+            raise VPError("Upload an image or pick an example first.")
+        if isinstance(image, (str, os.PathLike)):
+            try:
+                return open_image(image)
+            except VPError as e:  # the path is a temporary upload name: say what is wrong, not where
+                cause = f" ({e.__cause__})".replace(os.fspath(image), Path(image).name) if e.__cause__ else ""
+                raise VPError(f"The image {Path(image).name} cannot be read{cause}. Try a PNG or JPEG.") from e
+        if hasattr(image, "shape"):
+            import numpy as np
+            from PIL import Image
+
+            arr = np.asarray(image)
+            if arr.ndim not in (2, 3) or arr.size == 0:
+                raise VPError(f"Cannot read an image of shape {arr.shape}.")
+            return to_rgb(Image.fromarray(arr.astype(np.uint8)))
+        return to_rgb(image)
+
+    # -- Inspect ------------------------------------------------------------------------------------------
+    def inspect(self, choice, upload, image=None) -> dict:
+        """Pictures and tables that show what a prompt is: ``prompt``, ``amplitude``, ``channels`` (rows),
+        ``spectrum``, ``saliency`` (None without an image), ``saliency_class``, ``metadata`` (rows)."""
+        from .prompt_file import load_prompt
+
+        path = self.prompt_path(choice, upload)
+        pf = load_prompt(path)
+        amp, channels = amplitude(pf.prompter)
+        out = {"prompt": prompt_image(pf.prompter), "amplitude": amp, "channels": channels,
+               "spectrum": spectrum(pf.prompter), "saliency": None, "saliency_class": "",
+               "metadata": metadata_rows(pf.meta)}
+        if image is not None:
+            model, _, _ = self.model(path)
+            out["saliency"], out["saliency_class"] = saliency(model, self.read_image(image))
+        return out
+
+    # -- Train --------------------------------------------------------------------------------------------
+    def train_defaults(self) -> TrainDefaults:
+        """Sized so a first run on a CPU shows progress within seconds; the paper's batch sizes on a GPU."""
+        if self.device.type == "cuda":
+            return TrainDefaults("effnet-lite0", 1000, 128)
+        return TrainDefaults("effnet-lite0@96", 100, 32)
+
+    @staticmethod
+    def dataset_choices() -> list[str]:
+        return [*dataset_names(), UPLOADED_DATASET]
+
+    def session_dir(self, session: str) -> Path:
+        if not re.fullmatch(r"[\w-]{1,128}", session or ""):
+            raise VPError("This browser session has no valid id; reload the page.")
+        d = Path(self.cfg.work_dir) / session
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def train_config(self, session: str, *, model: str, dataset: str, upload: str | None = None,
+                     prompter: str = "pad", prompt_size: float | None = 0, steps: float = 100,
+                     batch_size: float = 32, lr: float = 40.0, label_mapping: str = "iterative",
+                     clamp: str = "straight-through", seed: float = 0) -> TrainConfig:
+        """Check the Train tab's fields and turn them into a :class:`TrainConfig` for this session."""
+        cfg = self.cfg
+        parse_spec(model or "")
+        if prompter not in PROMPTER_KINDS:
+            raise VPError(f"Prompt kind must be one of {', '.join(PROMPTER_KINDS)}.")
+        if label_mapping not in LABEL_MAPPINGS:
+            raise VPError(f"Label mapping must be one of {', '.join(LABEL_MAPPINGS)}.")
+        if clamp not in CLAMPS:
+            raise VPError(f"Clamp must be one of {', '.join(CLAMPS)}.")
+        steps_i, batch_i, size_i = _whole(steps, "Steps"), _whole(batch_size, "Batch size"), _whole(prompt_size or 0, "Prompt size")
+        if not 1 <= steps_i <= cfg.max_steps:
+            raise VPError(f"Steps must be between 1 and {cfg.max_steps}.")
+        if not 1 <= batch_i <= cfg.max_batch_size:
+            raise VPError(f"Batch size must be between 1 and {cfg.max_batch_size}.")
+        if size_i < 0:
+            raise VPError("Prompt size must be 0 (the default for the kind) or a positive number of pixels.")
+        if lr is None or not 0 < float(lr) <= 10_000:
+            raise VPError("The learning rate must be a positive number (the paper uses 40).")
+        run_dir = self.session_dir(session) / time.strftime("run-%Y%m%d-%H%M%S")
+        if dataset == UPLOADED_DATASET or (upload and not dataset):
+            if not upload:
+                raise VPError("Upload a .zip that holds one folder of images per class.")
+            data = extract_zip_dataset(upload, run_dir / "data")
+        elif dataset in dataset_names():
+            data = dataset
+        else:
+            raise VPError(f"Pick a dataset from the list (or upload a .zip of class folders), not {dataset!r}.")
+        return TrainConfig(model=model, dataset=data, prompter=prompter, prompt_size=size_i or None, steps=steps_i,
+                           batch_size=batch_i, lr=float(lr), label_mapping=label_mapping, clamp=clamp,
+                           seed=_whole(seed or 0, "Seed"), out_dir=str(run_dir), device=str(self.device),
+                           num_workers=0)
+
+    def _stop_file(self, session: str) -> Path:
+        return self.session_dir(session) / "STOP"
+
+    def stop(self, session: str) -> str:
+        """Ask this session's training run to stop after the current step (its best prompt is kept)."""
+        self._stop_file(session).touch()
+        return "Stopping after this step; the best prompt so far is kept."
+
+    def train_stream(self, cfg: TrainConfig, session: str, min_interval: float = 0.5) -> Iterator[TrainUpdate]:
+        """Train in a background thread and yield a :class:`TrainUpdate` at most every ``min_interval`` seconds
+        (and at every evaluation). Closing the generator (the user left) stops the run; the best prompt stays in
+        ``cfg.out_dir`` either way."""
+        stop_file = self._stop_file(session)
+        busy = self.session_dir(session) / "RUNNING"
+        if busy.exists() and time.time() - busy.stat().st_mtime < 30:
+            raise VPError("A training run is already going in this session; stop it first.")
+        stop_file.unlink(missing_ok=True)
+        events: queue.Queue = queue.Queue()
+        outcome: dict = {}
+
+        def should_stop() -> bool:
+            busy.touch()
+            return stop_file.exists()
+
+        def work() -> None:
+            try:
+                outcome["result"] = Trainer(cfg, callbacks=[events.put], should_stop=should_stop,
+                                            cache=self.cache).run()
+            except BaseException as e:  # noqa: BLE001 - handed to the generator, which reports it
+                outcome["error"] = e
+            finally:
+                events.put(None)
+
+        busy.touch()
+        thread = threading.Thread(target=work, name=f"train-{session}", daemon=True)
+        t0 = time.perf_counter()
+        thread.start()
+        history: list[dict] = []
+        prompt_pic, zero, best, val = None, None, None, None
+        last_yield = 0.0
+        try:
+            yield TrainUpdate(0.0, f"Loading `{cfg.model}` and the data ...")
+            while True:
+                ev = events.get()
+                if ev is None:
+                    break
+                history.append({k: v for k, v in ev.__dict__.items() if k != "prompt" and v is not None})
+                if ev.zero_shot_val_top1 is not None:
+                    zero = ev.zero_shot_val_top1
+                if ev.kind == "eval":
+                    val, best = ev.val_top1, ev.best_val_top1
+                    if ev.prompt is not None:
+                        prompt_pic = delta_image(ev.prompt)
+                now = time.perf_counter()
+                if ev.kind == "step" and now - last_yield < min_interval and ev.step != ev.total_steps:
+                    continue
+                last_yield = now
+                yield TrainUpdate(ev.step / max(1, ev.total_steps), _status(ev, now - t0), curve_records(history),
+                                  prompt_pic, _accuracy(zero, val, best))
+        finally:
+            if thread.is_alive():  # the generator was closed early: end the run cleanly
+                stop_file.touch()
+                thread.join()
+            busy.unlink(missing_ok=True)
+        if "error" in outcome:
+            e = outcome["error"]
+            if isinstance(e, VPError):
+                raise e
+            traceback.print_exception(e)
+            raise VPError(f"Training failed: {type(e).__name__}: {e}") from e
+        res = outcome["result"]
+        m = res.metrics
+        head = "Stopped early; the best prompt so far is kept." if res.interrupted else "Done."
+        status = (f"{head} {res.steps_done} steps in {time.perf_counter() - t0:.0f} s. Test top-1 "
+                  f"**{_pct(m.get('test_top1'))}** with the prompt, {_pct(m.get('test_top1_no_prompt'))} without "
+                  f"({m.get('test_n')} test images; the prompt was chosen on validation).")
+        yield TrainUpdate(1.0, status, curve_records(res.history), prompt_pic, _accuracy(zero, val, res.metrics.get(
+            "best_val_top1")), res.best_path, True)
+
+    def add_to_zoo(self, path: str | None, name: str) -> str:
+        """Copy a trained prompt into the user's zoo (``AppConfig.user_zoo_dir``) under ``name``."""
+        if not path or not os.path.isfile(path):
+            raise VPError("Train a prompt first (or wait until the run has saved one).")
+        name = (name or "").strip()
+        entry = add_prompt(path, name, self.cfg.user_zoo_dir, source="trained in the app")
+        self.refresh_zoo()
+        return f"Added as `my/{entry['name']}` to your zoo ({self.cfg.user_zoo_dir})."
+
+    def push(self, path: str | None, repo_id: str, token: str | None, private: bool = False) -> str:
+        """Upload a trained prompt to the Hub (prompt, config.json, model card, picture); the repo URL."""
+        from .hub import push_prompt
+
+        if not path or not os.path.isfile(path):
+            raise VPError("Train a prompt first; then it can be pushed.")
+        if not (token or "").strip():
+            raise VPError("Give a Hugging Face token with write access to push (it is used for this upload only).")
+        url = push_prompt(path, (repo_id or "").strip(), token=token.strip(), private=bool(private))
+        return f"Pushed to {url}"
+
+    @staticmethod
+    def examples() -> list[str]:
+        return sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
+
+    def cleanup_session(self, session: str) -> None:
+        """Forget a session's files (called when the browser session ends)."""
+        d = Path(self.cfg.work_dir) / session
+        if re.fullmatch(r"[\w-]{1,128}", session or "") and d.is_dir():
+            (d / "STOP").touch()
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _whole(x, what: str) -> int:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        raise VPError(f"{what} must be a number, not {x!r}.") from None
+    if f != int(f):
+        raise VPError(f"{what} must be a whole number, not {x}.")
+    return int(f)
+
+
+def _status(ev: TrainEvent, elapsed: float) -> str:
+    parts = [f"step {ev.step}/{ev.total_steps}", f"{elapsed:.0f} s"]
+    if ev.loss is not None:
+        parts.append(f"loss {ev.loss:.3f}")
+    if ev.images_per_s:
+        parts.append(f"{ev.images_per_s:.0f} img/s")
+    if ev.message:
+        parts.append(ev.message)
+    return " · ".join(parts)
+
+
+def _accuracy(zero, val, best) -> str:
+    if zero is None:
+        return ""
+    s = f"Validation top-1 without a prompt: **{_pct(zero)}**"
+    if val is not None:
+        s += f" · with the prompt now: **{_pct(val)}** · best so far: **{_pct(best)}**"
+    return s
