@@ -24,6 +24,12 @@ except ImportError:
     spaces = None
 
 CURVE_COLUMNS = ["step", "value", "series"]
+# small images (28 px Fashion-MNIST, 96 px model inputs) are shown enlarged with sharp pixels; the PNG that is
+# downloaded stays the exact model input
+CSS = """
+#try-image img, #prompted-image img, .vp-pixels img { width: 100%; height: 100%; object-fit: contain;
+  image-rendering: pixelated; }
+"""
 HEADER = """# Visual prompting
 One learned image perturbation (a frame or a patch) adapts a **frozen** model to a new task - no weight changes.
 Try a trained prompt on an image, train your own live, look inside one, or browse the zoo.
@@ -46,11 +52,23 @@ def progress_bar(fraction: float) -> str:
             f'<div style="width:{pct:.1f}%;background:var(--color-accent);height:12px;border-radius:4px"></div></div>')
 
 
-def curves(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(loss curve, accuracy curves) for the two line plots."""
-    df = pd.DataFrame(records, columns=CURVE_COLUMNS)
+def curve_frame(records: list[dict] | None = None) -> pd.DataFrame:
+    """Records -> a frame with numeric step/value columns (also when empty: the plot's axes take their type from
+    the first value it gets)."""
+    df = pd.DataFrame(records or [], columns=CURVE_COLUMNS)
+    return df.astype({"step": "int64", "value": "float64", "series": "str"})
+
+
+def curves(records: list[dict]) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """(loss curve, accuracy curves) for the two line plots; None while a curve has no points (Gradio 6.31's
+    LinePlot never draws lines, nor a legend, once it has rendered an empty frame - seen in the browser).
+    The accuracy plot waits for the first evaluation, so its three series arrive together: the plot keeps the
+    series (colours, legend) of the first frame it draws."""
+    df = curve_frame(records)
     is_loss = df["series"] == "train loss"
-    return df[is_loss], df[~is_loss]
+    loss, acc = df[is_loss], df[~is_loss]
+    return (loss if len(loss) else None,
+            acc if (acc["series"] == "val accuracy (prompt)").any() else None)
 
 
 def build_app(vp: VPApp | None = None) -> gr.Blocks:
@@ -130,14 +148,14 @@ def build_app(vp: VPApp | None = None) -> gr.Blocks:
                                            info="From the zoo, or type a Hub repo id (USER/NAME)")
                     t_backbone = gr.Dropdown(vp.backbone_choices(first), value=OWN_BACKBONE, label="Backbone",
                                              info="A prompt only means something on its own backbone")
-                    t_upload = gr.File(label="... or upload a prompt (.safetensors)", file_types=[".safetensors"],
-                                       height=90)
+                    t_upload = gr.File(label="... or upload a prompt (.safetensors)", file_types=[".safetensors"])
                 t_info = gr.Markdown(vp.describe(first))
                 with gr.Row(equal_height=True):
                     t_image = gr.Image(type="filepath", label="Original image", sources=["upload", "clipboard"],
                                        height=300, elem_id="try-image")
                     t_prompted = gr.Image(type="pil", format="png", label="Prompted image (what the model sees)",
-                                          interactive=False, height=300, buttons=["download"])
+                                          interactive=False, height=300, buttons=["download"],
+                                          elem_id="prompted-image")
                 t_button = gr.Button("Classify", variant="primary", elem_id="classify")
                 if examples:
                     gr.Examples(examples, inputs=t_image, label="Example images (click one)")
@@ -150,18 +168,21 @@ def build_app(vp: VPApp | None = None) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=1):
                         r_model = gr.Dropdown(TRAIN_BACKBONES, value=defaults.model, label="Backbone",
-                                              allow_custom_value=True, info="effnet-lite0 works offline; @96 = 96 px input")
+                                              allow_custom_value=True, elem_id="train-model", info="effnet-lite0 works offline; @96 = 96 px input")
                         r_dataset = gr.Dropdown(vp.dataset_choices(), value="fashion_mnist_subset", label="Dataset")
-                        r_zip = gr.File(label="Dataset .zip (one folder of images per class)", file_types=[".zip"],
-                                        height=90)
+                        r_zip = gr.File(label="Dataset .zip (one folder of images per class)", file_types=[".zip"])
                         r_prompter = gr.Radio(PROMPTER_KINDS, value="pad", label="Prompt kind")
                         r_size = gr.Number(0, precision=0, label="Prompt size, px (0 = default: 30 px at 224)")
                         with gr.Row():
-                            r_steps = gr.Number(defaults.steps, precision=0, label="Steps", minimum=1)
-                            r_batch = gr.Number(defaults.batch_size, precision=0, label="Batch size", minimum=1)
+                            r_steps = gr.Number(defaults.steps, precision=0, label="Steps", minimum=1,
+                                                elem_id="train-steps")
+                            r_batch = gr.Number(defaults.batch_size, precision=0, label="Batch size",
+                                                minimum=1, elem_id="train-batch")
                             r_lr = gr.Number(40, label="Learning rate (paper: 40)")
                         with gr.Accordion("More settings", open=False):
-                            r_mapping = gr.Radio(LABEL_MAPPINGS, value="iterative", label="Label mapping (vision models)")
+                            r_mapping = gr.Radio(LABEL_MAPPINGS, value=defaults.label_mapping,
+                                                 label="Label mapping (vision models)",
+                                                 info="first_k: the paper's; iterative: best in long runs")
                             r_clamp = gr.Radio(CLAMPS, value="straight-through", label="Clamp the prompted image")
                             r_seed = gr.Number(0, precision=0, label="Seed")
                         with gr.Row():
@@ -172,9 +193,9 @@ def build_app(vp: VPApp | None = None) -> gr.Blocks:
                         r_status = gr.Markdown("Press **Train** to start.", elem_id="train-status")
                         r_acc = gr.Markdown()
                         with gr.Row():
-                            r_loss = gr.LinePlot(pd.DataFrame(columns=CURVE_COLUMNS), x="step", y="value",
+                            r_loss = gr.LinePlot(None, x="step", y="value",
                                                  color="series", title="Training loss", height=220)
-                            r_accplot = gr.LinePlot(pd.DataFrame(columns=CURVE_COLUMNS), x="step", y="value",
+                            r_accplot = gr.LinePlot(None, x="step", y="value",
                                                     color="series", title="Accuracy", y_lim=[0, 1], height=220)
                         with gr.Row():
                             r_prompt = gr.Image(label="The prompt as it trains (grey = 0)", interactive=False,
@@ -198,16 +219,15 @@ def build_app(vp: VPApp | None = None) -> gr.Blocks:
             with gr.Tab("Inspect a prompt", id="inspect"):
                 with gr.Row():
                     i_prompt = gr.Dropdown(names, value=first, label="Prompt", allow_custom_value=True, scale=2)
-                    i_upload = gr.File(label="... or upload a prompt (.safetensors)", file_types=[".safetensors"],
-                                       height=90)
+                    i_upload = gr.File(label="... or upload a prompt (.safetensors)", file_types=[".safetensors"])
                     i_image = gr.Image(type="filepath", label="Image for the saliency map",
                                        value=examples[0] if examples else None, height=160)
                 i_button = gr.Button("Inspect", variant="primary", elem_id="inspect")
                 with gr.Row():
-                    i_pic = gr.Image(label="The prompt (scaled; grey = 0)", interactive=False)
-                    i_amp = gr.Image(label="Amplitude per pixel (L2 over RGB)", interactive=False)
-                    i_spec = gr.Image(label="2-D frequency spectrum (log, centre = 0)", interactive=False)
-                    i_sal = gr.Image(label="Where the prompted model looks (input gradient)", interactive=False)
+                    i_pic = gr.Image(label="The prompt (scaled; grey = 0)", interactive=False, elem_id="inspect-prompt")
+                    i_amp = gr.Image(label="Amplitude per pixel (L2 over RGB)", interactive=False, elem_id="inspect-amplitude")
+                    i_spec = gr.Image(label="2-D frequency spectrum (log, centre = 0)", interactive=False, elem_id="inspect-spectrum")
+                    i_sal = gr.Image(label="Where the prompted model looks (input gradient)", interactive=False, elem_id="inspect-saliency")
                 i_sal_caption = gr.Markdown()
                 with gr.Row():
                     i_channels = gr.Dataframe(label="Amplitude per channel (8-bit levels)", interactive=False)
@@ -243,7 +263,7 @@ def build_app(vp: VPApp | None = None) -> gr.Blocks:
 
 def main() -> None:
     build_app().queue(default_concurrency_limit=2).launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), css=CSS)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,11 @@ What is measured:
   It includes the HTTP round trip, uploading the image and downloading the prompted PNG;
 * ``bare_forward_s``: the same prompted model's backbone + head on a batch of two preprocessed images (the two
   forward passes a prediction needs, batched), in this process, no prompt, median of ``--bare-repeats``;
-* ``handler_s``: the app's handler (``app.TryPrompt.run``) called in this process, median: what the app does
+* ``handler_s``: the app's handler (``VPApp.predict``, what the Classify button calls) called in this process, median: what the app does
   for one click without the web server, to tell the server's share from the model's;
 * ``ratio`` = ``prediction_s / bare_forward_s`` (goal: at most 1.2).
 
-The prompt is the first one ``app.TryPrompt().prompts`` lists (the app's default), the image
+The prompt is the first one ``VPApp().entries`` lists (the app's default), the image
 ``assets/examples/0_T-shirt-top.png`` (bare forward: it and ``1_trouser.png``). The server runs with
 ``GRADIO_ANALYTICS_ENABLED=False`` (no calls out) and is stopped at the end whatever happens.
 """
@@ -76,11 +76,12 @@ def check_prediction(res) -> None:
 
 
 def measure_in_process(name: str, image_paths: list[Path], bare_repeats: int, handler_repeats: int) -> dict:
-    import app
     from PIL import Image
 
-    state = app.TryPrompt()
-    model = state.model(name)
+    from visual_prompting.ui import VPApp
+
+    state = VPApp()
+    model, _, _ = state.model(state.prompt_path(name))
     imgs = [Image.open(p).convert("RGB") for p in image_paths]
     x = model.preprocess(imgs[:2])
     model.eval()
@@ -96,11 +97,11 @@ def measure_in_process(name: str, image_paths: list[Path], bare_repeats: int, ha
         t = time.perf_counter()
         bare()
         bare_times.append(time.perf_counter() - t)
-    state.run(name, imgs[0])
+    state.predict(name, None, imgs[0])
     handler_times = []
     for _ in range(handler_repeats):
         t = time.perf_counter()
-        state.run(name, imgs[0])
+        state.predict(name, None, imgs[0])
         handler_times.append(time.perf_counter() - t)
     return {"bare_forward_s": median(bare_times), "bare_forward_all_s": bare_times, "handler_s": median(handler_times),
             "handler_all_s": handler_times, "prompt_spec": model.backbone.spec, "image_size": model.image_size}
@@ -197,9 +198,9 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     from visual_prompting.zoo import list_prompts
 
-    import app  # the app's own list, so the name is what its dropdown shows first
+    from visual_prompting.ui import VPApp  # the app's own list, so the name is what its dropdown shows first
 
-    name = args.prompt or next(iter(app.TryPrompt().prompts), None)
+    name = args.prompt or next(iter(VPApp().entries), None)
     if name is None:
         raise SystemExit("prompts_zoo/ has no prompt: the app has nothing to predict with")
     assert list_prompts()  # same folder the app reads

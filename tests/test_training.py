@@ -151,6 +151,9 @@ def test_label_mappings_in_training(tmp_path, effnet, subset_splits, mapping):
     res = t.run()
     m = load_prompt(res.best_path).meta["head"]
     assert m["method"] == mapping
+    # the no-prompt baseline reads a mapping fitted without a prompt, for first_k too (else it is at chance)
+    base = res.metrics["baseline_mapping"]
+    assert len(set(base)) == 10 and base != list(range(10))
     if mapping == "first_k":
         assert m["mapping"] == list(range(10))
     else:

@@ -184,7 +184,7 @@ class Trainer:
         self.zero_shot_val: float | None = None
         self.baseline_mapping: list[int] | None = None
         self.mapping_set = None  # the train images that (re)compute a frequency / iterative mapping, taken once
-        if isinstance(head, LabelMappingHead) and cfg.label_mapping != "first_k":
+        if isinstance(head, LabelMappingHead):  # also for first_k: the no-prompt baseline uses a fitted mapping
             n = len(self.splits.train)
             idx = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[: min(n, cfg.mapping_samples)]
             self.mapping_set = self.splits.train.subset(idx)
@@ -259,9 +259,10 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------------
     def _baseline(self) -> float:
-        """Validation accuracy with no prompt (and, for frequency/iterative mapping, with the mapping found
-        without a prompt): the number every prompt is compared with."""
-        if isinstance(self.model.head, LabelMappingHead) and self.cfg.label_mapping != "first_k":
+        """Validation accuracy with no prompt: the number every prompt is compared with. For a classifier it reads
+        the frequency mapping found *without* a prompt, whatever mapping the prompt trains with - with the
+        hard-coded first-k mapping an unprompted model is at chance, which would flatter any prompt."""
+        if isinstance(self.model.head, LabelMappingHead):
             self._set_baseline(self.compute_mapping(use_prompt=False).tolist())
         return evaluate(self.model, self.splits.val, use_prompt=False, batch_size=self.batch_size, amp=self.cfg.amp).top1
 

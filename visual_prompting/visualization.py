@@ -19,13 +19,13 @@ _MAGMA = np.array([[0, 0, 4], [28, 16, 68], [79, 18, 123], [129, 37, 129], [181,
                    [251, 135, 97], [254, 194, 135], [252, 253, 191]], dtype=np.float32)
 
 
-def colorize(values: np.ndarray, vmax: float | None = None) -> Image.Image:
-    """A 2-D array of non-negative numbers -> RGB heat map (0 dark, ``vmax`` or the array's max bright)."""
+def colorize(values: np.ndarray, vmax: float | None = None, vmin: float = 0.0) -> Image.Image:
+    """A 2-D array -> RGB heat map (``vmin`` dark, ``vmax`` - default the array's max - bright)."""
     v = np.asarray(values, dtype=np.float32)
     if v.ndim != 2:
         raise VPError(f"colorize needs a 2-D array, got shape {v.shape}.")
     top = float(vmax) if vmax is not None else float(v.max(initial=0.0))
-    t = np.clip(v / top, 0, 1) if top > 0 else np.zeros_like(v)
+    t = np.clip((v - vmin) / (top - vmin), 0, 1) if top > vmin else np.zeros_like(v)
     pos = t * (len(_MAGMA) - 1)
     lo = np.floor(pos).astype(int).clip(0, len(_MAGMA) - 2)
     frac = (pos - lo)[..., None]
@@ -86,10 +86,12 @@ def amplitude(prompter, min_size: int = 256) -> tuple[Image.Image, list[list]]:
 
 
 def spectrum(prompter, min_size: int = 256) -> Image.Image:
-    """The prompt's 2-D amplitude spectrum (mean over channels, zero frequency in the centre, log scale)."""
+    """The prompt's 2-D amplitude spectrum (mean over channels, zero frequency in the centre, log scale stretched
+    from its smallest to its largest value)."""
     delta, _ = _delta_and_mask(prompter)
     f = torch.fft.fftshift(torch.fft.fft2(delta), dim=(-2, -1)).abs().mean(0)
-    return enlarge(colorize(torch.log1p(f * 255).numpy()), min_size)
+    logf = torch.log1p(f * 255).numpy()
+    return enlarge(colorize(logf, vmin=float(logf.min())), min_size)
 
 
 def saliency(model, image, min_size: int = 256) -> tuple[Image.Image, str]:
