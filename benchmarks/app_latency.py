@@ -16,6 +16,8 @@ What is measured:
   forward passes a prediction needs, batched), in this process, no prompt, median of ``--bare-repeats``;
 * ``handler_s``: the app's handler (``VPApp.predict``, what the Classify button calls) called in this process, median: what the app does
   for one click without the web server, to tell the server's share from the model's;
+* ``gradio_floor_s``: the same ``gradio_client`` call to an endpoint with the app's inputs and outputs that does no
+  work (started as its own process, like the app): the web stack's own cost per prediction;
 * ``ratio`` = ``prediction_s / bare_forward_s`` (goal: at most 1.2).
 
 The prompt is the first one ``VPApp().entries`` lists (the app's default), the image
@@ -107,7 +109,9 @@ def measure_in_process(name: str, image_paths: list[Path], bare_repeats: int, ha
             "handler_all_s": handler_times, "prompt_spec": model.backbone.spec, "image_size": model.image_size}
 
 
-def measure_server(name: str, image: Path, repeats: int, timeout: float, threads: int | None) -> dict:
+def measure_server(name: str | None, image: Path, repeats: int, timeout: float, threads: int | None) -> dict:
+    """Start ``app.py`` (or, with ``name=None``, :data:`FLOOR_APP`: an endpoint with the app's inputs and outputs
+    that does no work) as its own process and time it through ``gradio_client``."""
     from gradio_client import Client, handle_file
 
     port = free_port()
@@ -118,10 +122,15 @@ def measure_server(name: str, image: Path, repeats: int, timeout: float, threads
         env["OMP_NUM_THREADS"] = str(threads)
     with tempfile.TemporaryDirectory(prefix="vp-app-latency-") as tmp:
         log = Path(tmp) / "app.log"
+        script = "app.py"
+        if name is None:
+            script = str(Path(tmp) / "floor_app.py")
+            Path(script).write_text(FLOOR_APP)
+        args = (name, handle_file(str(image))) if name is not None else (handle_file(str(image)),)
         client = None
         with open(log, "w") as logf:
             t0 = time.perf_counter()
-            proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=logf,
+            proc = subprocess.Popen([sys.executable, script], cwd=REPO, env=env, stdout=logf,
                                     stderr=subprocess.STDOUT)
             try:
                 wait_for_page(url, proc, timeout, log)
@@ -129,13 +138,13 @@ def measure_server(name: str, image: Path, repeats: int, timeout: float, threads
                 client = Client(url, verbose=False, download_files=str(Path(tmp) / "downloads"),
                                 analytics_enabled=False)
                 t_client = time.perf_counter()
-                res = client.predict(name, handle_file(str(image)), api_name="/predict")
+                res = client.predict(*args, api_name="/predict")
                 t_first = time.perf_counter()
                 check_prediction(res)
                 times = []
                 for _ in range(repeats):
                     t = time.perf_counter()
-                    res = client.predict(name, handle_file(str(image)), api_name="/predict")
+                    res = client.predict(*args, api_name="/predict")
                     times.append(time.perf_counter() - t)
                 check_prediction(res)
             finally:
@@ -156,12 +165,29 @@ def measure_server(name: str, image: Path, repeats: int, timeout: float, threads
             "prediction_s": median(times), "prediction_all_s": times, "prompted_top5_example": top}
 
 
+FLOOR_APP = """
+import os
+import gradio as gr
+from PIL import Image
+
+out_img = Image.new("RGB", (96, 96))
+labels = {f"class {i}": 0.2 for i in range(5)}
+with gr.Blocks() as demo:
+    i = gr.Image(type="filepath")
+    o = gr.Image(type="pil", format="png")
+    la, lb = gr.Label(num_top_classes=5), gr.Label(num_top_classes=5)
+    gr.Button().click(lambda _: (out_img, labels, labels), i, [o, la, lb], api_name="predict")
+demo.queue(default_concurrency_limit=2).launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+"""
+
+
 def plot(doc: dict, path: Path) -> None:
     plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.2))
-    names = ["bare forward (batch of 2)", "handler, in process", "prediction via HTTP"]
-    vals = [doc["bare_forward_s"], doc["handler_s"], doc["prediction_s"]]
-    a.barh(names[::-1], [1000 * v for v in vals][::-1], color=["#1f77b4", "#ff7f0e", "#2ca02c"][::-1])
+    names = ["bare forward (batch of 2)", "handler, in process", "prediction via HTTP",
+             "empty Gradio endpoint via HTTP"]
+    vals = [doc["bare_forward_s"], doc["handler_s"], doc["prediction_s"], doc["gradio_floor_s"]]
+    a.barh(names[::-1], [1000 * v for v in vals][::-1], color=["#1f77b4", "#ff7f0e", "#2ca02c", "#7f7f7f"][::-1])
     a.axvline(1000 * GOAL * doc["bare_forward_s"], color="red", ls="--", lw=1, label=f"goal: {GOAL}x bare forward")
     a.set_xlabel("milliseconds (median)")
     a.legend(fontsize=8)
@@ -206,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     assert list_prompts()  # same folder the app reads
     inproc = measure_in_process(name, images, bare_repeats, bare_repeats)
     server = measure_server(name, images[0], repeats, args.timeout, args.threads)
+    floor = measure_server(None, images[0], repeats, args.timeout, args.threads)["prediction_s"]
     doc = {"machine": machine_info("cpu"), "command": command_line("app_latency.py", argv),
            "settings": {"prompt": name, "image": str(images[0].relative_to(REPO)), "repeats": repeats,
                         "bare_repeats": bare_repeats, "smoke": args.smoke,
@@ -215,19 +242,23 @@ def main(argv: list[str] | None = None) -> dict:
            **server, **inproc}
     doc["ratio"] = doc["prediction_s"] / doc["bare_forward_s"]
     doc["handler_ratio"] = doc["handler_s"] / doc["bare_forward_s"]
+    doc["gradio_floor_s"] = floor
+    doc["prediction_over_floor_s"] = doc["prediction_s"] - floor
     doc["goal"] = f"prediction_s <= {GOAL} x bare_forward_s"
     doc["goal_met"] = doc["ratio"] <= GOAL
     doc["notes"] = ("prediction_s is measured through gradio_client: it includes the HTTP round trip, uploading the "
                     "image, the app's zero-shot and prompted top-5 (two batch-of-one forwards) and encoding and "
                     "downloading the prompted PNG. bare_forward_s is one batch of two through the same model's "
-                    "backbone and head in process. handler_s is the app's handler in process (no server).")
+                    "backbone and head in process. handler_s is the app's handler in process (no server). "
+                    "gradio_floor_s is the same call to a Gradio endpoint with the same inputs and outputs that does "
+                    "no work (its own process, like the app): the web stack's share.")
     write_json(out / "app_latency.json", doc)
     plot(doc, out / "app_latency.png")
     body = markdown_table(
         ["launch -> page (s)", "launch -> first prediction (s)", "prediction (s)", "handler in process (s)",
-         "bare forward, batch 2 (s)", f"ratio (goal <= {GOAL})"],
+         "bare forward, batch 2 (s)", f"ratio (goal <= {GOAL})", "handler ratio", "empty Gradio endpoint (s)"],
         [[doc["launch_to_page_s"], doc["launch_to_first_prediction_s"], doc["prediction_s"], doc["handler_s"],
-          doc["bare_forward_s"], doc["ratio"]]])
+          doc["bare_forward_s"], doc["ratio"], doc["handler_ratio"], doc["gradio_floor_s"]]])
     body += f"\n\nPrompt `{name}` ({doc['prompt_spec']}), image `{doc['settings']['image']}`."
     print(write_markdown(out / "app_latency.md", "App latency", doc["command"], doc["machine"], body))
     return doc

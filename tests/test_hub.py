@@ -344,3 +344,25 @@ def test_push_creates_the_repo_and_uploads_the_prepared_folder(hub, prompt_file,
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", refused)
     with pytest.raises(VPError, match="refused the token"):
         push_prompt(prompt_file, "alice/vp-new", token="hf_bad")
+
+
+def test_the_app_train_tab_pushes_with_the_users_token(hub, prompt_file, monkeypatch, tmp_path):
+    """What the Train tab's "Push to the Hub" button calls: the same upload, with the token the user typed."""
+    from visual_prompting.ui import AppConfig, VPApp
+
+    calls = []
+
+    def create_repo(self, repo_id, **kw):
+        calls.append((repo_id, self.token, kw["private"]))
+        return huggingface_hub.RepoUrl(f"{self.endpoint}/{repo_id}", endpoint=self.endpoint)
+
+    def upload_folder(self, *, repo_id, folder_path, **kw):
+        calls.append(sorted(p.name for p in Path(folder_path).iterdir()))
+        _same_prompt(Path(folder_path) / "prompt.safetensors", prompt_file)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    vp = VPApp(AppConfig(user_zoo_dir=tmp_path / "zoo", work_dir=tmp_path / "work", device="cpu"))
+    msg = vp.push(str(prompt_file), " alice/vp-from-app ", " hf_typed ", True)
+    assert msg == f"Pushed to {hub.url}/alice/vp-from-app"
+    assert calls == [("alice/vp-from-app", "hf_typed", True), sorted(UPLOAD_FILES)]
