@@ -250,7 +250,7 @@ def build_app(vp: VPApp | None = None) -> gr.Blocks:
             train, [r_model, r_dataset, r_zip, r_prompter, r_size, r_steps, r_batch, r_lr, r_mapping, r_clamp, r_seed],
             [r_progress, r_status, r_acc, r_loss, r_accplot, r_prompt, r_file, r_path],
             api_name="train", concurrency_limit=1, concurrency_id="train", show_progress="hidden")
-        r_stop.click(stop, None, None, api_name="stop", queue=False)
+        r_stop.click(stop, None, None, api_name="stop", concurrency_limit=None)  # never waits behind a run
         r_add.click(add_to_zoo, [r_path, r_name], [r_added, t_prompt, i_prompt], api_name=False)
         r_push.click(push, [r_path, r_repo, r_token, r_private], r_pushed, api_name=False)
         i_button.click(inspect, [i_prompt, i_upload, i_image],

@@ -84,6 +84,8 @@ def train(page, steps: int, model: str | None = None, batch_size: int | None = N
     if batch_size:
         fill(page, "train-batch", batch_size)
     page.click("#train")
+    page.wait_for_function(  # this run has started (the status of an earlier run may still say "Done.")
+        "() => /Loading|step \\d/.test(document.querySelector('#train-status').innerText)", timeout=timeout_ms)
     page.wait_for_function(
         "() => { const e = document.querySelector('#train-status'); "
         "return e && /(Done|Stopped early)\\./.test(e.innerText); }", timeout=timeout_ms)

@@ -145,6 +145,7 @@ def test_stop_ends_the_run_and_keeps_the_best_prompt(vp):
     assert last.done and last.status.startswith("Stopped early")
     pf = load_prompt(last.result_path)
     assert pf.meta["metrics"]["steps"] < 400
+    assert last.fraction == pf.meta["metrics"]["steps"] / 400  # the bar shows how far it got
 
 
 def test_closing_the_stream_stops_training_and_keeps_the_prompt_on_disk(vp):
@@ -222,3 +223,38 @@ def test_blocks_build_with_the_four_tabs(vp):
     labels = {b.label for b in demo.blocks.values() if type(b).__name__ == "Tab"}
     assert labels == {"Try a prompt", "Train a prompt", "Inspect a prompt", "Zoo"}
     assert {"predict", "train", "inspect", "stop"} <= {d.api_name for d in demo.fns.values() if d.api_name}
+
+
+def test_clip_weights_out_of_reach_is_a_plain_message_and_the_app_keeps_working(vp, name, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: as offline
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    cfg = train_cfg(vp, "s-clip", model="clip:ViT-B-32/openai")
+    with pytest.raises(VPError, match="unreachable"):
+        list(vp.train_stream(cfg, "s-clip"))
+    assert len(vp.predict(name, None, vp.examples()[0])[2]) == 5
+
+
+def test_training_asks_for_a_zerogpu_when_the_spaces_package_is_there(vp, monkeypatch):
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    import app
+
+    asked = []
+
+    def gpu(duration=None):
+        def wrap(fn):
+            asked.append((fn.__name__, duration))
+            return fn
+        return wrap
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    try:
+        importlib.reload(app).build_app(vp)
+        assert asked == [("train", 600)]
+    finally:
+        monkeypatch.delitem(sys.modules, "spaces")
+        importlib.reload(app)
+    assert (app.spaces is None) == (importlib.util.find_spec("spaces") is None)

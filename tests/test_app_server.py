@@ -57,6 +57,32 @@ def test_api_predict_train_and_errors_through_gradio_client(served, tmp_path):
     assert client.predict(name, handle_file(vp.examples()[1]), api_name="/predict")[2]["label"] in classes
 
 
+def test_predictions_are_served_while_a_run_trains_and_stop_ends_it(served, tmp_path):
+    """One user's training does not hold up another's prediction, and Stop (same session) ends the run cleanly."""
+    import time
+
+    from gradio_client import Client, handle_file
+
+    demo, vp = served
+    trainer = Client(demo.local_url, verbose=False, download_files=str(tmp_path / "a"))
+    other = Client(demo.local_url, verbose=False, download_files=str(tmp_path / "b"))
+    name = next(iter(vp.entries))
+    job = trainer.submit(EFFNET, "fashion_mnist_subset", None, "pad", 0, 2000, 32, 40, "first_k", "straight-through",
+                         0, api_name="/train")
+    deadline = time.monotonic() + 120
+    while "step " not in str(job.outputs()[-1][1] if job.outputs() else "") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not job.done(), "the run should still be training"
+    t = time.monotonic()
+    zero = other.predict(name, handle_file(vp.examples()[2]), api_name="/predict")[1]
+    waited = time.monotonic() - t
+    assert len(zero["confidences"]) == 5 and not job.done()
+    assert waited < 30, f"a prediction waited {waited:.1f} s behind the training run"
+    trainer.predict(api_name="/stop")
+    status, best = job.result(timeout=120)[1], job.result()[6]
+    assert status.startswith("Stopped early") and Path(best).is_file()
+
+
 def _browser_or_skip():
     try:
         import playwright  # noqa: F401

@@ -317,7 +317,7 @@ class VPApp:
         return TrainConfig(model=model, dataset=data, prompter=prompter, prompt_size=size_i or None, steps=steps_i,
                            batch_size=batch_i, lr=float(lr), label_mapping=label_mapping, clamp=clamp,
                            seed=_whole(seed or 0, "Seed"), out_dir=str(run_dir), device=str(self.device),
-                           num_workers=0)
+                           num_workers=0, download=True)  # torchvision datasets: fetched once (offline: a clear message)
 
     def _stop_file(self, session: str) -> Path:
         return self.session_dir(session) / "STOP"
@@ -357,7 +357,7 @@ class VPApp:
         t0 = time.perf_counter()
         thread.start()
         history: list[dict] = []
-        prompt_pic, zero, best, val = None, None, None, None
+        prompt_pic, zero, best, val, total = None, None, None, None, 1
         last_yield = 0.0
         try:
             yield TrainUpdate(0.0, f"Loading `{cfg.model}` and the data ...")
@@ -366,6 +366,7 @@ class VPApp:
                 if ev is None:
                     break
                 history.append({k: v for k, v in ev.__dict__.items() if k != "prompt" and v is not None})
+                total = ev.total_steps
                 if ev.zero_shot_val_top1 is not None:
                     zero = ev.zero_shot_val_top1
                 if ev.kind == "eval":
@@ -395,7 +396,8 @@ class VPApp:
         status = (f"{head} {res.steps_done} steps in {time.perf_counter() - t0:.0f} s. Test top-1 "
                   f"**{_pct(m.get('test_top1'))}** with the prompt, {_pct(m.get('test_top1_no_prompt'))} without "
                   f"({m.get('test_n')} test images; the prompt was chosen on validation).")
-        yield TrainUpdate(1.0, status, curve_records(res.history), prompt_pic, _accuracy(zero, val, res.metrics.get(
+        fraction = 1.0 if not res.interrupted else res.steps_done / max(1, total)
+        yield TrainUpdate(fraction, status, curve_records(res.history), prompt_pic, _accuracy(zero, val, res.metrics.get(
             "best_val_top1")), res.best_path, True)
 
     def add_to_zoo(self, path: str | None, name: str) -> str:
