@@ -28,6 +28,18 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` from anywhere, 
 import torch  # noqa: E402
 
 
+def bench_parser(doc: str, name: str, smoke_help: str):
+    """The argument parser every benchmark starts from: ``--out`` (where NAME.json/.png/.md go), ``--smoke`` (tiny
+    settings, what the tests run) and ``--threads``. Scripts add their own options to it."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help=f"folder for {name}.json/.png/.md (default: %(default)s)")
+    ap.add_argument("--smoke", action="store_true", help=smoke_help)
+    add_threads_arg(ap)
+    return ap
+
+
 def add_threads_arg(ap) -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's choice, one per core). Use 1 when the machine is "
@@ -154,6 +166,13 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(plt, fig, path: Path, rect=None) -> None:
+    """Lay out, save (120 dpi) and close a figure."""
+    fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def sync(device: torch.device) -> None:

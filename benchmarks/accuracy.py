@@ -33,7 +33,6 @@ trained rows ~40 min, the two no-prompt rows ~1 min, the linear probe ~1-3 min: 
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -41,8 +40,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import (DEFAULT_OUT, add_threads_arg, apply_threads, command_line, machine_info,  # noqa: E402
-                    markdown_table, pyplot, write_json, write_markdown)
+from _bench import (apply_threads, bench_parser, command_line, machine_info, markdown_table, pyplot, save_figure,  # noqa: E402
+                    write_json, write_markdown)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -285,18 +284,13 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ax.set_xlim(0, 105)
     ax.set_xlabel("test top-1 (%)")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path)
 
 
 # -- main ------------------------------------------------------------------------------------------------------
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="folder for accuracy.json/.png/.md (default: %(default)s)")
-    ap.add_argument("--smoke", action="store_true",
-                    help="tiny settings (32 px, 200 train / 100 val / 200 test images, 3 steps): checks the script runs")
+    ap = bench_parser(__doc__, "accuracy", "tiny settings (32 px, 200 train / 100 val / 200 test images, 3 steps): checks the script runs")
     ap.add_argument("--model", default="effnet-lite0", help="backbone without @size (default: %(default)s)")
     ap.add_argument("--image-size", type=int, default=None, help="input size in px (default 96; smoke 32)")
     ap.add_argument("--dataset", default="auto",
@@ -312,7 +306,6 @@ def parse_args(argv):
     ap.add_argument("--lp-max-iter", type=int, default=None, help="L-BFGS iterations per linear-probe fit (default 1000)")
     ap.add_argument("--runs-dir", default=None, help="keep each row's prompt files here (default: a temp folder)")
     ap.add_argument("--quiet", action="store_true")
-    add_threads_arg(ap)
     a = ap.parse_args(argv)
     smoke = a.smoke
     a.image_size = a.image_size or (32 if smoke else 96)

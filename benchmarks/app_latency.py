@@ -26,7 +26,6 @@ The prompt is the first one ``VPApp().entries`` lists (the app's default), the i
 """
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import subprocess
@@ -38,8 +37,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import (DEFAULT_OUT, REPO, add_threads_arg, apply_threads, command_line, machine_info,  # noqa: E402
-                    markdown_table, median, pyplot, write_json, write_markdown)
+from _bench import (REPO, apply_threads, bench_parser, command_line, machine_info, markdown_table, median, pyplot,  # noqa: E402
+                    save_figure, write_json, write_markdown)
 
 import torch  # noqa: E402
 
@@ -196,20 +195,15 @@ def plot(doc: dict, path: Path) -> None:
            [doc["launch_to_first_prediction_s"], doc["launch_to_page_s"]], color="#9467bd")
     b.set_xlabel("seconds")
     b.set_title("Start-up", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path)
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="folder for app_latency.json/.png/.md (default: %(default)s)")
-    ap.add_argument("--smoke", action="store_true", help="2 predictions, 3 bare forwards: checks the script runs")
+    ap = bench_parser(__doc__, "app_latency", "2 predictions, 3 bare forwards: checks the script runs")
     ap.add_argument("--repeats", type=int, default=None, help="predictions after the first (default 20; smoke 2)")
     ap.add_argument("--bare-repeats", type=int, default=None, help="bare forwards and handler calls (default 30; smoke 3)")
     ap.add_argument("--prompt", default=None, help="prompt name (default: the app's first)")
     ap.add_argument("--timeout", type=float, default=180, help="seconds to wait for the page (default: %(default)s)")
-    add_threads_arg(ap)
     return ap.parse_args(argv)
 
 

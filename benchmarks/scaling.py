@@ -21,7 +21,6 @@ Writes ``OUT/scaling.json`` (``training`` and ``evaluation``: sizes, seconds, im
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import tempfile
@@ -29,8 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import (DEFAULT_OUT, add_threads_arg, apply_threads, command_line, linear_regime,  # noqa: E402
-                    machine_info, markdown_table, median, pyplot, sync, timed, write_json, write_markdown)
+from _bench import (apply_threads, bench_parser, command_line, linear_regime, machine_info, markdown_table, median,  # noqa: E402
+                    pyplot, save_figure, sync, timed, write_json, write_markdown)
 
 import torch  # noqa: E402
 
@@ -108,22 +107,17 @@ def plot(doc: dict, path: Path) -> None:
     b.legend(fontsize=8)
     b.set_title("Evaluation: time vs dataset size", fontsize=9)
     fig.suptitle(f"{doc['settings']['model']} on {doc['machine']['device_name']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path)
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="folder for scaling.json/.png/.md (default: %(default)s)")
-    ap.add_argument("--smoke", action="store_true", help="tiny settings (32 px, batches 2/4, sets of 16/32 images)")
+    ap = bench_parser(__doc__, "scaling", "tiny settings (32 px, batches 2/4, sets of 16/32 images)")
     ap.add_argument("--model", default=None, help="backbone spec (default effnet-lite0@96; smoke effnet-lite0@32)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-sizes", default=None, help="comma-separated (default CPU 8,16,32,64,128; CUDA 16..1024)")
     ap.add_argument("--dataset-sizes", default=None, help="comma-separated (default CPU 250..4000; CUDA 1000..32000)")
     ap.add_argument("--repeats", type=int, default=None, help="default 3 (smoke 1)")
     ap.add_argument("--target-images", type=int, default=None, help="images per timed training point (default CPU 256, CUDA 4096)")
-    add_threads_arg(ap)
     return ap.parse_args(argv)
 
 

@@ -46,8 +46,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import (DEFAULT_OUT, REPO, add_threads_arg, apply_threads, command_line, machine_info,  # noqa: E402
-                    markdown_table, median, pyplot, sync, write_json, write_markdown)
+from _bench import (REPO, apply_threads, bench_parser, command_line, machine_info, markdown_table, median, pyplot,  # noqa: E402
+                    save_figure, sync, write_json, write_markdown)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -416,17 +416,13 @@ def plot(results: dict, path: Path) -> None:
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8)
     fig.suptitle("One training step: library vs forward+backward limit vs reference-style loop", fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path, rect=(0, 0.07, 1, 1))
 
 
 # -- main ------------------------------------------------------------------------------------------------------
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="folder for speed.json/.png/.md (default: %(default)s)")
-    ap.add_argument("--smoke", action="store_true", help="tiny models (clip:vp-tiny, effnet-lite0@32), batch 4, 1 step")
+    ap = bench_parser(__doc__, "speed", "tiny models (clip:vp-tiny, effnet-lite0@32), batch 4, 1 step")
     ap.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda")
     ap.add_argument("--models", default=None, help=f"comma-separated backbone specs (default: {','.join(FULL_MODELS)})")
     ap.add_argument("--batch-size", type=int, default=None, help="one batch for every model (default: per model, see above)")
@@ -441,7 +437,6 @@ def parse_args(argv):
     ap.add_argument("--fresh", action="store_true", help="do not merge with an existing speed.json")
     ap.add_argument("--probe-memory", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--quiet", action="store_true")
-    add_threads_arg(ap)
     return ap.parse_args(argv)
 
 
