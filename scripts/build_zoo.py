@@ -26,7 +26,7 @@ from visual_prompting import PromptedModel  # noqa: E402
 from visual_prompting.data import load_splits  # noqa: E402
 from visual_prompting.evaluation import evaluate  # noqa: E402
 from visual_prompting.prompt_file import read_metadata  # noqa: E402
-from visual_prompting.zoo import INDEX, ZOO_DIR  # noqa: E402
+from visual_prompting.zoo import INDEX, ZOO_DIR, index_entry  # noqa: E402
 
 MODEL = "effnet-lite0@96"
 KINDS = ("pad", "fixed_patch", "random_patch", "shrink_pad")
@@ -44,13 +44,7 @@ def subset_accuracy(path: Path) -> dict:
 
 
 def entry(path: Path, cmd: str | None, seconds: float | None) -> dict:
-    meta = read_metadata(path)
-    m = meta["metrics"]
-    e = {"name": path.stem, "path": str(path.relative_to(ZOO_DIR)), "backbone": meta["backbone"]["spec"],
-         "dataset": meta["dataset"], "classes": meta["class_names"], "prompter": meta["prompter"]["kind"],
-         "prompt_size": meta["prompter"]["size"],
-         "metrics": {k: m[k] for k in ("test_top1", "test_top5", "test_top1_no_prompt", "test_top5_no_prompt",
-                                      "test_n", "best_val_top1") if k in m}}
+    e = index_entry(path.stem, str(path.relative_to(ZOO_DIR)), read_metadata(path))
     e["metrics"].update(subset_accuracy(path))
     if cmd:
         e["command"] = cmd

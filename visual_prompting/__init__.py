@@ -13,18 +13,5 @@ from .prompters import PrompterConfig, create_prompter
 from .training import TrainConfig, TrainEvent, TrainResult, train
 
 __version__ = "0.1.0"
-__all__ = [
-           "BackboneCache",
-           "PromptedModel",
-           "PrompterConfig",
-           "TrainConfig",
-           "TrainEvent",
-           "TrainResult",
-           "VPError",
-           "__version__",
-           "create_prompter",
-           "load_backbone",
-           "load_prompt",
-           "save_prompt",
-           "train",
-]
+__all__ = ["BackboneCache", "PromptedModel", "PrompterConfig", "TrainConfig", "TrainEvent", "TrainResult", "VPError",
+           "__version__", "create_prompter", "load_backbone", "load_prompt", "save_prompt", "train"]

@@ -170,9 +170,6 @@ class BackboneCache:
                 self._cache[key] = load_backbone(spec, device)
             return self._cache[key]
 
-    def loaded(self) -> list[str]:
-        return [spec for spec, _ in self._cache]
-
 
 # -- loaders --------------------------------------------------------------------------------------------------
 

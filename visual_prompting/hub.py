@@ -24,13 +24,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 
 from .backbones import TINY_CLIP_CONFIGS, hf_endpoint, host_reachable, parse_spec
 from .errors import VPError
-from .prompt_file import load_prompt, save_prompt
+from .prompt_file import load_prompt, save_shareable
 
 PROMPT_FILENAME = "prompt.safetensors"
 UPLOAD_FILES = (PROMPT_FILENAME, "config.json", "README.md", "prompt.png")
@@ -113,7 +112,7 @@ def pull_prompt(repo_id: str, filename: str | None = None, revision: str | None 
         get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision, repo_type=repo_type, endpoint=endpoint),
                              token=token, timeout=timeout, endpoint=endpoint,
                              library_name=LIBRARY_NAME, library_version=_library_version())
-    except Exception as e:
+    except Exception as e:  # every failure becomes a VPError (or falls back to the cache) below
         kind, message = _classify(e, where, endpoint)
         path = None if kind == "missing" else _from_cache(**kw)
         if path is None:
@@ -123,7 +122,7 @@ def pull_prompt(repo_id: str, filename: str | None = None, revision: str | None 
     try:
         path = hf_hub_download(**kw, endpoint=endpoint, token=token, etag_timeout=timeout,
                                library_name=LIBRARY_NAME, library_version=_library_version())
-    except Exception as e:
+    except Exception as e:  # every failure becomes one readable VPError
         raise VPError(_classify(e, where, endpoint)[1]) from e
     return _validated(path, where)
 
@@ -263,11 +262,7 @@ def prepare_upload(prompt_path, folder, *, repo_id: str | None = None) -> Path:
     extra = sorted(p.name for p in folder.iterdir() if p.name not in UPLOAD_FILES)
     if extra:
         raise VPError(f"{folder} already holds other files ({', '.join(extra[:5])}); use an empty folder.")
-    target = folder / PROMPT_FILENAME
-    if pf.state:
-        save_prompt(target, pf.prompter, pf.meta)  # no optimiser / RNG state in a shared prompt
-    elif Path(prompt_path).resolve() != target.resolve():
-        shutil.copyfile(prompt_path, target)
+    save_shareable(pf, folder / PROMPT_FILENAME)
     (folder / "config.json").write_text(json.dumps(pf.meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     render_prompt_png(pf.prompter, folder / "prompt.png")
     (folder / "README.md").write_text(model_card(pf.meta, repo_id=repo_id, num_parameters=pf.prompter.num_parameters()),
@@ -459,7 +454,7 @@ def push_prompt(prompt_path, repo_id: str, token: str | None = None, private: bo
         try:
             url = api.create_repo(repo_id, private=True if private else None, exist_ok=True, repo_type="model")
             api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=message, repo_type="model")
-        except Exception as e:
+        except Exception as e:  # every failure becomes one readable VPError
             raise VPError(_push_error(e, repo_id, endpoint)) from e
     return str(url)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 
 import torch
@@ -58,6 +59,16 @@ def save_prompt(path, prompter: Prompter, meta: dict, state: dict[str, torch.Ten
     save_file(tensors, tmp, metadata=header)
     os.replace(tmp, path)
     return path
+
+
+def save_shareable(pf: PromptFile, target) -> str:
+    """Write a loaded prompt file to ``target`` as one to share: a training checkpoint without its optimiser / RNG
+    state, any other prompt file copied byte for byte (nothing when ``target`` is the file itself)."""
+    if pf.state:
+        return save_prompt(target, pf.prompter, pf.meta)
+    if os.path.realpath(pf.path) != os.path.realpath(target):
+        shutil.copyfile(pf.path, target)
+    return str(target)
 
 
 def read_metadata(path) -> dict:

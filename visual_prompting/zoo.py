@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import warnings
 from pathlib import Path
 
@@ -88,7 +87,7 @@ def add_prompt(prompt_path, name: str, folder: str | Path = USER_ZOO_DIR, **extr
     """Copy a prompt into the zoo ``folder`` as ``NAME.safetensors`` and list it in that folder's index (replacing
     an entry of the same name). Returns the entry. The file is validated first; a training checkpoint is stored
     without its optimiser state."""
-    from .prompt_file import load_prompt, save_prompt
+    from .prompt_file import load_prompt, save_shareable
 
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}", name or ""):
         raise VPError(f"Zoo names use letters, digits, '-', '_' and '.' (at most 96), not {name!r}.")
@@ -96,10 +95,7 @@ def add_prompt(prompt_path, name: str, folder: str | Path = USER_ZOO_DIR, **extr
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}.safetensors"
-    if pf.state:
-        save_prompt(target, pf.prompter, pf.meta)
-    elif Path(prompt_path).resolve() != target.resolve():
-        shutil.copyfile(prompt_path, target)
+    save_shareable(pf, target)
     entries = [e for e in load_index(folder) if e["name"] != name]
     entry = index_entry(name, target.name, pf.meta, **extra)
     entries.append(entry)
