@@ -15,8 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from visual_prompting import VPError
-from visual_prompting.ui import (CLAMPS, LABEL_MAPPINGS, OWN_BACKBONE, PROMPTER_KINDS, TRAIN_BACKBONES,
-                                 UPLOADED_DATASET, VPApp)
+from visual_prompting.ui import CLAMPS, LABEL_MAPPINGS, OWN_BACKBONE, PROMPTER_KINDS, TRAIN_BACKBONES, VPApp
 
 try:  # ZeroGPU Spaces: the decorated function gets a GPU while it runs
     import spaces
@@ -75,13 +74,14 @@ def build_app(vp: VPApp | None = None) -> gr.Blocks:
     vp = vp or VPApp()
     names = list(vp.entries)
     first = names[0] if names else None
+    first_text, first_choices = vp.prompt_summary(first)
     examples = vp.examples()
     defaults = vp.train_defaults()
 
     # -- handlers (thin: validate through the library, turn VPError into a message) ----------------------------
     def on_prompt_change(choice, upload):
-        choices = vp.backbone_choices(choice, upload)
-        return vp.describe(choice, upload), gr.update(choices=choices, value=OWN_BACKBONE)
+        text, choices = vp.prompt_summary(choice, upload)
+        return text, gr.update(choices=choices, value=OWN_BACKBONE)
 
     def predict(choice, image, upload=None, backbone=OWN_BACKBONE):
         with user_errors():
@@ -146,10 +146,10 @@ def build_app(vp: VPApp | None = None) -> gr.Blocks:
                 with gr.Row():
                     t_prompt = gr.Dropdown(names, value=first, label="Prompt", allow_custom_value=True, scale=2,
                                            info="From the zoo, or type a Hub repo id (USER/NAME)")
-                    t_backbone = gr.Dropdown(vp.backbone_choices(first), value=OWN_BACKBONE, label="Backbone",
+                    t_backbone = gr.Dropdown(first_choices, value=OWN_BACKBONE, label="Backbone",
                                              info="A prompt only means something on its own backbone")
                     t_upload = gr.File(label="... or upload a prompt (.safetensors)", file_types=[".safetensors"])
-                t_info = gr.Markdown(vp.describe(first))
+                t_info = gr.Markdown(first_text)
                 with gr.Row(equal_height=True):
                     t_image = gr.Image(type="filepath", label="Original image", sources=["upload", "clipboard"],
                                        height=300, elem_id="try-image")

@@ -27,7 +27,7 @@ def name(vp):
 
 
 def test_try_predicts_top5_over_the_prompts_classes(vp, name):
-    assert "test top-1" in vp.describe(name)
+    assert "test top-1" in vp.prompt_summary(name)[0]
     prompted, zero, with_prompt = vp.predict(name, None, vp.examples()[0])
     model, meta, warning = vp.model(vp.prompt_path(name))
     assert warning is None
@@ -45,14 +45,14 @@ def test_try_predicts_top5_over_the_prompts_classes(vp, name):
 
 def test_uploaded_prompt_file_wins_over_the_dropdown(vp, trained):
     result, _, _ = trained
-    assert "effnet-lite0@64" in vp.describe("not a zoo name", result.best_path)
+    assert "effnet-lite0@64" in vp.prompt_summary("not a zoo name", result.best_path)[0]
     _, zero, with_prompt = vp.predict(None, result.best_path, vp.examples()[1])
     assert set(with_prompt) <= set(load_prompt(result.best_path).meta["class_names"])
 
 
 def test_another_backbone_only_with_a_warning(vp, trained):
     result, _, _ = trained
-    assert vp.backbone_choices(None, result.best_path)[0] == OWN_BACKBONE
+    assert vp.prompt_summary(None, result.best_path)[1][0] == OWN_BACKBONE
     warnings = []
     _, _, labels = vp.predict(None, result.best_path, vp.examples()[0], backbone="torchvision:resnet18/random@64",
                               warn=warnings.append)
@@ -78,7 +78,7 @@ def test_bad_input_is_a_clear_message(vp, name, tmp_path):
     pickle.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)
     with pytest.raises(VPError):
         vp.predict(name, str(pickle), vp.examples()[0])
-    assert vp.describe(name, str(pickle)).startswith("**Cannot use this prompt:**")
+    assert vp.prompt_summary(name, str(pickle))[0].startswith("**Cannot use this prompt:**")
     # odd images are fine: RGBA, greyscale, 16-bit, a numpy array
     for img in (Image.new("RGBA", (40, 30), (255, 0, 0, 128)), Image.new("L", (5, 90)), Image.new("I;16", (32, 32))):
         assert len(vp.predict(name, None, img)[2]) == 5

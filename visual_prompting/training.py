@@ -30,7 +30,13 @@ from .classnames import CLIP_TEMPLATES, PAPER_TEMPLATE
 from .data import DataSplits, canonical_name, load_splits, to_model_input
 from .errors import VPError
 from .evaluation import evaluate, logits_over
-from .heads import LabelMappingHead, create_head, frequency_mapping, prediction_counts
+from .heads import (
+    MAPPINGS,
+    LabelMappingHead,
+    create_head,
+    frequency_mapping,
+    prediction_counts,
+)
 from .model import PromptedModel
 from .prompt_file import build_metadata, load_prompt, save_prompt
 from .prompters import PrompterConfig, create_prompter
@@ -105,6 +111,17 @@ class TrainResult:
     steps_done: int = 0
 
 
+HISTORY_STEPS = 2000  # step events kept in a run's history (and plotted), about evenly spaced
+
+
+def history_record(ev: TrainEvent) -> dict | None:
+    """What a run's history keeps of an event: its fields without the prompt snapshot and without empty ones;
+    None for the step events thinned out (about :data:`HISTORY_STEPS` of them are kept, and the last)."""
+    if ev.kind == "step" and ev.step % max(1, ev.total_steps // HISTORY_STEPS) and ev.step != ev.total_steps:
+        return None
+    return {f.name: getattr(ev, f.name) for f in fields(ev) if f.name != "prompt" and getattr(ev, f.name) is not None}
+
+
 class StopTraining(Exception):
     """Raise from a callback to end training cleanly (the best prompt stays on disk)."""
 
@@ -149,7 +166,7 @@ class Trainer:
                                             val_fraction=cfg.val_fraction, num_workers=cfg.num_workers)
         self.class_names = self.splits.class_names
         self.is_clip = isinstance(self.backbone, ClipBackbone)
-        if not self.is_clip and cfg.label_mapping not in ("first_k", "frequency", "iterative"):
+        if not self.is_clip and cfg.label_mapping not in MAPPINGS:
             raise VPError(f"Unknown label mapping {cfg.label_mapping!r}; use first_k, frequency or iterative.")
         self.templates = templates_for(cfg, canonical_name(self.splits.name)) if self.is_clip else None
         size = cfg.prompt_size or default_prompt_size(cfg.prompter, S)
@@ -178,7 +195,6 @@ class Trainer:
         self.best_path = os.path.join(self.out_dir, "best.safetensors")
         self.last_path = os.path.join(self.out_dir, "last.safetensors")
         self.history: list[dict] = []
-        self.log_every = max(1, self.total_steps // 2000)
         self.step = 0
         self.best_val = -1.0
         self.zero_shot_val: float | None = None
@@ -191,9 +207,10 @@ class Trainer:
 
     # -- events -------------------------------------------------------------------------------------------
     def emit(self, ev: TrainEvent) -> None:
-        """Send an event to every callback; keep it in ``history`` (step events thinned to ~2000 a run)."""
-        if ev.kind != "step" or ev.step % self.log_every == 0 or ev.step == self.total_steps:
-            self.history.append({k: v for k, v in asdict(ev).items() if k != "prompt" and v is not None})
+        """Send an event to every callback; keep it in ``history`` (see :func:`history_record`)."""
+        record = history_record(ev)
+        if record is not None:
+            self.history.append(record)
         for cb in self.callbacks:
             cb(ev)
 

@@ -28,9 +28,11 @@ from pathlib import Path
 from .backbones import BackboneCache, parse_spec
 from .data import dataset_names, extract_zip_dataset, open_image, to_rgb
 from .errors import VPError
+from .heads import MAPPINGS
 from .model import PromptedModel
 from .prompt_file import check_backbone, read_metadata
-from .training import TrainConfig, Trainer, TrainEvent
+from .prompters import CLAMP_MODES, PROMPTERS
+from .training import TrainConfig, Trainer, TrainEvent, history_record
 from .utils import pick_device
 from .visualization import (
     amplitude,
@@ -45,9 +47,9 @@ from .zoo import USER_ZOO_DIR, ZOO_DIR, add_prompt, list_prompts
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 UPLOADED_DATASET = "upload a .zip of class folders"
-PROMPTER_KINDS = ["pad", "fixed_patch", "random_patch", "shrink_pad"]
-LABEL_MAPPINGS = ["iterative", "frequency", "first_k"]
-CLAMPS = ["straight-through", "none", "hard"]
+PROMPTER_KINDS = list(PROMPTERS)
+LABEL_MAPPINGS = list(MAPPINGS)
+CLAMPS = list(CLAMP_MODES)
 # backbones offered in the Train tab (any other spec can be typed); the first works offline
 TRAIN_BACKBONES = ["effnet-lite0@96", "effnet-lite0@64", "effnet-lite0", "clip:ViT-B-32/openai",
                    "clip:ViT-B-32/laion2b_s34b_b79k", "clip:ViT-B-16/openai"]
@@ -95,7 +97,7 @@ class VPApp:
         self.cfg = cfg or AppConfig()
         self.device = pick_device(self.cfg.device)
         self.cache = BackboneCache()
-        self._models: OrderedDict[tuple[str, float, str], tuple[PromptedModel, object]] = OrderedDict()
+        self._models: OrderedDict[tuple[str, float, str], PromptedModel] = OrderedDict()
         self._lock = threading.Lock()
         self.entries: dict[str, dict] = {}
         self.refresh_zoo()
@@ -163,32 +165,26 @@ class VPApp:
             raise VPError("Only prompts from the zoo, the Hub or an upload can be used here.")
         return resolve_prompt(choice)
 
-    def describe(self, choice: str | None, upload: str | None = None) -> str:
-        """A short Markdown line about the chosen prompt (or why it cannot be read)."""
+    def prompt_summary(self, choice: str | None, upload: str | None = None) -> tuple[str, list[str]]:
+        """What the Try tab shows when the prompt changes, reading (or pulling) the prompt once: a Markdown line
+        about it (or why it cannot be used), and the backbones to offer - its own first, then others that take
+        the same image size (to *see* that a prompt means nothing elsewhere; choosing one comes with a warning)."""
         try:
             meta = read_metadata(self.prompt_path(choice, upload))
         except VPError as e:
-            return f"**Cannot use this prompt:** {e}"
+            return f"**Cannot use this prompt:** {e}", [OWN_BACKBONE]
         met = meta.get("metrics", {})
         acc = (f"test top-1 **{_pct(met['test_top1'])}** with the prompt, {_pct(met.get('test_top1_no_prompt'))} "
                f"without" + (f" ({met['test_n']} images)" if met.get("test_n") else "")
                if met.get("test_top1") is not None else "no test numbers stored")
-        p = meta["prompter"]
-        return (f"**{p['kind']}** prompt ({p['size']} px at {p['image_size']} px) for `{meta['backbone']['spec']}` "
+        p, spec = meta["prompter"], meta["backbone"]["spec"]
+        text = (f"**{p['kind']}** prompt ({p['size']} px at {p['image_size']} px) for `{spec}` "
                 f"on **{meta.get('dataset') or '?'}**, {len(meta['class_names'])} classes: {acc}")
-
-    def backbone_choices(self, choice: str | None, upload: str | None = None) -> list[str]:
-        """The prompt's own backbone first, then others that take the same image size (to *see* that a prompt
-        means nothing elsewhere; choosing one always comes with a warning)."""
-        try:
-            meta = read_metadata(self.prompt_path(choice, upload))
-        except VPError:
-            return [OWN_BACKBONE]
-        spec, size = meta["backbone"]["spec"], meta["prompter"]["image_size"]
+        size = p["image_size"]
         others = [f"effnet-lite0@{size}" if size != 224 else "effnet-lite0", f"torchvision:resnet18@{size}"]
         if size == 224:
             others += ["clip:ViT-B-32/openai"]
-        return [OWN_BACKBONE] + [o for o in others if o != spec]
+        return text, [OWN_BACKBONE] + [o for o in others if o != spec]
 
     def model(self, path: str, backbone: str | None = None) -> tuple[PromptedModel, dict, str | None]:
         """The prompted model for a prompt file (cached), its metadata, and a warning when ``backbone`` is not
@@ -204,14 +200,13 @@ class VPApp:
             if hit is not None:
                 self._models.move_to_end(key)
         if hit is None:
-            model, pf = PromptedModel.from_prompt_file(path, device=self.device, cache=self.cache,
-                                                       backbone=use, allow_other_backbone=True)
-            hit = (model, pf.meta)
+            hit, _ = PromptedModel.from_prompt_file(path, device=self.device, cache=self.cache, backbone=use,
+                                                    allow_other_backbone=True)
             with self._lock:
                 self._models[key] = hit
                 while len(self._models) > self.cfg.max_models:
                     self._models.popitem(last=False)
-        return hit[0], hit[1], check_backbone(meta, use)
+        return hit, meta, check_backbone(meta, use)
 
     # -- Try ----------------------------------------------------------------------------------------------
     def predict(self, choice, upload, image, backbone: str | None = None,
@@ -356,7 +351,7 @@ class VPApp:
         thread = threading.Thread(target=work, name=f"train-{session}", daemon=True)
         t0 = time.perf_counter()
         thread.start()
-        history: list[dict] = []
+        records: list[dict] = []  # the curves so far, grown event by event
         prompt_pic, zero, best, val, total = None, None, None, None, 1
         last_yield = 0.0
         try:
@@ -365,7 +360,9 @@ class VPApp:
                 ev = events.get()
                 if ev is None:
                     break
-                history.append({k: v for k, v in ev.__dict__.items() if k != "prompt" and v is not None})
+                record = history_record(ev)
+                if record is not None:
+                    records += curve_records([record])  # eval events carry the no-prompt accuracy themselves
                 total = ev.total_steps
                 if ev.zero_shot_val_top1 is not None:
                     zero = ev.zero_shot_val_top1
@@ -377,8 +374,8 @@ class VPApp:
                 if ev.kind == "step" and now - last_yield < min_interval and ev.step != ev.total_steps:
                     continue
                 last_yield = now
-                yield TrainUpdate(ev.step / max(1, ev.total_steps), _status(ev, now - t0), curve_records(history),
-                                  prompt_pic, _accuracy(zero, val, best))
+                yield TrainUpdate(ev.step / max(1, ev.total_steps), _status(ev, now - t0), list(records), prompt_pic,
+                                  _accuracy(zero, val, best))
         finally:
             if thread.is_alive():  # the generator was closed early: end the run cleanly
                 stop_file.touch()
@@ -397,8 +394,8 @@ class VPApp:
                   f"**{_pct(m.get('test_top1'))}** with the prompt, {_pct(m.get('test_top1_no_prompt'))} without "
                   f"({m.get('test_n')} test images; the prompt was chosen on validation).")
         fraction = 1.0 if not res.interrupted else res.steps_done / max(1, total)
-        yield TrainUpdate(fraction, status, curve_records(res.history), prompt_pic, _accuracy(zero, val, res.metrics.get(
-            "best_val_top1")), res.best_path, True)
+        yield TrainUpdate(fraction, status, records, prompt_pic, _accuracy(zero, val, m.get("best_val_top1")),
+                          res.best_path, True)
 
     def add_to_zoo(self, path: str | None, name: str) -> str:
         """Copy a trained prompt into the user's zoo (``AppConfig.user_zoo_dir``) under ``name``."""
