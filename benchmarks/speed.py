@@ -88,7 +88,8 @@ def synthetic_splits(image_size: int, n: int = 64) -> DataSplits:
 # -- the three variants ----------------------------------------------------------------------------------------
 
 class LibraryStep:
-    """``Trainer.train_step``: prompt (clamped), frozen backbone, head, loss, backward, grad scale, SGD, projection."""
+    """``Trainer.advance``, the loop's step: prompt (clamped), frozen backbone, head, loss, backward, grad scale, SGD,
+    projection, and the step event (the previous step's loss and accuracy read from the device)."""
 
     def __init__(self, spec, device, batch, amp, cache):
         self.tmp = tempfile.TemporaryDirectory(prefix="vp-speed-")
@@ -99,7 +100,7 @@ class LibraryStep:
         self.normalized_input = False
 
     def __call__(self, x, y):
-        self.trainer.train_step(x, y)
+        self.trainer.advance(x, y)  # as the loop steps: train_step, the previous step's loss read one step late
 
 
 class LimitStep:

@@ -40,7 +40,7 @@ def throughput(spec: str, device: str, amp: bool, batch: int, steps: int, splits
         if t.device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        losses = [t.train_step(x, y)[0] for _ in range(steps)]
+        losses = [float(t.train_step(x, y)[0]) for _ in range(steps)]  # read each step: a sync, as a loop that logs
         if t.device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0

@@ -71,6 +71,8 @@ class TrainConfig:
     out_dir: str = "runs/latest"
     resume: bool = False
     num_workers: int = 2
+    test_without_prompt: bool = True  # also measure test accuracy without the prompt (a benchmark with its own
+    # no-prompt rows turns it off: it is one more pass over the test set per run)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,7 +125,8 @@ def history_record(ev: TrainEvent) -> dict | None:
 
 
 class StopTraining(Exception):
-    """Raise from a callback to end training cleanly (the best prompt stays on disk)."""
+    """Raise from a callback to end training cleanly (the best prompt stays on disk). Step events arrive one
+    step late (see :meth:`Trainer.advance`): raised on step k's event, the run ends after step k+1."""
 
 
 def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
@@ -196,6 +199,8 @@ class Trainer:
         self.last_path = os.path.join(self.out_dir, "last.safetensors")
         self.history: list[dict] = []
         self.step = 0
+        self._pending: tuple | None = None  # the step event advance() holds back until the next step is queued
+        self._last_step_time: float | None = None
         self.best_val = -1.0
         self.zero_shot_val: float | None = None
         self.baseline_mapping: list[int] | None = None
@@ -303,6 +308,10 @@ class Trainer:
             self._loop()
         except (KeyboardInterrupt, StopTraining):
             interrupted = True
+            try:
+                self.flush_step()  # the last step taken still gets its event
+            except (KeyboardInterrupt, StopTraining):
+                pass
         finally:
             self.save_last()
         if not os.path.isfile(self.best_path):  # stopped before the first evaluation: keep what there is
@@ -335,17 +344,45 @@ class Trainer:
                     break
                 if self.should_stop():
                     raise StopTraining
-                t0 = time.perf_counter()
-                x = to_model_input(images.to(self.device, non_blocking=True), S)
-                loss, acc, lr = self.train_step(x, labels)
-                dt = time.perf_counter() - t0
-                self.step += 1
-                self.emit(TrainEvent("step", self.step, self.total_steps, epoch=epoch, loss=loss, lr=lr,
-                                     train_acc=acc, images_per_s=len(labels) / max(dt, 1e-9)))
+                self.advance(to_model_input(images.to(self.device, non_blocking=True), S), labels, epoch)
                 if self.step % self.eval_every == 0 or self.step == self.total_steps:
+                    self.flush_step()
                     self.eval_and_checkpoint(epoch)
+                    self._last_step_time = None  # the evaluation's time is not a step's
+        self.flush_step()
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
+    def advance(self, x: torch.Tensor, y: torch.Tensor, epoch: int = 0) -> None:
+        """One step as the loop takes it: :meth:`train_step`, then the *previous* step's event. That step's loss and
+        accuracy are read from the device one step late, once this step is queued, so on a GPU the host does not
+        sit idle waiting for each step before it can queue the next (on CPU it changes nothing).
+        :meth:`flush_step` emits the one held back (before each evaluation and at the end)."""
+        if self._last_step_time is None:  # first step, or first after an evaluation: time it from here
+            self._last_step_time = time.perf_counter()
+        loss, acc, lr = self.train_step(x, y)
+        self.step += 1
+        previous, self._pending = self._pending, (self.step, epoch, loss, acc, lr, len(y))
+        self._emit_step(previous)
+
+    def flush_step(self) -> None:
+        """Emit the step event that :meth:`advance` holds back, if any."""
+        pending, self._pending = self._pending, None
+        self._emit_step(pending)
+
+    def _emit_step(self, pending: tuple | None) -> None:
+        """``images_per_s`` is measured between consecutive step events: steady-state throughput, the data
+        and the bookkeeping included."""
+        if pending is None:
+            return
+        step, epoch, loss, acc, lr, n = pending
+        loss, acc = float(loss), float(acc)  # waits for that step on the device
+        now = time.perf_counter()
+        dt, self._last_step_time = max(now - self._last_step_time, 1e-9), now
+        self.emit(TrainEvent("step", step, self.total_steps, epoch=epoch, loss=loss, lr=lr, train_acc=acc,
+                             images_per_s=n / dt))
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One SGD step on the prompt. Returns the loss and the batch accuracy as detached 0-d tensors on the
+        device (reading them waits for the device: :meth:`advance` does that one step late) and the lr."""
         cfg = self.cfg
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         lr = cosine_lr(self.step, self.total_steps, cfg.lr, self.warmup)
@@ -370,8 +407,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.prompter.project_()
-        acc = float((logits.argmax(1) == y).float().mean())
-        return float(loss.detach()), acc, lr
+        return loss.detach(), (logits.argmax(1) == y).float().mean(), lr
 
     def eval_and_checkpoint(self, epoch: int) -> None:
         val = self._validate()
@@ -394,11 +430,12 @@ class Trainer:
         best = PromptedModel(self.backbone, head, pf.prompter.to(self.device), self.class_names)
         best.baseline_mapping = self.model.baseline_mapping
         with_p = evaluate(best, self.splits.test, True, self.batch_size, self.cfg.amp)
-        without = evaluate(best, self.splits.test, False, self.batch_size, self.cfg.amp)
         metrics = {**pf.meta["metrics"], "test_top1": with_p.top1, "test_top5": with_p.top5,
-                   "test_top1_no_prompt": without.top1, "test_top5_no_prompt": without.top5,
                    "test_per_class": with_p.per_class, "test_n": with_p.n,
                    "best_val_top1": self.best_val, "steps": self.step}
+        if self.cfg.test_without_prompt:
+            without = evaluate(best, self.splits.test, False, self.batch_size, self.cfg.amp)
+            metrics.update(test_top1_no_prompt=without.top1, test_top5_no_prompt=without.top5)
         meta = pf.meta
         meta["metrics"] = metrics
         save_prompt(self.best_path, pf.prompter, meta)
