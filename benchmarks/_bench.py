@@ -146,13 +146,16 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(path: Path, title: str, command: str, machine: dict, body: str) -> str:
+def machine_line(machine: dict) -> str:
     dev = machine.get("device_name") or machine.get("device")
-    text = (f"### {title}\n\n    {command}\n\n{body}\n\n"
-            f"Machine: {machine.get('cpus_usable')} CPU cores ({machine.get('cpu')}), device {dev}, torch "
+    return (f"{machine.get('cpus_usable')} CPU cores ({machine.get('cpu')}), device {dev}, torch "
             f"{machine.get('torch')}, load average at start {machine.get('load_average_at_start')}; "
             f"{machine.get('date_utc')}, commit {str(machine.get('git_commit'))[:10]}"
-            f"{' (dirty)' if machine.get('git_dirty') else ''}.\n")
+            f"{' (dirty)' if machine.get('git_dirty') else ''}")
+
+
+def write_markdown(path: Path, title: str, command: str, machine: dict, body: str) -> str:
+    text = f"### {title}\n\n    {command}\n\n{body}\n\nMachine: {machine_line(machine)}.\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text

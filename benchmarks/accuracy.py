@@ -33,6 +33,7 @@ trained rows ~40 min, the two no-prompt rows ~1 min, the linear probe ~1-3 min: 
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tempfile
@@ -311,8 +312,12 @@ def parse_args(argv):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lp-max-iter", type=int, default=None, help="L-BFGS iterations per linear-probe fit (default 1000)")
     ap.add_argument("--runs-dir", default=None, help="keep each row's prompt files here (default: a temp folder)")
+    ap.add_argument("--render", action="store_true",
+                    help="run nothing: rewrite accuracy.md and accuracy.png from OUT/accuracy.json")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
+    if a.render:
+        return a
     smoke = a.smoke
     a.image_size = a.image_size or (32 if smoke else 96)
     a.train_size = a.train_size or (200 if smoke else 10000)
@@ -342,6 +347,10 @@ def main(argv: list[str] | None = None) -> dict:
     apply_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        doc = json.loads((out / "accuracy.json").read_text())
+        print(render(doc, out))
+        return doc
     device = pick_device(args.device)
     args.device = str(device)
     eval_batch = args.eval_batch_size or (args.batch_size if device.type == "cpu" else max(args.batch_size, 256))
@@ -392,20 +401,26 @@ def main(argv: list[str] | None = None) -> dict:
     doc["status"] = "complete"
     doc["total_seconds"] = round(time.perf_counter() - t0, 1)
     write_json(json_path, doc)
-    title = (f"{spec}, {splits.name}: {len(splits.train)} train, {len(splits.test)} test, "
-             f"{args.steps} steps x {args.batch_size}")
+    print(render(doc, out))
+    return doc
+
+
+def render(doc: dict, out: Path) -> str:
+    """accuracy.md and accuracy.png from an accuracy.json document."""
+    st = doc["settings"]
+    title = (f"{st['model']}, {st['dataset']}: {st['train_size']} train, {st['test_size']} test, "
+             f"{st['steps']} steps x {st['batch_size']}")
     plot(doc["rows"], out / "accuracy.png", title)
-    s = doc["summary"]
+    s = doc.get("summary") or summarize(doc["rows"])
     lines = [table(doc["rows"])]
     if "gap_points" in s:
+        total = f" Total {doc['total_seconds'] / 60:.1f} min." if doc.get("total_seconds") else ""
         lines.append(f"\nBest prompt: {s['best_prompt']} {100 * s['best_prompt_test_top1']:.2f}%; linear probe "
                      f"{100 * s['linear_probe_test_top1']:.2f}%; gap {s['gap_points']:+.2f} points "
-                     f"(goal {'met' if s['goal_met'] else 'not met'}). Total {doc['total_seconds'] / 60:.1f} min.")
+                     f"(goal {'met' if s['goal_met'] else 'not met'}).{total}")
     lines += [f"- {o}" for o in s["observations"]]
-    text = write_markdown(out / "accuracy.md", "Accuracy (Fashion-MNIST, frozen EfficientNet-Lite0)", doc["command"],
+    return write_markdown(out / "accuracy.md", "Accuracy (Fashion-MNIST, frozen EfficientNet-Lite0)", doc["command"],
                           doc["machine"], "\n".join(lines))
-    print(text)
-    return doc
 
 
 if __name__ == "__main__":

@@ -46,8 +46,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import (REPO, apply_threads, bench_parser, command_line, machine_info, markdown_table, median, pyplot,  # noqa: E402
-                    save_figure, sync, write_json, write_markdown)
+from _bench import (REPO, apply_threads, bench_parser, command_line, machine_info, machine_line, markdown_table,  # noqa: E402
+                    median, pyplot, save_figure, sync, write_json)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -229,7 +229,22 @@ def make_batch(image_size, batch, device, seed=0):
 
 # -- timing ----------------------------------------------------------------------------------------------------
 
-def time_model(spec, device, batch, amp, mode, steps, repeats, warmup, quiet=False) -> dict:
+def print_profiles(variants: dict, inputs: dict, y, device, steps: int = 5, rows: int = 15) -> None:
+    """Where a step's time goes: torch.profiler's ops by self device (else CPU) time, per variant."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for n, v in variants.items():
+        sync(device)
+        with profile(activities=acts) as prof:
+            for _ in range(steps):
+                v(inputs[n], y)
+            sync(device)
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(f"== profile: {n}, {steps} steps ==\n" + prof.key_averages().table(sort_by=key, row_limit=rows), flush=True)
+
+
+def time_model(spec, device, batch, amp, mode, steps, repeats, warmup, quiet=False, profile=False) -> dict:
     cache = BackboneCache()
     library = build_variant("library", spec, device, batch, amp, mode, cache)
     variants = {"library": library,
@@ -257,6 +272,8 @@ def time_model(spec, device, batch, amp, mode, steps, repeats, warmup, quiet=Fal
         if not quiet:
             print(f"    repeat {r + 1}/{repeats}: " + "  ".join(f"{n} {per_repeat[n][-1]:.1f}" for n in VARIANTS)
                   + " img/s", flush=True)
+    if profile:
+        print_profiles({n: variants[n] for n in ("library", "limit")}, inputs, y, device)
     out = {f"{n}_img_s": median(per_repeat[n]) for n in VARIANTS}
     out["per_repeat_img_s"] = per_repeat
     out["image_size"] = bb.image_size
@@ -437,6 +454,10 @@ def parse_args(argv):
                     help="measure each variant's peak memory in a fresh process (off: leave it null)")
     ap.add_argument("--fresh", action="store_true", help="do not merge with an existing speed.json")
     ap.add_argument("--probe-memory", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--render", action="store_true",
+                    help="run nothing: rewrite speed.md and speed.png from OUT/speed.json (e.g. after merging in the "
+                         "entries of a run on another machine)")
+    ap.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of library and limit")
     ap.add_argument("--quiet", action="store_true")
     return ap.parse_args(argv)
 
@@ -455,6 +476,10 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "speed.json"
+    if args.render:
+        doc = json.loads(json_path.read_text())
+        print(render(doc, out))
+        return doc
     doc = {"results": {}}
     if json_path.is_file() and not args.fresh:
         try:
@@ -478,7 +503,7 @@ def main(argv: list[str] | None = None) -> dict:
         warmup = args.warmup if args.warmup is not None else (1 if args.smoke or device.type != "cuda" else 3)
         if not args.quiet:
             print(f"-- {spec} on {device}: batch {batch}, {repeats} repeats x {steps} steps, AMP {amp}", flush=True)
-        r = time_model(spec, device, batch, amp, args.reference_amp, steps, repeats, warmup, args.quiet)
+        r = time_model(spec, device, batch, amp, args.reference_amp, steps, repeats, warmup, args.quiet, args.profile)
         r.update(batch_size=batch, steps=steps, repeats=repeats, warmup=warmup, amp=amp,
                  amp_dtype=str(amp_dtype(device)) if amp else None, reference_amp=args.reference_amp,
                  ratio_vs_limit=r["library_img_s"] / r["limit_img_s"],
@@ -500,10 +525,24 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"   library {r['library_img_s']:.1f}  limit {r['limit_img_s']:.1f}  reference "
                   f"{r['reference_img_s']:.1f} img/s; library/limit {r['ratio_vs_limit']:.2f}, "
                   f"library/reference {r['ratio_vs_reference']:.2f}", flush=True)
-    plot(doc["results"], out / "speed.png")
-    text = write_markdown(out / "speed.md", "Training speed against the limit", command, machine, table(doc["results"]))
-    print(text)
+    print(render(doc, out))
     return doc
+
+
+def render(doc: dict, out: Path) -> str:
+    """speed.md and speed.png from a speed.json's results (CPU and GPU entries may come from different runs and
+    machines: each entry's command and machine are listed)."""
+    plot(doc["results"], out / "speed.png")
+    entries = [(m, d, r) for m, per in doc["results"].items() for d, r in per.items()]
+    commands = list(dict.fromkeys(r["command"] for _, _, r in entries))
+    machines = {}
+    for m, d, r in entries:
+        machines.setdefault(machine_line(r["machine"]), []).append(f"{m} {d}")
+    text = ("### Training speed against the limit\n\n" + "".join(f"    {c}\n" for c in commands) + "\n"
+            + table(doc["results"]) + "\n\n"
+            + "".join(f"Machine ({', '.join(v)}): {k}.\n" for k, v in machines.items()))
+    (out / "speed.md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":
