@@ -97,9 +97,7 @@ def build_app(vp: VPApp | None = None) -> gr.Blocks:
 
     def refresh(include_hub):
         with user_errors():
-            names = vp.refresh_zoo(include_hub=include_hub)
-        for msg in vp.skipped:
-            gr.Warning(msg)
+            names = vp.refresh_zoo(include_hub=include_hub, warn=gr.Warning)
         table = pd.DataFrame(vp.zoo_rows(), columns=VPApp.ZOO_HEADERS)
         return vp.zoo_gallery(), table, gr.update(choices=names), gr.update(choices=names)
 

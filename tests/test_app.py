@@ -98,12 +98,46 @@ def test_inspect_shows_the_prompt_its_amplitude_spectrum_saliency_and_metadata(v
     assert vp.inspect(name, None, None)["saliency"] is None
 
 
+def test_a_repeated_prediction_reads_nothing_and_a_changed_file_is_reloaded(vp, name, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    import visual_prompting.ui as ui
+
+    path = str(tmp_path / "p.safetensors")
+    shutil.copy(vp.prompt_path(name), path)
+    first, meta, _ = vp.model(path)
+    reads = []
+    monkeypatch.setattr(ui, "read_metadata", lambda p, _orig=ui.read_metadata: reads.append(p) or _orig(p))
+    again, meta2, _ = vp.model(path)
+    assert again is first and meta2 is meta and reads == []
+    later = os.path.getmtime(path) + 10
+    os.utime(path, (later, later))  # the file changed (same name, new contents)
+    reloaded, _, _ = vp.model(path)
+    assert reloaded is not first and reads == [path]
+
+
 def test_zoo_rows_and_gallery_list_every_prompt(vp):
     rows, gallery = vp.zoo_rows(), vp.zoo_gallery()
     assert len(rows) == len(gallery) == len(vp.entries)
     for row, (name, e) in zip(rows, vp.entries.items()):
         assert row[0] == name and row[2] == e["meta"]["backbone"]["spec"]
         assert row[6].endswith("%")
+
+
+def test_refresh_hands_skipped_files_to_the_caller_who_asked(tmp_path):
+    """A broken file in the user's zoo is skipped with its reason, given to the refresh that found it (the app
+    shows it to that user); nothing is left on the shared app object for another session to read."""
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    (zoo / "broken.safetensors").write_bytes(b"not a prompt")
+    with pytest.warns(UserWarning, match="broken.safetensors"):  # no one to tell at start-up: a warning (the log)
+        app = VPApp(AppConfig(user_zoo_dir=zoo, work_dir=tmp_path / "work", device="cpu"))
+    told = []
+    names = app.refresh_zoo(warn=told.append)
+    assert len(told) == 1 and "broken.safetensors" in told[0]
+    assert not any("broken" in n for n in names) and names
+    assert not hasattr(app, "skipped")
 
 
 def train_cfg(vp, session, **kw):

@@ -51,6 +51,9 @@ def test_unreachable_hub_entries_are_skipped_with_a_reason(tmp_path, monkeypatch
         {"name": "remote", "repo_id": "someone/vp-prompt"}]}))
     with pytest.warns(UserWarning, match="Skipping Hub prompt remote"):
         assert list_prompts(tmp_path, include_hub=True) == []
+    skipped = []  # a caller that shows the reasons itself gets them instead of a warning
+    assert list_prompts(tmp_path, include_hub=True, skipped=skipped) == []
+    assert len(skipped) == 1 and skipped[0].startswith("Skipping Hub prompt remote")
 
 
 def test_index_file_is_committed():

@@ -98,11 +98,13 @@ class PromptedModel(nn.Module):
         images together (what the app and ``predict`` show side by side). ``with_images=True`` also returns the
         prompted images as 8-bit PIL images, from the same tensors (no second preprocessing)."""
         was = self.training
-        self.eval()
+        if was:  # (a loaded model is already in eval mode: no walk over every module per prediction)
+            self.eval()
         x = self.preprocess(images)
         px = self.prompt(x)
         out = self.backbone(torch.cat([x, px]))
-        self.train(was)
+        if was:
+            self.train()
         n = len(x)
         result = (self._top(self.logits(out[:n], False), k), self._top(self.logits(out[n:], True), k))
         if not with_images:

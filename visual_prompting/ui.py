@@ -97,24 +97,25 @@ class VPApp:
         self.cfg = cfg or AppConfig()
         self.device = pick_device(self.cfg.device)
         self.cache = BackboneCache()
-        self._models: OrderedDict[tuple[str, float, str], PromptedModel] = OrderedDict()
+        self._models: OrderedDict[tuple[str, float, str], tuple[PromptedModel, dict, str | None]] = OrderedDict()
         self._lock = threading.Lock()
         self.entries: dict[str, dict] = {}
         self.refresh_zoo()
 
     # -- the zoo ------------------------------------------------------------------------------------------
-    def refresh_zoo(self, include_hub: bool = False) -> list[str]:
-        """Re-read the shipped zoo, the user's zoo and (``include_hub``) the index's Hub entries; the names."""
-        entries = {}
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for e in list_prompts(self.cfg.zoo_dir, include_hub=include_hub):
-                entries[e["name"]] = {**e, "source": "hub" if (e["index"] or {}).get("repo_id") else "zoo"}
-            if Path(self.cfg.user_zoo_dir).is_dir():
-                for e in list_prompts(self.cfg.user_zoo_dir):
-                    entries[f"my/{e['name']}"] = {**e, "source": "yours"}
-        self.skipped = [str(w.message) for w in caught]
+    def refresh_zoo(self, include_hub: bool = False, warn: Callable[[str], None] | None = None) -> list[str]:
+        """Re-read the shipped zoo, the user's zoo and (``include_hub``) the index's Hub entries; the names. Files
+        or Hub entries that were skipped go to ``warn`` (the app: a toast for the user who asked), else are
+        issued as warnings."""
+        entries, skipped = {}, []
+        for e in list_prompts(self.cfg.zoo_dir, include_hub=include_hub, skipped=skipped):
+            entries[e["name"]] = {**e, "source": "hub" if (e["index"] or {}).get("repo_id") else "zoo"}
+        if Path(self.cfg.user_zoo_dir).is_dir():
+            for e in list_prompts(self.cfg.user_zoo_dir, skipped=skipped):
+                entries[f"my/{e['name']}"] = {**e, "source": "yours"}
         self.entries = entries
+        for msg in skipped:
+            (warn or warnings.warn)(msg)
         return list(entries)
 
     def zoo_rows(self) -> list[list]:
@@ -187,26 +188,28 @@ class VPApp:
         return text, [OWN_BACKBONE] + [o for o in others if o != spec]
 
     def model(self, path: str, backbone: str | None = None) -> tuple[PromptedModel, dict, str | None]:
-        """The prompted model for a prompt file (cached), its metadata, and a warning when ``backbone`` is not
-        the one the prompt was trained for."""
-        meta = read_metadata(path)
-        spec = meta["backbone"]["spec"]
-        use = spec if backbone in (None, "", OWN_BACKBONE) else backbone
-        if use != spec:
-            parse_spec(use)
-        key = (os.path.abspath(path), os.path.getmtime(path), use)
+        """The prompted model for a prompt file (cached with its metadata, by path, modification time and
+        backbone: a repeated prediction reads nothing from disk), its metadata, and a warning when ``backbone`` is
+        not the one the prompt was trained for."""
+        own = backbone in (None, "", OWN_BACKBONE)
+        key = (os.path.abspath(path), os.path.getmtime(path), OWN_BACKBONE if own else backbone)
         with self._lock:
             hit = self._models.get(key)
             if hit is not None:
                 self._models.move_to_end(key)
         if hit is None:
-            hit, _ = PromptedModel.from_prompt_file(path, device=self.device, cache=self.cache, backbone=use,
-                                                    allow_other_backbone=True)
+            meta = read_metadata(path)
+            use = meta["backbone"]["spec"] if own else backbone
+            if not own:
+                parse_spec(use)
+            model, _ = PromptedModel.from_prompt_file(path, device=self.device, cache=self.cache, backbone=use,
+                                                      allow_other_backbone=True)
+            hit = (model, meta, check_backbone(meta, use))
             with self._lock:
                 self._models[key] = hit
                 while len(self._models) > self.cfg.max_models:
                     self._models.popitem(last=False)
-        return hit, meta, check_backbone(meta, use)
+        return hit
 
     # -- Try ----------------------------------------------------------------------------------------------
     def predict(self, choice, upload, image, backbone: str | None = None,

@@ -41,11 +41,14 @@ def load_index(folder: str | Path = ZOO_DIR) -> list[dict]:
     return entries
 
 
-def list_prompts(folder: str | Path = ZOO_DIR, include_hub: bool = False) -> list[dict]:
+def list_prompts(folder: str | Path = ZOO_DIR, include_hub: bool = False,
+                 skipped: list[str] | None = None) -> list[dict]:
     """``[{"name", "path", "meta", "index"}]``: every readable prompt file in ``folder`` (with its index entry, if
     any), plus, with ``include_hub``, the index's Hub entries that can be pulled now. Unreadable files and Hub
-    entries that cannot be reached are skipped with a warning that says why."""
+    entries that cannot be reached are skipped with a message that says why: appended to ``skipped`` when it is
+    given (a caller that shows them itself, e.g. the app, per user), else issued as a warning."""
     folder = Path(folder)
+    skip = skipped.append if skipped is not None else warnings.warn
     by_path = {e["path"]: e for e in load_index(folder) if e.get("path")}
     out = []
     for path in sorted(folder.glob("**/*.safetensors")):
@@ -53,7 +56,7 @@ def list_prompts(folder: str | Path = ZOO_DIR, include_hub: bool = False) -> lis
         try:
             meta = read_metadata(path)
         except VPError as e:
-            warnings.warn(f"Skipping {path}: {e}")
+            skip(f"Skipping {path}: {e}")
             continue
         entry = by_path.get(rel)
         out.append({"name": entry["name"] if entry else str(Path(rel).with_suffix("")), "path": str(path),
@@ -67,7 +70,7 @@ def list_prompts(folder: str | Path = ZOO_DIR, include_hub: bool = False) -> lis
             try:
                 path = pull_prompt(e["repo_id"], e.get("filename"), e.get("revision"))
             except VPError as err:
-                warnings.warn(f"Skipping Hub prompt {e['name']}: {err}")
+                skip(f"Skipping Hub prompt {e['name']}: {err}")
                 continue
             out.append({"name": e["name"], "path": path, "meta": read_metadata(path), "index": e})
     return out
