@@ -159,3 +159,23 @@ def test_torchvision_backbones_offline_say_so_and_random_weights_work(monkeypatc
     bb = load_backbone("torchvision:resnet18/random@32")
     assert bb.kind == "classifier" and len(bb.source_classes) == 1000 and bb.image_size == 32
     assert bb(torch.rand(1, 3, 32, 32)).shape == (1, 1000)
+
+
+def test_eval_mode_restores_the_mode_and_leaves_an_eval_model_alone():
+    from torch import nn
+
+    from visual_prompting.utils import eval_mode
+
+    m = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+    with eval_mode(m):
+        assert not m.training and not m[1].training
+    assert m.training and m[1].training
+    with pytest.raises(RuntimeError), eval_mode(m):
+        raise RuntimeError("boom")
+    assert m.training  # restored on error too
+    m.eval()
+    calls = []
+    m.train = lambda mode=True: calls.append(mode)  # a model already in eval mode is not walked at all
+    with eval_mode(m):
+        pass
+    assert calls == []

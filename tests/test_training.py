@@ -1,11 +1,9 @@
-import json
-import math
 import os
 
 import pytest
 import torch
 
-from visual_prompting import TrainConfig, VPError, load_prompt, train
+from visual_prompting import TrainConfig, VPError, load_prompt
 from visual_prompting.data import load_splits
 from visual_prompting.training import StopTraining, Trainer, cosine_lr
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from .data import ImageSet, to_model_input
 from .model import PromptedModel
-from .utils import autocast
+from .utils import autocast, eval_mode
 
 
 @dataclass
@@ -27,9 +27,7 @@ class EvalResult:
 def logits_over(model: PromptedModel, data: ImageSet, use_prompt: bool = True, batch_size: int = 256,
                 amp: bool = True, source: bool = False):
     """Yield ``(logits, labels)`` batch by batch (``source=True``: the backbone's own outputs, no head)."""
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for images, labels in data.batches(batch_size):
             # uint8 goes to the device (4x less to copy than float), then becomes the model input there
             x = to_model_input(images.to(model.device, non_blocking=True), model.image_size)
@@ -37,8 +35,6 @@ def logits_over(model: PromptedModel, data: ImageSet, use_prompt: bool = True, b
                 x = model.prompt(x) if use_prompt else x
                 out = model.backbone(x) if source else model.logits(model.backbone(x), use_prompt)
             yield out.float(), labels.to(model.device)
-    finally:
-        model.train(was)
 
 
 def evaluate(model: PromptedModel, data: ImageSet, use_prompt: bool = True, batch_size: int = 256,

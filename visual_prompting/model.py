@@ -13,6 +13,7 @@ from .data import pil_to_uint8, to_model_input
 from .errors import VPError
 from .heads import create_head
 from .prompters import Prompter
+from .utils import eval_mode
 
 
 def _to_pil(images: torch.Tensor) -> list:
@@ -73,10 +74,8 @@ class PromptedModel(nn.Module):
     @torch.no_grad()
     def prompted_images(self, images) -> list:
         """The prompted images as 8-bit RGB PIL images (what you would save as PNG and classify again)."""
-        was = self.training
-        self.eval()
-        x = self.prompt(self.preprocess(images))
-        self.train(was)
+        with eval_mode(self):
+            x = self.prompt(self.preprocess(images))
         return _to_pil(x)
 
     def _top(self, logits: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
@@ -86,10 +85,8 @@ class PromptedModel(nn.Module):
     @torch.no_grad()
     def predict(self, images, k: int = 5, use_prompt: bool = True) -> list[list[tuple[str, float]]]:
         """Top-k (class name, probability) for each image."""
-        was = self.training
-        self.eval()
-        logits = self(self.preprocess(images), use_prompt=use_prompt)
-        self.train(was)
+        with eval_mode(self):
+            logits = self(self.preprocess(images), use_prompt=use_prompt)
         return self._top(logits, k)
 
     @torch.no_grad()
@@ -97,14 +94,10 @@ class PromptedModel(nn.Module):
         """``(zero_shot, prompted)`` top-k for each image, from one forward pass over the plain and the prompted
         images together (what the app and ``predict`` show side by side). ``with_images=True`` also returns the
         prompted images as 8-bit PIL images, from the same tensors (no second preprocessing)."""
-        was = self.training
-        if was:  # (a loaded model is already in eval mode: no walk over every module per prediction)
-            self.eval()
-        x = self.preprocess(images)
-        px = self.prompt(x)
-        out = self.backbone(torch.cat([x, px]))
-        if was:
-            self.train()
+        with eval_mode(self):
+            x = self.preprocess(images)
+            px = self.prompt(x)
+            out = self.backbone(torch.cat([x, px]))
         n = len(x)
         result = (self._top(self.logits(out[:n], False), k), self._top(self.logits(out[n:], True), k))
         if not with_images:
@@ -134,7 +127,7 @@ class PromptedModel(nn.Module):
             indices = None
         head = create_head(bb, pf.meta["class_names"], templates=head_meta.get("templates"),
                            mapping=head_meta.get("method", "first_k"), mapping_indices=indices)
-        model = cls(bb, head, pf.prompter.to(device).eval(), pf.meta["class_names"])
+        model = cls(bb, head, pf.prompter.to(device), pf.meta["class_names"]).eval()  # a loaded model predicts
         baseline = pf.meta.get("metrics", {}).get("baseline_mapping")
         if baseline and head_meta["kind"] == "label_mapping" and not other:
             model.baseline_mapping = torch.tensor(baseline, dtype=torch.long, device=bb.mean.device)

@@ -44,3 +44,17 @@ def autocast(device: torch.device, enabled: bool = True):
     if not enabled or dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """Evaluation mode inside the block, the module's own mode again after it (also on error). A module that is
+    already in eval mode is left alone: switching walks every submodule (hundreds in EfficientNet), on every call."""
+    was = module.training
+    if was:
+        module.eval()
+    try:
+        yield module
+    finally:
+        if was:
+            module.train()

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from .errors import VPError
+from .utils import eval_mode
 
 # a perceptually ordered dark-to-bright colour ramp (sampled from matplotlib's "magma"), interpolated linearly
 _MAGMA = np.array([[0, 0, 4], [28, 16, 68], [79, 18, 123], [129, 37, 129], [181, 54, 122], [229, 80, 100],
@@ -44,12 +45,9 @@ def enlarge(img: Image.Image, min_size: int = 256) -> Image.Image:
 
 def _delta_and_mask(prompter) -> tuple[torch.Tensor, torch.Tensor]:
     """The prompt where it sits at evaluation (random patch: its fixed place) and the (3, S, S) bool mask."""
-    was = prompter.training
-    prompter.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(prompter):
         delta = prompter.delta().detach().float().cpu()
         mask = prompter.mask().detach().float().cpu().expand_as(delta) > 0
-    prompter.train(was)
     return delta, mask
 
 
@@ -98,15 +96,12 @@ def saliency(model, image, min_size: int = 256) -> tuple[Image.Image, str]:
     """Where the prompted model looks: |d logit / d input| of its top prompted class, for every pixel of the
     prompted image (max over channels, scaled to its 99th percentile), laid over a dimmed copy of that image.
     Returns the overlay and the class it explains. The backbone's weights are not touched (they stay frozen)."""
-    was = model.training
-    model.eval()
-    x = model.preprocess([image])
-    with torch.enable_grad():
+    with eval_mode(model), torch.enable_grad():
+        x = model.preprocess([image])
         px = model.prompt(x).detach().requires_grad_(True)
         logits = model.logits(model.backbone(px), True)
         top = int(logits[0].argmax())
         logits[0, top].backward()
-    model.train(was)
     g = px.grad[0].abs().amax(0).float().cpu().numpy()
     heat = np.asarray(colorize(g, vmax=float(np.percentile(g, 99)) or None), dtype=np.float32)
     base = px[0].detach().float().cpu().mean(0, keepdim=True).expand(3, -1, -1).permute(1, 2, 0).numpy() * 255
