@@ -174,7 +174,7 @@ def cmd_train(a) -> int:
     print(f"best prompt: {res.best_path}  (last: {res.last_path})")
     print(f"test top-1   no prompt {_pct(m.get('test_top1_no_prompt'))}   prompted {_pct(m['test_top1'])}   "
           f"({m['test_n']} images)")
-    print(f"test top-5   no prompt {_pct(m['test_top5_no_prompt'])}   prompted {_pct(m['test_top5'])}")
+    print(f"test top-5   no prompt {_pct(m.get('test_top5_no_prompt'))}   prompted {_pct(m['test_top5'])}")
     print(f"val  top-1   no prompt {_pct(m.get('zero_shot_val_top1'))}   prompted {_pct(m.get('best_val_top1'))}")
     return 130 if res.interrupted else 0
 
