@@ -50,17 +50,17 @@ class PrompterConfig:
 
 def to_8bit(x: torch.Tensor) -> torch.Tensor:
     """Clamp to [0, 1] and round to the 256 levels of an 8-bit image."""
-    return x.clamp(0.0, 1.0).mul(255.0).round().div(255.0)
+    return x.clamp(0.0, 1.0).mul_(255.0).round_().div_(255.0)  # one new tensor (clamp's), the rest in place
 
 
 class _StraightThrough8bit(torch.autograd.Function):
-    """Forward: exactly :func:`to_8bit` (one new tensor, rounded in place). Backward: identity. The same
+    """Forward: exactly :func:`to_8bit`. Backward: identity. The same
     gradient as ``x + (to_8bit(x) - x).detach()`` with two fewer image-sized passes and no temporaries kept,
     and the forward output is exactly on the 8-bit levels (that form can be off by a rounding error)."""
 
     @staticmethod
     def forward(ctx, x):
-        return x.clamp(0.0, 1.0).mul_(255.0).round_().div_(255.0)
+        return to_8bit(x)
 
     @staticmethod
     def backward(ctx, grad):
