@@ -418,11 +418,10 @@ def model_card(meta: dict, repo_id: str | None = None, num_parameters: int | Non
 
 
 def _kind_text(pc: dict) -> str:
+    from .prompters import PROMPTERS
+
     k, p, s = pc["kind"], pc["size"], pc["image_size"]
-    return {"pad": f"a frame {p} px wide around the {s} px image",
-            "fixed_patch": f"a {p} x {p} px patch at the top-left of the {s} px image",
-            "random_patch": f"a {p} x {p} px patch of the {s} px image",
-            "shrink_pad": f"the image shrunk to {s - 2 * p} px inside a learned {p} px frame"}.get(k, f"{k}, size {p}")
+    return PROMPTERS[k].card_text(p, s) if k in PROMPTERS else f"{k}, size {p}"
 
 
 # -- push ------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ Clamp modes (``clamp``):
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -28,15 +29,15 @@ from torch import nn
 
 from .errors import VPError
 
-CLAMP_MODES = ("straight-through", "hard", "none")
-INITS = ("zeros", "randn")
+INITS: dict[str, str] = {"zeros": "all zeros (no change at the start)",
+                         "randn": "Gaussian noise, the reference code's"}
 
 
 @dataclass
 class PrompterConfig:
     """Everything needed to rebuild a prompter (stored in the prompt file's metadata)."""
 
-    kind: str = "pad"  # pad | fixed_patch | random_patch | shrink_pad
+    kind: str = "pad"  # a key of PROMPTERS
     image_size: int = 224
     size: int = 30  # pad width, or patch side
     clamp: str = "straight-through"
@@ -72,10 +73,56 @@ def straight_through_clamp(x: torch.Tensor) -> torch.Tensor:
     return _StraightThrough8bit.apply(x)
 
 
+# -- clamp modes: name -> what it does to the prompted image (see the module's docstring) ---------------------
+
+@dataclass(frozen=True)
+class ClampMode:
+    name: str
+    description: str  # one line, for the CLI's help, the app and the model card
+    apply: Callable[[torch.Tensor], torch.Tensor]
+    projects: bool = True  # keep the prompt in [-1, 1] after each step (useless beyond that when clamped)
+
+
+CLAMP_MODES: dict[str, ClampMode] = {}
+
+
+def register_clamp(name: str, description: str, projects: bool = True):
+    """Decorator: register ``fn(prompted) -> image`` as the clamp mode ``name``."""
+    def add(fn: Callable[[torch.Tensor], torch.Tensor]):
+        CLAMP_MODES[name] = ClampMode(name, description, fn, projects)
+        return fn
+    return add
+
+
+register_clamp("straight-through", "clamped output, gradient passes")(straight_through_clamp)
+
+
+@register_clamp("hard", "plain clamp")
+def hard_clamp(x: torch.Tensor) -> torch.Tensor:
+    c = x.clamp(0.0, 1.0)
+    return c + (to_8bit(c) - c).detach()
+
+
+@register_clamp("none", "paper, unclamped", projects=False)
+def no_clamp(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 class Prompter(nn.Module):
     """Base class: holds the config, the clamp and the helpers shared by every prompt design."""
 
     kind = "base"
+    description = ""  # one line: the CLI's help, the app's choices and the model card read it
+
+    @classmethod
+    def default_size(cls, image_size: int) -> int:
+        """The prompt size when none is given: a quarter of the side (patches); frames override it."""
+        return max(1, image_size // 4)
+
+    @classmethod
+    def card_text(cls, size: int, image_size: int) -> str:
+        """What the prompt is, in words, with its sizes (the model card's text)."""
+        return f"{cls.kind} ({cls.description}), size {size} at {image_size} px"
 
     def __init__(self, cfg: PrompterConfig):
         super().__init__()
@@ -100,7 +147,7 @@ class Prompter(nn.Module):
     @torch.no_grad()
     def project_(self) -> None:
         """Keep the prompt where it can still act: [-1, 1] when the output is clamped."""
-        if self.cfg.clamp != "none":
+        if CLAMP_MODES[self.cfg.clamp].projects:
             for p in self.parameters():
                 p.clamp_(-1.0, 1.0)
 
@@ -113,12 +160,7 @@ class Prompter(nn.Module):
             )
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.clamp == "straight-through":
-            return straight_through_clamp(x)
-        if self.cfg.clamp == "hard":
-            c = x.clamp(0.0, 1.0)
-            return c + (to_8bit(c) - c).detach()
-        return x
+        return CLAMP_MODES[self.cfg.clamp].apply(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self._check(images)
@@ -137,16 +179,40 @@ class Prompter(nn.Module):
         raise NotImplementedError
 
 
+PROMPTERS: dict[str, type[Prompter]] = {}
+
+
+def register_prompter(cls: type[Prompter]) -> type[Prompter]:
+    """Class decorator: make a prompter kind known to :func:`create_prompter`, the CLI, the app and the model card.
+    The class sets ``kind`` (its name), ``description`` (one line) and, if a quarter of the side is not right,
+    the classmethod ``default_size(image_size)``."""
+    if not cls.kind or cls.kind == Prompter.kind or not cls.description:
+        raise ValueError(f"{cls.__name__} needs its own `kind` and a one-line `description` to be registered.")
+    PROMPTERS[cls.kind] = cls
+    return cls
+
+
 def _pad_delta(up, down, left, right, s: int, p: int) -> torch.Tensor:
     centre = torch.zeros(3, s - 2 * p, s - 2 * p, device=up.device, dtype=up.dtype)
     middle = torch.cat([left, centre, right], dim=2)
     return torch.cat([up, middle, down], dim=1)
 
 
+@register_prompter
 class PadPrompter(Prompter):
     """A frame of width p around the image (the paper's default: p=30 at 224, 69,840 numbers)."""
 
     kind = "pad"
+    description = "frame around the image (paper default)"
+
+    @classmethod
+    def default_size(cls, image_size: int) -> int:
+        """The paper's 30 px at 224 px, scaled to the input size."""
+        return max(1, round(30 * image_size / 224))
+
+    @classmethod
+    def card_text(cls, size: int, image_size: int) -> str:
+        return f"a frame {size} px wide around the {image_size} px image"
 
     def __init__(self, cfg: PrompterConfig):
         super().__init__(cfg)
@@ -171,10 +237,16 @@ class PadPrompter(Prompter):
         return images + self.delta().to(images.dtype)
 
 
+@register_prompter
 class FixedPatchPrompter(Prompter):
     """A p x p patch at the top-left corner."""
 
     kind = "fixed_patch"
+    description = "square at the top-left"
+
+    @classmethod
+    def card_text(cls, size: int, image_size: int) -> str:
+        return f"a {size} x {size} px patch at the top-left of the {image_size} px image"
 
     def __init__(self, cfg: PrompterConfig):
         super().__init__(cfg)
@@ -201,11 +273,17 @@ class FixedPatchPrompter(Prompter):
         return images + self.delta().to(images.dtype)
 
 
+@register_prompter
 class RandomPatchPrompter(FixedPatchPrompter):
     """A p x p patch at a random place: a new place for every batch while training; at evaluation one fixed
     place drawn from ``cfg.seed``, so results are repeatable."""
 
     kind = "random_patch"
+    description = "square at a random place"
+
+    @classmethod
+    def card_text(cls, size: int, image_size: int) -> str:
+        return f"a {size} x {size} px patch of the {image_size} px image"
 
     def __init__(self, cfg: PrompterConfig):
         super().__init__(cfg)
@@ -226,12 +304,18 @@ class RandomPatchPrompter(FixedPatchPrompter):
         return super().forward(images)
 
 
+@register_prompter
 class ShrinkPadPrompter(PadPrompter):
     """The image is shrunk to S-2p and the learned frame fills the border (no overlap with the image).
 
     The frame starts grey (0.5, close to the backbone's mean colour, like EVP's zero in normalised space)."""
 
     kind = "shrink_pad"
+    description = "image shrunk inside the frame"
+
+    @classmethod
+    def card_text(cls, size: int, image_size: int) -> str:
+        return f"the image shrunk to {image_size - 2 * size} px inside a learned {size} px frame"
     base = 0.5
 
     def _prompt(self, images: torch.Tensor) -> torch.Tensor:
@@ -240,11 +324,6 @@ class ShrinkPadPrompter(PadPrompter):
         canvas = F.pad(inner, (p, p, p, p), value=0.0)
         frame = (self.base + self.delta()) * self.mask().to(images.device)
         return canvas + frame.to(images.dtype)
-
-
-PROMPTERS: dict[str, type[Prompter]] = {
-    c.kind: c for c in (PadPrompter, FixedPatchPrompter, RandomPatchPrompter, ShrinkPadPrompter)
-}
 
 
 def create_prompter(cfg: PrompterConfig | None = None, **overrides) -> Prompter:

@@ -39,7 +39,7 @@ from .heads import (
 )
 from .model import PromptedModel
 from .prompt_file import build_metadata, load_prompt, save_prompt
-from .prompters import PrompterConfig, create_prompter
+from .prompters import PROMPTERS, PrompterConfig, create_prompter
 from .utils import amp_dtype, autocast, pick_device, seed_everything
 
 
@@ -138,9 +138,10 @@ def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
 
 
 def default_prompt_size(kind: str, image_size: int) -> int:
-    if kind in ("pad", "shrink_pad"):
-        return max(1, round(30 * image_size / 224))
-    return max(1, image_size // 4)
+    """The prompter kind's own default (see :meth:`Prompter.default_size`)."""
+    if kind not in PROMPTERS:
+        raise VPError(f"Unknown prompter kind {kind!r}; choose one of {', '.join(PROMPTERS)}.")
+    return PROMPTERS[kind].default_size(image_size)
 
 
 def templates_for(cfg: TrainConfig, dataset_key: str) -> list[str]:
