@@ -5,24 +5,111 @@
 * :class:`LabelMappingHead` - for vision-only models: each new class reads one source (ImageNet) logit.
   The mapping is the paper's hard-coded first-k, or is learned from how often each source class is
   predicted for each target class (frequency mapping, FLM); iterative mapping (ILM) recomputes it every
-  epoch with the current prompt (the trainer does that through :func:`frequency_mapping`).
+  epoch with the current prompt. The head owns all of it: the method (:data:`MAPPINGS`), fitting itself from
+  prediction counts (:meth:`LabelMappingHead.fit`) and the no-prompt baseline mapping.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .backbones import Backbone, ClipBackbone
+from .classnames import CLIP_TEMPLATES, PAPER_TEMPLATE
 from .errors import VPError
 
-PAPER_TEMPLATE = "This is a photo of a {}"
-MAPPINGS = ("first_k", "frequency", "iterative")
+
+# -- registries: text template sets (CLIP) and label-mapping methods (vision-only models) -------------------------
+
+@dataclass(frozen=True)
+class TemplateSet:
+    name: str
+    description: str
+    templates: Callable[[str], list[str]]  # canonical dataset name -> templates
 
 
-class ClipTextHead(nn.Module):
+TEMPLATE_SETS: dict[str, TemplateSet] = {
+    "paper": TemplateSet("paper", f"the paper's '{PAPER_TEMPLATE}'", lambda dataset: [PAPER_TEMPLATE]),
+    "ensemble": TemplateSet("ensemble", "CLIP's ensemble for the dataset",
+                            lambda dataset: CLIP_TEMPLATES.get(dataset, [PAPER_TEMPLATE])),
+}
+
+
+def templates_for(name: str, dataset_key: str) -> list[str]:
+    if name not in TEMPLATE_SETS:
+        raise VPError(f"Unknown templates {name!r}; use {' or '.join(repr(k) for k in TEMPLATE_SETS)}.")
+    return TEMPLATE_SETS[name].templates(dataset_key)
+
+
+@dataclass(frozen=True)
+class MappingMethod:
+    name: str
+    description: str  # one line: CLI help, the app, the model card
+    fits_from_data: bool = False  # fitted from prediction counts (with the prompt) before training
+    refit_each_epoch: bool = False  # and again at every epoch
+
+
+MAPPINGS: dict[str, MappingMethod] = {}
+
+
+def register_mapping(method: MappingMethod) -> MappingMethod:
+    MAPPINGS[method.name] = method
+    return method
+
+
+register_mapping(MappingMethod("first_k", "paper"))
+register_mapping(MappingMethod("frequency", "once, from data", fits_from_data=True))
+register_mapping(MappingMethod("iterative", "recomputed every epoch", fits_from_data=True, refit_each_epoch=True))
+
+
+# -- heads ------------------------------------------------------------------------------------------------------
+
+class Head(nn.Module):
+    """What turns backbone outputs into class logits. ``forward(outputs, use_prompt)``: a head may answer
+    differently for unprompted inputs (its no-prompt baseline). Heads that learn from data say so with
+    ``fits_from_data`` / ``needs_refit_each_epoch`` and take prediction counts in :meth:`fit`."""
+
+    kind = "base"
+    fits_from_data = False  # fit(counts) with the prompt before training
+    needs_refit_each_epoch = False
+    needs_counts = False  # wants prediction counts at all (e.g. for its baseline)
+
+    def fit(self, counts: torch.Tensor, baseline: bool = False) -> None:
+        """Fit from a (num_source, num_target) count matrix; ``baseline``: counts taken without a prompt."""
+
+    def baseline_indices(self) -> list[int] | None:
+        return None
+
+    def restore(self, head_meta: dict, metrics: dict | None = None) -> None:
+        """Take back what :meth:`describe` and the metrics stored (a resumed run, the best prompt)."""
+
+    def describe(self) -> dict:
+        return {"kind": self.kind}
+
+    @staticmethod
+    def text(meta: dict) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+HEADS: dict[str, type[Head]] = {}
+
+
+def register_head(cls: type[Head]) -> type[Head]:
+    HEADS[cls.kind] = cls
+    return cls
+
+
+def head_text(meta: dict) -> str:
+    """A head's stored metadata in words (the CLI's ``info`` and the model card)."""
+    cls = HEADS.get(meta.get("kind"))
+    return cls.text(meta) if cls else str(meta.get("kind", "?"))
+
+
+@register_head
+class ClipTextHead(Head):
     kind = "clip_text"
 
     def __init__(self, backbone: ClipBackbone, class_names: list[str], templates: list[str]):
@@ -42,16 +129,27 @@ class ClipTextHead(nn.Module):
             per_class.append(F.normalize(f.mean(0), dim=-1))  # CLIP's template ensemble
         return torch.stack(per_class)
 
-    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+    def forward(self, image_features: torch.Tensor, use_prompt: bool = True) -> torch.Tensor:
         f = F.normalize(image_features.float(), dim=-1)
         return self.logit_scale * f @ self.text_features.t()
 
     def describe(self) -> dict:
         return {"kind": self.kind, "templates": self.templates}
 
+    @staticmethod
+    def text(meta: dict) -> str:
+        t = meta.get("templates") or ["?"]
+        return f"CLIP text classifier ({len(t)} template(s), e.g. `{t[0]}`)"
 
-class LabelMappingHead(nn.Module):
+
+@register_head
+class LabelMappingHead(Head):
+    """Each new class reads one source logit: ``mapping[i]``. The head owns its method (:data:`MAPPINGS`), fits
+    itself from prediction counts (:meth:`fit`), and keeps the mapping found *without* a prompt as its no-prompt
+    baseline: unprompted inputs read that one, so "no prompt" is the fair comparison, not the prompt's mapping."""
+
     kind = "label_mapping"
+    needs_counts = True
 
     def __init__(self, mapping: Iterable[int], num_source: int, method: str = "first_k"):
         super().__init__()
@@ -65,15 +163,44 @@ class LabelMappingHead(nn.Module):
         self.method = method
         self.num_source = num_source
         self.register_buffer("mapping", mapping, persistent=False)
+        self.baseline: torch.Tensor | None = None  # the mapping found without a prompt, when known
 
-    def set_mapping(self, mapping: torch.Tensor) -> None:
-        self.mapping = mapping.to(self.mapping.device, torch.long)
+    @property
+    def fits_from_data(self) -> bool:
+        return MAPPINGS[self.method].fits_from_data
 
-    def forward(self, source_logits: torch.Tensor) -> torch.Tensor:
-        return source_logits[:, self.mapping].float()
+    @property
+    def needs_refit_each_epoch(self) -> bool:
+        return MAPPINGS[self.method].refit_each_epoch
+
+    def set_mapping(self, mapping) -> None:
+        self.mapping = torch.as_tensor(mapping).to(self.mapping.device, torch.long)
+
+    def set_baseline(self, mapping) -> None:
+        self.baseline = None if mapping is None else torch.as_tensor(mapping, dtype=torch.long,
+                                                                     device=self.mapping.device)
+
+    def fit(self, counts: torch.Tensor, baseline: bool = False) -> None:
+        (self.set_baseline if baseline else self.set_mapping)(frequency_mapping(counts))
+
+    def baseline_indices(self) -> list[int] | None:
+        return None if self.baseline is None else self.baseline.tolist()
+
+    def restore(self, head_meta: dict, metrics: dict | None = None) -> None:
+        self.set_mapping(head_meta["mapping"])
+        if metrics is not None and metrics.get("baseline_mapping"):
+            self.set_baseline(metrics["baseline_mapping"])
+
+    def forward(self, source_logits: torch.Tensor, use_prompt: bool = True) -> torch.Tensor:
+        mapping = self.mapping if use_prompt or self.baseline is None else self.baseline.to(source_logits.device)
+        return source_logits[:, mapping].float()
 
     def describe(self) -> dict:
         return {"kind": self.kind, "method": self.method, "mapping": self.mapping.tolist(), "num_source": self.num_source}
+
+    @staticmethod
+    def text(meta: dict) -> str:
+        return f"label mapping `{meta.get('method', '')}` onto the backbone's {meta.get('num_source', '?')} classes"
 
 
 def first_k_mapping(num_target: int, num_source: int) -> torch.Tensor:

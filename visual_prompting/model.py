@@ -29,8 +29,6 @@ class PromptedModel(nn.Module):
         super().__init__()
         self.backbone, self.head, self.prompter = backbone, head, prompter
         self.class_names = list(class_names)
-        # label mapping found *without* a prompt (frequency / iterative runs): what "no prompt" means for them
-        self.baseline_mapping: torch.Tensor | None = None
         if prompter is not None and prompter.cfg.image_size != backbone.image_size:
             raise VPError(f"The prompt is for {prompter.cfg.image_size}px images but {backbone.spec} takes "
                           f"{backbone.image_size}px; use '{backbone.spec.split('@')[0]}@{prompter.cfg.image_size}'.")
@@ -57,11 +55,9 @@ class PromptedModel(nn.Module):
         return self.head(self.backbone(prompted))
 
     def logits(self, outputs: torch.Tensor, use_prompt: bool = True) -> torch.Tensor:
-        """Backbone outputs -> class logits. Without a prompt, a label-mapping model reads the mapping that was
-        found without one (when known), so "no prompt" is the fair baseline, not the prompt's own mapping."""
-        if not use_prompt and self.baseline_mapping is not None:
-            return outputs[:, self.baseline_mapping.to(outputs.device)].float()
-        return self.head(outputs)
+        """Backbone outputs -> class logits. Without a prompt the head gives its no-prompt baseline (a label
+        mapping reads the mapping found without a prompt, when known: the fair comparison)."""
+        return self.head(outputs, use_prompt)
 
     def preprocess(self, images) -> torch.Tensor:
         """PIL images or uint8 tensors -> float [0, 1] batch on the model's device."""
@@ -127,8 +123,7 @@ class PromptedModel(nn.Module):
             indices = None
         head = create_head(bb, pf.meta["class_names"], templates=head_meta.get("templates"),
                            mapping=head_meta.get("method", "first_k"), mapping_indices=indices)
+        if not other:
+            head.restore(head_meta, pf.meta.get("metrics", {}))
         model = cls(bb, head, pf.prompter.to(device), pf.meta["class_names"]).eval()  # a loaded model predicts
-        baseline = pf.meta.get("metrics", {}).get("baseline_mapping")
-        if baseline and head_meta["kind"] == "label_mapping" and not other:
-            model.baseline_mapping = torch.tensor(baseline, dtype=torch.long, device=bb.mean.device)
         return model, pf

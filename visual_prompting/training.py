@@ -26,17 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from .backbones import Backbone, BackboneCache, ClipBackbone, load_backbone
-from .classnames import CLIP_TEMPLATES, PAPER_TEMPLATE
 from .data import DataSplits, canonical_name, load_splits, to_model_input
 from .errors import VPError
 from .evaluation import evaluate, logits_over
-from .heads import (
-    MAPPINGS,
-    LabelMappingHead,
-    create_head,
-    frequency_mapping,
-    prediction_counts,
-)
+from .heads import create_head, prediction_counts
+from .heads import templates_for as _templates_for
 from .model import PromptedModel
 from .prompt_file import build_metadata, load_prompt, save_prompt
 from .prompters import PROMPTERS, PrompterConfig, create_prompter
@@ -145,11 +139,7 @@ def default_prompt_size(kind: str, image_size: int) -> int:
 
 
 def templates_for(cfg: TrainConfig, dataset_key: str) -> list[str]:
-    if cfg.templates == "paper":
-        return [PAPER_TEMPLATE]
-    if cfg.templates == "ensemble":
-        return CLIP_TEMPLATES.get(dataset_key, [PAPER_TEMPLATE])
-    raise VPError(f"Unknown templates {cfg.templates!r}; use 'paper' or 'ensemble'.")
+    return _templates_for(cfg.templates, dataset_key)
 
 
 class Trainer:
@@ -170,8 +160,6 @@ class Trainer:
                                             val_fraction=cfg.val_fraction, num_workers=cfg.num_workers)
         self.class_names = self.splits.class_names
         self.is_clip = isinstance(self.backbone, ClipBackbone)
-        if not self.is_clip and cfg.label_mapping not in MAPPINGS:
-            raise VPError(f"Unknown label mapping {cfg.label_mapping!r}; use first_k, frequency or iterative.")
         self.templates = templates_for(cfg, canonical_name(self.splits.name)) if self.is_clip else None
         size = cfg.prompt_size or default_prompt_size(cfg.prompter, S)
         self.prompter = create_prompter(
@@ -204,9 +192,8 @@ class Trainer:
         self._last_step_time: float | None = None
         self.best_val = -1.0
         self.zero_shot_val: float | None = None
-        self.baseline_mapping: list[int] | None = None
-        self.mapping_set = None  # the train images that (re)compute a frequency / iterative mapping, taken once
-        if isinstance(head, LabelMappingHead):  # also for first_k: the no-prompt baseline uses a fitted mapping
+        self.mapping_set = None  # the train images a head fits itself on (label mappings), taken once
+        if head.needs_counts:  # also for first_k: the no-prompt baseline uses a fitted mapping
             n = len(self.splits.train)
             idx = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[: min(n, cfg.mapping_samples)]
             self.mapping_set = self.splits.train.subset(idx)
@@ -220,26 +207,25 @@ class Trainer:
         for cb in self.callbacks:
             cb(ev)
 
-    # -- label mapping ------------------------------------------------------------------------------------
-    def compute_mapping(self, use_prompt: bool) -> torch.Tensor:
+    # -- the head fits itself (label mapping) ---------------------------------------------------------------
+    def fit_head(self, use_prompt: bool = True) -> None:
+        """Count the backbone's top source class per target class on the mapping images and let the head fit
+        itself (``use_prompt=False``: its no-prompt baseline)."""
         counts = torch.zeros(len(self.backbone.source_classes), len(self.class_names), dtype=torch.long)
         for logits, labels in logits_over(self.model, self.mapping_set, use_prompt, self.batch_size, self.cfg.amp,
                                           source=True):
             counts += prediction_counts(logits, labels, len(self.class_names))
-        return frequency_mapping(counts)
-
-    def head_meta(self) -> dict:
-        return self.model.head.describe()
+        self.model.head.fit(counts, baseline=not use_prompt)
 
     # -- checkpoints --------------------------------------------------------------------------------------
     def metadata(self, metrics: dict) -> dict:
         return build_metadata(
-            self.prompter, backbone=self.backbone.describe(), class_names=self.class_names, head=self.head_meta(),
+            self.prompter, backbone=self.backbone.describe(), class_names=self.class_names, head=self.model.head.describe(),
             dataset=self.splits.name, train_config=self.cfg.to_dict(), metrics=metrics)
 
     def save_best(self, val_top1: float) -> None:
         metrics = {"val_top1": val_top1, "zero_shot_val_top1": self.zero_shot_val, "step": self.step,
-                   "baseline_mapping": self.baseline_mapping}
+                   "baseline_mapping": self.model.head.baseline_indices()}
         save_prompt(self.best_path, self.prompter, self.metadata(metrics))
 
     def save_last(self) -> None:
@@ -248,7 +234,7 @@ class Trainer:
                  if self.optimizer.state.get(p, {}).get("momentum_buffer") is not None}
         state["rng"] = torch.get_rng_state()
         metrics = {"step": self.step, "best_val_top1": self.best_val, "zero_shot_val_top1": self.zero_shot_val,
-                   "baseline_mapping": self.baseline_mapping}
+                   "baseline_mapping": self.model.head.baseline_indices()}
         save_prompt(self.last_path, self.prompter, self.metadata(metrics), state=state)
         with open(os.path.join(self.out_dir, "history.json"), "w") as f:
             json.dump(self.history, f)
@@ -271,9 +257,7 @@ class Trainer:
         self.step = int(m["step"])
         self.best_val = float(m.get("best_val_top1", -1.0))
         self.zero_shot_val = m.get("zero_shot_val_top1")
-        self._set_baseline(m.get("baseline_mapping"))
-        if isinstance(self.model.head, LabelMappingHead):
-            self.model.head.set_mapping(torch.tensor(pf.meta["head"]["mapping"]))
+        self.model.head.restore(pf.meta["head"], m)
         hist = os.path.join(self.out_dir, "history.json")
         if os.path.isfile(hist):
             with open(hist) as f:
@@ -285,13 +269,9 @@ class Trainer:
         """Validation accuracy with no prompt: the number every prompt is compared with. For a classifier it reads
         the frequency mapping found *without* a prompt, whatever mapping the prompt trains with - with the
         hard-coded first-k mapping an unprompted model is at chance, which would flatter any prompt."""
-        if isinstance(self.model.head, LabelMappingHead):
-            self._set_baseline(self.compute_mapping(use_prompt=False).tolist())
+        if self.model.head.needs_counts:
+            self.fit_head(use_prompt=False)
         return evaluate(self.model, self.splits.val, use_prompt=False, batch_size=self.batch_size, amp=self.cfg.amp).top1
-
-    def _set_baseline(self, mapping: list[int] | None) -> None:
-        self.baseline_mapping = mapping
-        self.model.baseline_mapping = None if mapping is None else torch.tensor(mapping, device=self.device)
 
     def run(self) -> TrainResult:
         cfg = self.cfg
@@ -299,8 +279,8 @@ class Trainer:
         resumed = self.try_resume()
         if not resumed:
             self.zero_shot_val = self._baseline()
-            if isinstance(self.model.head, LabelMappingHead) and cfg.label_mapping in ("frequency", "iterative"):
-                self.model.head.set_mapping(self.compute_mapping(use_prompt=True))
+            if self.model.head.fits_from_data:
+                self.fit_head()
         self.emit(TrainEvent("start", self.step, self.total_steps, zero_shot_val_top1=self.zero_shot_val,
                              message=f"{self.prompter.num_parameters():,} trainable numbers; "
                                      f"{len(self.splits.train)} train / {len(self.splits.val)} val images"))
@@ -330,11 +310,10 @@ class Trainer:
     def _loop(self) -> None:
         cfg, model = self.cfg, self.model
         S = self.backbone.image_size
-        iterative = isinstance(model.head, LabelMappingHead) and cfg.label_mapping == "iterative"
         while self.step < self.total_steps:
             epoch, skip = divmod(self.step, self.steps_per_epoch)
-            if iterative and skip == 0 and epoch > 0:
-                model.head.set_mapping(self.compute_mapping(use_prompt=True))
+            if model.head.needs_refit_each_epoch and skip == 0 and epoch > 0:
+                self.fit_head()
                 self.emit(TrainEvent("mapping", self.step, self.total_steps, epoch=epoch,
                                      message=f"label mapping recomputed: {model.head.mapping.tolist()}"))
             gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
@@ -426,10 +405,8 @@ class Trainer:
         run's backbone and head (the text features are not encoded again)."""
         pf = load_prompt(self.best_path)
         head = self.model.head
-        if isinstance(head, LabelMappingHead):
-            head.set_mapping(torch.tensor(pf.meta["head"]["mapping"]))
+        head.restore(pf.meta["head"])  # the mapping the best prompt was saved with (the baseline stays)
         best = PromptedModel(self.backbone, head, pf.prompter.to(self.device), self.class_names)
-        best.baseline_mapping = self.model.baseline_mapping
         with_p = evaluate(best, self.splits.test, True, self.batch_size, self.cfg.amp)
         metrics = {**pf.meta["metrics"], "test_top1": with_p.top1, "test_top5": with_p.top5,
                    "test_per_class": with_p.per_class, "test_n": with_p.n,
