@@ -59,6 +59,7 @@ from visual_prompting.backbones import BackboneCache  # noqa: E402
 from visual_prompting.data import canonical_name, dataset_names  # noqa: E402
 from visual_prompting.errors import VPError  # noqa: E402
 from visual_prompting.hub import prepare_upload, push_prompt  # noqa: E402
+from visual_prompting.settings import add_arguments, from_args  # noqa: E402
 from visual_prompting.training import TrainConfig, train  # noqa: E402
 
 PAPER_MODEL = "clip:ViT-B-32/openai"
@@ -79,7 +80,6 @@ PAPER_CAVEAT = ("The paper's visual-prompt numbers are approximate (\"about N\" 
 # -- command line ----------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
     ap = argparse.ArgumentParser(
         prog="python scripts/reproduce_paper.py", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,36 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--datasets", nargs="+", default=DEFAULT_DATASETS, metavar="NAME",
                    help=f"datasets, run in this order: library names ({', '.join(dataset_names())}) or folders "
                    "of class folders (default: %(default)s)")
-    g.add_argument("--model", default=PAPER_MODEL, help="backbone spec, as for `python -m visual_prompting train "
-                   "--model` (default: %(default)s, the paper's CLIP ViT-B/32)")
-    g.add_argument("--prompter", default=d.prompter, choices=["pad", "fixed_patch", "random_patch", "shrink_pad"],
-                   help="prompt design (default: %(default)s, the paper's padding frame)")
-    g.add_argument("--prompt-size", type=int, default=None, help="pad width in pixels (default: the library's, "
-                   "30 at 224 px scaled to the input size, as the paper)")
-    g.add_argument("--templates", default=d.templates, choices=["paper", "ensemble"],
-                   help="CLIP text templates: 'paper' = \"This is a photo of a {}\" (default), 'ensemble' = "
-                   "CLIP's templates for the dataset. The zero-shot column uses the same templates.")
+    add_arguments(g, TrainConfig, ["model", "prompter", "prompt_size", "templates"], defaults={"model": PAPER_MODEL},
+                  helps={"model": "backbone spec, as for `python -m visual_prompting train --model` (default: "
+                                  "%(default)s, the paper's CLIP ViT-B/32)"})
     g = ap.add_argument_group("recipe (defaults: the paper's, i.e. the library's TrainConfig)")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="epochs per dataset (default: %(default)s)")
-    g.add_argument("--steps", type=int, default=None, help="a step budget per dataset; overrides --epochs")
-    g.add_argument("--batch-size", type=int, default=None, help="default: the library's, 256 for CLIP (paper)")
-    g.add_argument("--lr", type=float, default=d.lr, help="learning rate in the paper's units (default: %(default)s)")
-    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (default: %(default)s)")
-    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
-                   help="linear warm-up steps, at most a tenth of a run (default: %(default)s)")
-    g.add_argument("--eval-every", type=int, default=None,
-                   help="validate every N steps (default: the library's, once an epoch)")
-    g.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
-    g.add_argument("--device", default=d.device, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps "
-                   "(default: %(default)s)")
-    g.add_argument("--no-amp", dest="amp", action="store_false", help="disable mixed precision on CUDA")
-    g.add_argument("--num-workers", type=int, default=d.num_workers,
-                   help="image decoding workers for datasets too large to hold decoded (default: %(default)s)")
+    add_arguments(g, TrainConfig, ["epochs", "steps", "batch_size", "lr", "momentum", "warmup_steps", "eval_every",
+                                   "seed", "device", "amp", "num_workers"])
     g = ap.add_argument_group("data and output")
-    g.add_argument("--data-root", default=None, help="where torchvision datasets are / are downloaded (default: "
-                   "$VP_DATA or ~/.cache/visual_prompting/data)")
-    g.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
-                   help="download missing torchvision datasets (needs internet; default: on)")
+    add_arguments(g, TrainConfig, ["data_root", "download"], defaults={"download": True},
+                  helps={"download": "download missing torchvision datasets (needs internet; default: on)"})
     g.add_argument("--out-dir", default="runs/paper", help="one sub-folder per dataset, plus results.json and "
                    "results.md (default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue each dataset from OUT_DIR/DATASET/"
@@ -187,11 +166,8 @@ def progress(key: str, quiet: bool):
 
 
 def train_config(a, name: str, out: Path) -> TrainConfig:
-    return TrainConfig(model=a.model, dataset=name, data_root=a.data_root, download=a.download, prompter=a.prompter,
-                       prompt_size=a.prompt_size, templates=a.templates, epochs=a.epochs, steps=a.steps,
-                       batch_size=a.batch_size, lr=a.lr, momentum=a.momentum, warmup_steps=a.warmup_steps,
-                       eval_every=a.eval_every, seed=a.seed, device=a.device, amp=a.amp, out_dir=str(out),
-                       resume=a.resume, num_workers=a.num_workers)
+    """The run for one dataset: the options that are TrainConfig fields (generated from it), this dataset and folder."""
+    return from_args(TrainConfig, a, dataset=name, out_dir=str(out))
 
 
 def share(a, key: str, best_path: str, row: dict) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 
 from .errors import VPError
 
@@ -20,64 +19,16 @@ EPILOG_TRAIN = """examples:
 
 
 def _add_train(sub) -> None:
+    from .settings import add_arguments
     from .training import TrainConfig
 
-    d = TrainConfig()
     p = sub.add_parser("train", help="learn a visual prompt for a frozen model",
                        description="Learn one visual prompt for a frozen backbone on a dataset. Defaults follow the "
                                    "paper (SGD lr 40, momentum 0.9, warm-up then cosine). The best prompt by "
                                    "validation accuracy is written to OUT_DIR/best.safetensors as training goes; "
                                    "Ctrl-C stops cleanly and keeps it.",
                        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=d.model, help="backbone spec: effnet-lite0 (offline), clip:NAME/TAG "
-                   "(e.g. clip:ViT-B-32/openai), torchvision:NAME; append @SIZE to change the input size "
-                   "(default: %(default)s)")
-    p.add_argument("--dataset", default=d.dataset, help="fashion_mnist_subset (bundled), a torchvision name "
-                   "(cifar10, cifar100, svhn, eurosat, flowers102, dtd, oxford_pets, food101, gtsrb, mnist, "
-                   "fashion_mnist) or a folder of class folders (default: %(default)s)")
-    p.add_argument("--data-root", default=None, help="where torchvision datasets live / are downloaded "
-                   "(default: $VP_DATA or ~/.cache/visual_prompting/data)")
-    p.add_argument("--download", action="store_true", help="download a torchvision dataset if it is missing")
-    p.add_argument("--prompter", default=d.prompter, choices=["pad", "fixed_patch", "random_patch", "shrink_pad"],
-                   help="prompt design: pad = frame around the image (paper default), fixed_patch = square at the "
-                   "top-left, random_patch = square at a random place, shrink_pad = image shrunk inside the frame "
-                   "(default: %(default)s)")
-    p.add_argument("--prompt-size", type=int, default=None, help="pad width or patch side in pixels (default: "
-                   "30 at 224px scaled to the input size for pads, a quarter of the side for patches)")
-    p.add_argument("--clamp", default=d.clamp, choices=["straight-through", "hard", "none"],
-                   help="keep prompted images in [0,1]: straight-through (clamped output, gradient passes), hard "
-                   "(plain clamp), none (paper, unclamped) (default: %(default)s)")
-    p.add_argument("--init", default=d.init, choices=["zeros", "randn"],
-                   help="prompt initialisation; randn is the reference code's (default: %(default)s)")
-    p.add_argument("--templates", default=d.templates, choices=["paper", "ensemble"],
-                   help="CLIP text templates: the paper's 'This is a photo of a {}' or CLIP's ensemble for the "
-                   "dataset (default: %(default)s)")
-    p.add_argument("--label-mapping", default=d.label_mapping, choices=["first_k", "frequency", "iterative"],
-                   help="vision-only models: first_k (paper), frequency (once, from data) or iterative "
-                   "(recomputed every epoch) (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs (default: %(default)s, as the paper)")
-    p.add_argument("--steps", type=int, default=None, help="a step budget instead of epochs")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 256 for CLIP, 128 for vision models")
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate in the paper's units (normalised input "
-                   "space; scaled per channel by std^2 for the pixel-space prompt) (default: %(default)s)")
-    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (default: %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
-                   help="linear warm-up steps, at most a tenth of the run (default: %(default)s)")
-    p.add_argument("--eval-every", type=int, default=None, help="validate every N steps (default: once an "
-                   "epoch, at least ten times a run)")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
-                   help="share of train held out to pick the best prompt (default: %(default)s)")
-    p.add_argument("--mapping-samples", type=int, default=d.mapping_samples,
-                   help="train images used to compute frequency / iterative mappings (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="disable mixed precision on CUDA")
-    p.add_argument("--out-dir", default=d.out_dir, help="where best.safetensors, last.safetensors and "
-                   "history.json go (default: %(default)s)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.safetensors")
-    p.add_argument("--num-workers", type=int, default=d.num_workers,
-                   help="image decoding workers for datasets too large to cache (default: %(default)s)")
+    add_arguments(p, TrainConfig)  # every option comes from TrainConfig's fields (help, choices, checks)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -145,9 +96,10 @@ def _pct(x) -> str:
 
 
 def cmd_train(a) -> int:
+    from .settings import from_args
     from .training import TrainConfig, train
 
-    cfg = TrainConfig.from_dict({f.name: getattr(a, f.name) for f in fields(TrainConfig) if hasattr(a, f.name)})
+    cfg = from_args(TrainConfig, a)
     bar = None
 
     def progress(ev):
@@ -246,6 +198,7 @@ def cmd_info(a) -> int:
         print("backbones: effnet-lite0 (offline), clip:NAME/TAG (open_clip), clip:vp-tiny (random, tests), "
               "torchvision:NAME; append @SIZE to change the input size")
         return 0
+    from .heads import head_text
     from .prompt_file import load_prompt
 
     pf = load_prompt(a.prompt)
@@ -260,10 +213,7 @@ def cmd_info(a) -> int:
     print(f"backbone      {m['backbone']['spec']}")
     print(f"dataset       {m.get('dataset', '')}")
     print(f"classes       {len(m['class_names'])}: {', '.join(m['class_names'][:10])}{' ...' if len(m['class_names']) > 10 else ''}")
-    if head["kind"] == "clip_text":
-        print(f"head          CLIP text classifier, {len(head['templates'])} template(s): {head['templates'][0]!r}")
-    else:
-        print(f"head          label mapping ({head['method']}): {head['mapping']}")
+    print(f"head          {head_text(head)}" + (f": {head['mapping']}" if "mapping" in head else ""))
     for k, v in m.get("metrics", {}).items():
         if isinstance(v, float):
             print(f"  {k:24s} {v:.4f}")

@@ -29,8 +29,7 @@ from torch import nn
 
 from .errors import VPError
 
-INITS: dict[str, str] = {"zeros": "all zeros (no change at the start)",
-                         "randn": "Gaussian noise, the reference code's"}
+INITS: dict[str, str] = {"zeros": "no change at the start", "randn": "Gaussian noise, the reference code's"}
 
 
 @dataclass

@@ -29,44 +29,72 @@ from .backbones import Backbone, BackboneCache, ClipBackbone, load_backbone
 from .data import DataSplits, canonical_name, load_splits, to_model_input
 from .errors import VPError
 from .evaluation import evaluate, logits_over
-from .heads import create_head, prediction_counts
+from .heads import MAPPINGS, TEMPLATE_SETS, create_head, prediction_counts
 from .heads import templates_for as _templates_for
 from .model import PromptedModel
 from .prompt_file import build_metadata, load_prompt, save_prompt
-from .prompters import PROMPTERS, PrompterConfig, create_prompter
+from .prompters import CLAMP_MODES, INITS, PROMPTERS, PrompterConfig, create_prompter
+from .settings import check_config, listing, setting
 from .utils import amp_dtype, autocast, pick_device, seed_everything
+
+
+def _choice_help(intro: str, registry: dict, fmt: str = "{name} = {description}") -> Callable[[], str]:
+    return lambda: f"{intro}{listing(registry, fmt)} (default: %(default)s)"
 
 
 @dataclass
 class TrainConfig:
-    model: str = "effnet-lite0"
-    dataset: str = "fashion_mnist_subset"
-    data_root: str | None = None
-    download: bool = False
-    prompter: str = "pad"
-    prompt_size: int | None = None  # pad: 30 at 224 scaled to the input size; patches: a quarter of the side
-    clamp: str = "straight-through"
-    init: str = "zeros"
-    templates: str = "paper"  # CLIP: "paper" (one template) or "ensemble" (CLIP's templates for the dataset)
-    label_mapping: str = "iterative"  # vision models: first_k (paper) | frequency | iterative
-    epochs: int = 1000
-    steps: int | None = None  # a step budget; overrides epochs
-    batch_size: int | None = None  # 256 for CLIP, 128 for vision models (paper)
-    lr: float = 40.0  # paper units (normalised space)
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    warmup_steps: int = 1000
-    eval_every: int | None = None  # steps; default once an epoch, and at least ten times a run
-    val_fraction: float = 0.1
-    mapping_samples: int = 5000  # train images used to (re)compute a frequency / iterative mapping
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    out_dir: str = "runs/latest"
-    resume: bool = False
-    num_workers: int = 2
-    test_without_prompt: bool = True  # also measure test accuracy without the prompt (a benchmark with its own
-    # no-prompt rows turns it off: it is one more pass over the test set per run)
+    """One training run. Each field carries its help, choices and checks (:mod:`visual_prompting.settings`): the
+    CLI's ``train`` options, the app's checks and ``scripts/reproduce_paper.py`` are generated from them."""
+
+    model: str = setting("effnet-lite0", "backbone spec: effnet-lite0 (offline), clip:NAME/TAG (e.g. "
+                         "clip:ViT-B-32/openai), torchvision:NAME; append @SIZE to change the input size "
+                         "(default: %(default)s)")
+    dataset: str = setting("fashion_mnist_subset", "fashion_mnist_subset (bundled), a torchvision name (cifar10, "
+                           "cifar100, svhn, eurosat, flowers102, dtd, oxford_pets, food101, gtsrb, mnist, "
+                           "fashion_mnist) or a folder of class folders (default: %(default)s)")
+    data_root: str | None = setting(None, "where torchvision datasets live / are downloaded (default: $VP_DATA or "
+                                    "~/.cache/visual_prompting/data)")
+    download: bool = setting(False, "download a torchvision dataset if it is missing")
+    prompter: str = setting("pad", _choice_help("prompt design: ", PROMPTERS), choices=lambda: PROMPTERS)
+    prompt_size: int | None = setting(None, "pad width or patch side in pixels (default: the kind's own: 30 at "
+                                      "224px scaled to the input size for pads, a quarter of the side for patches)",
+                                      low=1, label="Prompt size")
+    clamp: str = setting("straight-through", _choice_help("keep prompted images in [0,1]: ", CLAMP_MODES, "{name} ({description})"),
+                         choices=lambda: CLAMP_MODES)
+    init: str = setting("zeros", _choice_help("prompt initialisation: ", INITS, "{name} ({description})"), choices=lambda: INITS)
+    templates: str = setting("paper", _choice_help("CLIP text templates: ", TEMPLATE_SETS),
+                             choices=lambda: TEMPLATE_SETS)
+    label_mapping: str = setting("iterative", _choice_help("vision-only models: ", MAPPINGS, "{name} ({description})"),
+                                 choices=lambda: MAPPINGS)
+    epochs: int = setting(1000, "epochs (default: %(default)s, as the paper)", low=1, label="Epochs")
+    steps: int | None = setting(None, "a step budget instead of epochs", low=1, label="Steps")
+    batch_size: int | None = setting(None, "default: 256 for CLIP, 128 for vision models", low=1,
+                                     label="Batch size")
+    lr: float = setting(40.0, "learning rate in the paper's units (normalised input space; scaled per channel by "
+                        "std^2 for the pixel-space prompt) (default: %(default)s)", low=0, low_open=True,
+                        label="The learning rate", hint=" (the paper uses 40)")
+    momentum: float = setting(0.9, "SGD momentum (default: %(default)s)", low=0, label="Momentum")
+    weight_decay: float = setting(0.0, "(default: %(default)s)", low=0, label="Weight decay")
+    warmup_steps: int = setting(1000, "linear warm-up steps, at most a tenth of the run (default: %(default)s)",
+                                low=0, label="Warm-up steps")
+    eval_every: int | None = setting(None, "validate every N steps (default: once an epoch, at least ten times a "
+                                     "run)", low=1, label="Eval every")
+    val_fraction: float = setting(0.1, "share of train held out to pick the best prompt (default: %(default)s)",
+                                  low=0, high=1, label="Validation fraction")
+    mapping_samples: int = setting(5000, "train images used to compute frequency / iterative mappings (default: "
+                                   "%(default)s)", low=1, label="Mapping samples")
+    seed: int = setting(0, "(default: %(default)s)", label="Seed")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
+    amp: bool = setting(True, "disable mixed precision on CUDA", flag="--no-amp")
+    out_dir: str = setting("runs/latest", "where best.safetensors, last.safetensors and history.json go "
+                           "(default: %(default)s)")
+    resume: bool = setting(False, "continue from OUT_DIR/last.safetensors")
+    num_workers: int = setting(2, "image decoding workers for datasets too large to cache (default: %(default)s)",
+                               low=0, label="Workers")
+    # also measure test accuracy without the prompt (a benchmark with its own no-prompt rows turns it off: it is
+    # one more pass over the test set per run)
+    test_without_prompt: bool = setting(True, cli=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,6 +177,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, callbacks: list[Callable[[TrainEvent], None]] | None = None,
                  should_stop: Callable[[], bool] | None = None, cache: BackboneCache | None = None,
                  splits: DataSplits | None = None):
+        check_config(cfg)
         self.cfg = cfg
         self.callbacks = list(callbacks or [])
         self.should_stop = should_stop or (lambda: False)
