@@ -28,11 +28,10 @@ from pathlib import Path
 from .backbones import BackboneCache, parse_spec
 from .data import dataset_names, extract_zip_dataset, open_image, to_rgb
 from .errors import VPError
-from .heads import MAPPINGS
 from .model import PromptedModel
 from .prompt_file import check_backbone, read_metadata
-from .prompters import CLAMP_MODES, PROMPTERS
-from .training import TrainConfig, Trainer, TrainEvent, history_record
+from .settings import choices, parse_value
+from .training import TrainConfig, Trainer, TrainEvent, TrainResult, history_record
 from .utils import pick_device
 from .visualization import (
     amplitude,
@@ -47,9 +46,26 @@ from .zoo import USER_ZOO_DIR, ZOO_DIR, add_prompt, list_prompts
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 UPLOADED_DATASET = "upload a .zip of class folders"
-PROMPTER_KINDS = list(PROMPTERS)
-LABEL_MAPPINGS = list(MAPPINGS)
-CLAMPS = list(CLAMP_MODES)
+# the Train tab's choices, from the registries through TrainConfig's fields (see train_choices: that one also
+# sees kinds registered after this module was imported)
+TRAIN_CHOICE_FIELDS = ("prompter", "label_mapping", "clamp")
+
+
+def train_choices() -> dict[str, list[str]]:
+    """The Train tab's choices now, by TrainConfig field: ``{"prompter": [...], "label_mapping": [...], ...}``."""
+    return {name: choices(TrainConfig, name) for name in TRAIN_CHOICE_FIELDS}
+
+
+def choice_info(name: str) -> str:
+    """One line per choice of a field (``kind: description``) for the app's info text."""
+    from .heads import MAPPINGS
+    from .prompters import CLAMP_MODES, PROMPTERS
+
+    registry = {"prompter": PROMPTERS, "label_mapping": MAPPINGS, "clamp": CLAMP_MODES}[name]
+    return "; ".join(f"{k}: {getattr(v, 'description', v)}" for k, v in registry.items())
+
+
+PROMPTER_KINDS, LABEL_MAPPINGS, CLAMPS = (train_choices()[n] for n in TRAIN_CHOICE_FIELDS)  # at import time
 # backbones offered in the Train tab (any other spec can be typed); the first works offline
 TRAIN_BACKBONES = ["effnet-lite0@96", "effnet-lite0@64", "effnet-lite0", "clip:ViT-B-32/openai",
                    "clip:ViT-B-32/laion2b_s34b_b79k", "clip:ViT-B-16/openai"]
@@ -285,24 +301,15 @@ class VPApp:
                      prompter: str = "pad", prompt_size: float | None = 0, steps: float = 100,
                      batch_size: float = 32, lr: float = 40.0, label_mapping: str = "iterative",
                      clamp: str = "straight-through", seed: float = 0) -> TrainConfig:
-        """Check the Train tab's fields and turn them into a :class:`TrainConfig` for this session."""
+        """Check the Train tab's fields (with TrainConfig's own checks, see :mod:`visual_prompting.settings`) and
+        turn them into a :class:`TrainConfig` for this session."""
         cfg = self.cfg
         parse_spec(model or "")
-        if prompter not in PROMPTER_KINDS:
-            raise VPError(f"Prompt kind must be one of {', '.join(PROMPTER_KINDS)}.")
-        if label_mapping not in LABEL_MAPPINGS:
-            raise VPError(f"Label mapping must be one of {', '.join(LABEL_MAPPINGS)}.")
-        if clamp not in CLAMPS:
-            raise VPError(f"Clamp must be one of {', '.join(CLAMPS)}.")
-        steps_i, batch_i, size_i = _whole(steps, "Steps"), _whole(batch_size, "Batch size"), _whole(prompt_size or 0, "Prompt size")
-        if not 1 <= steps_i <= cfg.max_steps:
-            raise VPError(f"Steps must be between 1 and {cfg.max_steps}.")
-        if not 1 <= batch_i <= cfg.max_batch_size:
-            raise VPError(f"Batch size must be between 1 and {cfg.max_batch_size}.")
-        if size_i < 0:
-            raise VPError("Prompt size must be 0 (the default for the kind) or a positive number of pixels.")
-        if lr is None or not 0 < float(lr) <= 10_000:
-            raise VPError("The learning rate must be a positive number (the paper uses 40).")
+        form = {"prompter": prompter, "prompt_size": prompt_size or None, "steps": steps, "batch_size": batch_size,
+                "lr": lr, "label_mapping": label_mapping, "clamp": clamp, "seed": seed or 0}
+        limits = {"steps": {"high": cfg.max_steps, "required": True}, "lr": {"high": 10_000},
+                  "batch_size": {"high": cfg.max_batch_size, "required": True}}
+        values = {k: parse_value(TrainConfig, k, v, **limits.get(k, {})) for k, v in form.items()}
         run_dir = self.session_dir(session) / time.strftime("run-%Y%m%d-%H%M%S")
         if dataset == UPLOADED_DATASET or (upload and not dataset):
             if not upload:
@@ -312,9 +319,7 @@ class VPApp:
             data = dataset
         else:
             raise VPError(f"Pick a dataset from the list (or upload a .zip of class folders), not {dataset!r}.")
-        return TrainConfig(model=model, dataset=data, prompter=prompter, prompt_size=size_i or None, steps=steps_i,
-                           batch_size=batch_i, lr=float(lr), label_mapping=label_mapping, clamp=clamp,
-                           seed=_whole(seed or 0, "Seed"), out_dir=str(run_dir), device=str(self.device),
+        return TrainConfig(model=model, dataset=data, **values, out_dir=str(run_dir), device=str(self.device),
                            num_workers=0, download=True)  # torchvision datasets: fetched once (offline: a clear message)
 
     def _stop_file(self, session: str) -> Path:
@@ -329,76 +334,28 @@ class VPApp:
         """Train in a background thread and yield a :class:`TrainUpdate` at most every ``min_interval`` seconds
         (and at every evaluation). Closing the generator (the user left) stops the run; the best prompt stays in
         ``cfg.out_dir`` either way."""
-        stop_file = self._stop_file(session)
-        busy = self.session_dir(session) / "RUNNING"
+        stop_file, busy = self._stop_file(session), self.session_dir(session) / "RUNNING"
         if busy.exists() and time.time() - busy.stat().st_mtime < 30:
             raise VPError("A training run is already going in this session; stop it first.")
         stop_file.unlink(missing_ok=True)
-        events: queue.Queue = queue.Queue()
-        outcome: dict = {}
-
-        def should_stop() -> bool:
-            busy.touch()
-            return stop_file.exists()
-
-        def work() -> None:
-            try:
-                outcome["result"] = Trainer(cfg, callbacks=[events.put], should_stop=should_stop,
-                                            cache=self.cache).run()
-            except BaseException as e:  # noqa: BLE001 - handed to the generator, which reports it
-                outcome["error"] = e
-            finally:
-                events.put(None)
-
         busy.touch()
-        thread = threading.Thread(target=work, name=f"train-{session}", daemon=True)
-        t0 = time.perf_counter()
-        thread.start()
-        records: list[dict] = []  # the curves so far, grown event by event
-        prompt_pic, zero, best, val, total = None, None, None, None, 1
+        run = _BackgroundRun(lambda callback, should_stop: Trainer(cfg, callbacks=[callback], should_stop=should_stop,
+                                                                   cache=self.cache).run(),
+                             stop_file, busy, name=f"train-{session}")
+        view = _LiveView()
         last_yield = 0.0
         try:
             yield TrainUpdate(0.0, f"Loading `{cfg.model}` and the data ...")
-            while True:
-                ev = events.get()
-                if ev is None:
-                    break
-                record = history_record(ev)
-                if record is not None:
-                    records += curve_records([record])  # eval events carry the no-prompt accuracy themselves
-                total = ev.total_steps
-                if ev.zero_shot_val_top1 is not None:
-                    zero = ev.zero_shot_val_top1
-                if ev.kind == "eval":
-                    val, best = ev.val_top1, ev.best_val_top1
-                    if ev.prompt is not None:
-                        prompt_pic = delta_image(ev.prompt)
+            for ev in run.events():
+                view.add(ev)
                 now = time.perf_counter()
                 if ev.kind == "step" and now - last_yield < min_interval and ev.step != ev.total_steps:
                     continue
                 last_yield = now
-                yield TrainUpdate(ev.step / max(1, ev.total_steps), _status(ev, now - t0), list(records), prompt_pic,
-                                  _accuracy(zero, val, best))
+                yield view.update(ev, now - run.t0)
         finally:
-            if thread.is_alive():  # the generator was closed early: end the run cleanly
-                stop_file.touch()
-                thread.join()
-            busy.unlink(missing_ok=True)
-        if "error" in outcome:
-            e = outcome["error"]
-            if isinstance(e, VPError):
-                raise e
-            traceback.print_exception(e)
-            raise VPError(f"Training failed: {type(e).__name__}: {e}") from e
-        res = outcome["result"]
-        m = res.metrics
-        head = "Stopped early; the best prompt so far is kept." if res.interrupted else "Done."
-        status = (f"{head} {res.steps_done} steps in {time.perf_counter() - t0:.0f} s. Test top-1 "
-                  f"**{_pct(m.get('test_top1'))}** with the prompt, {_pct(m.get('test_top1_no_prompt'))} without "
-                  f"({m.get('test_n')} test images; the prompt was chosen on validation).")
-        fraction = 1.0 if not res.interrupted else res.steps_done / max(1, total)
-        yield TrainUpdate(fraction, status, records, prompt_pic, _accuracy(zero, val, m.get("best_val_top1")),
-                          res.best_path, True)
+            run.close()
+        yield view.final(run.result(), time.perf_counter() - run.t0)
 
     def add_to_zoo(self, path: str | None, name: str) -> str:
         """Copy a trained prompt into the user's zoo (``AppConfig.user_zoo_dir``) under ``name``."""
@@ -432,16 +389,6 @@ class VPApp:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def _whole(x, what: str) -> int:
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        raise VPError(f"{what} must be a number, not {x!r}.") from None
-    if f != int(f):
-        raise VPError(f"{what} must be a whole number, not {x}.")
-    return int(f)
-
-
 def _status(ev: TrainEvent, elapsed: float) -> str:
     parts = [f"step {ev.step}/{ev.total_steps}", f"{elapsed:.0f} s"]
     if ev.loss is not None:
@@ -460,3 +407,82 @@ def _accuracy(zero, val, best) -> str:
     if val is not None:
         s += f" · with the prompt now: **{_pct(val)}** · best so far: **{_pct(best)}**"
     return s
+
+
+class _BackgroundRun:
+    """``work(callback, should_stop)`` in a daemon thread; :meth:`events` yields what it sends to ``callback``.
+    ``should_stop`` keeps ``busy`` fresh and reads ``stop_file``; :meth:`close` stops a run still going."""
+
+    def __init__(self, work: Callable, stop_file: Path, busy: Path, name: str):
+        self.stop_file, self.busy = stop_file, busy
+        self._queue: queue.Queue = queue.Queue()
+        self._outcome: dict = {}
+        self._thread = threading.Thread(target=self._work, args=(work,), name=name, daemon=True)
+        self.t0 = time.perf_counter()
+        self._thread.start()
+
+    def _should_stop(self) -> bool:
+        self.busy.touch()
+        return self.stop_file.exists()
+
+    def _work(self, work: Callable) -> None:
+        try:
+            self._outcome["result"] = work(self._queue.put, self._should_stop)
+        except BaseException as e:  # noqa: BLE001 - handed to the generator, which reports it
+            self._outcome["error"] = e
+        finally:
+            self._queue.put(None)
+
+    def events(self) -> Iterator[TrainEvent]:
+        while (ev := self._queue.get()) is not None:
+            yield ev
+
+    def close(self) -> None:
+        if self._thread.is_alive():  # the generator was closed early: end the run cleanly
+            self.stop_file.touch()
+            self._thread.join()
+        self.busy.unlink(missing_ok=True)
+
+    def result(self) -> TrainResult:
+        if "error" in self._outcome:
+            e = self._outcome["error"]
+            if isinstance(e, VPError):
+                raise e
+            traceback.print_exception(e)
+            raise VPError(f"Training failed: {type(e).__name__}: {e}") from e
+        return self._outcome["result"]
+
+
+class _LiveView:
+    """What the Train tab shows, grown event by event: curves, the prompt, the accuracies."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+        self.prompt_pic, self.zero, self.best, self.val, self.total = None, None, None, None, 1
+
+    def add(self, ev: TrainEvent) -> None:
+        record = history_record(ev)
+        if record is not None:
+            self.records += curve_records([record])  # eval events carry the no-prompt accuracy themselves
+        self.total = ev.total_steps
+        if ev.zero_shot_val_top1 is not None:
+            self.zero = ev.zero_shot_val_top1
+        if ev.kind == "eval":
+            self.val, self.best = ev.val_top1, ev.best_val_top1
+            if ev.prompt is not None:
+                self.prompt_pic = delta_image(ev.prompt)
+
+    def update(self, ev: TrainEvent, elapsed: float) -> TrainUpdate:
+        return TrainUpdate(ev.step / max(1, ev.total_steps), _status(ev, elapsed), list(self.records),
+                           self.prompt_pic, _accuracy(self.zero, self.val, self.best))
+
+    def final(self, res: TrainResult, elapsed: float) -> TrainUpdate:
+        m = res.metrics
+        head = "Stopped early; the best prompt so far is kept." if res.interrupted else "Done."
+        status = (f"{head} {res.steps_done} steps in {elapsed:.0f} s. Test top-1 "
+                  f"**{_pct(m.get('test_top1'))}** with the prompt, {_pct(m.get('test_top1_no_prompt'))} without "
+                  f"({m.get('test_n')} test images; the prompt was chosen on validation).")
+        fraction = 1.0 if not res.interrupted else res.steps_done / max(1, self.total)
+        return TrainUpdate(fraction, status, self.records, self.prompt_pic,
+                           _accuracy(self.zero, self.val, m.get("best_val_top1")), res.best_path, True)
+
