@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .backbones import TINY_CLIP_CONFIGS, hf_endpoint, host_reachable, parse_spec
 from .errors import VPError
+from .heads import head_text
 from .prompt_file import load_prompt, save_shareable
 
 PROMPT_FILENAME = "prompt.safetensors"
@@ -314,95 +315,106 @@ def _md(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def model_card(meta: dict, repo_id: str | None = None, num_parameters: int | None = None) -> str:
-    """The README.md (YAML front matter + markdown) for a prompt's metadata."""
+MODEL_CARD = """\
+---
+{yaml}
+---
+
+# Visual prompt: {kind} for `{spec}`{on_dataset}
+
+A **visual prompt** for the frozen model `{spec}`: one learned image perturbation ({kind_text}) added to every \
+input image so that the unchanged model classifies {num_classes} new classes{dataset_paren}. No weight of the model \
+was trained; this repo holds only the prompt{numbers} and the head it was trained with: {head_text}. Method: Bahng \
+et al., *Exploring Visual Prompts for Adapting Large-Scale Models* ({paper}), made with the `visual-prompting` library.
+
+![prompt](prompt.png)
+
+The prompt, drawn as 0.5 + delta / (2 max|delta|) per channel: grey is no change, brighter adds, darker subtracts; \
+pixels the prompt does not touch are plain grey.
+
+## How to use
+
+```bash
+{download}python -m visual_prompting predict IMG --prompt {filename}
+python -m visual_prompting info {filename}
+```
+
+```python
+from PIL import Image
+from visual_prompting import PromptedModel
+from visual_prompting.hub import resolve_prompt
+
+path = resolve_prompt({src!r})  # a local file, a folder, or hf://USER/NAME
+model, prompt = PromptedModel.from_prompt_file(path)
+model.predict([Image.open("img.png")], k=5)                    # prompted top-5
+model.predict([Image.open("img.png")], k=5, use_prompt=False)  # the frozen model alone
+```
+
+{accuracy}## Details
+
+{details}
+
+`config.json` holds the full metadata (the same JSON as inside `prompt.safetensors`). The prompt only means \
+something for the model it was trained for; the library refuses to apply it to another.
+"""
+
+ACCURACY = """\
+## Accuracy
+
+On {where}; "no prompt" is the same frozen model without the prompt {fairness}
+
+| split | no prompt | prompted |
+|---|---:|---:|
+{rows}
+
+"""
+
+
+def _card_data(meta: dict, name: str, base: str | None, hub_ds: str | None):
+    """The model card's YAML part (library, tags, datasets, base model, model-index with the test accuracy)."""
     from huggingface_hub import EvalResult, ModelCardData
 
-    pc, bb, head = meta["prompter"], meta["backbone"], meta["head"]
-    spec, dataset = bb["spec"], meta.get("dataset") or ""
-    m = meta.get("metrics") or {}
+    m, dataset = meta.get("metrics") or {}, meta.get("dataset") or ""
     try:
-        family = parse_spec(spec)[0]
+        family = parse_spec(meta["backbone"]["spec"])[0]
     except VPError:
         family = None
-    hub_ds = _hub_dataset(dataset)
-    base = base_model_for(spec)
-    name = repo_id.split("/")[-1] if repo_id else f"visual-prompt-{pc['kind']}-{dataset or 'task'}"
-    evals = []
-    for key, label in (("test_top1", "Top-1 accuracy"), ("test_top5", "Top-5 accuracy")):
-        if isinstance(m.get(key), (int, float)):
-            evals.append(EvalResult(task_type="image-classification", task_name="Image Classification",
-                                    dataset_type=hub_ds or dataset or "custom", dataset_name=dataset or "custom",
-                                    dataset_split="test", metric_type="accuracy", metric_name=f"{label} (prompted)",
-                                    metric_value=round(float(m[key]), 4),
-                                    metric_config=None if key == "test_top1" else "top5"))
-    data = ModelCardData(library_name=LIBRARY_NAME,
+    evals = [EvalResult(task_type="image-classification", task_name="Image Classification",
+                        dataset_type=hub_ds or dataset or "custom", dataset_name=dataset or "custom",
+                        dataset_split="test", metric_type="accuracy", metric_name=f"{label} (prompted)",
+                        metric_value=round(float(m[key]), 4), metric_config=None if key == "test_top1" else "top5")
+             for key, label in (("test_top1", "Top-1 accuracy"), ("test_top5", "Top-5 accuracy"))
+             if isinstance(m.get(key), (int, float))]
+    return ModelCardData(library_name=LIBRARY_NAME,
                          tags=[t for t in ("visual-prompting", "image-classification", _FAMILY_TAGS.get(family)) if t],
                          datasets=[hub_ds] if hub_ds else None, metrics=["accuracy"], base_model=base,
                          pipeline_tag="image-classification",
                          model_name=name if evals else None, eval_results=evals or None)
 
-    src = f"hf://{repo_id}" if repo_id else PROMPT_FILENAME
-    classes = meta["class_names"]
-    if head["kind"] == "clip_text":
-        head_text = f"CLIP text classifier ({len(head['templates'])} template(s), e.g. `{head['templates'][0]}`)"
-    else:
-        head_text = f"label mapping `{head.get('method', '')}` onto the backbone's {head.get('num_source', '?')} classes"
-    lines = [
-        f"# Visual prompt: {pc['kind']} for `{spec}`" + (f" on {dataset}" if dataset else ""),
-        "",
-        f"A **visual prompt** for the frozen model `{spec}`: one learned image perturbation "
-        f"({_kind_text(pc)}) added to every input image so that the unchanged model classifies "
-        f"{len(classes)} new classes{f' ({dataset})' if dataset else ''}. No weight of the model was trained; this "
-        f"repo holds only the prompt{f' ({num_parameters:,} numbers)' if num_parameters else ''} and the head "
-        f"it was trained with: {head_text}. Method: Bahng et al., *Exploring Visual Prompts for Adapting "
-        f"Large-Scale Models* ({PAPER}), made with the `visual-prompting` library.",
-        "",
-        "![prompt](prompt.png)",
-        "",
-        "The prompt, drawn as 0.5 + delta / (2 max|delta|) per channel: grey is no change, brighter adds, darker "
-        "subtracts; pixels the prompt does not touch are plain grey.",
-        "",
-        "## How to use",
-        "",
-        "```bash",
-        *([f"hf download {repo_id} {PROMPT_FILENAME} --local-dir ."] if repo_id else []),
-        f"python -m visual_prompting predict IMG --prompt {PROMPT_FILENAME}",
-        f"python -m visual_prompting info {PROMPT_FILENAME}",
-        "```",
-        "",
-        "```python",
-        "from PIL import Image",
-        "from visual_prompting import PromptedModel",
-        "from visual_prompting.hub import resolve_prompt",
-        "",
-        f"path = resolve_prompt({src!r})  # a local file, a folder, or hf://USER/NAME",
-        "model, prompt = PromptedModel.from_prompt_file(path)",
-        'model.predict([Image.open("img.png")], k=5)                    # prompted top-5',
-        'model.predict([Image.open("img.png")], k=5, use_prompt=False)  # the frozen model alone',
-        "```",
-        "",
-    ]
+
+def _accuracy_section(meta: dict) -> str:
+    m, head = meta.get("metrics") or {}, meta["head"]
     rows = [(label, m.get(a), m.get(b)) for label, a, b in (
         ("test top-1", "test_top1_no_prompt", "test_top1"),
         ("test top-5", "test_top5_no_prompt", "test_top5"),
         ("val top-1", "zero_shot_val_top1", "best_val_top1" if "best_val_top1" in m else "val_top1"),
-    )]
-    rows = [r for r in rows if isinstance(r[1], (int, float)) or isinstance(r[2], (int, float))]
-    if rows:
-        n = m.get("test_n")
-        lines += ["## Accuracy", "",
-                  f"On {dataset or 'the task'}" + (f" ({n} test images)" if n else "") + "; \"no prompt\" is the same "
-                  "frozen model without the prompt" + (" (with the label mapping found without a prompt, so the "
-                  "comparison is fair)." if head["kind"] == "label_mapping" else " (same text classifier)."), "",
-                  "| split | no prompt | prompted |", "|---|---:|---:|"]
-        lines += [f"| {label} | {_pct(a)} | {_pct(b)} |" for label, a, b in rows]
-        lines.append("")
-    tc = meta.get("train_config") or {}
+    ) if isinstance(m.get(a), (int, float)) or isinstance(m.get(b), (int, float))]
+    if not rows:
+        return ""
+    n = m.get("test_n")
+    fairness = ("(with the label mapping found without a prompt, so the comparison is fair)."
+                if head["kind"] == "label_mapping" else "(same text classifier).")
+    return ACCURACY.format(where=(meta.get("dataset") or "the task") + (f" ({n} test images)" if n else ""),
+                           fairness=fairness, rows="\n".join(f"| {lb} | {_pct(a)} | {_pct(b)} |" for lb, a, b in rows))
+
+
+def _details(meta: dict, base: str | None) -> str:
+    pc, spec, m = meta["prompter"], meta["backbone"]["spec"], meta.get("metrics") or {}
+    tc, classes = meta.get("train_config") or {}, meta["class_names"]
     details = [f"- prompter: `{pc['kind']}`, size {pc['size']} at {pc['image_size']} px, clamp `{pc.get('clamp')}`, "
                f"init `{pc.get('init')}`",
                f"- backbone: `{spec}`" + (f" (weights: [{base}](https://huggingface.co/{base}))" if base else ""),
-               f"- head: {head_text}"]
+               f"- head: {head_text(meta['head'])}"]
     picked = {k: tc[k] for k in ("epochs", "steps", "batch_size", "lr", "momentum", "weight_decay", "warmup_steps",
                                  "seed") if tc.get(k) is not None}
     if picked:
@@ -411,10 +423,23 @@ def model_card(meta: dict, repo_id: str | None = None, num_parameters: int | Non
         details.append(f"- steps done: {m['steps']}")
     shown = ", ".join(_md(c) for c in classes[:20]) + (f", ... ({len(classes)} in all)" if len(classes) > 20 else "")
     details.append(f"- classes: {shown}")
-    lines += ["## Details", "", *details, "",
-              "`config.json` holds the full metadata (the same JSON as inside `prompt.safetensors`). The prompt only "
-              "means something for the model it was trained for; the library refuses to apply it to another.", ""]
-    return "---\n" + data.to_yaml() + "\n---\n\n" + "\n".join(lines)
+    return "\n".join(details)
+
+
+def model_card(meta: dict, repo_id: str | None = None, num_parameters: int | None = None) -> str:
+    """The README.md (YAML front matter + markdown) for a prompt's metadata: :data:`MODEL_CARD` filled in. The
+    prompter's words come from its registered class, the head's from :func:`visual_prompting.heads.head_text`."""
+    pc, spec, dataset = meta["prompter"], meta["backbone"]["spec"], meta.get("dataset") or ""
+    hub_ds, base = _hub_dataset(dataset), base_model_for(spec)
+    name = repo_id.split("/")[-1] if repo_id else f"visual-prompt-{pc['kind']}-{dataset or 'task'}"
+    return MODEL_CARD.format(
+        yaml=_card_data(meta, name, base, hub_ds).to_yaml(), kind=pc["kind"], spec=spec, kind_text=_kind_text(pc),
+        on_dataset=f" on {dataset}" if dataset else "", dataset_paren=f" ({dataset})" if dataset else "",
+        num_classes=len(meta["class_names"]), numbers=f" ({num_parameters:,} numbers)" if num_parameters else "",
+        head_text=head_text(meta["head"]), paper=PAPER, filename=PROMPT_FILENAME,
+        download=f"hf download {repo_id} {PROMPT_FILENAME} --local-dir .\n" if repo_id else "",
+        src=f"hf://{repo_id}" if repo_id else PROMPT_FILENAME, accuracy=_accuracy_section(meta),
+        details=_details(meta, base))
 
 
 def _kind_text(pc: dict) -> str:
