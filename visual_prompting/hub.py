@@ -443,10 +443,9 @@ def model_card(meta: dict, repo_id: str | None = None, num_parameters: int | Non
 
 
 def _kind_text(pc: dict) -> str:
-    from .prompters import PROMPTERS
+    from .prompters import kind_text
 
-    k, p, s = pc["kind"], pc["size"], pc["image_size"]
-    return PROMPTERS[k].card_text(p, s) if k in PROMPTERS else f"{k}, size {p}"
+    return kind_text(pc["kind"], pc["size"], pc["image_size"])
 
 
 # -- push ------------------------------------------------------------------------------------------------------

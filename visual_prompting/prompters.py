@@ -120,7 +120,7 @@ class Prompter(nn.Module):
 
     @classmethod
     def card_text(cls, size: int, image_size: int) -> str:
-        """What the prompt is, in words, with its sizes (the model card's text)."""
+        """What the prompt is, in words, with its sizes (the model card's text; see :func:`kind_text`)."""
         return f"{cls.kind} ({cls.description}), size {size} at {image_size} px"
 
     def __init__(self, cfg: PrompterConfig):
@@ -323,6 +323,15 @@ class ShrinkPadPrompter(PadPrompter):
         canvas = F.pad(inner, (p, p, p, p), value=0.0)
         frame = (self.base + self.delta()) * self.mask().to(images.device)
         return canvas + frame.to(images.dtype)
+
+
+def kind_text(kind: str, size: int, image_size: int) -> str:
+    """A prompt kind in words with its sizes: the class's own ``card_text`` when its class body writes one (a
+    subclass does not inherit its parent's words: they describe the parent), else its kind and description."""
+    cls = PROMPTERS.get(kind)
+    if cls is None:
+        return f"{kind}, size {size}"
+    return (cls if "card_text" in vars(cls) else Prompter).card_text.__func__(cls, size, image_size)
 
 
 def create_prompter(cfg: PrompterConfig | None = None, **overrides) -> Prompter:
