@@ -12,6 +12,25 @@ from .prompt_file import load_prompt, save_prompt
 from .prompters import PrompterConfig, create_prompter
 from .training import TrainConfig, TrainEvent, TrainResult, train
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """The installed package's version (its metadata). Only when the package is not installed (tests run from the
+    source tree) is it read from the one place it is written, pyproject.toml next to this package."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("visual-prompting")
+    except PackageNotFoundError:
+        import tomllib
+        from pathlib import Path
+
+        try:
+            with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as f:
+                return str(tomllib.load(f)["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "0+unknown"
+
+
+__version__ = _version()
 __all__ = ["BackboneCache", "PromptedModel", "PrompterConfig", "TrainConfig", "TrainEvent", "TrainResult", "VPError",
            "__version__", "create_prompter", "load_backbone", "load_prompt", "save_prompt", "train"]

@@ -20,6 +20,7 @@ EPILOG_TRAIN = """examples:
 
 
 def _add_train(sub) -> None:
+    from .backbones import backbone_help
     from .training import TrainConfig
 
     d = TrainConfig()
@@ -29,9 +30,7 @@ def _add_train(sub) -> None:
                                    "validation accuracy is written to OUT_DIR/best.safetensors as training goes; "
                                    "Ctrl-C stops cleanly and keeps it.",
                        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=d.model, help="backbone spec: effnet-lite0 (offline), clip:NAME/TAG "
-                   "(e.g. clip:ViT-B-32/openai), torchvision:NAME; append @SIZE to change the input size "
-                   "(default: %(default)s)")
+    p.add_argument("--model", default=d.model, help=f"backbone spec: {backbone_help()} (default: %(default)s)")
     p.add_argument("--dataset", default=d.dataset, help="fashion_mnist_subset (bundled), a torchvision name "
                    "(cifar10, cifar100, svhn, eurosat, flowers102, dtd, oxford_pets, food101, gtsrb, mnist, "
                    "fashion_mnist) or a folder of class folders (default: %(default)s)")
@@ -240,11 +239,11 @@ def cmd_predict(a) -> int:
 
 def cmd_info(a) -> int:
     if not a.prompt:
+        from .backbones import backbone_help
         from .data import dataset_names
 
         print("datasets:", ", ".join(dataset_names()), "or a folder of class folders")
-        print("backbones: effnet-lite0 (offline), clip:NAME/TAG (open_clip), clip:vp-tiny (random, tests), "
-              "torchvision:NAME; append @SIZE to change the input size")
+        print("backbones:", backbone_help())
         return 0
     from .prompt_file import load_prompt
 
