@@ -50,9 +50,6 @@ UPLOADED_DATASET = "upload a .zip of class folders"
 PROMPTER_KINDS = list(PROMPTERS)
 LABEL_MAPPINGS = list(MAPPINGS)
 CLAMPS = list(CLAMP_MODES)
-# backbones offered in the Train tab (any other spec can be typed); the first works offline
-TRAIN_BACKBONES = ["effnet-lite0@96", "effnet-lite0@64", "effnet-lite0", "clip:ViT-B-32/openai",
-                   "clip:ViT-B-32/laion2b_s34b_b79k", "clip:ViT-B-16/openai"]
 OWN_BACKBONE = "the prompt's own (recommended)"
 
 
