@@ -50,7 +50,7 @@ def toy_family():
     assert "toy" not in BACKBONE_FAMILIES
 
 
-def test_a_family_registered_outside_the_package_works_everywhere(toy_family, tmp_path, capsys):
+def test_a_family_registered_outside_the_package_works_everywhere(toy_family, shapes_zip, tmp_path, capsys):
     assert parse_spec("toy:net@32") == ("toy", "net", None, 32)
     assert "toy:net@32" in backbone_examples() and "toy nets registered by a test file" in backbone_help()
     # the CLI's help lists it, and the CLI trains with it and writes a model card that names it
@@ -59,8 +59,8 @@ def test_a_family_registered_outside_the_package_works_everywhere(toy_family, tm
     assert "toy nets registered by a test file" in " ".join(capsys.readouterr().out.split())
     assert main(["info"]) == 0 and "toy:MODEL[/WEIGHTS]" in capsys.readouterr().out
     out = tmp_path / "run"
-    assert main(["train", "--model", "toy:net@32", "--steps", "2", "--batch-size", "8", "--label-mapping", "first_k",
-                 "--out-dir", str(out), "--device", "cpu", "--quiet"]) == 0
+    assert main(["train", "--model", "toy:net@32", "--dataset", str(shapes_zip), "--steps", "2", "--batch-size", "4",
+                 "--label-mapping", "first_k", "--out-dir", str(out), "--device", "cpu", "--quiet"]) == 0
     assert toy_family == ["toy:net@32"]
     assert main(["predict", EXAMPLE, "--prompt", str(out / "best.safetensors"), "--device", "cpu"]) == 0
     assert "prompted" in capsys.readouterr().out
@@ -90,6 +90,12 @@ def test_unknown_spec_lists_every_family(toy_family):
     assert all(f.form in str(e.value) for f in BACKBONE_FAMILIES.values())
 
 
+@pytest.fixture(scope="module")
+def shapes_zip(tmp_path_factory):
+    """A .zip of two class folders with five 24x20 images each: CLI runs on it take seconds."""
+    return _zip_of_class_folders(tmp_path_factory.mktemp("zip") / "shapes.zip")
+
+
 def _zip_of_class_folders(path, top="shapes", n=5):
     with zipfile.ZipFile(path, "w") as zf:
         for c, colour in (("red_things", (255, 0, 0)), ("blue_things", (0, 0, 255))):
@@ -101,11 +107,11 @@ def _zip_of_class_folders(path, top="shapes", n=5):
     return path
 
 
-def test_one_registry_of_dataset_sources_and_the_cli_reads_a_zip(tmp_path, capsys):
+def test_one_registry_of_dataset_sources_and_the_cli_reads_a_zip(shapes_zip, tmp_path, capsys):
     assert list(DATASET_SOURCES)[:2] == ["folder", "zip"]
     assert dataset_names()[0] == "fashion_mnist_subset" and "cifar10" in dataset_names()
     assert ".zip" in dataset_help()
-    archive = _zip_of_class_folders(tmp_path / "shapes.zip")
+    archive = shapes_zip
     s = load_splits(str(archive), image_size=16)
     assert s.name == "shapes" and s.class_names == ["blue things", "red things"]
     assert len(s.train) + len(s.val) + len(s.test) == 10
@@ -121,9 +127,10 @@ def test_one_registry_of_dataset_sources_and_the_cli_reads_a_zip(tmp_path, capsy
     assert "not a readable .zip" in capsys.readouterr().err
 
 
-def test_timm_random_backbone_trains_and_predicts_through_the_cli(tmp_path, capsys):
+def test_timm_random_backbone_trains_and_predicts_through_the_cli(shapes_zip, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--model", "timm:resnet18/random@32", "--steps", "2", "--batch-size", "8",
+    assert main(["train", "--model", "timm:resnet18/random@32", "--dataset", str(shapes_zip), "--steps", "2",
+                 "--batch-size", "4",
                  "--label-mapping", "first_k", "--out-dir", str(out), "--device", "cpu", "--quiet"]) == 0
     assert "test top-1" in capsys.readouterr().out
     best = str(out / "best.safetensors")
