@@ -1,6 +1,7 @@
 """visual-prompting: adapt a frozen vision model (above all CLIP) to a new task with one learned image prompt.
 
-Library first: ``prompters`` (the prompt designs), ``backbones`` (frozen models from one spec string),
+Library first: ``prompters`` (the prompt designs), ``backbones`` (frozen models from one spec string, a registry of
+families: open_clip, EfficientNet-Lite0, torchvision, timm), ``network`` (Hub reachability and cache checks),
 ``heads`` (CLIP text classifier, label mappings), ``data`` (datasets, splits, cached tensors),
 ``model`` (``PromptedModel``: the one way to predict), ``training``, ``evaluation``, ``prompt_file``
 (safetensors + JSON metadata), ``cli``.

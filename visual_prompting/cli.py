@@ -19,8 +19,14 @@ EPILOG_TRAIN = """examples:
 """
 
 
+def _pct_escaped(text: str) -> str:
+    """A registry's text inside an argparse help string (where % starts a format)."""
+    return text.replace("%", "%%")
+
+
 def _add_train(sub) -> None:
     from .backbones import backbone_help
+    from .data import dataset_help
     from .training import TrainConfig
 
     d = TrainConfig()
@@ -30,10 +36,8 @@ def _add_train(sub) -> None:
                                    "validation accuracy is written to OUT_DIR/best.safetensors as training goes; "
                                    "Ctrl-C stops cleanly and keeps it.",
                        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=d.model, help=f"backbone spec: {backbone_help()} (default: %(default)s)")
-    p.add_argument("--dataset", default=d.dataset, help="fashion_mnist_subset (bundled), a torchvision name "
-                   "(cifar10, cifar100, svhn, eurosat, flowers102, dtd, oxford_pets, food101, gtsrb, mnist, "
-                   "fashion_mnist) or a folder of class folders (default: %(default)s)")
+    p.add_argument("--model", default=d.model, help=f"backbone spec: {_pct_escaped(backbone_help())} (default: %(default)s)")
+    p.add_argument("--dataset", default=d.dataset, help=f"dataset: {_pct_escaped(dataset_help())} (default: %(default)s)")
     p.add_argument("--data-root", default=None, help="where torchvision datasets live / are downloaded "
                    "(default: $VP_DATA or ~/.cache/visual_prompting/data)")
     p.add_argument("--download", action="store_true", help="download a torchvision dataset if it is missing")
@@ -240,9 +244,9 @@ def cmd_predict(a) -> int:
 def cmd_info(a) -> int:
     if not a.prompt:
         from .backbones import backbone_help
-        from .data import dataset_names
+        from .data import dataset_help
 
-        print("datasets:", ", ".join(dataset_names()), "or a folder of class folders")
+        print("datasets:", dataset_help())
         print("backbones:", backbone_help())
         return 0
     from .prompt_file import load_prompt
