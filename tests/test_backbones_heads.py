@@ -179,3 +179,40 @@ def test_eval_mode_restores_the_mode_and_leaves_an_eval_model_alone():
     with eval_mode(m):
         pass
     assert calls == []
+
+
+def test_timm_random_backbone_uses_its_pretrained_config_and_is_frozen():
+    bb = load_backbone("timm:resnet18/random@32")
+    assert bb.kind == "classifier" and bb.image_size == 32 and bb.spec == "timm:resnet18/random@32"
+    # mean, std and class names come from the model's own pretrained config (1000 ImageNet-1k classes)
+    assert torch.allclose(bb.mean.flatten(), torch.tensor(bb.net.pretrained_cfg["mean"]))
+    assert torch.allclose(bb.std.flatten(), torch.tensor(bb.net.pretrained_cfg["std"]))
+    assert len(bb.source_classes) == bb.net.num_classes == 1000 and bb.source_classes[0] == "tench"
+    assert not any(p.requires_grad for p in bb.parameters())
+    torch.nn.Sequential(bb).train()
+    assert not any(m.training for m in bb.modules())
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    out = bb(x)
+    assert out.shape == (2, 1000)
+    out.sum().backward()
+    assert x.grad.abs().sum() > 0 and all(p.grad is None for p in bb.parameters())
+    # '/random' is the same random model every time, so a prompt trained on it means the same thing later
+    assert torch.equal(load_backbone("timm:resnet18/random@32")(x.detach()), out.detach())
+    # without @SIZE the pretrained config's input size is used
+    assert parse_spec("timm:resnet18/a1_in1k") == ("timm", "resnet18", "a1_in1k", None)
+
+
+def test_timm_pretrained_weights_offline_fail_fast_and_bad_names_are_clear(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    t = time.monotonic()
+    with pytest.raises(VPError, match="unreachable.*timm:NAME/random"):
+        load_backbone("timm:resnet18")
+    with pytest.raises(VPError, match="unreachable"):
+        load_backbone("timm:resnet18.a1_in1k")  # timm's own NAME.TAG form
+    assert time.monotonic() - t < 10
+    with pytest.raises(VPError, match="Unknown timm model 'resnet18x'"):
+        load_backbone("timm:resnet18x/random")
+    with pytest.raises(VPError, match="Unknown pretrained tag 'nope'.*a1_in1k"):
+        load_backbone("timm:resnet18/nope")

@@ -192,11 +192,11 @@ def cmd_predict(a) -> int:
 
 def cmd_info(a) -> int:
     if not a.prompt:
-        from .data import dataset_names
+        from .backbones import backbone_help
+        from .data import dataset_help
 
-        print("datasets:", ", ".join(dataset_names()), "or a folder of class folders")
-        print("backbones: effnet-lite0 (offline), clip:NAME/TAG (open_clip), clip:vp-tiny (random, tests), "
-              "torchvision:NAME; append @SIZE to change the input size")
+        print("datasets:", dataset_help())
+        print("backbones:", backbone_help())
         return 0
     from .heads import head_text
     from .prompt_file import load_prompt

@@ -6,8 +6,12 @@ Names accepted by :func:`load_splits`:
 * ``cifar10 cifar100 svhn eurosat flowers102 dtd oxford_pets food101 gtsrb mnist fashion_mnist`` - through
   torchvision (downloaded into ``root`` when ``download=True``); ``fashion_mnist`` is read from Debian's
   ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``) when that is installed
-* a directory of class folders (ImageFolder); if it has ``train/`` and ``test/`` (or ``val/``) inside, those are
-  the splits, otherwise a fixed 20% is held out as test
+* a directory of class folders (torchvision's ImageFolder layout); if it has ``train/`` and ``test/`` (or ``val/``)
+  inside, those are the splits, otherwise a fixed 20% is held out as test
+* a ``.zip`` of such a folder (unpacked safely by :func:`extract_zip_dataset`, decoded, and the copy removed)
+
+Each kind is a source registered once with :func:`register_dataset_source`; :func:`load_splits`, the CLI and the
+app read :data:`DATASET_SOURCES`.
 
 The validation split is carved from train with a fixed seed (independent of the training seed) and is what
 picks the best prompt; the test split is only for the final number.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import gzip
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .classnames import CLASSNAMES
 from .errors import VPError
@@ -33,7 +39,7 @@ BUNDLED_SUBSET = ASSETS / "fashion_mnist_subset.safetensors"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_ROOT = os.environ.get("VP_DATA", os.path.join(os.path.expanduser("~"), ".cache", "visual_prompting", "data"))
 SPLIT_SEED = 0
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGE_EXTS = (*IMG_EXTENSIONS, ".gif")  # torchvision's ImageFolder extensions, and GIF
 
 
 # -- images ---------------------------------------------------------------------------------------------------
@@ -201,10 +207,6 @@ def canonical_name(name: str) -> str:
     return aliases.get(key, key)
 
 
-def dataset_names() -> list[str]:
-    return ["fashion_mnist_subset", *CLASSNAMES]
-
-
 def carve(n: int, fraction: float, seed: int = SPLIT_SEED) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic split of range(n) into (kept, held_out) with ``fraction`` held out (at least one)."""
     if n < 2:
@@ -214,34 +216,122 @@ def carve(n: int, fraction: float, seed: int = SPLIT_SEED) -> tuple[torch.Tensor
     return perm[k:].sort().values, perm[:k].sort().values
 
 
+# -- dataset sources: a registry -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """What a source's loader may need besides the dataset string."""
+
+    root: str
+    download: bool
+    image_size: int
+    max_cache_bytes: int
+    num_workers: int
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """One kind of dataset string. ``matches(name)`` says whether it is this source's; ``load(name, opts)`` gives
+    ``(train, test, label)``; ``names()`` lists the names it offers (the CLI's help, the app's list; empty for paths)."""
+
+    name: str
+    description: str
+    matches: Callable[[str], bool]
+    load: Callable[[str, SourceOptions], tuple[ImageSet, ImageSet, str]]
+    names: Callable[[], list[str]]
+
+
+DATASET_SOURCES: dict[str, DatasetSource] = {}
+
+
+def register_dataset_source(name: str, *, description: str, matches: Callable[[str], bool],
+                            names: Callable[[], list[str]] = list):
+    """Decorator: register ``load(name, opts) -> (train, test, label)`` as a dataset source. Sources are asked in
+    registration order; the first whose ``matches`` is true loads the dataset."""
+
+    def deco(load):
+        DATASET_SOURCES[name] = DatasetSource(name, description, matches, load, names)
+        return load
+
+    return deco
+
+
+def unregister_dataset_source(name: str) -> None:
+    DATASET_SOURCES.pop(name, None)
+
+
+def dataset_names() -> list[str]:
+    """Every dataset offered by name (bundled, torchvision, ...), in registration order, without repeats."""
+    return list(dict.fromkeys(n for src in DATASET_SOURCES.values() for n in src.names()))
+
+
+def dataset_help() -> str:
+    """One line per source for the CLI's help and ``info``."""
+    return "; ".join(f"{src.description}" + (f" ({', '.join(src.names())})" if src.names() else "")
+                     for src in DATASET_SOURCES.values())
+
+
+def find_source(name: str) -> DatasetSource:
+    for src in DATASET_SOURCES.values():
+        if src.matches(name):
+            return src
+    raise VPError(f"Unknown dataset {name!r}: not a folder of class folders, not a .zip of them, and not one of "
+                  f"{', '.join(dataset_names())}.")
+
+
 def load_splits(name: str, *, image_size: int = 224, root: str | None = None, download: bool = False,
                 val_fraction: float = 0.1, max_cache_bytes: int = 4 << 30, num_workers: int = 2,
                 resize_cache_bytes: int = 1 << 30) -> DataSplits:
-    """Train / val / test splits of a dataset, by name or directory (see the module docstring).
+    """Train / val / test splits of a dataset: a name, a folder or a .zip (see the module docstring and
+    :data:`DATASET_SOURCES`).
 
     Images are decoded once. Sets held as tensors are also resized once to ``image_size`` when the resized
     copy fits in ``resize_cache_bytes`` (per split); larger ones are resized batch by batch as they are used
     (a cheap tensor op next to the model), and sets over ``max_cache_bytes`` are decoded by DataLoader workers."""
-    root = root or DEFAULT_ROOT
-    if os.path.isdir(name):
-        train, test = _image_folder(name, image_size, max_cache_bytes, num_workers)
-        label = os.path.basename(os.path.normpath(name))
-    else:
-        key = canonical_name(name)
-        label = key
-        if key == "fashion_mnist_subset":
-            train, test = _bundled_subset()
-        elif key == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir():
-            train, test = (_read_idx_set(DEBIAN_FASHION_MNIST, s) for s in ("train", "t10k"))
-        elif key in CLASSNAMES:
-            train, test = _torchvision(key, root, download, image_size, max_cache_bytes, num_workers)
-        else:
-            raise VPError(f"Unknown dataset {name!r}: not a directory and not one of {', '.join(dataset_names())}.")
+    opts = SourceOptions(root or DEFAULT_ROOT, download, image_size, max_cache_bytes, num_workers)
+    train, test, label = find_source(name).load(name, opts)
     keep, held = carve(len(train), val_fraction)
     parts = [train.subset(keep), train.subset(held), test]
     parts = [p.resized(image_size) if isinstance(p, TensorImageSet)
              and len(p) * p.images.shape[1] * image_size**2 <= resize_cache_bytes else p for p in parts]
     return DataSplits(*parts, train.class_names, label)
+
+
+def _is_zip(name: str) -> bool:
+    return name.lower().endswith(".zip") and os.path.isfile(name)
+
+
+@register_dataset_source("folder", description="a folder of class folders (with train/ and test/ or val/ inside, "
+                                                "or a fixed 20% held out as test)", matches=os.path.isdir)
+def _load_folder(name: str, o: SourceOptions):
+    train, test = _image_folder(name, o.image_size, o.max_cache_bytes, o.num_workers)
+    return train, test, os.path.basename(os.path.normpath(name))
+
+
+@register_dataset_source("zip", description="a .zip of class folders (the same layout, unpacked safely)",
+                         matches=_is_zip)
+def _load_zip(name: str, o: SourceOptions):
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="vp-zip-") as tmp:  # decoded into memory, so the copy can go
+        folder = extract_zip_dataset(name, tmp)
+        train, test = _image_folder(folder, o.image_size, o.max_cache_bytes, o.num_workers)
+    label = Path(folder).name if Path(folder) != Path(tmp) else Path(name).stem
+    return train, test, label
+
+
+@register_dataset_source("bundled", description="the Fashion-MNIST subset bundled with the library",
+                         matches=lambda n: canonical_name(n) == "fashion_mnist_subset",
+                         names=lambda: ["fashion_mnist_subset"])
+def _load_bundled(name: str, o: SourceOptions):
+    return (*_bundled_subset(), "fashion_mnist_subset")
+
+
+@register_dataset_source("debian", description="fashion_mnist from Debian's dataset-fashion-mnist package when "
+                                                f"installed ({DEBIAN_FASHION_MNIST})",
+                         matches=lambda n: canonical_name(n) == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir())
+def _load_debian(name: str, o: SourceOptions):
+    return (*(_read_idx_set(DEBIAN_FASHION_MNIST, s) for s in ("train", "t10k")), "fashion_mnist")
 
 
 def _bundled_subset() -> tuple[ImageSet, ImageSet]:
@@ -281,24 +371,36 @@ def _read_idx_set(folder: Path, prefix: str) -> TensorImageSet:
     return TensorImageSet(images, labels, CLASSNAMES["fashion_mnist"], "fashion_mnist")
 
 
+# torchvision dataset class name, train split kwargs, test split kwargs (None: one set, a fixed 20% held out as test)
+TORCHVISION_SETS = {
+    "cifar10": ("CIFAR10", {"train": True}, {"train": False}),
+    "cifar100": ("CIFAR100", {"train": True}, {"train": False}),
+    "svhn": ("SVHN", {"split": "train"}, {"split": "test"}),
+    "eurosat": ("EuroSAT", {}, None),
+    "flowers102": ("Flowers102", {"split": "train"}, {"split": "test"}),
+    "dtd": ("DTD", {"split": "train"}, {"split": "test"}),
+    "oxford_pets": ("OxfordIIITPet", {"split": "trainval"}, {"split": "test"}),
+    "food101": ("Food101", {"split": "train"}, {"split": "test"}),
+    "gtsrb": ("GTSRB", {"split": "train"}, {"split": "test"}),
+    "mnist": ("MNIST", {"train": True}, {"train": False}),
+    "fashion_mnist": ("FashionMNIST", {"train": True}, {"train": False}),
+}
+
+
+@register_dataset_source("torchvision", description="a torchvision dataset, downloaded into --data-root with "
+                                                     "--download", matches=lambda n: canonical_name(n) in TORCHVISION_SETS,
+                         names=lambda: list(TORCHVISION_SETS))
+def _load_torchvision(name: str, o: SourceOptions):
+    key = canonical_name(name)
+    return (*_torchvision(key, o.root, o.download, o.image_size, o.max_cache_bytes, o.num_workers), key)
+
+
 def _torchvision(key: str, root: str, download: bool, image_size: int, max_bytes: int, workers: int):
     import torchvision.datasets as D
 
     names = CLASSNAMES[key]
-    specs = {
-        "cifar10": (D.CIFAR10, {"train": True}, {"train": False}),
-        "cifar100": (D.CIFAR100, {"train": True}, {"train": False}),
-        "mnist": (D.MNIST, {"train": True}, {"train": False}),
-        "fashion_mnist": (D.FashionMNIST, {"train": True}, {"train": False}),
-        "svhn": (D.SVHN, {"split": "train"}, {"split": "test"}),
-        "flowers102": (D.Flowers102, {"split": "train"}, {"split": "test"}),
-        "dtd": (D.DTD, {"split": "train"}, {"split": "test"}),
-        "oxford_pets": (D.OxfordIIITPet, {"split": "trainval"}, {"split": "test"}),
-        "food101": (D.Food101, {"split": "train"}, {"split": "test"}),
-        "gtsrb": (D.GTSRB, {"split": "train"}, {"split": "test"}),
-        "eurosat": (D.EuroSAT, {}, None),  # one set: a fixed 20% is held out as test
-    }
-    cls, train_kw, test_kw = specs[key]
+    cls_name, train_kw, test_kw = TORCHVISION_SETS[key]
+    cls = getattr(D, cls_name)
 
     def make(kw):
         try:
@@ -354,12 +456,19 @@ def _decode_list(ds, labels, names, key, image_size) -> TensorImageSet:
     return TensorImageSet(out, labels, names, key)
 
 
-def _folder_items(folder: Path) -> tuple[list[tuple[Path, int]], list[str]]:
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+def _folder_items(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
+    """``(path, class index)`` for every image under ``folder``, and the class names: torchvision's ImageFolder
+    conventions (``find_classes``: sorted folder names; ``make_dataset``: images by extension, walked in order),
+    hidden folders (``.git``, ``.ipynb_checkpoints``) left out."""
+    from torchvision.datasets.folder import find_classes, make_dataset
+
+    try:
+        classes = [c for c in find_classes(str(folder))[0] if not c.startswith(".")]
+    except FileNotFoundError:
+        classes = []
     if len(classes) < 2:
         raise VPError(f"{folder} needs at least two class folders (one folder of images per class).")
-    items = [(p, i) for i, c in enumerate(classes) for p in sorted((folder / c).rglob("*"))
-             if p.suffix.lower() in IMAGE_EXTS and p.is_file()]
+    items = make_dataset(str(folder), {c: i for i, c in enumerate(classes)}, extensions=IMAGE_EXTS, allow_empty=True)
     if not items:
         raise VPError(f"No images ({', '.join(IMAGE_EXTS)}) found under {folder}.")
     return items, classes

@@ -13,7 +13,7 @@ Sources accepted by :func:`resolve_prompt`: a local ``.safetensors`` file, a loc
 ``USER/NAME`` repo id when no such local path exists.
 
 Network behaviour: before any Hub call the endpoint (``$HF_ENDPOINT`` or huggingface.co) gets a short TCP probe
-(:func:`visual_prompting.backbones.host_reachable`); then one HEAD request *without retries* checks the file, and
+(:func:`visual_prompting.network.host_reachable`); then one HEAD request *without retries* checks the file, and
 only then ``huggingface_hub.hf_hub_download`` runs. Without this, ``hf_hub_download`` answers a connection error or a
 5xx with no cached copy by retrying with exponential backoff (up to 5 retries, 60 s timeout each). Whenever the Hub
 cannot be asked (``HF_HUB_OFFLINE=1``, unreachable, 5xx) a copy in the local Hugging Face cache is used if there is
@@ -27,9 +27,11 @@ import re
 import tempfile
 from pathlib import Path
 
-from .backbones import TINY_CLIP_CONFIGS, hf_endpoint, host_reachable, parse_spec
+from .backbones import backbone_family, base_model_for, parse_spec
 from .errors import VPError
 from .heads import head_text
+from .network import hf_endpoint, host_reachable
+from .network import is_offline as _is_offline
 from .prompt_file import load_prompt, save_shareable
 
 PROMPT_FILENAME = "prompt.safetensors"
@@ -37,20 +39,11 @@ UPLOAD_FILES = (PROMPT_FILENAME, "config.json", "README.md", "prompt.png")
 LIBRARY_NAME = "visual-prompting"
 DEFAULT_TIMEOUT = 5.0  # seconds for the TCP probe and for the metadata (HEAD) request
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]$")
-_FAMILY_TAGS = {"clip": "clip", "torchvision": "torchvision", "effnet": "efficientnet"}
 _HUB_DATASETS = {"fashion_mnist_subset": "fashion_mnist"}  # the bundled subset is drawn from Fashion-MNIST
 PAPER = "https://arxiv.org/abs/2203.17274"
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
-
-def _is_offline() -> bool:
-    """``HF_HUB_OFFLINE`` as huggingface_hub read it at import, or as the environment says now."""
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return bool(constants.is_offline_mode()) or env.strip().upper() in {"1", "ON", "YES", "TRUE"}
-
 
 def _endpoint(endpoint: str | None) -> str:
     return (endpoint or hf_endpoint()).rstrip("/")
@@ -279,26 +272,6 @@ def render_prompt_png(prompter, path, min_size: int = 256) -> Path:
     return Path(path)
 
 
-def base_model_for(spec: str) -> str | None:
-    """The Hub repo of the backbone's weights when there is one (open_clip pretrained tags), else None."""
-    try:
-        family, name, pre, _ = parse_spec(spec)
-    except VPError:
-        return None
-    if family != "clip" or name in TINY_CLIP_CONFIGS or not pre or pre == "random":
-        return None
-    if os.path.sep in pre or pre.endswith((".pt", ".bin", ".safetensors", ".pth")):
-        return None
-    try:
-        import open_clip
-
-        hub = (open_clip.get_pretrained_cfg(name, pre) or {}).get("hf_hub") or ""
-    except Exception:  # noqa: BLE001 - open_clip missing or unknown tag: no base_model
-        return None
-    parts = [p for p in hub.strip("/").split("/") if p]
-    return "/".join(parts[:2]) if len(parts) >= 2 else None
-
-
 def _hub_dataset(name: str) -> str | None:
     from .classnames import CLASSNAMES
 
@@ -376,7 +349,7 @@ def _card_data(meta: dict, name: str, base: str | None, hub_ds: str | None):
 
     m, dataset = meta.get("metrics") or {}, meta.get("dataset") or ""
     try:
-        family = parse_spec(meta["backbone"]["spec"])[0]
+        family = backbone_family(parse_spec(meta["backbone"]["spec"]).family)
     except VPError:
         family = None
     evals = [EvalResult(task_type="image-classification", task_name="Image Classification",
@@ -386,7 +359,7 @@ def _card_data(meta: dict, name: str, base: str | None, hub_ds: str | None):
              for key, label in (("test_top1", "Top-1 accuracy"), ("test_top5", "Top-5 accuracy"))
              if isinstance(m.get(key), (int, float))]
     return ModelCardData(library_name=LIBRARY_NAME,
-                         tags=[t for t in ("visual-prompting", "image-classification", _FAMILY_TAGS.get(family)) if t],
+                         tags=[t for t in ("visual-prompting", "image-classification", family and family.hub_tag) if t],
                          datasets=[hub_ds] if hub_ds else None, metrics=["accuracy"], base_model=base,
                          pipeline_tag="image-classification",
                          model_name=name if evals else None, eval_results=evals or None)

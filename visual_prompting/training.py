@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn.functional as F
 
-from .backbones import Backbone, BackboneCache, ClipBackbone, load_backbone
-from .data import DataSplits, canonical_name, load_splits, to_model_input
+from .backbones import Backbone, BackboneCache, ClipBackbone, backbone_help, load_backbone
+from .data import DataSplits, canonical_name, dataset_help, load_splits, to_model_input
 from .errors import VPError
 from .evaluation import evaluate, logits_over
 from .heads import MAPPINGS, TEMPLATE_SETS, create_head, prediction_counts
@@ -38,6 +38,11 @@ from .settings import check_config, listing, setting
 from .utils import amp_dtype, autocast, pick_device, seed_everything
 
 
+def _pct(text: str) -> str:
+    """A registry's text inside an argparse help string (where % starts a format)."""
+    return text.replace("%", "%%")
+
+
 def _choice_help(intro: str, registry: dict, fmt: str = "{name} = {description}") -> Callable[[], str]:
     return lambda: f"{intro}{listing(registry, fmt)} (default: %(default)s)"
 
@@ -47,12 +52,8 @@ class TrainConfig:
     """One training run. Each field carries its help, choices and checks (:mod:`visual_prompting.settings`): the
     CLI's ``train`` options, the app's checks and ``scripts/reproduce_paper.py`` are generated from them."""
 
-    model: str = setting("effnet-lite0", "backbone spec: effnet-lite0 (offline), clip:NAME/TAG (e.g. "
-                         "clip:ViT-B-32/openai), torchvision:NAME; append @SIZE to change the input size "
-                         "(default: %(default)s)")
-    dataset: str = setting("fashion_mnist_subset", "fashion_mnist_subset (bundled), a torchvision name (cifar10, "
-                           "cifar100, svhn, eurosat, flowers102, dtd, oxford_pets, food101, gtsrb, mnist, "
-                           "fashion_mnist) or a folder of class folders (default: %(default)s)")
+    model: str = setting("effnet-lite0", lambda: f"backbone spec: {_pct(backbone_help())} (default: %(default)s)")
+    dataset: str = setting("fashion_mnist_subset", lambda: f"dataset: {_pct(dataset_help())} (default: %(default)s)")
     data_root: str | None = setting(None, "where torchvision datasets live / are downloaded (default: $VP_DATA or "
                                     "~/.cache/visual_prompting/data)")
     download: bool = setting(False, "download a torchvision dataset if it is missing")

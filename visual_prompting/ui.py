@@ -65,10 +65,6 @@ def choice_info(name: str) -> str:
     return "; ".join(f"{k}: {getattr(v, 'description', v)}" for k, v in registry.items())
 
 
-PROMPTER_KINDS, LABEL_MAPPINGS, CLAMPS = (train_choices()[n] for n in TRAIN_CHOICE_FIELDS)  # at import time
-# backbones offered in the Train tab (any other spec can be typed); the first works offline
-TRAIN_BACKBONES = ["effnet-lite0@96", "effnet-lite0@64", "effnet-lite0", "clip:ViT-B-32/openai",
-                   "clip:ViT-B-32/laion2b_s34b_b79k", "clip:ViT-B-16/openai"]
 OWN_BACKBONE = "the prompt's own (recommended)"
 
 

@@ -1,6 +1,6 @@
 """Looking inside a prompt: the prompt itself, its amplitude, its frequency spectrum, where the prompted model looks,
-and training curves. Everything returns plain PIL images / rows / records (no plotting library needed), so the app,
-the Hub model card and scripts show the same pictures.
+and training curves. Everything returns plain PIL images / rows / records (heat maps through matplotlib's colour
+maps), so the app, the Hub model card and scripts show the same pictures.
 
 Conventions: a prompt's ``delta()`` is a (3, S, S) map in pixel units (the [0, 1] image scale); "display" images
 map 0 to mid-grey and the largest absolute value to black / white, and are enlarged with nearest-neighbour
@@ -15,22 +15,20 @@ from PIL import Image
 from .errors import VPError
 from .utils import eval_mode
 
-# a perceptually ordered dark-to-bright colour ramp (sampled from matplotlib's "magma"), interpolated linearly
-_MAGMA = np.array([[0, 0, 4], [28, 16, 68], [79, 18, 123], [129, 37, 129], [181, 54, 122], [229, 80, 100],
-                   [251, 135, 97], [254, 194, 135], [252, 253, 191]], dtype=np.float32)
+COLORMAP = "magma"  # matplotlib's perceptually uniform dark-to-bright map
 
 
-def colorize(values: np.ndarray, vmax: float | None = None, vmin: float = 0.0) -> Image.Image:
-    """A 2-D array -> RGB heat map (``vmin`` dark, ``vmax`` - default the array's max - bright)."""
+def colorize(values: np.ndarray, vmax: float | None = None, vmin: float = 0.0, cmap: str = COLORMAP) -> Image.Image:
+    """A 2-D array -> RGB heat map through a matplotlib colour map (``vmin`` dark, ``vmax`` - default the array's
+    max - bright)."""
+    from matplotlib import colormaps
+
     v = np.asarray(values, dtype=np.float32)
     if v.ndim != 2:
         raise VPError(f"colorize needs a 2-D array, got shape {v.shape}.")
     top = float(vmax) if vmax is not None else float(v.max(initial=0.0))
     t = np.clip((v - vmin) / (top - vmin), 0, 1) if top > vmin else np.zeros_like(v)
-    pos = t * (len(_MAGMA) - 1)
-    lo = np.floor(pos).astype(int).clip(0, len(_MAGMA) - 2)
-    frac = (pos - lo)[..., None]
-    rgb = _MAGMA[lo] * (1 - frac) + _MAGMA[lo + 1] * frac
+    rgb = colormaps[cmap](t)[..., :3] * 255
     return Image.fromarray(rgb.round().astype(np.uint8), "RGB")
 
 
