@@ -304,7 +304,6 @@ class Trainer:
         return evaluate(self.model, self.splits.val, use_prompt=False, batch_size=self.batch_size, amp=self.cfg.amp).top1
 
     def run(self) -> TrainResult:
-        cfg = self.cfg
         os.makedirs(self.out_dir, exist_ok=True)
         resumed = self.try_resume()
         if not resumed:
