@@ -6,8 +6,8 @@ import torch
 from visual_prompting import VPError
 from visual_prompting.optim import (
     EVP_FRAME_NUMBERS,
-    OPTIMIZERS,
     L2SGD,
+    OPTIMIZERS,
     build_optimizer,
     l2sgd_lr_for,
     load_optimizer_state_tensors,
@@ -24,7 +24,7 @@ def _loss(params):
     return sum(((p - 0.3) ** 2).sum() for p in params)
 
 
-def _steps(opt, params, n, lr=None):
+def _steps(opt, params, n):
     for _ in range(n):
         opt.zero_grad()
         _loss(params).backward()
