@@ -12,7 +12,9 @@ and the trainer's per-step lr (it sets ``group["lr"]`` each step) work unchanged
             matters (so the trainer's std**2 scaling only re-weights the channels), and ``lr`` is the L2 length of
             the whole step in pixel units: EVP's 70 on a 69,840-number frame is a root-mean-square step of
             70 / sqrt(69,840) = 0.265 per number; for a prompt of n numbers the same per-number step is
-            ``0.265 * sqrt(n)`` (see :func:`l2sgd_lr_for`). EVP itself uses no momentum.
+            ``0.265 * sqrt(n)`` (see :func:`l2sgd_lr_for`). (EVP normalises the gradient of a full-image
+            perturbation and masks it afterwards, so its frame's step is somewhat shorter than 70; here only the
+            prompt's own numbers have gradients.) EVP itself uses no momentum: pass ``momentum=0`` for its rule.
 ``adam``    Adam (lr 0.01: ILM-VP's setting for CNN prompts). Per-number steps of about lr whatever the gradient's
             scale (the std**2 scaling changes nothing but eps); ``momentum`` is not used (Adam has its betas).
 
