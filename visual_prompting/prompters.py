@@ -43,9 +43,16 @@ class PrompterConfig:
     init: str = "zeros"
     init_std: float = 0.0  # std of the "randn" init, in pixel units (the paper's randn in normalised space * std)
     seed: int = 0  # random_patch: where the patch sits at evaluation
+    scale: float | None = None  # scale_pad kinds: the image's scale on the canvas (None: (S - 2*size) / S)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config as stored in prompt files. ``scale`` is left out while it is None, so every prompter that
+        does not use it writes exactly the metadata it wrote before the field existed (and old files, which lack
+        it, compare equal on resume)."""
+        d = asdict(self)
+        if d["scale"] is None:
+            del d["scale"]
+        return d
 
 
 def to_8bit(x: torch.Tensor) -> torch.Tensor:
@@ -334,9 +341,203 @@ def kind_text(kind: str, size: int, image_size: int) -> str:
     return (cls if "card_text" in vars(cls) else Prompter).card_text.__func__(cls, size, image_size)
 
 
+def register_prompter(cls: type[Prompter]) -> type[Prompter]:
+    """Class decorator: add a prompter kind to :data:`PROMPTERS` under its ``kind``."""
+    PROMPTERS[cls.kind] = cls
+    return cls
+
+
 def create_prompter(cfg: PrompterConfig | None = None, **overrides) -> Prompter:
     """Build a prompter from a config (or keyword arguments), e.g. ``create_prompter(kind="pad", size=30)``."""
     cfg = PrompterConfig(**{**(cfg.to_dict() if cfg else {}), **overrides})
     if cfg.kind not in PROMPTERS:
         raise VPError(f"Unknown prompter kind {cfg.kind!r}; choose one of {', '.join(PROMPTERS)}.")
     return PROMPTERS[cfg.kind](cfg)
+
+
+# -- prompt designs from later work (LoR-VP, full-image, AutoVP-style input scale) ----------------------------
+
+
+@register_prompter
+class LowRankPrompter(Prompter):
+    """LoR-VP (ICLR 2025): a low-rank prompt ``B @ A`` per channel, added over the whole image; rank r = ``size``
+    (2 x 3 x S x r numbers: 5,376 at 224 px and rank 4, 13x fewer than a 30 px frame). LoRA-style start: ``B`` is
+    zero (the prompt starts at zero; ``init="randn"`` draws it from N(0, init_std) instead) and ``A`` is uniform in
+    +-1/sqrt(S), drawn from ``cfg.seed`` (a zero ``A`` would never get a gradient).
+
+    :meth:`project_` bounds the *prompt*, not the factors: every row of ``B @ A`` whose largest value passes 1 is
+    scaled back to 1 by scaling that row of ``B`` (clamping the factors to [-1, 1] would cap the prompt far below
+    the range it needs)."""
+
+    kind = "lowrank"
+    description = "low-rank prompt B @ A over the whole image (LoR-VP); size = rank"
+
+    @classmethod
+    def default_size(cls, image_size: int) -> int:
+        return 4
+
+    def __init__(self, cfg: PrompterConfig):
+        super().__init__(cfg)
+        s, r = cfg.image_size, cfg.size
+        if r > s:
+            raise VPError(f"Low-rank prompt rank {r} is larger than the {s}px image.")
+        self.lr_b = self._param(3, s, r)
+        g = torch.Generator().manual_seed(cfg.seed)
+        bound = s ** -0.5
+        self.lr_a = nn.Parameter((torch.rand(3, r, s, generator=g) * 2 - 1) * bound)
+
+    def delta(self) -> torch.Tensor:
+        return torch.bmm(self.lr_b, self.lr_a)
+
+    def mask(self) -> torch.Tensor:
+        return torch.ones(1, self.cfg.image_size, self.cfg.image_size)
+
+    def _prompt(self, images: torch.Tensor) -> torch.Tensor:
+        return images + self.delta().to(images.dtype)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        if self.cfg.clamp == "none":
+            return
+        row_max = torch.bmm(self.lr_b, self.lr_a).abs().amax(dim=2, keepdim=True)  # (3, S, 1)
+        self.lr_b.div_(row_max.clamp(min=1.0))
+
+
+@register_prompter
+class FullPrompter(Prompter):
+    """One additive number per pixel and channel over the whole image (3 x S x S); ``size`` is not used."""
+
+    kind = "full"
+    description = "additive prompt over the whole image (3 x S x S numbers)"
+
+    @classmethod
+    def default_size(cls, image_size: int) -> int:
+        return image_size
+
+    def __init__(self, cfg: PrompterConfig):
+        super().__init__(cfg)
+        self.full = self._param(3, cfg.image_size, cfg.image_size)
+
+    def delta(self) -> torch.Tensor:
+        return self.full
+
+    def mask(self) -> torch.Tensor:
+        return torch.ones(1, self.cfg.image_size, self.cfg.image_size)
+
+    def _prompt(self, images: torch.Tensor) -> torch.Tensor:
+        return images + self.full.to(images.dtype)
+
+
+@register_prompter
+class ScalePadPrompter(Prompter):
+    """AutoVP-style input scale: the image is resized to ``scale`` of the side and centred on a grey (0.5) canvas,
+    and a learned prompt over the whole canvas is added on top (the frame around the image and an additive prompt
+    over it: 3 x S x S numbers). ``cfg.scale`` fixes the scale; when it is None the scale is (S - 2*size) / S, so
+    ``size`` works as shrink_pad's pad width. The image becomes round(scale * S) pixels (antialiased bilinear) at
+    offset (S - n) // 2: with the same pad width this is shrink_pad's image, plus the prompt over it."""
+
+    kind = "scale_pad"
+    description = "image resized to a chosen scale on a grey canvas, prompt over the whole canvas (AutoVP)"
+    base = 0.5
+    learn_scale = False
+
+    @classmethod
+    def default_size(cls, image_size: int) -> int:
+        return max(1, round(30 * image_size / 224))
+
+    def __init__(self, cfg: PrompterConfig):
+        super().__init__(cfg)
+        s = cfg.image_size
+        if cfg.scale is None and 2 * cfg.size >= s:
+            raise VPError(f"Pad width {cfg.size} is too large for {s}px images (needs 2*pad < image size).")
+        scale = cfg.scale if cfg.scale is not None else (s - 2 * cfg.size) / s
+        if not (0.0 < scale <= 1.0):  # also False for NaN
+            raise VPError(f"The image scale must be in (0, 1] (got {scale}).")
+        self.scale0 = float(scale)
+        self.prompt = self._param(3, s, s)
+
+    def image_scale(self) -> float | torch.Tensor:
+        return self.scale0
+
+    def delta(self) -> torch.Tensor:
+        return self.prompt
+
+    def mask(self) -> torch.Tensor:
+        return torch.ones(1, self.cfg.image_size, self.cfg.image_size)
+
+    def image_mask(self) -> torch.Tensor:
+        """(1, S, S): 1 where the resized image sits, 0 on the grey frame."""
+        s = self.cfg.image_size
+        n = max(1, min(s, round(self.scale0 * s)))
+        o = (s - n) // 2
+        m = torch.zeros(1, s, s)
+        m[:, o : o + n, o : o + n] = 1
+        return m
+
+    def _prompt(self, images: torch.Tensor) -> torch.Tensor:
+        s = self.cfg.image_size
+        n = max(1, min(s, round(self.scale0 * s)))
+        o = (s - n) // 2
+        inner = images if n == s else F.interpolate(images, size=(n, n), mode="bilinear", antialias=True,
+                                                   align_corners=False)
+        canvas = F.pad(inner, (o, s - n - o, o, s - n - o), value=0.0)
+        frame = self.base * (1 - self.image_mask().to(images.device))
+        return canvas + (frame + self.prompt).to(images.dtype)
+
+
+@register_prompter
+class LearnedScalePadPrompter(ScalePadPrompter):
+    """:class:`ScalePadPrompter` with the scale learned too (AutoVP's trainable resize): scale =
+    MIN_SCALE + (1 - MIN_SCALE) * sigmoid(``scale_logit``), starting at ``cfg.scale`` (or (S - 2*size) / S). The
+    resize is one ``affine_grid`` / ``grid_sample`` (bilinear, no antialiasing), so the loss has a gradient for
+    the scale; the image fades into the grey frame over a two-pixel ramp that moves with the scale, so the edge
+    has a gradient even over a flat image.
+    ``project_`` bounds the prompt only; the scale stays in (MIN_SCALE, 1) by construction."""
+
+    kind = "learned_scale_pad"
+    description = "scale_pad with the image scale learned by a differentiable resize (AutoVP)"
+    learn_scale = True
+    MIN_SCALE = 0.25
+
+    def __init__(self, cfg: PrompterConfig):
+        super().__init__(cfg)
+        lo = self.MIN_SCALE
+        if self.scale0 <= lo:
+            raise VPError(f"A learned image scale starts above {lo} (got {self.scale0}).")
+        frac = min((self.scale0 - lo) / (1 - lo), 1 - 1e-3)
+        self.scale_logit = nn.Parameter(torch.logit(torch.tensor(frac)))
+
+    def image_scale(self) -> torch.Tensor:
+        return self.MIN_SCALE + (1 - self.MIN_SCALE) * torch.sigmoid(self.scale_logit)
+
+    def _grid(self, n: int, device, dtype) -> torch.Tensor:
+        s = self.cfg.image_size
+        inv = 1.0 / self.image_scale().to(device=device, dtype=torch.float32)
+        eye = torch.eye(2, 3, device=device)
+        theta = eye * torch.stack([inv, inv, torch.ones_like(inv)])  # (2, 3): scale the coordinates by 1/scale
+        return F.affine_grid(theta.expand(n, 2, 3), [n, 3, s, s], align_corners=False).to(dtype)
+
+    def _coverage(self, device) -> torch.Tensor:
+        """(S, S): the image's weight on each canvas pixel: 1 inside, 0 outside, a linear ramp two pixels wide
+        across the edge (the image's pixel coverage smoothed by one pixel), differentiable in the scale: the edge
+        pixels give the scale its gradient even where the image is flat. (A one-pixel ramp, the exact coverage,
+        has no gradient when the edge falls on a pixel boundary, as it does at an integer pad width.)"""
+        s = self.cfg.image_size
+        u = (torch.arange(s, device=device, dtype=torch.float32) + 0.5) * (2.0 / s) - 1.0  # pixel centres
+        cov = ((self.image_scale().to(device) - u.abs()) * (s / 4) + 0.5).clamp(0.0, 1.0)
+        return cov[:, None] * cov[None, :]
+
+    def image_mask(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self._coverage(self.scale_logit.device)[None].cpu()
+
+    def _prompt(self, images: torch.Tensor) -> torch.Tensor:
+        grid = self._grid(len(images), images.device, images.dtype)
+        canvas = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        inside = self._coverage(images.device).to(images.dtype)
+        return canvas * inside + self.base * (1 - inside) + self.prompt.to(images.dtype)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        if self.cfg.clamp != "none":
+            self.prompt.clamp_(-1.0, 1.0)
