@@ -341,12 +341,6 @@ def kind_text(kind: str, size: int, image_size: int) -> str:
     return (cls if "card_text" in vars(cls) else Prompter).card_text.__func__(cls, size, image_size)
 
 
-def register_prompter(cls: type[Prompter]) -> type[Prompter]:
-    """Class decorator: add a prompter kind to :data:`PROMPTERS` under its ``kind``."""
-    PROMPTERS[cls.kind] = cls
-    return cls
-
-
 def create_prompter(cfg: PrompterConfig | None = None, **overrides) -> Prompter:
     """Build a prompter from a config (or keyword arguments), e.g. ``create_prompter(kind="pad", size=30)``."""
     cfg = PrompterConfig(**{**(cfg.to_dict() if cfg else {}), **overrides})
