@@ -20,11 +20,12 @@ def test_new_kinds_are_registered_with_size_and_description():
 
     class Dummy(Prompter):
         kind = "dummy_test_kind"
+        description = "a kind registered by this test"
 
     try:
         assert register_prompter(Dummy) is Dummy and PROMPTERS["dummy_test_kind"] is Dummy
     finally:
-        PROMPTERS.pop("dummy_test_kind")
+        PROMPTERS.pop("dummy_test_kind", None)
 
 
 def test_lowrank_has_loR_vp_size_starts_at_zero_and_is_low_rank():
