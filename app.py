@@ -16,7 +16,8 @@ import pandas as pd
 
 from visual_prompting import VPError
 from visual_prompting.backbones import backbone_examples
-from visual_prompting.ui import OWN_BACKBONE, VPApp, choice_info, train_choices
+from visual_prompting.recipes import RECIPES
+from visual_prompting.ui import OWN_BACKBONE, TRAIN_FORM_FIELDS, VPApp, choice_info, train_choices
 
 try:  # ZeroGPU Spaces: the decorated function gets a GPU while it runs
     import spaces
@@ -147,11 +148,13 @@ def train_tab(vp: VPApp):
     event (the page then refreshes the other tabs' prompt lists)."""
     defaults = vp.train_defaults()
 
-    def train(model, dataset, upload, prompter, size, steps, batch, lr, mapping, clamp, seed, request: gr.Request):
+    def train(model, dataset, upload, prompter, size, steps, batch, lr, mapping, clamp, seed, optimizer, augment,
+              capture, request: gr.Request):
         with user_errors():
             cfg = vp.train_config(request.session_hash, model=model, dataset=dataset, upload=upload,
                                   prompter=prompter, prompt_size=size, steps=steps, batch_size=batch, lr=lr,
-                                  label_mapping=mapping, clamp=clamp, seed=seed)
+                                  label_mapping=mapping, clamp=clamp, seed=seed, optimizer=optimizer,
+                                  augment=augment, capture=capture)
             for u in vp.train_stream(cfg, request.session_hash):
                 loss, acc = curves(u.curves)
                 yield (progress_bar(u.fraction), u.status, u.accuracy, loss, acc, u.prompt, u.result_path,
@@ -181,17 +184,26 @@ def train_tab(vp: VPApp):
                 dataset = gr.Dropdown(vp.dataset_choices(), value="fashion_mnist_subset", label="Dataset")
                 archive = gr.File(label="Dataset .zip (one folder of images per class)", file_types=[".zip"])
                 choices = train_choices()  # read now: kinds registered after import are offered too
-                prompter = gr.Radio(choices["prompter"], value="pad", label="Prompt kind", info=choice_info("prompter"))
+                recipe = gr.Dropdown(list(RECIPES), value=defaults.recipe, label="Recipe", elem_id="train-recipe",
+                                     info=choice_info("recipe") + " - sets the fields below")
+                prompter = gr.Radio(choices["prompter"], value=defaults.prompter, label="Prompt kind",
+                                    info=choice_info("prompter"))
                 size = gr.Number(0, precision=0, label="Prompt size, px (0 = default: 30 px at 224)")
                 with gr.Row():
                     steps = gr.Number(defaults.steps, precision=0, label="Steps", minimum=1, elem_id="train-steps")
                     batch = gr.Number(defaults.batch_size, precision=0, label="Batch size", minimum=1,
                                       elem_id="train-batch")
-                    lr = gr.Number(40, label="Learning rate (paper: 40)")
+                    lr = gr.Number(defaults.lr, label="Learning rate (paper: 40 with sgd)")
                 with gr.Accordion("More settings", open=False):
+                    optimizer = gr.Radio(choices["optimizer"], value=defaults.optimizer, label="Optimiser",
+                                         info=choice_info("optimizer"))
                     mapping = gr.Radio(choices["label_mapping"], value=defaults.label_mapping,
                                        label="Label mapping (vision models)", info=choice_info("label_mapping"))
-                    clamp = gr.Radio(choices["clamp"], value="straight-through", label="Clamp the prompted image",
+                    augment = gr.Radio(choices["augment"], value=defaults.augment, label="Input diversity (before "
+                                       "the prompt)", info=choice_info("augment"))
+                    capture = gr.Radio(choices["capture"], value=defaults.capture, label="Capture simulation (after "
+                                       "the prompt)", info=choice_info("capture"))
+                    clamp = gr.Radio(choices["clamp"], value=defaults.clamp, label="Clamp the prompted image",
                                      info=choice_info("clamp"))
                     seed = gr.Number(0, precision=0, label="Seed")
                 with gr.Row():
@@ -222,7 +234,16 @@ def train_tab(vp: VPApp):
                     push_button = gr.Button("Push to the Hub")
                     pushed = gr.Markdown()
 
-    start.click(train, [model, dataset, archive, prompter, size, steps, batch, lr, mapping, clamp, seed],
+    recipe_fields = [prompter, lr, mapping, clamp, optimizer, augment, capture]  # in TRAIN_FORM_FIELDS' order
+
+    def use_recipe(name):
+        with user_errors():
+            d = vp.train_defaults(name).settings
+            return [d[f] for f in TRAIN_FORM_FIELDS]
+
+    recipe.change(use_recipe, recipe, recipe_fields, api_name=False)
+    start.click(train, [model, dataset, archive, prompter, size, steps, batch, lr, mapping, clamp, seed, optimizer,
+                        augment, capture],
                 [progress, status, accuracy, loss_plot, acc_plot, prompt_pic, result_file, result_path],
                 api_name="train", concurrency_limit=1, concurrency_id="train", show_progress="hidden")
     stop_button.click(stop, None, None, api_name="stop", concurrency_limit=None)  # never waits behind a run

@@ -26,8 +26,8 @@ def test_every_command_explains_its_options(cmd, words, capsys):
 
 def test_train_then_info_eval_predict(tmp_path, capsys):
     out_dir = tmp_path / "run"
-    rc = main(["train", "--model", "clip:vp-tiny", "--steps", "4", "--batch-size", "16", "--out-dir", str(out_dir),
-               "--device", "cpu", "--quiet"])
+    rc = main(["train", "--recipe", "paper", "--model", "clip:vp-tiny", "--steps", "4", "--batch-size", "16",
+               "--out-dir", str(out_dir), "--device", "cpu", "--quiet"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "test top-1" in out and "prompted" in out

@@ -18,17 +18,23 @@ EPILOG_TRAIN = """examples:
 """
 
 
-def _add_train(sub) -> None:
+def _add_train(sub, recipe: str) -> None:
+    from .recipes import RECIPES, recipe_settings
     from .settings import add_arguments
     from .training import TrainConfig
 
     p = sub.add_parser("train", help="learn a visual prompt for a frozen model",
-                       description="Learn one visual prompt for a frozen backbone on a dataset. Defaults follow the "
-                                   "paper (SGD lr 40, momentum 0.9, warm-up then cosine). The best prompt by "
-                                   "validation accuracy is written to OUT_DIR/best.safetensors as training goes; "
-                                   "Ctrl-C stops cleanly and keeps it.",
+                       description="Learn one visual prompt for a frozen backbone on a dataset. The defaults are a "
+                                   "recipe's (--recipe; 'paper' is the paper's SGD lr 40 with a pad prompt); any "
+                                   "option given explicitly wins over the recipe. The best prompt by validation "
+                                   "accuracy is written to OUT_DIR/best.safetensors as training goes; Ctrl-C stops "
+                                   "cleanly and keeps it.",
                        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p, TrainConfig)  # every option comes from TrainConfig's fields (help, choices, checks)
+    p.add_argument("--recipe", default=recipe, choices=list(RECIPES),
+                   help="named settings: " + "; ".join(f"{r.name} = {r.description}" for r in RECIPES.values()).replace("%", "%%")
+                   + " (default: %(default)s; the defaults below are this recipe's)")
+    # every option comes from TrainConfig's fields (help, choices, checks), defaulting to the recipe's values
+    add_arguments(p, TrainConfig, defaults=recipe_settings(recipe))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -78,12 +84,22 @@ def _add_push(sub) -> None:
     p.add_argument("--dry-run", metavar="DIR", default=None, help="only write the folder that would be uploaded")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _recipe_in(argv: list[str] | None) -> str:
+    """The recipe named on a command line (the train options' defaults depend on it), else the default one."""
+    from .recipes import DEFAULT_RECIPE, RECIPES
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", default=DEFAULT_RECIPE)
+    name = pre.parse_known_args(argv)[0].recipe
+    return name if name in RECIPES else DEFAULT_RECIPE  # an unknown name: the full parser says so
+
+
+def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m visual_prompting",
                                  description="Visual prompting: adapt a frozen vision model to a new classification "
                                              "task by learning one image perturbation.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,predict,info,push}")
-    _add_train(sub)
+    _add_train(sub, recipe or _recipe_in([]))
     _add_eval(sub)
     _add_predict(sub)
     _add_info(sub)
@@ -233,7 +249,7 @@ def cmd_push(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(_recipe_in(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     try:
         if getattr(args, "prompt", None) and args.command in ("eval", "predict", "info"):
             from .hub import resolve_prompt

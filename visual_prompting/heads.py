@@ -50,6 +50,7 @@ class MappingMethod:
     description: str  # one line: CLI help, the app, the model card
     fits_from_data: bool = False  # fitted from prediction counts (with the prompt) before training
     refit_each_epoch: bool = False  # and again at every epoch
+    sources: int = 1  # source classes per new class (their logits are averaged)
 
 
 MAPPINGS: dict[str, MappingMethod] = {}
@@ -63,6 +64,8 @@ def register_mapping(method: MappingMethod) -> MappingMethod:
 register_mapping(MappingMethod("first_k", "paper"))
 register_mapping(MappingMethod("frequency", "once, from data", fits_from_data=True))
 register_mapping(MappingMethod("iterative", "recomputed every epoch", fits_from_data=True, refit_each_epoch=True))
+register_mapping(MappingMethod("multi_frequency", "each class reads the mean of 10 source logits, once, from data",
+                               fits_from_data=True, sources=10))
 
 
 # -- heads ------------------------------------------------------------------------------------------------------
@@ -144,7 +147,8 @@ class ClipTextHead(Head):
 
 @register_head
 class LabelMappingHead(Head):
-    """Each new class reads one source logit: ``mapping[i]``. The head owns its method (:data:`MAPPINGS`), fits
+    """Each new class reads one source logit, ``mapping[i]``, or (a 2-D mapping, ``multi_frequency``) the mean of
+    the source logits ``mapping[i, :]``. Nothing in it is trained: the mapping is fitted from counts. The head owns its method (:data:`MAPPINGS`), fits
     itself from prediction counts (:meth:`fit`), and keeps the mapping found *without* a prompt as its no-prompt
     baseline: unprompted inputs read that one, so "no prompt" is the fair comparison, not the prompt's mapping."""
 
@@ -154,8 +158,9 @@ class LabelMappingHead(Head):
     def __init__(self, mapping: Iterable[int], num_source: int, method: str = "first_k"):
         super().__init__()
         mapping = torch.as_tensor(list(mapping), dtype=torch.long)
-        if mapping.ndim != 1 or len(mapping) == 0:
-            raise VPError("A label mapping is a non-empty list of source-class indices, one per new class.")
+        if mapping.ndim not in (1, 2) or mapping.numel() == 0:
+            raise VPError("A label mapping is a non-empty list of source-class indices (or of lists of them), one "
+                          "per new class.")
         if int(mapping.min()) < 0 or int(mapping.max()) >= num_source:
             raise VPError(f"Label mapping points outside the {num_source} source classes.")
         if method not in MAPPINGS:
@@ -181,7 +186,11 @@ class LabelMappingHead(Head):
                                                                      device=self.mapping.device)
 
     def fit(self, counts: torch.Tensor, baseline: bool = False) -> None:
-        (self.set_baseline if baseline else self.set_mapping)(frequency_mapping(counts))
+        """Greedy frequency mapping (``sources`` rounds of it for a multi-source method); the baseline is fitted
+        by the same method without the prompt, so "no prompt" gets the same kind of mapping."""
+        k = MAPPINGS[self.method].sources
+        fitted = frequency_mapping(counts) if k == 1 else multi_frequency_mapping(counts, k)
+        (self.set_baseline if baseline else self.set_mapping)(fitted)
 
     def baseline_indices(self) -> list[int] | None:
         return None if self.baseline is None else self.baseline.tolist()
@@ -193,6 +202,8 @@ class LabelMappingHead(Head):
 
     def forward(self, source_logits: torch.Tensor, use_prompt: bool = True) -> torch.Tensor:
         mapping = self.mapping if use_prompt or self.baseline is None else self.baseline.to(source_logits.device)
+        if mapping.ndim == 2:
+            return source_logits[:, mapping].float().mean(-1)
         return source_logits[:, mapping].float()
 
     def describe(self) -> dict:
@@ -227,6 +238,22 @@ def frequency_mapping(counts: torch.Tensor) -> torch.Tensor:
         c[s, :] = -1
         c[:, t] = -1
     return mapping
+
+
+def multi_frequency_mapping(counts: torch.Tensor, k: int) -> torch.Tensor:
+    """(num_target, k') mapping: ``k`` rounds of :func:`frequency_mapping`, each round giving every target class one
+    more source class not used before (k' = min(k, num_source // num_target))."""
+    num_source, num_target = counts.shape
+    rounds = min(k, num_source // max(1, num_target))
+    if rounds < 1:
+        raise VPError(f"{num_target} classes cannot be mapped onto {num_source} source classes.")
+    c = counts.double().clone()
+    cols = []
+    for _ in range(rounds):
+        m = frequency_mapping(c)
+        cols.append(m)
+        c[m, :] = -1  # those source classes are taken
+    return torch.stack(cols, dim=1)
 
 
 def prediction_counts(source_logits: torch.Tensor, labels: torch.Tensor, num_target: int) -> torch.Tensor:

@@ -151,9 +151,14 @@ def validate_metadata(meta: dict, source: str = "metadata") -> None:
             raise VPError(f"{source}: a CLIP head needs 'templates', each with '{{}}' for the class name.")
     elif kind == "label_mapping":
         m = head.get("mapping")
-        if not isinstance(m, list) or len(m) != len(names) or not all(isinstance(i, int) and i >= 0 for i in m):
-            raise VPError(f"{source}: 'mapping' must list one source-class index per class ({len(names)}).")
-        if len(set(m)) != len(m):
+        # one source index per class, or (multi-source methods) one equally long list of them per class
+        rows = [r if isinstance(r, list) else [r] for r in m] if isinstance(m, list) else None
+        if (rows is None or len(rows) != len(names) or len({len(r) for r in rows}) != 1
+                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for r in rows for i in r)):
+            raise VPError(f"{source}: 'mapping' must list one source-class index (or one list of them) per class "
+                          f"({len(names)}).")
+        flat = [i for r in rows for i in r]
+        if len(set(flat)) != len(flat):
             raise VPError(f"{source}: 'mapping' maps two classes onto the same source class.")
     else:
         raise VPError(f"{source}: 'head.kind' must be 'clip_text' or 'label_mapping', not {kind!r}.")

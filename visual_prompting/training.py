@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,9 @@ from .heads import MAPPINGS, TEMPLATE_SETS, create_head, prediction_counts
 from .heads import templates_for as _templates_for
 from .model import PromptedModel
 from .prompt_file import build_metadata, load_prompt, save_prompt
+from .augment import AUGMENTATIONS, build_augment
+from .capture import CAPTURE_AUGMENTATIONS, build_capture
+from .optim import OPTIMIZERS, build_optimizer, load_optimizer_state_tensors, optimizer_state_tensors
 from .prompters import CLAMP_MODES, INITS, PROMPTERS, PrompterConfig, create_prompter
 from .settings import check_config, listing, setting
 from .utils import amp_dtype, autocast, pick_device, seed_everything
@@ -44,7 +47,7 @@ def _pct(text: str) -> str:
 
 
 def _choice_help(intro: str, registry: dict, fmt: str = "{name} = {description}") -> Callable[[], str]:
-    return lambda: f"{intro}{listing(registry, fmt)} (default: %(default)s)"
+    return lambda: f"{intro}{_pct(listing(registry, fmt))} (default: %(default)s)"
 
 
 @dataclass
@@ -68,13 +71,20 @@ class TrainConfig:
                              choices=lambda: TEMPLATE_SETS)
     label_mapping: str = setting("iterative", _choice_help("vision-only models: ", MAPPINGS, "{name} ({description})"),
                                  choices=lambda: MAPPINGS)
+    augment: str = setting("none", _choice_help("input diversity, applied to each training batch before the prompt: ",
+                                                AUGMENTATIONS), choices=lambda: AUGMENTATIONS)
+    capture: str = setting("none", _choice_help("capture simulation, applied to each prompted training batch before "
+                                                "the model (expectation over transformation): ", CAPTURE_AUGMENTATIONS),
+                           choices=lambda: CAPTURE_AUGMENTATIONS)
     epochs: int = setting(1000, "epochs (default: %(default)s, as the paper)", low=1, label="Epochs")
     steps: int | None = setting(None, "a step budget instead of epochs", low=1, label="Steps")
     batch_size: int | None = setting(None, "default: 256 for CLIP, 128 for vision models", low=1,
                                      label="Batch size")
-    lr: float = setting(40.0, "learning rate in the paper's units (normalised input space; scaled per channel by "
-                        "std^2 for the pixel-space prompt) (default: %(default)s)", low=0, low_open=True,
-                        label="The learning rate", hint=" (the paper uses 40)")
+    optimizer: str = setting("sgd", _choice_help("optimiser / step rule: ", OPTIMIZERS), choices=lambda: OPTIMIZERS)
+    lr: float | None = setting(None, "learning rate (default: the optimiser's own: sgd 40 in the paper's units - "
+                               "normalised input space, the gradient scaled per channel by std^2 for the pixel-space "
+                               "prompt; adam 0.01; l2sgd 70, the step's length)", low=0, low_open=True,
+                               label="The learning rate", hint=" (the paper uses 40 with sgd)")
     momentum: float = setting(0.9, "SGD momentum (default: %(default)s)", low=0, label="Momentum")
     weight_decay: float = setting(0.0, "(default: %(default)s)", low=0, label="Weight decay")
     warmup_steps: int = setting(1000, "linear warm-up steps, at most a tenth of the run (default: %(default)s)",
@@ -179,6 +189,8 @@ class Trainer:
                  should_stop: Callable[[], bool] | None = None, cache: BackboneCache | None = None,
                  splits: DataSplits | None = None):
         check_config(cfg)
+        if cfg.lr is None:  # the optimiser's own lr, written into the config (and so into the prompt file)
+            cfg = replace(cfg, lr=OPTIMIZERS[cfg.optimizer].default_lr)
         self.cfg = cfg
         self.callbacks = list(callbacks or [])
         self.should_stop = should_stop or (lambda: False)
@@ -207,8 +219,10 @@ class Trainer:
             raise VPError("Nothing to train: steps (or epochs) must be at least 1.")
         self.warmup = max(1, min(cfg.warmup_steps, self.total_steps // 10))
         self.eval_every = cfg.eval_every or max(1, min(self.steps_per_epoch, self.total_steps // 10))
-        self.optimizer = torch.optim.SGD(self.prompter.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+        self.optimizer = build_optimizer(cfg.optimizer, self.prompter.parameters(), cfg.lr, cfg.momentum,
+                                         cfg.weight_decay)
+        self.augment = build_augment(cfg.augment)  # before the prompt (draws from the global RNG: resumable)
+        self.capture = build_capture(cfg.capture)  # after it
         # per-channel std**2: turns the paper's normalised-space step into the same step in pixel space
         self.grad_scale = (self.backbone.std.view(3, 1, 1) ** 2).to(self.device)
         dtype = amp_dtype(self.device) if cfg.amp else None
@@ -219,7 +233,6 @@ class Trainer:
         self.history: list[dict] = []
         self.step = 0
         self._pending: tuple | None = None  # the step event advance() holds back until the next step is queued
-        self._last_step_time: float | None = None
         self.best_val = -1.0
         self.zero_shot_val: float | None = None
         self.mapping_set = None  # the train images a head fits itself on (label mappings), taken once
@@ -259,9 +272,7 @@ class Trainer:
         save_prompt(self.best_path, self.prompter, self.metadata(metrics))
 
     def save_last(self) -> None:
-        state = {f"momentum.{i}": self.optimizer.state[p]["momentum_buffer"]
-                 for i, p in enumerate(self.prompter.parameters())
-                 if self.optimizer.state.get(p, {}).get("momentum_buffer") is not None}
+        state = optimizer_state_tensors(self.optimizer, self.prompter.parameters())
         state["rng"] = torch.get_rng_state()
         metrics = {"step": self.step, "best_val_top1": self.best_val, "zero_shot_val_top1": self.zero_shot_val,
                    "baseline_mapping": self.model.head.baseline_indices()}
@@ -278,9 +289,7 @@ class Trainer:
         with torch.no_grad():
             for p, q in zip(self.prompter.parameters(), pf.prompter.parameters()):
                 p.copy_(q.to(self.device))
-        for i, p in enumerate(self.prompter.parameters()):
-            if f"momentum.{i}" in pf.state:
-                self.optimizer.state[p]["momentum_buffer"] = pf.state[f"momentum.{i}"].to(self.device)
+        load_optimizer_state_tensors(self.optimizer, self.prompter.parameters(), pf.state)
         if "rng" in pf.state:
             torch.set_rng_state(pf.state["rng"])
         m = pf.meta["metrics"]
@@ -357,7 +366,6 @@ class Trainer:
                 if self.step % self.eval_every == 0 or self.step == self.total_steps:
                     self.flush_step()
                     self.eval_and_checkpoint(epoch)
-                    self._last_step_time = None  # the evaluation's time is not a step's
         self.flush_step()
 
     def advance(self, x: torch.Tensor, y: torch.Tensor, epoch: int = 0) -> None:
@@ -365,27 +373,26 @@ class Trainer:
         accuracy are read from the device one step late, once this step is queued, so on a GPU the host does not
         sit idle waiting for each step before it can queue the next (on CPU it changes nothing).
         :meth:`flush_step` emits the one held back (before each evaluation and at the end)."""
-        if self._last_step_time is None:  # first step, or first after an evaluation: time it from here
-            self._last_step_time = time.perf_counter()
+        start = time.perf_counter()
         loss, acc, lr = self.train_step(x, y)
         self.step += 1
-        previous, self._pending = self._pending, (self.step, epoch, loss, acc, lr, len(y))
-        self._emit_step(previous)
+        previous, self._pending = self._pending, (self.step, epoch, loss, acc, lr, len(y), start)
+        self._emit_step(previous, end=start)
 
     def flush_step(self) -> None:
         """Emit the step event that :meth:`advance` holds back, if any."""
         pending, self._pending = self._pending, None
         self._emit_step(pending)
 
-    def _emit_step(self, pending: tuple | None) -> None:
-        """``images_per_s`` is measured between consecutive step events: steady-state throughput, the data
-        and the bookkeeping included."""
+    def _emit_step(self, pending: tuple | None, end: float | None = None) -> None:
+        """``images_per_s`` of a step: its images over the time from its start to the start of the next step
+        (``end``; the step's own work, its data and bookkeeping included, never an evaluation's), or, for the
+        last step before an evaluation or the end, to the moment its result is read back from the device."""
         if pending is None:
             return
-        step, epoch, loss, acc, lr, n = pending
+        step, epoch, loss, acc, lr, n, start = pending
         loss, acc = float(loss), float(acc)  # waits for that step on the device
-        now = time.perf_counter()
-        dt, self._last_step_time = max(now - self._last_step_time, 1e-9), now
+        dt = max((time.perf_counter() if end is None else end) - start, 1e-9)
         self.emit(TrainEvent("step", step, self.total_steps, epoch=epoch, loss=loss, lr=lr, train_acc=acc,
                              images_per_s=n / dt))
 
@@ -398,8 +405,11 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.model.train()
+        with torch.no_grad():
+            x = self.augment(x)  # input diversity: the image before the prompt
         with autocast(self.device, cfg.amp):
-            logits = self.model(x)
+            prompted = self.capture(self.prompter(x))  # capture simulation: what a shared prompted image goes through
+            logits = self.model.logits(self.backbone(prompted))
             loss = F.cross_entropy(logits.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -407,9 +417,10 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
-        for p in self.prompter.parameters():
-            if p.grad is not None:
-                p.grad.mul_(self.grad_scale)
+        if cfg.optimizer == "sgd":  # the paper's units; adam and l2sgd do not depend on the gradient's scale
+            for p in self.prompter.parameters():
+                if p.grad is not None and p.ndim == 3 and p.shape[0] == 3:
+                    p.grad.mul_(self.grad_scale)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()

@@ -29,6 +29,8 @@ from .backbones import BackboneCache, parse_spec
 from .data import dataset_names, extract_zip_dataset, open_image, to_rgb
 from .errors import VPError
 from .model import PromptedModel
+from .optim import OPTIMIZERS
+from .recipes import DEFAULT_RECIPE, recipe_settings
 from .prompt_file import check_backbone, read_metadata
 from .settings import choices, parse_value
 from .training import TrainConfig, Trainer, TrainEvent, TrainResult, history_record
@@ -48,7 +50,9 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 UPLOADED_DATASET = "upload a .zip of class folders"
 # the Train tab's choices, from the registries through TrainConfig's fields (see train_choices: that one also
 # sees kinds registered after this module was imported)
-TRAIN_CHOICE_FIELDS = ("prompter", "label_mapping", "clamp")
+TRAIN_CHOICE_FIELDS = ("prompter", "label_mapping", "clamp", "optimizer", "augment", "capture")
+# the Train tab's settings that a recipe may set (the form shows each)
+TRAIN_FORM_FIELDS = ("prompter", "lr", "label_mapping", "clamp", "optimizer", "augment", "capture")
 
 
 def train_choices() -> dict[str, list[str]]:
@@ -61,7 +65,12 @@ def choice_info(name: str) -> str:
     from .heads import MAPPINGS
     from .prompters import CLAMP_MODES, PROMPTERS
 
-    registry = {"prompter": PROMPTERS, "label_mapping": MAPPINGS, "clamp": CLAMP_MODES}[name]
+    from .augment import AUGMENTATIONS
+    from .capture import CAPTURE_AUGMENTATIONS
+    from .recipes import RECIPES
+
+    registry = {"prompter": PROMPTERS, "label_mapping": MAPPINGS, "clamp": CLAMP_MODES, "optimizer": OPTIMIZERS,
+                "augment": AUGMENTATIONS, "capture": CAPTURE_AUGMENTATIONS, "recipe": RECIPES}[name]
     return "; ".join(f"{k}: {getattr(v, 'description', v)}" for k, v in registry.items())
 
 
@@ -84,7 +93,14 @@ class TrainDefaults:
     model: str
     steps: int
     batch_size: int
-    label_mapping: str
+    recipe: str
+    settings: dict  # the recipe's TrainConfig settings, with the config's defaults for the rest of the form
+
+    def __getattr__(self, name):  # defaults.prompter, defaults.lr, ... read the recipe's settings
+        try:
+            return self.__dict__["settings"][name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 @dataclass
@@ -273,14 +289,18 @@ class VPApp:
         return out
 
     # -- Train --------------------------------------------------------------------------------------------
-    def train_defaults(self) -> TrainDefaults:
-        """Sized so a first run on a CPU shows progress within seconds and ends in about a minute and a half; the
-        paper's batch size on a GPU. Measured on the bundled subset, effnet-lite0@96, 100 steps of 64 (2-core CPU):
-        first_k 67.1% test top-1 in 69 s, frequency 57.7%, iterative 52.9% (no prompt: 40.8%); batch 32 with
-        iterative fell below no prompt (35.0%). Iterative mapping pays off in long runs, hence the GPU default."""
+    def train_defaults(self, recipe: str = DEFAULT_RECIPE) -> TrainDefaults:
+        """The Train tab's first values: a recipe's settings (the best measured one by default), sized so a first
+        run on a CPU shows progress within seconds and ends in a minute or two; the paper's batch size on a GPU.
+        What these defaults reach is measured by ``benchmarks/app_defaults.py`` (numbers in README.md)."""
+        base = TrainConfig()
+        form = {name: getattr(base, name) for name in TRAIN_FORM_FIELDS}
+        settings = {**form, **recipe_settings(recipe)}
+        if settings["lr"] is None:
+            settings["lr"] = OPTIMIZERS[settings["optimizer"]].default_lr
         if self.device.type == "cuda":
-            return TrainDefaults("effnet-lite0", 1000, 128, "iterative")
-        return TrainDefaults("effnet-lite0@96", 100, 64, "first_k")
+            return TrainDefaults("effnet-lite0", 1000, 128, recipe, settings)
+        return TrainDefaults("effnet-lite0@96", 100, 64, recipe, settings)
 
     @staticmethod
     def dataset_choices() -> list[str]:
@@ -296,13 +316,15 @@ class VPApp:
     def train_config(self, session: str, *, model: str, dataset: str, upload: str | None = None,
                      prompter: str = "pad", prompt_size: float | None = 0, steps: float = 100,
                      batch_size: float = 32, lr: float = 40.0, label_mapping: str = "iterative",
-                     clamp: str = "straight-through", seed: float = 0) -> TrainConfig:
+                     clamp: str = "straight-through", seed: float = 0, optimizer: str = "sgd",
+                     augment: str = "none", capture: str = "none") -> TrainConfig:
         """Check the Train tab's fields (with TrainConfig's own checks, see :mod:`visual_prompting.settings`) and
         turn them into a :class:`TrainConfig` for this session."""
         cfg = self.cfg
         parse_spec(model or "")
         form = {"prompter": prompter, "prompt_size": prompt_size or None, "steps": steps, "batch_size": batch_size,
-                "lr": lr, "label_mapping": label_mapping, "clamp": clamp, "seed": seed or 0}
+                "lr": lr, "label_mapping": label_mapping, "clamp": clamp, "seed": seed or 0, "optimizer": optimizer,
+                "augment": augment, "capture": capture}
         limits = {"steps": {"high": cfg.max_steps, "required": True}, "lr": {"high": 10_000},
                   "batch_size": {"high": cfg.max_batch_size, "required": True}}
         values = {k: parse_value(TrainConfig, k, v, **limits.get(k, {})) for k, v in form.items()}

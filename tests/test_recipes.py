@@ -1,0 +1,157 @@
+"""Training recipes and the options from later work, wired through TrainConfig, the Trainer, the CLI and the app."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from visual_prompting import TrainConfig
+from visual_prompting.cli import build_parser, main
+from visual_prompting.data import load_splits
+from visual_prompting.errors import VPError
+from visual_prompting.model import PromptedModel
+from visual_prompting.prompt_file import load_prompt
+from visual_prompting.recipes import RECIPES, config_from_recipe, recipe_settings
+from visual_prompting.settings import from_args
+from visual_prompting.training import StopTraining, Trainer
+
+
+@pytest.fixture(scope="module")
+def splits32():
+    return load_splits("fashion_mnist_subset", image_size=32)
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(model="effnet-lite0@32", steps=12, batch_size=16, device="cpu", out_dir=str(tmp_path), eval_every=4,
+                seed=0, mapping_samples=300)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_paper_recipe_is_the_config_defaults_exactly():
+    assert config_from_recipe("paper") == TrainConfig()
+    a = build_parser("paper").parse_args(["train", "--recipe", "paper"])
+    assert from_args(TrainConfig, a) == TrainConfig()
+
+
+def test_cli_default_is_the_fast_recipe_and_explicit_options_win():
+    a = build_parser().parse_args(["train"])
+    cfg = from_args(TrainConfig, a)
+    assert a.recipe == "fast"
+    for k, v in recipe_settings("fast").items():
+        assert getattr(cfg, k) == v
+    # the recipe is read from the command line itself (main pre-parses it), and an explicit option wins
+    from visual_prompting.cli import _recipe_in
+
+    argv = ["train", "--recipe", "robust", "--lr", "0.05", "--prompter", "pad"]
+    cfg = from_args(TrainConfig, build_parser(_recipe_in(argv)).parse_args(argv))
+    assert (cfg.capture, cfg.optimizer, cfg.lr, cfg.prompter) == ("capture", "adam", 0.05, "pad")
+
+
+def test_unknown_recipe_is_refused():
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--recipe", "nope"])
+    with pytest.raises(VPError, match="Unknown recipe"):
+        config_from_recipe("nope")
+
+
+def test_fast_recipe_trains_and_its_settings_reach_the_prompt_file(tmp_path, splits32):
+    cfg = config_from_recipe("fast", **{k: v for k, v in dataclasses.asdict(_cfg(tmp_path)).items()
+                                        if k not in recipe_settings("fast")})
+    t = Trainer(cfg, splits=splits32)
+    res = t.run()
+    meta = load_prompt(res.best_path).meta
+    tc = meta["train_config"]
+    assert (tc["prompter"], tc["optimizer"], tc["lr"], tc["label_mapping"]) == ("full", "adam", 0.01, "multi_frequency")
+    assert isinstance(t.optimizer, torch.optim.Adam)
+    # multi-source mapping: 10 distinct source classes per class, stored and read back by the loaded model
+    mapping = meta["head"]["mapping"]
+    assert len(mapping) == 10 and all(len(r) == 10 for r in mapping)
+    assert len({i for r in mapping for i in r}) == 100
+    model, _ = PromptedModel.from_prompt_file(res.best_path)
+    assert model.head.mapping.shape == (10, 10)
+    x = torch.rand(4, 3, 32, 32)
+    src = model.backbone(model.prompt(x))
+    assert torch.allclose(model(x), src[:, model.head.mapping].mean(-1), atol=1e-5)
+    # the no-prompt baseline is the same kind of mapping, fitted without the prompt
+    assert torch.as_tensor(meta["metrics"]["baseline_mapping"]).shape == (10, 10)
+    assert res.metrics["test_top1"] > 0.1
+
+
+def test_no_lr_takes_the_optimisers_own(tmp_path, splits32):
+    t = Trainer(_cfg(tmp_path, optimizer="adam", prompter="full", steps=1), splits=splits32)
+    assert t.cfg.lr == 0.01 and t.optimizer.param_groups[0]["lr"] <= 0.01
+    t = Trainer(_cfg(tmp_path, steps=1), splits=splits32)
+    assert t.cfg.lr == 40.0
+
+
+@pytest.mark.parametrize("optimizer, prompter", [("adam", "full"), ("l2sgd", "lowrank")])
+def test_resume_is_exact_for_other_optimisers(tmp_path, splits32, optimizer, prompter):
+    """Adam's moments and step count go into last.safetensors, so a resumed run ends where an uninterrupted one
+    does (the paper's SGD momentum was the only state kept before)."""
+    kw = dict(optimizer=optimizer, prompter=prompter, label_mapping="frequency", augment="flip_crop")
+    full = Trainer(_cfg(tmp_path / "full", **kw), splits=splits32)
+    full.run()
+
+    def stop_at_5(ev):
+        if ev.kind == "step" and ev.step == 5:
+            raise StopTraining
+
+    Trainer(_cfg(tmp_path / "cut", **kw), callbacks=[stop_at_5], splits=splits32).run()
+    resumed = Trainer(_cfg(tmp_path / "cut", resume=True, **kw), splits=splits32)
+    assert resumed.run().steps_done == 12
+    assert torch.allclose(resumed.prompter.delta(), full.prompter.delta(), atol=1e-6)
+
+
+def test_augment_and_capture_sit_before_and_after_the_prompt(tmp_path, splits32):
+    calls = []
+    t = Trainer(_cfg(tmp_path, steps=1, prompter="full", optimizer="adam", augment="flip_crop", capture="capture"),
+                splits=splits32)
+    t.augment.register_forward_hook(lambda m, i, o: calls.append(("augment", i[0].requires_grad)))
+    t.prompter.register_forward_hook(lambda m, i, o: calls.append(("prompt", o.requires_grad)))
+    t.capture.register_forward_hook(lambda m, i, o: calls.append(("capture", i[0].requires_grad)))
+    x = torch.rand(8, 3, 32, 32)
+    t.train_step(x, torch.randint(0, 10, (8,)))
+    assert calls == [("augment", False), ("prompt", True), ("capture", True)]
+    assert float(t.prompter.full.detach().abs().sum()) > 0  # the gradient reached the prompt through capture
+    # evaluation uses neither
+    calls.clear()
+    t.model.eval()
+    with torch.no_grad():
+        t.model(x)
+    assert calls == [("prompt", False)]
+
+
+def test_images_per_second_is_a_steps_own_rate(tmp_path, splits32):
+    """The rate shown at an evaluation step and at the step after it is the step's own, not a step's time over
+    zero (it read 130,000+ img/s) nor an evaluation's (2-55 img/s)."""
+    events = []
+    Trainer(_cfg(tmp_path, steps=12, eval_every=3), callbacks=[events.append], splits=splits32).run()
+    rates = [e.images_per_s for e in events if e.kind == "step"]
+    assert len(rates) == 12
+    med = sorted(rates)[len(rates) // 2]
+    assert all(med / 5 < r < med * 5 for r in rates), rates
+
+
+def test_every_recipe_builds_a_valid_config():
+    for name in RECIPES:
+        cfg = config_from_recipe(name)
+        assert cfg.to_dict()["prompter"] in ("pad", "full")
+
+
+def test_app_form_follows_a_recipe(tmp_path):
+    from visual_prompting.ui import TRAIN_FORM_FIELDS, VPApp, train_choices
+
+    vp = VPApp()
+    d = vp.train_defaults()
+    assert d.recipe == "fast" and d.prompter == "full" and d.optimizer == "adam" and d.lr == 0.01
+    assert vp.train_defaults("paper").settings == {f: getattr(TrainConfig(), f) if f != "lr" else 40.0
+                                                   for f in TRAIN_FORM_FIELDS}
+    ch = train_choices()
+    assert {"adam", "l2sgd", "sgd"} <= set(ch["optimizer"]) and "flip_crop" in ch["augment"]
+    cfg = vp.train_config("s1", model="effnet-lite0@32", dataset="fashion_mnist_subset", steps=5, batch_size=8,
+                          **{f: d.settings[f] for f in TRAIN_FORM_FIELDS})
+    assert (cfg.optimizer, cfg.prompter, cfg.label_mapping) == ("adam", "full", "multi_frequency")
+    with pytest.raises(VPError, match="optimizer"):
+        vp.train_config("s1", model="effnet-lite0@32", dataset="fashion_mnist_subset", steps=5, batch_size=8,
+                        optimizer="rmsprop")
