@@ -40,8 +40,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import (apply_threads, bench_parser, command_line, machine_info, markdown_table, pyplot, save_figure,  # noqa: E402
-                    write_json, write_markdown)
+from _bench import (apply_threads, bench_parser, markdown_table, provenance, provenance_of, pyplot,  # noqa: E402
+                    save_figure, write_json, write_markdown)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -353,6 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = pick_device(args.device)
     args.device = str(device)
     eval_batch = args.eval_batch_size or (args.batch_size if device.type == "cpu" else max(args.batch_size, 256))
+    prov = provenance("accuracy.py", argv, device)  # before the run: its load average says whether it was shared
     seed_everything(args.seed)
     spec = f"{args.model}@{args.image_size}"
     t0 = time.perf_counter()
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "linear_probe": "L-BFGS logistic regression on frozen penultimate features, no augmentation; C swept "
                                 "1e-6..1e6 on validation (CLIP's recipe), fitted on the train subset only",
                 "data_seconds": round(data_seconds, 2)}
-    doc = {"machine": machine_info(device), "command": command_line("accuracy.py", argv), "settings": settings,
+    doc = {"provenance": prov, "settings": settings,
            "status": "running", "rows": []}
     json_path = out / "accuracy.json"
     print(f"{spec} on {splits.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test "
@@ -418,8 +419,8 @@ def render(doc: dict, out: Path) -> str:
                      f"{100 * s['linear_probe_test_top1']:.2f}%; gap {s['gap_points']:+.2f} points "
                      f"(goal {'met' if s['goal_met'] else 'not met'}).{total}")
     lines += [f"- {o}" for o in s["observations"]]
-    return write_markdown(out / "accuracy.md", "Accuracy (Fashion-MNIST, frozen EfficientNet-Lite0)", doc["command"],
-                          doc["machine"], "\n".join(lines))
+    return write_markdown(out / "accuracy.md", "Accuracy (Fashion-MNIST, frozen EfficientNet-Lite0)",
+                          provenance_of(doc), "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import (REPO, apply_threads, bench_parser, command_line, machine_info, markdown_table, median, pyplot,  # noqa: E402
-                    save_figure, write_json, write_markdown)
+from _bench import (REPO, apply_threads, bench_parser, markdown_table, median, pyplot,  # noqa: E402
+                    provenance, save_figure, write_json, write_markdown)
 
 import torch  # noqa: E402
 
@@ -225,10 +225,11 @@ def main(argv: list[str] | None = None) -> dict:
     if name is None:
         raise SystemExit("prompts_zoo/ has no prompt: the app has nothing to predict with")
     assert list_prompts()  # same folder the app reads
+    prov = provenance("app_latency.py", argv, "cpu")  # before the run: its load average says whether it was shared
     inproc = measure_in_process(name, images, bare_repeats, bare_repeats)
     server = measure_server(name, images[0], repeats, args.timeout, args.threads)
     floor = measure_server(None, images[0], repeats, args.timeout, args.threads)["prediction_s"]
-    doc = {"machine": machine_info("cpu"), "command": command_line("app_latency.py", argv),
+    doc = {"provenance": prov,
            "settings": {"prompt": name, "image": str(images[0].relative_to(REPO)), "repeats": repeats,
                         "bare_repeats": bare_repeats, "smoke": args.smoke,
                         "server_threads": args.threads or "torch default"},
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
         [[doc["launch_to_page_s"], doc["launch_to_first_prediction_s"], doc["prediction_s"], doc["handler_s"],
           doc["bare_forward_s"], doc["ratio"], doc["handler_ratio"], doc["gradio_floor_s"]]])
     body += f"\n\nPrompt `{name}` ({doc['prompt_spec']}), image `{doc['settings']['image']}`."
-    print(write_markdown(out / "app_latency.md", "App latency", doc["command"], doc["machine"], body))
+    print(write_markdown(out / "app_latency.md", "App latency", doc["provenance"], body))
     return doc
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -43,14 +44,38 @@ def read(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def check_provenance(p: dict, script: str) -> None:
+    """What _bench.provenance() promises: recorded by the tool, with command, commit, dirty, date, machine and the
+    load average before the run."""
+    assert p["recorded"] is True
+    assert p["command"].startswith(f"python benchmarks/{script}.py")
+    assert isinstance(p["git_commit"], str) and len(p["git_commit"]) == 40 and isinstance(p["git_dirty"], bool)
+    assert p["date_utc"].endswith("Z") and len(p["load_average_before_run"]) == 3
+    assert {"cpu", "cpu_count", "cpus_usable", "gpu", "torch"} <= set(p["machine"])
+
+
 def check_outputs(out: Path, name: str) -> dict:
     doc = read(out / f"{name}.json")
     png = out / f"{name}.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / f"{name}.md").read_text().startswith("### ")
-    m = doc["machine"]
-    assert {"platform", "cpu_count", "torch", "device_name"} <= set(m)
+    if name == "speed":
+        for per_device in doc["results"].values():
+            for r in per_device.values():
+                check_provenance(r["provenance"], name)
+    else:
+        check_provenance(doc["provenance"], name)
     return doc
+
+
+def load_read_before(mod, monkeypatch, run_fn: str) -> list:
+    """Record the order of 'load average read' and 'the run starts' (``run_fn`` of the script's module)."""
+    order = []
+    real = os.getloadavg
+    monkeypatch.setattr(os, "getloadavg", lambda: (order.append("load"), real())[1])
+    inner = getattr(mod, run_fn)
+    monkeypatch.setattr(mod, run_fn, lambda *a, **k: (order.append("run"), inner(*a, **k))[1])
+    return order
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -108,8 +133,11 @@ def test_speed_smoke_merges_models_and_measures_memory(tmp_path):
                 assert r[key] is None
 
 
-def test_scaling_smoke(tmp_path):
-    load("scaling").main(["--smoke", "--out", str(tmp_path), "--threads", "1"])
+def test_scaling_smoke(tmp_path, monkeypatch):
+    mod = load("scaling")
+    order = load_read_before(mod, monkeypatch, "train_scaling")
+    mod.main(["--smoke", "--out", str(tmp_path), "--threads", "1"])
+    assert order[:2] == ["load", "run"]  # the load average in the file is the machine's before the measurement
     doc = check_outputs(tmp_path, "scaling")
     tr, ev = doc["training"], doc["evaluation"]
     assert len(tr["batch_sizes"]) == len(tr["images_per_s"]) == 2 and all(is_num(v) for v in tr["images_per_s"])
@@ -139,9 +167,12 @@ def test_linear_probe_fits_separable_data():
     assert float(W0.abs().max()) < 1e-2
 
 
-def test_app_latency_smoke(tmp_path):
+def test_app_latency_smoke(tmp_path, monkeypatch):
     pytest.importorskip("gradio_client")
-    load("app_latency").main(["--smoke", "--out", str(tmp_path), "--threads", "1"])
+    mod = load("app_latency")
+    order = load_read_before(mod, monkeypatch, "measure_in_process")
+    mod.main(["--smoke", "--out", str(tmp_path), "--threads", "1"])
+    assert order[:2] == ["load", "run"]
     doc = check_outputs(tmp_path, "app_latency")
     for k in ("launch_to_first_prediction_s", "prediction_s", "bare_forward_s", "ratio"):
         assert is_num(doc[k]) and doc[k] > 0, k
