@@ -179,3 +179,45 @@ def test_app_latency_smoke(tmp_path, monkeypatch):
     assert doc["launch_to_first_prediction_s"] >= doc["launch_to_page_s"]
     assert doc["ratio"] == pytest.approx(doc["prediction_s"] / doc["bare_forward_s"])
     assert len(doc["prompted_top5_example"]) == 5
+
+
+def test_accuracy_seeds_and_rows_merge(tmp_path):
+    """--seeds trains each prompt row once per seed (mean, min-max, every seed kept); --rows merges into the same
+    accuracy.json, replacing the rows it runs and keeping the others with their own provenance."""
+    acc = load("accuracy")
+    base = ["--smoke", "--out", str(tmp_path), "--threads", "1", "--quiet", "--steps", "2"]
+    acc.main(base + ["--rows", "no_prompt_first_k,pad_first_k", "--seeds", "2"])
+    acc.main(base + ["--rows", "pad_frequency", "--seeds", "0,3"])
+    doc = read(tmp_path / "accuracy.json")
+    by = {r["method"]: r for r in doc["rows"]}
+    assert list(by) == ["no_prompt_first_k", "pad_first_k", "pad_frequency"]
+    assert by["pad_first_k"]["seeds"] == [0, 1] and by["pad_frequency"]["seeds"] == [0, 3]
+    assert by["no_prompt_first_k"]["deterministic"] and by["no_prompt_first_k"]["seeds"] == []
+    for m in ("pad_first_k", "pad_frequency"):
+        r = by[m]
+        tops = [s["test_top1"] for s in r["per_seed"]]
+        assert [s["seed"] for s in r["per_seed"]] == r["seeds"]
+        assert r["test_top1"] == pytest.approx(sum(tops) / 2)
+        assert (r["test_top1_min"], r["test_top1_max"]) == (min(tops), max(tops))
+    assert "--seeds 2" in by["pad_first_k"]["provenance"]["command"]
+    assert "pad_frequency" in by["pad_frequency"]["provenance"]["command"]
+    with pytest.raises(SystemExit, match="other settings"):  # rows of another budget are never mixed in
+        acc.main(base[:-1] + ["3", "--rows", "pad_first_k"])
+
+
+def test_accuracy_effects_need_more_than_the_seed_spread():
+    acc = load("accuracy")
+
+    def row(m, tops):
+        return {"method": m, "kind": "prompt", "test_top1": sum(tops) / len(tops), "seeds": list(range(len(tops))),
+                "test_top1_min": min(tops), "test_top1_max": max(tops)}
+
+    no_prompt = {"method": "no_prompt_first_k", "kind": "no_prompt", "test_top1": 0.1, "deterministic": True}
+    one = acc.effect(row("a", [0.80]), row("b", [0.75]), "x")
+    assert not one["conclusive"] and "no conclusion" in one["text"]  # one seed: 5 points say nothing
+    close = acc.effect(row("a", [0.80, 0.78, 0.79]), row("b", [0.79, 0.77, 0.76]), "x")
+    assert close["diff_points"] == pytest.approx(1.67, abs=0.01) and close["spread_points"] == pytest.approx(3.0)
+    assert not close["conclusive"] and "within the spread" in close["text"]
+    far = acc.effect(row("a", [0.80, 0.81, 0.79]), row("b", [0.70, 0.71, 0.72]), "x")
+    assert far["conclusive"] and "larger than the spread" in far["text"]
+    assert acc.effect(row("a", [0.5, 0.52]), no_prompt, "x")["conclusive"]  # a deterministic row has no spread
