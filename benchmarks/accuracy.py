@@ -77,6 +77,20 @@ METHODS = [r[0] for r in ROWS]
 
 # -- data ------------------------------------------------------------------------------------------------------
 
+
+# the code this result measures: `benchmarks/report.py --stale` lists a result as stale once any of these
+# paths changed after the commit it records
+MEASURES = [
+    "benchmarks/accuracy.py",
+    "visual_prompting/training.py",
+    "visual_prompting/prompters.py",
+    "visual_prompting/heads.py",
+    "visual_prompting/backbones.py",
+    "visual_prompting/data.py",
+    "visual_prompting/evaluation.py",
+    "visual_prompting/model.py",
+]
+
 def build_splits(dataset: str, image_size: int, train_size: int, val_size: int, test_size: int | None,
                  seed: int) -> DataSplits:
     """One fixed train subset, one fixed validation subset and the test set, resized once to ``image_size``."""

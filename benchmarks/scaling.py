@@ -40,6 +40,19 @@ from visual_prompting.training import Trainer  # noqa: E402
 from visual_prompting.utils import pick_device  # noqa: E402
 
 
+
+# the code this result measures: `benchmarks/report.py --stale` lists a result as stale once any of these
+# paths changed after the commit it records
+MEASURES = [
+    "benchmarks/scaling.py",
+    "visual_prompting/training.py",
+    "visual_prompting/prompters.py",
+    "visual_prompting/heads.py",
+    "visual_prompting/backbones.py",
+    "visual_prompting/evaluation.py",
+    "visual_prompting/model.py",
+]
+
 def real_images(image_size: int, n: int) -> TensorImageSet:
     """``n`` real Fashion-MNIST images at ``image_size`` (the bundled subset's 4000, tiled if more are needed)."""
     s = load_splits("fashion_mnist_subset", image_size=image_size, resize_cache_bytes=0)

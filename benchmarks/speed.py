@@ -67,6 +67,18 @@ FULL_MODELS = ["clip:ViT-B-32/random", "effnet-lite0"]
 SMOKE_MODELS = ["clip:vp-tiny", "effnet-lite0@32"]
 
 
+
+# the code this result measures: `benchmarks/report.py --stale` lists a result as stale once any of these
+# paths changed after the commit it records
+MEASURES = [
+    "benchmarks/speed.py",
+    "visual_prompting/training.py",
+    "visual_prompting/prompters.py",
+    "visual_prompting/heads.py",
+    "visual_prompting/backbones.py",
+    "visual_prompting/utils.py",
+]
+
 def default_batch(spec: str, device: torch.device, smoke: bool) -> int:
     if smoke:
         return 4

@@ -34,6 +34,20 @@ MODEL = "effnet-lite0@96"
 KINDS = ("pad", "fixed_patch", "random_patch", "shrink_pad")
 
 
+
+# the code this result measures: `benchmarks/report.py --stale` lists a result as stale once any of these
+# paths changed after the commit it records
+MEASURES = [
+    "scripts/build_zoo.py",
+    "visual_prompting/training.py",
+    "visual_prompting/prompters.py",
+    "visual_prompting/heads.py",
+    "visual_prompting/backbones.py",
+    "visual_prompting/data.py",
+    "visual_prompting/evaluation.py",
+    "visual_prompting/cli.py",
+]
+
 def command(kind: str, dataset: str, steps: int) -> list[str]:
     return ["python", "-m", "visual_prompting", "train", "--model", MODEL, "--dataset", dataset, "--prompter", kind,
             "--steps", str(steps), "--batch-size", "64", "--out-dir", f"runs/zoo/{dataset}-{kind}", "--quiet"]

@@ -28,6 +28,18 @@ from visual_prompting.training import Trainer  # noqa: E402
 from visual_prompting.utils import amp_dtype  # noqa: E402
 
 
+
+# the code this result measures: `benchmarks/report.py --stale` lists a result as stale once any of these
+# paths changed after the commit it records
+MEASURES = [
+    "scripts/gpu_check.py",
+    "visual_prompting/training.py",
+    "visual_prompting/prompters.py",
+    "visual_prompting/heads.py",
+    "visual_prompting/backbones.py",
+    "visual_prompting/utils.py",
+]
+
 def throughput(spec: str, device: str, amp: bool, batch: int, steps: int, splits) -> dict:
     with tempfile.TemporaryDirectory() as d:
         t = Trainer(TrainConfig(model=spec, steps=1000, batch_size=batch, device=device, amp=amp, out_dir=d,
