@@ -86,14 +86,11 @@ def machine_info(device: torch.device | str | None = None) -> dict:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": usable,
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "device": dev.type,
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model(),
-        # a busy machine makes every timing here meaningless: say how busy it was when the run started
-        "load_average_at_start": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        **git_state(),
     }
     if dev.type == "cuda":
         from visual_prompting.utils import amp_dtype
@@ -104,8 +101,53 @@ def machine_info(device: torch.device | str | None = None) -> dict:
 
 
 def command_line(script: str, argv: list[str] | None) -> str:
+    """The command as typed from the repository root; ``script`` is a path from there, or a name in benchmarks/."""
     args = sys.argv[1:] if argv is None else list(argv)
-    return " ".join(["python", f"benchmarks/{script}", *map(shlex.quote, args)])
+    path = script if "/" in script else f"benchmarks/{script}"
+    return " ".join(["python", path, *map(shlex.quote, args)])
+
+
+def provenance(script: str, argv: list[str] | None, device: torch.device | str | None = None) -> dict:
+    """Where a results file came from, recorded by the tool and never edited: call it BEFORE the run (the load
+    average is the machine's state when the measurement starts, which is what says whether it was shared).
+
+    The one function every tool that writes results uses (benchmarks/*.py, scripts/build_zoo.py,
+    scripts/gpu_check.py, benchmarks/readme_train.py). ``git_commit``/``git_dirty`` are what git says in the
+    tree that ran; a lent machine that runs a copy of the tree has its own git state, so a session script may
+    also declare the commit it copied (``VP_SOURCE_COMMIT``), recorded apart as ``source_commit_declared``."""
+    prov = {
+        "recorded": True,
+        "command": command_line(script, argv),
+        **git_state(),
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        # a busy machine makes every timing here meaningless: how busy it was when the run started
+        "load_average_before_run": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "machine": machine_info(device),
+    }
+    if os.environ.get("VP_SOURCE_COMMIT"):
+        prov["source_commit_declared"] = os.environ["VP_SOURCE_COMMIT"]
+    return prov
+
+
+def provenance_of(doc: dict) -> dict:
+    """A results document's (or a speed.json entry's) provenance in one shape, also for files written before
+    :func:`provenance` existed (``machine`` + ``command`` written by the tool). Such a file may carry a
+    ``provenance`` marker ``{"recorded": false, "note": ...}`` saying what in it was not recorded by the tool;
+    its note is kept and ``recorded`` stays false. Never fills in a field the tool did not write."""
+    p = doc.get("provenance")
+    if isinstance(p, dict) and p.get("recorded") is True:
+        return p
+    m = doc.get("machine") if isinstance(doc.get("machine"), dict) else {}
+    marker = p if isinstance(p, dict) else {}
+    out = {"recorded": bool(m) and not marker, "layout": "legacy", "command": doc.get("command"),
+           "git_commit": m.get("git_commit"), "git_dirty": m.get("git_dirty"), "date_utc": m.get("date_utc"),
+           # the old key said "at start"; whether it was read before the run is in the marker's note
+           "load_average_before_run": m.get("load_average_at_start") if not marker else None,
+           "machine": {k: v for k, v in m.items() if k not in ("git_commit", "git_dirty", "date_utc",
+                                                               "load_average_at_start")}}
+    if marker:
+        out["note"] = marker.get("note")
+    return out
 
 
 def _clean(obj):
@@ -146,16 +188,21 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def machine_line(machine: dict) -> str:
-    dev = machine.get("device_name") or machine.get("device")
-    return (f"{machine.get('cpus_usable')} CPU cores ({machine.get('cpu')}), device {dev}, torch "
-            f"{machine.get('torch')}, load average at start {machine.get('load_average_at_start')}; "
-            f"{machine.get('date_utc')}, commit {str(machine.get('git_commit'))[:10]}"
-            f"{' (dirty)' if machine.get('git_dirty') else ''}")
+def machine_line(prov: dict) -> str:
+    """One line for a table's footer from :func:`provenance` (or :func:`provenance_of` of an older file)."""
+    m = prov.get("machine") or {}
+    dev = m.get("gpu") or m.get("device_name") or m.get("device")
+    commit = str(prov.get("git_commit"))[:10]
+    text = (f"{m.get('cpus_usable')} CPU cores ({m.get('cpu')}), device {dev}, torch {m.get('torch')}, "
+            f"load average before the run {prov.get('load_average_before_run')}; {prov.get('date_utc')}, "
+            f"commit {commit}{' (dirty)' if prov.get('git_dirty') else ''}")
+    if not prov.get("recorded"):
+        text += f" [provenance not recorded by the tool: {prov.get('note') or 'written before it was'}]"
+    return text
 
 
-def write_markdown(path: Path, title: str, command: str, machine: dict, body: str) -> str:
-    text = f"### {title}\n\n    {command}\n\n{body}\n\nMachine: {machine_line(machine)}.\n"
+def write_markdown(path: Path, title: str, prov: dict, body: str) -> str:
+    text = f"### {title}\n\n    {prov.get('command')}\n\n{body}\n\nMachine: {machine_line(prov)}.\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text

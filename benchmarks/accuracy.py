@@ -1,6 +1,7 @@
 """Accuracy on real data, offline: frozen EfficientNet-Lite0 (ImageNet weights) on Fashion-MNIST.
 
-    python benchmarks/accuracy.py                  # the full benchmark (63.5 min on 2 CPU cores)
+    python benchmarks/accuracy.py                  # the full benchmark (about an hour on 2 CPU cores)
+    python benchmarks/accuracy.py --rows pad_first_k,pad_frequency --seeds 3   # some rows, 3 seeds each, merged
     python benchmarks/accuracy.py --smoke --out /tmp/acc   # tiny settings, seconds (what the tests run)
 
 Data: the full Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package (/usr/share/datasets/fashion-mnist).
@@ -25,10 +26,13 @@ Each row records test top-1, trainable parameters and wall time on this machine 
 accuracy and the validation curve, to tell whether more steps would help).
 
 Budget (the defaults): 96 px input, 10,000 train images, 1000 steps of batch 64 per trained row (6.4 epochs),
-validation every 200 steps, no-prompt and probe passes at the training batch on CPU (256 on CUDA). Measured on 2 CPU
-cores: 63.5 min in all (7.4-9 min a trained row, about 6 of them training; 2.2 min for the two no-prompt rows, 1.9
-min for the linear probe). On an H200 at 224 px the probe, one no-prompt row and three pad rows took 2.4 min.
-Rows are written to the JSON as they finish, so an interrupted run keeps them.
+validation every 200 steps, no-prompt and probe passes at the training batch on CPU (256 on CUDA); the measured
+times are in benchmarks/README.md (written from accuracy.json by benchmarks/report.py).
+Rows are written to the JSON as they finish, so an interrupted run keeps them. ``--rows`` runs only some rows and
+merges them into an existing accuracy.json of the same settings (replacing those rows, keeping the others with
+their own provenance), so the seeds of a slow benchmark can be spread over several sessions. ``--seeds`` trains
+each prompt row once per seed and reports the mean and min-max; the summary states a difference between two
+rows only when it is larger than their seed spread.
 """
 from __future__ import annotations
 
@@ -40,8 +44,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import (apply_threads, bench_parser, command_line, machine_info, markdown_table, pyplot, save_figure,  # noqa: E402
-                    write_json, write_markdown)
+from _bench import (apply_threads, bench_parser, markdown_table, provenance, provenance_of, pyplot,  # noqa: E402
+                    save_figure, write_json, write_markdown)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -72,6 +76,20 @@ METHODS = [r[0] for r in ROWS]
 
 
 # -- data ------------------------------------------------------------------------------------------------------
+
+
+# the code this result measures: `benchmarks/report.py --stale` lists a result as stale once any of these
+# paths changed after the commit it records
+MEASURES = [
+    "benchmarks/accuracy.py",
+    "visual_prompting/training.py",
+    "visual_prompting/prompters.py",
+    "visual_prompting/heads.py",
+    "visual_prompting/backbones.py",
+    "visual_prompting/data.py",
+    "visual_prompting/evaluation.py",
+    "visual_prompting/model.py",
+]
 
 def build_splits(dataset: str, image_size: int, train_size: int, val_size: int, test_size: int | None,
                  seed: int) -> DataSplits:
@@ -108,10 +126,42 @@ def run_no_prompt(spec: str, mapping: str, splits: DataSplits, cache: BackboneCa
             "mapping": head.mapping.tolist()}
 
 
+def run_prompt_seeds(spec: str, prompter: str, mapping: str, clamp: str, splits: DataSplits, cache: BackboneCache,
+                     args, out_dir: str) -> dict:
+    """One prompt row trained once per seed: the mean of each number, its spread, and every seed's own record."""
+    per_seed = []
+    for seed in args.seeds:
+        if not args.quiet and len(args.seeds) > 1:
+            print(f"   seed {seed}", flush=True)
+        per_seed.append({"seed": seed, **run_prompt(spec, prompter, mapping, clamp, splits, cache, args,
+                                                    str(Path(out_dir) / f"seed{seed}"), seed)})
+    return {**aggregate_seeds(per_seed), "trainable_params": per_seed[0]["trainable_params"],
+            "prompt_size": per_seed[0]["prompt_size"], "steps": per_seed[0]["steps"]}
+
+
+def aggregate_seeds(per_seed: list[dict]) -> dict:
+    """Mean over seeds of test/val top-1 and train accuracy, with the std (sample, None for one seed) and min-max
+    of test top-1; ``still_improving_at_end`` when it is so for most seeds."""
+    import statistics
+
+    def mean(key):
+        vals = [r[key] for r in per_seed if r.get(key) is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    tops = [r["test_top1"] for r in per_seed]
+    return {"test_top1": mean("test_top1"), "test_top5": mean("test_top5"), "val_top1": mean("val_top1"),
+            "train_acc_last_10pct": mean("train_acc_last_10pct"),
+            "seeds": [r["seed"] for r in per_seed],
+            "test_top1_std": statistics.stdev(tops) if len(tops) > 1 else None,
+            "test_top1_min": min(tops), "test_top1_max": max(tops),
+            "still_improving_at_end": 2 * sum(bool(r["still_improving_at_end"]) for r in per_seed) > len(per_seed),
+            "per_seed": per_seed}
+
+
 def run_prompt(spec: str, prompter: str, mapping: str, clamp: str, splits: DataSplits, cache: BackboneCache,
-               args, out_dir: str) -> dict:
+               args, out_dir: str, seed: int) -> dict:
     cfg = TrainConfig(model=spec, dataset=splits.name, prompter=prompter, label_mapping=mapping, clamp=clamp,
-                      steps=args.steps, batch_size=args.batch_size, device=args.device, seed=args.seed,
+                      steps=args.steps, batch_size=args.batch_size, device=args.device, seed=seed,
                       out_dir=out_dir, num_workers=0, eval_every=args.eval_every,
                       test_without_prompt=False)  # the no_prompt rows measure that once for all rows
 
@@ -222,6 +272,37 @@ def linear_probe(bb, splits: DataSplits, batch: int, device, refinements: int, m
 
 # -- report ------------------------------------------------------------------------------------------------------
 
+def seed_spread(row: dict) -> float | None:
+    """Points between the row's best and worst seed; 0 for a deterministic row (no prompt, linear probe); None
+    when a trained row ran with one seed (its spread is unknown)."""
+    if row.get("deterministic") or row["kind"] != "prompt":
+        return 0.0
+    if len(row.get("seeds") or []) < 2:
+        return None
+    return 100 * (row["test_top1_max"] - row["test_top1_min"])
+
+
+def effect(a: dict, b: dict, what: str) -> dict:
+    """The difference of two rows' (mean) test top-1, stated as a difference only when it is larger than the seed
+    spread (min-max) of both rows; a trained row with one seed supports no conclusion."""
+    d = 100 * (a["test_top1"] - b["test_top1"])
+    sa, sb = seed_spread(a), seed_spread(b)
+    n = min(len(r.get("seeds") or []) or 1 for r in (a, b) if r["kind"] == "prompt") if "prompt" in (
+        a["kind"], b["kind"]) else None
+    e = {"what": what, "a": a["method"], "b": b["method"], "diff_points": round(d, 2), "seeds": n}
+    head = f"{what}: {a['method']} - {b['method']} = {d:+.1f} points"
+    if sa is None or sb is None:
+        e.update(spread_points=None, conclusive=False)
+        e["text"] = f"{head} (one seed: the seed spread is unknown, no conclusion)"
+    else:
+        spread = max(sa, sb)
+        e.update(spread_points=round(spread, 2), conclusive=abs(d) > spread)
+        seeds = f"mean of {n} seeds, " if n else ""
+        e["text"] = (f"{head} ({seeds}seed spread up to {spread:.1f}): "
+                     + ("larger than the spread" if e["conclusive"] else "within the spread, no difference shown"))
+    return e
+
+
 def summarize(rows: list[dict]) -> dict:
     by = {r["method"]: r for r in rows}
     prompts = [r for r in rows if r["kind"] == "prompt"]
@@ -234,11 +315,13 @@ def summarize(rows: list[dict]) -> dict:
         if prompts:
             out["gap_points"] = round(100 * (by["linear_probe"]["test_top1"] - out["best_prompt_test_top1"]), 2)
             out["goal_met"] = out["best_prompt_test_top1"] >= by["linear_probe"]["test_top1"]
-    obs = []
+    obs, effects = [], []
 
     def diff(a, b_, what):
         if a in by and b_ in by:
-            obs.append(f"{what}: {a} - {b_} = {100 * (by[a]['test_top1'] - by[b_]['test_top1']):+.1f} points")
+            e = effect(by[a], by[b_], what)
+            effects.append(e)
+            obs.append(e["text"])
 
     diff("no_prompt_frequency", "no_prompt_first_k", "mapping without a prompt")
     diff("pad_frequency", "pad_first_k", "frequency vs hard-coded mapping (pad)")
@@ -247,6 +330,7 @@ def summarize(rows: list[dict]) -> dict:
     diff("shrink_pad_iterative", "pad_iterative", "shrink-and-pad vs pad")
     diff("fixed_patch_iterative", "pad_iterative", "fixed patch vs pad")
     diff("random_patch_iterative", "pad_iterative", "random patch vs pad")
+    out["effects"] = effects
     rising = [r["method"] for r in prompts if r.get("still_improving_at_end")]
     if rising:
         obs.append("best validation accuracy at the last evaluation (more steps would likely help): " + ", ".join(rising))
@@ -262,10 +346,19 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def table(rows: list[dict]) -> str:
+    def seeds(r):
+        return "-" if r["kind"] != "prompt" else ",".join(map(str, r.get("seeds") or ["?"]))
+
+    def spread(r):
+        return (f"{100 * r['test_top1_min']:.1f}-{100 * r['test_top1_max']:.1f}" if len(r.get("seeds") or []) > 1
+                else "-" if r["kind"] != "prompt" else "one seed")
+
     return markdown_table(
-        ["method", "test top-1 %", "trainable params", "seconds", "val top-1 %", "what"],
-        [[r["method"], round(100 * r["test_top1"], 2), r["trainable_params"], round(r["seconds"], 1),
-          round(100 * r["val_top1"], 2) if r.get("val_top1") is not None else None, r["description"]] for r in rows])
+        ["method", "test top-1 % (mean)", "seeds", "test top-1 % min-max", "trainable params", "seconds",
+         "val top-1 %", "what"],
+        [[r["method"], round(100 * r["test_top1"], 2), seeds(r), spread(r), r["trainable_params"],
+          round(r["seconds"], 1), round(100 * r["val_top1"], 2) if r.get("val_top1") is not None else None,
+          r["description"]] for r in rows])
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -308,7 +401,13 @@ def parse_args(argv):
                     help="validate (and keep the best prompt) every N steps (default steps/5; smoke 1)")
     ap.add_argument("--rows", default="all", help=f"comma-separated subset of, run in the order given: {', '.join(METHODS)}")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the fixed train/val/test subsets (and the training "
+                    "seed when --seeds is not given)")
+    ap.add_argument("--seeds", default=None,
+                    help="training seeds of every prompt row: a list (0,1,2) or a count (3 = 0,1,2). Each prompt row "
+                         "is trained once per seed and reports the mean and the spread (std, min-max); the summary "
+                         "states a difference only when it is larger than the spread. No-prompt rows and the linear "
+                         "probe are deterministic and run once. Default: --seed alone")
     ap.add_argument("--lp-max-iter", type=int, default=None, help="L-BFGS iterations per linear-probe fit (default 1000)")
     ap.add_argument("--runs-dir", default=None, help="keep each row's prompt files here (default: a temp folder)")
     ap.add_argument("--render", action="store_true",
@@ -334,6 +433,14 @@ def parse_args(argv):
         else:
             ap.error(f"the full Fashion-MNIST is not at {DEBIAN_FASHION_MNIST}: install Debian's dataset-fashion-mnist "
                      "(apt-get install dataset-fashion-mnist), or pass --dataset NAME to benchmark something else")
+    try:
+        a.seeds = ([a.seed] if a.seeds is None else [int(v) for v in a.seeds.split(",") if v.strip()]
+                   if "," in a.seeds else list(range(int(a.seeds))))
+    except ValueError:
+        ap.error(f"--seeds takes a list of seeds (0,1,2) or a count (3), not {a.seeds!r}")
+    if not a.seeds or len(set(a.seeds)) != len(a.seeds):
+        ap.error(f"--seeds needs at least one seed, each once (got {a.seeds!r})")
+    a.merge = a.rows != "all"
     a.rows = METHODS if a.rows == "all" else list(dict.fromkeys(m.strip() for m in a.rows.split(",") if m.strip()))
     unknown = set(a.rows) - set(METHODS)
     if unknown:
@@ -353,6 +460,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = pick_device(args.device)
     args.device = str(device)
     eval_batch = args.eval_batch_size or (args.batch_size if device.type == "cpu" else max(args.batch_size, 256))
+    prov = provenance("accuracy.py", argv, device)  # before the run: its load average says whether it was shared
     seed_everything(args.seed)
     spec = f"{args.model}@{args.image_size}"
     t0 = time.perf_counter()
@@ -367,9 +475,11 @@ def main(argv: list[str] | None = None) -> dict:
                 "linear_probe": "L-BFGS logistic regression on frozen penultimate features, no augmentation; C swept "
                                 "1e-6..1e6 on validation (CLIP's recipe), fitted on the train subset only",
                 "data_seconds": round(data_seconds, 2)}
-    doc = {"machine": machine_info(device), "command": command_line("accuracy.py", argv), "settings": settings,
+    settings["seeds"] = args.seeds  # the training seeds of this run's prompt rows (each row also records its own)
+    doc = {"provenance": prov, "settings": settings,
            "status": "running", "rows": []}
     json_path = out / "accuracy.json"
+    kept = merge_base(json_path, settings, args.rows) if args.merge else []
     print(f"{spec} on {splits.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test "
           f"images, {args.steps} steps of {args.batch_size} per prompt row, device {device}", flush=True)
     cache = BackboneCache()
@@ -382,26 +492,62 @@ def main(argv: list[str] | None = None) -> dict:
         if kind == "no_prompt":
             res = run_no_prompt(spec, mapping, splits, cache, device, eval_batch)
         elif kind == "prompt":
-            res = run_prompt(spec, prompter, mapping, clamp, splits, cache, args, str(Path(runs_parent) / method))
+            res = run_prompt_seeds(spec, prompter, mapping, clamp, splits, cache, args, str(Path(runs_parent) / method))
         else:
             log_grid = [-2.0, 0.0, 2.0] if args.smoke else [-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0]
             res = linear_probe(cache.get(spec, device), splits, eval_batch, device,
                                refinements=0 if args.smoke else 4, max_iter=args.lp_max_iter, log_c_grid=log_grid)
         row = {"method": method, "test_top1": res.pop("test_top1"), "trainable_params": res.pop("trainable_params"),
                "seconds": round(time.perf_counter() - t, 2), "kind": kind, "description": desc,
-               "prompter": prompter, "label_mapping": mapping, "clamp": clamp, **res}
+               "prompter": prompter, "label_mapping": mapping, "clamp": clamp,
+               **({} if kind == "prompt" else {"seeds": [], "deterministic": True}), **res, "provenance": prov}
         doc["rows"].append(row)
+        doc["rows"] = ordered(kept + doc["rows"])
         write_json(json_path, doc)  # keep what is done if the run is stopped
+        doc["rows"] = [r for r in doc["rows"] if r["method"] in args.rows]
         print(f"   {method}: test top-1 {100 * row['test_top1']:.2f}%  params {row['trainable_params']:,}  "
               f"{row['seconds']:.1f} s", flush=True)
     if not args.runs_dir:
         shutil.rmtree(runs_parent, ignore_errors=True)
+    doc["rows"] = ordered(kept + doc["rows"])
     doc["summary"] = summarize(doc["rows"])
     doc["status"] = "complete"
-    doc["total_seconds"] = round(time.perf_counter() - t0, 1)
+    if kept:  # rows of earlier runs merged in: this run's time is not the benchmark's
+        doc["run_seconds"] = round(time.perf_counter() - t0, 1)
+        doc["total_seconds"] = round(sum(r["seconds"] for r in doc["rows"]), 1)
+        doc["total_seconds_is"] = "sum of the rows' seconds (rows from several runs)"
+    else:
+        doc["total_seconds"] = round(time.perf_counter() - t0, 1)
     write_json(json_path, doc)
     print(render(doc, out))
     return doc
+
+
+SAME_RUN_SETTINGS = ("model", "dataset", "image_size", "train_size", "val_size", "test_size", "steps", "batch_size",
+                     "eval_every", "seed", "smoke")
+
+
+def ordered(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: METHODS.index(r["method"]))
+
+
+def merge_base(json_path: Path, settings: dict, methods: list[str]) -> list[dict]:
+    """The rows of an earlier accuracy.json that ``--rows`` keeps (the rows it runs replace theirs), when that
+    file measured the same thing (same SAME_RUN_SETTINGS); a row without its own provenance gets its file's."""
+    if not json_path.is_file():
+        return []
+    old = json.loads(json_path.read_text())
+    differ = {k: (old.get("settings", {}).get(k), settings[k]) for k in SAME_RUN_SETTINGS
+              if old.get("settings", {}).get(k) != settings[k]}
+    if differ:
+        raise SystemExit(f"{json_path} was measured with other settings ({differ}): its rows cannot be merged with "
+                         "these; use another --out, or rerun every row")
+    kept = [r for r in old.get("rows", []) if r["method"] not in methods]
+    for r in kept:
+        r.setdefault("provenance", provenance_of(old))
+        if r["kind"] == "prompt":
+            r.setdefault("seeds", [old["settings"]["seed"]])
+    return kept
 
 
 def render(doc: dict, out: Path) -> str:
@@ -418,8 +564,8 @@ def render(doc: dict, out: Path) -> str:
                      f"{100 * s['linear_probe_test_top1']:.2f}%; gap {s['gap_points']:+.2f} points "
                      f"(goal {'met' if s['goal_met'] else 'not met'}).{total}")
     lines += [f"- {o}" for o in s["observations"]]
-    return write_markdown(out / "accuracy.md", "Accuracy (Fashion-MNIST, frozen EfficientNet-Lite0)", doc["command"],
-                          doc["machine"], "\n".join(lines))
+    return write_markdown(out / "accuracy.md", "Accuracy (Fashion-MNIST, frozen EfficientNet-Lite0)",
+                          provenance_of(doc), "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -37,13 +37,28 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import (REPO, apply_threads, bench_parser, command_line, machine_info, markdown_table, median, pyplot,  # noqa: E402
-                    save_figure, write_json, write_markdown)
+from _bench import (REPO, apply_threads, bench_parser, markdown_table, median, pyplot,  # noqa: E402
+                    provenance, save_figure, write_json, write_markdown)
 
 import torch  # noqa: E402
 
 GOAL = 1.2
 
+
+
+# the code this result measures: `benchmarks/report.py --stale` lists a result as stale once any of these
+# paths changed after the commit it records
+MEASURES = [
+    "benchmarks/app_latency.py",
+    "app.py",
+    "visual_prompting/ui.py",
+    "visual_prompting/model.py",
+    "visual_prompting/prompters.py",
+    "visual_prompting/heads.py",
+    "visual_prompting/backbones.py",
+    "visual_prompting/prompt_file.py",
+    "visual_prompting/zoo.py",
+]
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -225,10 +240,11 @@ def main(argv: list[str] | None = None) -> dict:
     if name is None:
         raise SystemExit("prompts_zoo/ has no prompt: the app has nothing to predict with")
     assert list_prompts()  # same folder the app reads
+    prov = provenance("app_latency.py", argv, "cpu")  # before the run: its load average says whether it was shared
     inproc = measure_in_process(name, images, bare_repeats, bare_repeats)
     server = measure_server(name, images[0], repeats, args.timeout, args.threads)
     floor = measure_server(None, images[0], repeats, args.timeout, args.threads)["prediction_s"]
-    doc = {"machine": machine_info("cpu"), "command": command_line("app_latency.py", argv),
+    doc = {"provenance": prov,
            "settings": {"prompt": name, "image": str(images[0].relative_to(REPO)), "repeats": repeats,
                         "bare_repeats": bare_repeats, "smoke": args.smoke,
                         "server_threads": args.threads or "torch default"},
@@ -255,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
         [[doc["launch_to_page_s"], doc["launch_to_first_prediction_s"], doc["prediction_s"], doc["handler_s"],
           doc["bare_forward_s"], doc["ratio"], doc["handler_ratio"], doc["gradio_floor_s"]]])
     body += f"\n\nPrompt `{name}` ({doc['prompt_spec']}), image `{doc['settings']['image']}`."
-    print(write_markdown(out / "app_latency.md", "App latency", doc["command"], doc["machine"], body))
+    print(write_markdown(out / "app_latency.md", "App latency", doc["provenance"], body))
     return doc
 
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import (apply_threads, bench_parser, command_line, linear_regime, machine_info, markdown_table, median,  # noqa: E402
+from _bench import (apply_threads, bench_parser, linear_regime, provenance, markdown_table, median,  # noqa: E402
                     pyplot, save_figure, sync, timed, write_json, write_markdown)
 
 import torch  # noqa: E402
@@ -39,6 +39,19 @@ from visual_prompting.evaluation import evaluate  # noqa: E402
 from visual_prompting.training import Trainer  # noqa: E402
 from visual_prompting.utils import pick_device  # noqa: E402
 
+
+
+# the code this result measures: `benchmarks/report.py --stale` lists a result as stale once any of these
+# paths changed after the commit it records
+MEASURES = [
+    "benchmarks/scaling.py",
+    "visual_prompting/training.py",
+    "visual_prompting/prompters.py",
+    "visual_prompting/heads.py",
+    "visual_prompting/backbones.py",
+    "visual_prompting/evaluation.py",
+    "visual_prompting/model.py",
+]
 
 def real_images(image_size: int, n: int) -> TensorImageSet:
     """``n`` real Fashion-MNIST images at ``image_size`` (the bundled subset's 4000, tiled if more are needed)."""
@@ -106,7 +119,7 @@ def plot(doc: dict, path: Path) -> None:
     b.set_ylabel("seconds (median)")
     b.legend(fontsize=8)
     b.set_title("Evaluation: time vs dataset size", fontsize=9)
-    fig.suptitle(f"{doc['settings']['model']} on {doc['machine']['device_name']}", fontsize=10)
+    fig.suptitle(f"{doc['settings']['model']} on {doc['provenance']['machine']['device_name']}", fontsize=10)
     save_figure(plt, fig, path)
 
 
@@ -136,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     target = args.target_images or (4 if args.smoke else 4096 if cuda else 256)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    prov = provenance("scaling.py", argv, device)  # before the run: its load average says whether it was shared
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         cache = BackboneCache()
@@ -151,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"-- evaluation, {model} on {device}: dataset sizes {sizes}", flush=True)
         evaluation = eval_scaling(trainer.model, data, sizes, repeats, device, batch=256)
     sync(device)
-    doc = {"machine": machine_info(device), "command": command_line("scaling.py", argv),
+    doc = {"provenance": prov,
            "settings": {"model": model, "repeats": repeats, "target_images_per_training_point": target,
                         "smoke": args.smoke, "prompter": "pad", "amp": cuda},
            "training": training, "evaluation": evaluation, "seconds": round(time.perf_counter() - t0, 1)}
@@ -164,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     t2 = markdown_table(["images", "seconds", "images/s"],
                         [[n, s, i] for n, s, i in zip(sizes, evaluation["seconds"], evaluation["images_per_s"])])
     body = f"{t1}\n\n{t2}\n\n" + "\n".join(f"- {c}" for c in doc["conclusions"])
-    print(write_markdown(out / "scaling.md", f"Cost as work grows ({model})", doc["command"], doc["machine"], body))
+    print(write_markdown(out / "scaling.md", f"Cost as work grows ({model})", doc["provenance"], body))
     return doc
 
 

@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import (REPO, apply_threads, bench_parser, command_line, machine_info, machine_line, markdown_table,  # noqa: E402
+from _bench import (REPO, apply_threads, bench_parser, machine_line, markdown_table, provenance, provenance_of,  # noqa: E402
                     median, pyplot, save_figure, sync, write_json)
 
 import torch  # noqa: E402
@@ -66,6 +66,18 @@ CLASS_NAMES = CLASSNAMES["fashion_mnist"]
 FULL_MODELS = ["clip:ViT-B-32/random", "effnet-lite0"]
 SMOKE_MODELS = ["clip:vp-tiny", "effnet-lite0@32"]
 
+
+
+# the code this result measures: `benchmarks/report.py --stale` lists a result as stale once any of these
+# paths changed after the commit it records
+MEASURES = [
+    "benchmarks/speed.py",
+    "visual_prompting/training.py",
+    "visual_prompting/prompters.py",
+    "visual_prompting/heads.py",
+    "visual_prompting/backbones.py",
+    "visual_prompting/utils.py",
+]
 
 def default_batch(spec: str, device: torch.device, smoke: bool) -> int:
     if smoke:
@@ -384,7 +396,7 @@ def table(results: dict) -> str:
     rows = []
     for model, per_dev in results.items():
         for dev, r in per_dev.items():
-            rows.append([model, f"{dev} ({r['machine'].get('device_name')})", r["batch_size"],
+            rows.append([model, f"{dev} ({provenance_of(r)['machine'].get('device_name')})", r["batch_size"],
                          "on" if r["amp"] else "off", r["library_img_s"], r["limit_img_s"], r["reference_img_s"],
                          r["ratio_vs_limit"], r["ratio_vs_reference"], _mib(r.get("library_peak_mem_mib")),
                          _mib(r.get("limit_peak_mem_mib")), _mib(r.get("reference_peak_mem_mib"))])
@@ -487,9 +499,8 @@ def main(argv: list[str] | None = None) -> dict:
             doc.setdefault("results", {})
         except json.JSONDecodeError:
             doc = {"results": {}}
-    machine = machine_info(device)
-    command = command_line("speed.py", argv)
-    doc["machine"] = machine
+    prov = provenance("speed.py", argv, device)  # before the run; each entry keeps the provenance of its own run
+    doc.pop("machine", None)  # files before provenance(): the last run's machine, now per entry
     doc["notes"] = ("images/s: median over interleaved repeats. limit: forward+backward of the frozen backbone+head "
                     "to the input only. reference: the paper's released training loop's habits (see speed.py). "
                     "clip:ViT-B-32/random has the real ViT-B/32 architecture with random weights (same cost). "
@@ -517,8 +528,7 @@ def main(argv: list[str] | None = None) -> dict:
             r["memory_kind"] = mem["memory_kind"]
         r["goals"] = {"ratio_vs_limit>=0.95": r["ratio_vs_limit"] >= 0.95,
                       "ratio_vs_reference>=2": r["ratio_vs_reference"] >= 2}
-        r["machine"] = machine
-        r["command"] = command
+        r["provenance"] = prov
         doc["results"].setdefault(spec, {})[device.type] = r
         write_json(json_path, doc)
         if not args.quiet:
@@ -534,10 +544,10 @@ def render(doc: dict, out: Path) -> str:
     machines: each entry's command and machine are listed)."""
     plot(doc["results"], out / "speed.png")
     entries = [(m, d, r) for m, per in doc["results"].items() for d, r in per.items()]
-    commands = list(dict.fromkeys(r["command"] for _, _, r in entries))
+    commands = list(dict.fromkeys(provenance_of(r)["command"] for _, _, r in entries))
     machines = {}
     for m, d, r in entries:
-        machines.setdefault(machine_line(r["machine"]), []).append(f"{m} {d}")
+        machines.setdefault(machine_line(provenance_of(r)), []).append(f"{m} {d}")
     text = ("### Training speed against the limit\n\n" + "".join(f"    {c}\n" for c in commands) + "\n"
             + table(doc["results"]) + "\n\n"
             + "".join(f"Machine ({', '.join(v)}): {k}.\n" for k, v in machines.items()))

@@ -22,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _bench import provenance  # noqa: E402  (the one provenance function every results writer uses)
 from visual_prompting import PromptedModel  # noqa: E402
 from visual_prompting.data import load_splits  # noqa: E402
 from visual_prompting.evaluation import evaluate  # noqa: E402
@@ -31,6 +33,20 @@ from visual_prompting.zoo import INDEX, ZOO_DIR, index_entry  # noqa: E402
 MODEL = "effnet-lite0@96"
 KINDS = ("pad", "fixed_patch", "random_patch", "shrink_pad")
 
+
+
+# the code this result measures: `benchmarks/report.py --stale` lists a result as stale once any of these
+# paths changed after the commit it records
+MEASURES = [
+    "scripts/build_zoo.py",
+    "visual_prompting/training.py",
+    "visual_prompting/prompters.py",
+    "visual_prompting/heads.py",
+    "visual_prompting/backbones.py",
+    "visual_prompting/data.py",
+    "visual_prompting/evaluation.py",
+    "visual_prompting/cli.py",
+]
 
 def command(kind: str, dataset: str, steps: int) -> list[str]:
     return ["python", "-m", "visual_prompting", "train", "--model", MODEL, "--dataset", dataset, "--prompter", kind,
@@ -43,13 +59,15 @@ def subset_accuracy(path: Path) -> dict:
     return {"subset_test_top1": evaluate(model, test, True).top1, "subset_test_n": len(test)}
 
 
-def entry(path: Path, cmd: str | None, seconds: float | None) -> dict:
+def entry(path: Path, cmd: str | None, seconds: float | None, prov: dict | None) -> dict:
     e = index_entry(path.stem, str(path.relative_to(ZOO_DIR)), read_metadata(path))
     e["metrics"].update(subset_accuracy(path))
     if cmd:
         e["command"] = cmd
     if seconds:
         e["train_seconds"] = round(seconds)
+    if prov:  # the run that trained this prompt (kept as it was when only the index is rewritten)
+        e["provenance"] = prov
     return e
 
 
@@ -80,7 +98,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.verify:
         sys.exit(verify())
-    old = {e["path"]: e for e in json.loads(INDEX.read_text())["prompts"]} if INDEX.is_file() else {}
+    prov = provenance("scripts/build_zoo.py", sys.argv[1:])  # before training: its load average, commit, machine
+    old_doc = json.loads(INDEX.read_text()) if INDEX.is_file() else {}
+    old = {e["path"]: e for e in old_doc.get("prompts", [])}
     if not a.index_only:
         for kind in a.kinds:
             cmd = command(kind, a.dataset, a.steps)
@@ -88,13 +108,20 @@ def main() -> None:
             subprocess.run(cmd[:1] and [sys.executable, *cmd[1:]], cwd=ROOT, check=True)
             dest = ZOO_DIR / f"effnet-lite0-96_{a.dataset.replace('_', '-')}_{kind}.safetensors"
             shutil.copyfile(ROOT / cmd[cmd.index("--out-dir") + 1] / "best.safetensors", dest)
-            old[str(dest.relative_to(ZOO_DIR))] = {"command": shlex.join(cmd), "train_seconds": time.perf_counter() - t0}
+            old[str(dest.relative_to(ZOO_DIR))] = {"command": shlex.join(cmd), "train_seconds": time.perf_counter() - t0,
+                                                   "provenance": prov}
     entries = []
     for path in sorted(ZOO_DIR.glob("*.safetensors")):
         prev = old.get(str(path.relative_to(ZOO_DIR)), {})
-        entries.append(entry(path, prev.get("command"), prev.get("train_seconds")))
+        entries.append(entry(path, prev.get("command"), prev.get("train_seconds"), prev.get("provenance")))
         print(json.dumps({k: entries[-1][k] for k in ("name", "metrics")}))
-    INDEX.write_text(json.dumps({"version": 1, "prompts": entries}, indent=2) + "\n")
+    # the index's own provenance: this run (the metrics of every entry are measured again by it); an entry's
+    # training run keeps its own, or the note of an older index that recorded none
+    doc = {"version": 1, "prompts": entries, "provenance": prov}
+    if not all("provenance" in e for e in entries) and isinstance(old_doc.get("provenance"), dict) \
+            and not old_doc["provenance"].get("recorded"):
+        doc["training_provenance"] = old_doc["provenance"]
+    INDEX.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {INDEX} ({len(entries)} prompts)")
 
 

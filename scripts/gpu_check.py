@@ -20,11 +20,25 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from _bench import provenance  # noqa: E402  (the one provenance function every results writer uses)
 from visual_prompting import TrainConfig  # noqa: E402
 from visual_prompting.data import load_splits  # noqa: E402
 from visual_prompting.training import Trainer  # noqa: E402
 from visual_prompting.utils import amp_dtype  # noqa: E402
 
+
+
+# the code this result measures: `benchmarks/report.py --stale` lists a result as stale once any of these
+# paths changed after the commit it records
+MEASURES = [
+    "scripts/gpu_check.py",
+    "visual_prompting/training.py",
+    "visual_prompting/prompters.py",
+    "visual_prompting/heads.py",
+    "visual_prompting/backbones.py",
+    "visual_prompting/utils.py",
+]
 
 def throughput(spec: str, device: str, amp: bool, batch: int, steps: int, splits) -> dict:
     with tempfile.TemporaryDirectory() as d:
@@ -58,10 +72,11 @@ def main() -> None:
     a = ap.parse_args()
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("no CUDA device here; use --device cpu --tiny for a smoke test")
+    prov = provenance("scripts/gpu_check.py", sys.argv[1:], a.device)  # before the run
     specs = ["clip:vp-tiny", "effnet-lite0@64"] if a.tiny else ["clip:ViT-B-32/random", "effnet-lite0", "clip:ViT-B-16/random"]
     batch, steps = (16, 3) if a.tiny else (256, 20)
     report = {"device": torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu",
-              "torch": torch.__version__, "throughput": []}
+              "torch": torch.__version__, "provenance": prov, "throughput": []}
     for spec in specs:
         S = 32 if spec == "clip:vp-tiny" else (64 if a.tiny else 224)
         splits = load_splits("fashion_mnist_subset", image_size=S)

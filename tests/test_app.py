@@ -33,9 +33,15 @@ def test_try_predicts_top5_over_the_prompts_classes(vp, name):
     assert warning is None
     assert prompted.size == (model.image_size, model.image_size)
     classes = set(meta["class_names"])
-    for labels in (zero, with_prompt):
+    img = vp.read_image(vp.examples()[0])
+    for labels, use_prompt in ((zero, False), (with_prompt, True)):
         assert len(labels) == 5 and set(labels) <= classes
-        assert 0.5 < sum(labels.values()) <= 1.0 + 1e-5
+        # the five most probable classes of the model's own softmax over all of them, with their probabilities
+        full = dict(model.predict([img], k=len(model.class_names), use_prompt=use_prompt)[0])
+        top5 = sorted(full, key=full.get, reverse=True)[:5]
+        assert sorted(labels, key=labels.get, reverse=True) == top5
+        assert all(abs(labels[c] - full[c]) < 1e-5 for c in top5)
+    assert zero != with_prompt
     # the prompted picture is what the model classified: reading it back gives the same top class
     png = torch.from_numpy(np.array(prompted)).permute(2, 0, 1)
     with torch.no_grad():
@@ -43,11 +49,16 @@ def test_try_predicts_top5_over_the_prompts_classes(vp, name):
     assert model.class_names[int(top)] == max(with_prompt, key=with_prompt.get)
 
 
-def test_uploaded_prompt_file_wins_over_the_dropdown(vp, trained):
+def test_uploaded_prompt_file_wins_over_the_dropdown(vp, trained, name):
     result, _, _ = trained
-    assert "effnet-lite0@64" in vp.prompt_summary("not a zoo name", result.best_path)[0]
-    _, zero, with_prompt = vp.predict(None, result.best_path, vp.examples()[1])
-    assert set(with_prompt) <= set(load_prompt(result.best_path).meta["class_names"])
+    assert vp.prompt_summary(name, None)[0] != vp.prompt_summary(name, result.best_path)[0]
+    assert "effnet-lite0@64" in vp.prompt_summary(name, result.best_path)[0]
+    both = vp.predict(name, result.best_path, vp.examples()[1])  # a zoo prompt chosen AND a file uploaded
+    upload = vp.predict(None, result.best_path, vp.examples()[1])
+    dropdown = vp.predict(name, None, vp.examples()[1])
+    assert both[0].size == upload[0].size == (64, 64) != dropdown[0].size  # the upload's 64 px backbone, not the zoo's
+    assert both[0].tobytes() == upload[0].tobytes() and both[1:] == upload[1:]
+    assert set(both[2]) <= set(load_prompt(result.best_path).meta["class_names"])
 
 
 def test_another_backbone_only_with_a_warning(vp, trained):
@@ -259,9 +270,7 @@ def test_blocks_build_with_the_four_tabs(vp):
     assert {"predict", "train", "inspect", "stop"} <= {d.api_name for d in demo.fns.values() if d.api_name}
 
 
-def test_clip_weights_out_of_reach_is_a_plain_message_and_the_app_keeps_working(vp, name, monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: as offline
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+def test_clip_weights_out_of_reach_is_a_plain_message_and_the_app_keeps_working(vp, name, isolated_hf_cache):
     cfg = train_cfg(vp, "s-clip", model="clip:ViT-B-32/openai")
     with pytest.raises(VPError, match="unreachable"):
         list(vp.train_stream(cfg, "s-clip"))
@@ -292,3 +301,34 @@ def test_training_asks_for_a_zerogpu_when_the_spaces_package_is_there(vp, monkey
         monkeypatch.delitem(sys.modules, "spaces")
         importlib.reload(app)
     assert (app.spaces is None) == (importlib.util.find_spec("spaces") is None)
+
+
+def test_two_sessions_train_at_once_and_a_stop_stops_only_its_own(vp):
+    """Two browser sessions train at the same time: each run has its own folder and result, and one session's Stop
+    does not end the other's run."""
+    import threading
+
+    out, started = {}, threading.Event()
+
+    def go(session, seed, steps):
+        cfg = train_cfg(vp, session, steps=steps, batch_size=8, seed=seed)
+        updates = []
+        for u in vp.train_stream(cfg, session, min_interval=0.0):
+            updates.append(u)
+            started.set()
+        out[session] = (cfg, updates)
+
+    a = threading.Thread(target=go, args=("s-par-a", 0, 6))
+    b = threading.Thread(target=go, args=("s-par-b", 1, 400))
+    a.start()
+    b.start()
+    assert started.wait(120)
+    vp.stop("s-par-b")
+    a.join(300)
+    b.join(300)
+    (cfg_a, ua), (cfg_b, ub) = out["s-par-a"], out["s-par-b"]
+    assert cfg_a.out_dir != cfg_b.out_dir and "s-par-a" in cfg_a.out_dir and "s-par-b" in cfg_b.out_dir
+    assert ua[-1].done and ub[-1].done and ua[-1].result_path != ub[-1].result_path
+    assert load_prompt(ua[-1].result_path).meta["train_config"]["seed"] == 0
+    assert load_prompt(ua[-1].result_path).meta["metrics"]["steps"] == 6  # the other session's Stop did not end it
+    assert load_prompt(ub[-1].result_path).meta["metrics"]["steps"] < 400  # its own Stop did

@@ -118,9 +118,7 @@ def test_tiny_clip_is_the_same_model_every_time(tiny_clip):
     assert torch.equal(again(x), tiny_clip(x))
 
 
-def test_unreachable_hub_fails_fast_with_a_clear_message(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+def test_unreachable_hub_fails_fast_with_a_clear_message(isolated_hf_cache):
     t = time.monotonic()
     with pytest.raises(VPError, match="unreachable"):
         load_backbone("clip:ViT-B-32/openai")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -43,14 +44,38 @@ def read(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def check_provenance(p: dict, script: str) -> None:
+    """What _bench.provenance() promises: recorded by the tool, with command, commit, dirty, date, machine and the
+    load average before the run."""
+    assert p["recorded"] is True
+    assert p["command"].startswith(f"python benchmarks/{script}.py")
+    assert isinstance(p["git_commit"], str) and len(p["git_commit"]) == 40 and isinstance(p["git_dirty"], bool)
+    assert p["date_utc"].endswith("Z") and len(p["load_average_before_run"]) == 3
+    assert {"cpu", "cpu_count", "cpus_usable", "gpu", "torch"} <= set(p["machine"])
+
+
 def check_outputs(out: Path, name: str) -> dict:
     doc = read(out / f"{name}.json")
     png = out / f"{name}.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / f"{name}.md").read_text().startswith("### ")
-    m = doc["machine"]
-    assert {"platform", "cpu_count", "torch", "device_name"} <= set(m)
+    if name == "speed":
+        for per_device in doc["results"].values():
+            for r in per_device.values():
+                check_provenance(r["provenance"], name)
+    else:
+        check_provenance(doc["provenance"], name)
     return doc
+
+
+def load_read_before(mod, monkeypatch, run_fn: str) -> list:
+    """Record the order of 'load average read' and 'the run starts' (``run_fn`` of the script's module)."""
+    order = []
+    real = os.getloadavg
+    monkeypatch.setattr(os, "getloadavg", lambda: (order.append("load"), real())[1])
+    inner = getattr(mod, run_fn)
+    monkeypatch.setattr(mod, run_fn, lambda *a, **k: (order.append("run"), inner(*a, **k))[1])
+    return order
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -108,8 +133,11 @@ def test_speed_smoke_merges_models_and_measures_memory(tmp_path):
                 assert r[key] is None
 
 
-def test_scaling_smoke(tmp_path):
-    load("scaling").main(["--smoke", "--out", str(tmp_path), "--threads", "1"])
+def test_scaling_smoke(tmp_path, monkeypatch):
+    mod = load("scaling")
+    order = load_read_before(mod, monkeypatch, "train_scaling")
+    mod.main(["--smoke", "--out", str(tmp_path), "--threads", "1"])
+    assert order[:2] == ["load", "run"]  # the load average in the file is the machine's before the measurement
     doc = check_outputs(tmp_path, "scaling")
     tr, ev = doc["training"], doc["evaluation"]
     assert len(tr["batch_sizes"]) == len(tr["images_per_s"]) == 2 and all(is_num(v) for v in tr["images_per_s"])
@@ -139,12 +167,57 @@ def test_linear_probe_fits_separable_data():
     assert float(W0.abs().max()) < 1e-2
 
 
-def test_app_latency_smoke(tmp_path):
+def test_app_latency_smoke(tmp_path, monkeypatch):
     pytest.importorskip("gradio_client")
-    load("app_latency").main(["--smoke", "--out", str(tmp_path), "--threads", "1"])
+    mod = load("app_latency")
+    order = load_read_before(mod, monkeypatch, "measure_in_process")
+    mod.main(["--smoke", "--out", str(tmp_path), "--threads", "1"])
+    assert order[:2] == ["load", "run"]
     doc = check_outputs(tmp_path, "app_latency")
     for k in ("launch_to_first_prediction_s", "prediction_s", "bare_forward_s", "ratio"):
         assert is_num(doc[k]) and doc[k] > 0, k
     assert doc["launch_to_first_prediction_s"] >= doc["launch_to_page_s"]
     assert doc["ratio"] == pytest.approx(doc["prediction_s"] / doc["bare_forward_s"])
     assert len(doc["prompted_top5_example"]) == 5
+
+
+def test_accuracy_seeds_and_rows_merge(tmp_path):
+    """--seeds trains each prompt row once per seed (mean, min-max, every seed kept); --rows merges into the same
+    accuracy.json, replacing the rows it runs and keeping the others with their own provenance."""
+    acc = load("accuracy")
+    base = ["--smoke", "--out", str(tmp_path), "--threads", "1", "--quiet", "--steps", "2"]
+    acc.main(base + ["--rows", "no_prompt_first_k,pad_first_k", "--seeds", "2"])
+    acc.main(base + ["--rows", "pad_frequency", "--seeds", "0,3"])
+    doc = read(tmp_path / "accuracy.json")
+    by = {r["method"]: r for r in doc["rows"]}
+    assert list(by) == ["no_prompt_first_k", "pad_first_k", "pad_frequency"]
+    assert by["pad_first_k"]["seeds"] == [0, 1] and by["pad_frequency"]["seeds"] == [0, 3]
+    assert by["no_prompt_first_k"]["deterministic"] and by["no_prompt_first_k"]["seeds"] == []
+    for m in ("pad_first_k", "pad_frequency"):
+        r = by[m]
+        tops = [s["test_top1"] for s in r["per_seed"]]
+        assert [s["seed"] for s in r["per_seed"]] == r["seeds"]
+        assert r["test_top1"] == pytest.approx(sum(tops) / 2)
+        assert (r["test_top1_min"], r["test_top1_max"]) == (min(tops), max(tops))
+    assert "--seeds 2" in by["pad_first_k"]["provenance"]["command"]
+    assert "pad_frequency" in by["pad_frequency"]["provenance"]["command"]
+    with pytest.raises(SystemExit, match="other settings"):  # rows of another budget are never mixed in
+        acc.main(base[:-1] + ["3", "--rows", "pad_first_k"])
+
+
+def test_accuracy_effects_need_more_than_the_seed_spread():
+    acc = load("accuracy")
+
+    def row(m, tops):
+        return {"method": m, "kind": "prompt", "test_top1": sum(tops) / len(tops), "seeds": list(range(len(tops))),
+                "test_top1_min": min(tops), "test_top1_max": max(tops)}
+
+    no_prompt = {"method": "no_prompt_first_k", "kind": "no_prompt", "test_top1": 0.1, "deterministic": True}
+    one = acc.effect(row("a", [0.80]), row("b", [0.75]), "x")
+    assert not one["conclusive"] and "no conclusion" in one["text"]  # one seed: 5 points say nothing
+    close = acc.effect(row("a", [0.80, 0.78, 0.79]), row("b", [0.79, 0.77, 0.76]), "x")
+    assert close["diff_points"] == pytest.approx(1.67, abs=0.01) and close["spread_points"] == pytest.approx(3.0)
+    assert not close["conclusive"] and "within the spread" in close["text"]
+    far = acc.effect(row("a", [0.80, 0.81, 0.79]), row("b", [0.70, 0.71, 0.72]), "x")
+    assert far["conclusive"] and "larger than the spread" in far["text"]
+    assert acc.effect(row("a", [0.5, 0.52]), no_prompt, "x")["conclusive"]  # a deterministic row has no spread

@@ -44,9 +44,7 @@ def test_malformed_index_is_a_clear_error(tmp_path):
         load_index(tmp_path)
 
 
-def test_unreachable_hub_entries_are_skipped_with_a_reason(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+def test_unreachable_hub_entries_are_skipped_with_a_reason(tmp_path, isolated_hf_cache):
     (tmp_path / "index.json").write_text(json.dumps({"version": 1, "prompts": [
         {"name": "remote", "repo_id": "someone/vp-prompt"}]}))
     with pytest.warns(UserWarning, match="Skipping Hub prompt remote"):

@@ -1,0 +1,493 @@
+"""The numbers in README.md, benchmarks/README.md and prompts_zoo/README.md, written from the results files.
+
+    python benchmarks/report.py            # rewrite every block between <!-- report:NAME --> and <!-- /report:NAME -->
+    python benchmarks/report.py --check    # exit 1 when a README differs from what this would write, or holds a
+                                           # figure outside the blocks (what tests/test_report.py runs)
+    python benchmarks/report.py --stale    # list each result whose measured code changed after its commit (warning)
+
+Every number in those READMEs comes from here: a results file under benchmarks/results/ (or
+prompts_zoo/index.json) read as written by its tool, with its date and commit printed beside each table. Prose
+outside the blocks holds no measured figure (``--check`` looks for numbers with units there; the few constants
+it lets through are listed in ALLOWED). Nothing here reads a README's old numbers or types one in.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import REPO, markdown_table, provenance_of  # noqa: E402  (no torch needed here: _bench imports it lazily?)
+
+RESULTS = REPO / "benchmarks" / "results"
+READMES = ["README.md", "benchmarks/README.md", "prompts_zoo/README.md"]
+
+# (name, results file, the script whose MEASURES declares the code it measures)
+SOURCES = [
+    ("accuracy", "benchmarks/results/accuracy.json", "benchmarks/accuracy.py"),
+    ("accuracy (GPU)", "benchmarks/results/gpu/accuracy.json", "benchmarks/accuracy.py"),
+    ("speed", "benchmarks/results/speed.json", "benchmarks/speed.py"),
+    ("scaling", "benchmarks/results/scaling.json", "benchmarks/scaling.py"),
+    ("app_latency", "benchmarks/results/app_latency.json", "benchmarks/app_latency.py"),
+    ("gpu_check", "benchmarks/results/gpu/gpu_check.json", "scripts/gpu_check.py"),
+    ("zoo", "prompts_zoo/index.json", "scripts/build_zoo.py"),
+    ("readme_train", "benchmarks/results/readme_train.json", "benchmarks/readme_train.py"),
+    ("app_defaults", "benchmarks/results/app_defaults.json", "benchmarks/app_defaults.py"),
+    ("test_suite", "benchmarks/results/test_suite.json", "benchmarks/test_suite.py"),
+]
+
+# figures outside the blocks that are constants, not measurements (the paper's recipe, the library's rules)
+ALLOWED = ["(10%)", "the 1.2x goal", "20% held out", "within 10%", "10% above", "last 10% of steps", "~45 s of retries",
+           "~20 s"]
+FIGURE = re.compile(r"(?<![\w.])~?\d[\d,]*(?:\.\d+)?\s?(?:%|x\b|img/s|images/s|min\b|s\b|ms\b|MiB|GB|points?\b)")
+BLOCK = re.compile(r"^([ \t]*)<!-- report:([\w-]+) -->\n(.*?)^[ \t]*<!-- /report:\2 -->", re.S | re.M)
+
+
+# -- reading ---------------------------------------------------------------------------------------------------
+
+def load(rel: str) -> dict | None:
+    p = REPO / rel
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def measures(script: str) -> list[str]:
+    """The MEASURES list a script declares (read without importing it)."""
+    tree = ast.parse((REPO / script).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "MEASURES" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise SystemExit(f"{script} declares no MEASURES")
+
+
+def pct(v, nd=1) -> str:
+    return f"{100 * v:.{nd}f}%"
+
+
+def stamp(prov: dict, rel: str) -> str:
+    """`file`: date, commit (dirty), and whether the tool recorded its provenance."""
+    c = str(prov.get("git_commit") or "no commit")[:10]
+    dirty = " (dirty tree)" if prov.get("git_dirty") else ""
+    text = f"`{rel}`, {str(prov.get('date_utc') or 'no date')[:10]}, commit {c}{dirty}"
+    if not prov.get("recorded"):
+        text += ", provenance not recorded by the tool (see its `provenance.note`)"
+    return text
+
+
+def cores(prov: dict) -> str:
+    m = prov.get("machine") or {}
+    gpu = m.get("gpu") or (m.get("device_name") if m.get("device") == "cuda" else None)
+    return gpu or f"{m.get('cpus_usable') or m.get('cpu_count')}-core CPU"
+
+
+def missing(rel: str, command: str) -> str:
+    return f"(not measured yet: `{command}` writes `{rel}`)"
+
+
+# -- blocks ----------------------------------------------------------------------------------------------------
+
+def b_tests_time() -> str:
+    d = load("benchmarks/results/test_suite.json")
+    if not d or d.get("smoke"):
+        return "Its run time is not measured yet: `python benchmarks/test_suite.py` times it."
+    p = provenance_of(d)
+    return (f"It took {d['wall_seconds'] / 60:.1f} minutes on the project's {cores(p)}, `{d['pytest_command']}`: "
+            f"{d['summary_line']}; {stamp(p, 'benchmarks/results/test_suite.json')}")
+
+
+def b_app_defaults() -> str:
+    rel = "benchmarks/results/app_defaults.json"
+    d = load(rel)
+    if not d or d.get("smoke"):
+        return "CPU defaults: " + missing(rel, "python benchmarks/app_defaults.py")
+    df, runs = d["defaults"], d["runs"]
+    first = runs[0]
+    others = ", ".join(f"{r['label_mapping']} {pct(r['test_top1'])}" for r in runs[1:])
+    return (f"CPU defaults ({df['model']}, {df['steps']} steps of {df['batch_size']}, {df['label_mapping']} "
+            f"mapping), measured on the bundled subset by `python benchmarks/app_defaults.py` ({stamp(provenance_of(d), rel)}): "
+            f"{pct(first['test_top1'])} test top-1 in {first['seconds']:.0f} s against "
+            f"{pct(first['test_top1_no_prompt'])} without a prompt; the other mappings in the same steps: {others} "
+            f"(one seed each: not a ranking of the mappings).")
+
+
+def b_app_latency() -> str:
+    rel = "benchmarks/results/app_latency.json"
+    d = load(rel)
+    p = provenance_of(d)
+    return (f"Measured on the {cores(p)} (`{p['command']}`; {stamp(p, rel)}): {d['launch_to_page_s']:.1f} s from "
+            f"`python app.py` to the page answering, {d['launch_to_first_prediction_s']:.1f} s to the first prediction "
+            f"through `gradio_client` (the backbone loads on first use), then {d['prediction_s']:.3f} s per prediction "
+            f"against {d['gradio_floor_s']:.3f} s for an empty Gradio endpoint with the same inputs and outputs; the "
+            f"app's own work is {1000 * d['handler_s']:.1f} ms of it, {d['handler_ratio']:.2f}x the bare forward pass "
+            f"of the model.")
+
+
+def b_readme_train() -> str:
+    rel = "benchmarks/results/readme_train.json"
+    d = load(rel)
+    if not d or d.get("smoke"):
+        return "The `train` run above " + missing(rel, "python benchmarks/readme_train.py") + "."
+    p = provenance_of(d)
+    lines = d["output_lines"]
+    body = "\n".join(f"    {ln}" for ln in lines[:1] + ["..."] + lines[1:])
+    return (f"The `train` run above, as printed when `python benchmarks/readme_train.py` last ran it on the "
+            f"{cores(p)} ({d['wall_seconds'] / 60:.1f} min wall clock, load average before the run "
+            f"{p.get('load_average_before_run')}; {stamp(p, rel)}):\n\n{body}\n")
+
+
+def zoo_rows() -> tuple[str, dict]:
+    d = load("prompts_zoo/index.json")
+    rows = [[f"`{e['path']}`", f"{e['prompter']} ({e['prompt_size']} px)", e["dataset"],
+             f"{pct(e['metrics']['test_top1_no_prompt'])} -> {pct(e['metrics']['test_top1'])} ({e['metrics']['test_n']})",
+             f"{round(e['train_seconds'] / 60)} min" if e.get("train_seconds") else "-"] for e in d["prompts"]]
+    return markdown_table(["prompt file", "prompter", "trained on",
+                           "test top-1: no prompt -> prompted (test images)", "train time"], rows), d
+
+
+def b_zoo() -> str:
+    table, d = zoo_rows()
+    p = provenance_of(d) if isinstance(d.get("provenance"), dict) and d["provenance"].get("recorded") else \
+        {"recorded": False, "note": (d.get("provenance") or {}).get("note")}
+    v = load("prompts_zoo/verify.json")
+    verify = (f"`--verify` ({stamp(provenance_of(v), 'prompts_zoo/verify.json')}): largest difference from the "
+              f"listed accuracy {v['largest_difference_points']:.2f} points over {len(v['entries'])} entries."
+              if v else "`--verify` has not recorded a run yet (it writes `prompts_zoo/verify.json`).")
+    note = "" if p.get("recorded") else " The index records no commit, date or machine for its training runs."
+    return (f"{table}\n\nFrom `prompts_zoo/index.json`.{note} Train times were measured while other jobs shared the "
+            f"CPU cores, so they are upper bounds. {verify}\n")
+
+
+def accuracy_block(rel: str, title: str) -> str:
+    d = load(rel)
+    acc = _accuracy_module()
+    p = provenance_of(d)
+    s = acc.summarize(d["rows"])
+    lines = [f"{title} ({stamp(p, rel)}; {cores(p)}, load average before the run "
+             f"{p.get('load_average_before_run')}):", "", f"    {p['command']}", "", acc.table(d["rows"]), ""]
+    if "gap_points" in s:
+        total = f" {d['total_seconds'] / 60:.1f} min in all." if d.get("total_seconds") else ""
+        lines.append(f"Best prompt: {s['best_prompt']} {pct(s['best_prompt_test_top1'], 2)}; linear probe "
+                     f"{pct(s['linear_probe_test_top1'], 2)}; gap {s['gap_points']:+.2f} points (goal "
+                     f"{'met' if s['goal_met'] else 'not met'}).{total}")
+    lines += [f"- {o}" for o in s["observations"]]
+    return "\n".join(lines) + "\n"
+
+
+def b_accuracy_cpu() -> str:
+    return accuracy_block("benchmarks/results/accuracy.json", "On the CPU at 96 px")
+
+
+def b_accuracy_gpu() -> str:
+    return accuracy_block("benchmarks/results/gpu/accuracy.json", "On a GPU at 224 px")
+
+
+def b_accuracy_budget() -> str:
+    d = load("benchmarks/results/accuracy.json")
+    rows = d["rows"]
+    trained = [r["seconds"] / 60 for r in rows if r["kind"] == "prompt"]
+    np_ = [r["seconds"] / 60 for r in rows if r["kind"] == "no_prompt"]
+    lp = [r["seconds"] / 60 for r in rows if r["kind"] == "linear_probe"]
+    return (f"Measured ({stamp(provenance_of(d), 'benchmarks/results/accuracy.json')}): "
+            f"{d['total_seconds'] / 60:.1f} min in all on the {cores(provenance_of(d))}; a trained row "
+            f"{min(trained):.1f}-{max(trained):.1f} min, the no-prompt rows {min(np_):.1f}-{max(np_):.1f} min, the "
+            f"linear probe {lp[0]:.1f} min.")
+
+
+def b_accuracy_reading() -> str:
+    cpu, gpu = load("benchmarks/results/accuracy.json"), load("benchmarks/results/gpu/accuracy.json")
+    acc = _accuracy_module()
+    out = []
+    for d, where in ((cpu, "CPU, 96 px"), (gpu, "GPU, 224 px")):
+        s = acc.summarize(d["rows"])
+        seeds = sorted({len(r.get("seeds") or [0]) for r in d["rows"] if r["kind"] == "prompt"})
+        out.append(f"- {where}: the best prompt ({s['best_prompt']}, {pct(s['best_prompt_test_top1'])}) is "
+                   f"{s['gap_points']:.1f} points below the linear probe ({pct(s['linear_probe_test_top1'])}); "
+                   f"prompt rows ran with {'/'.join(map(str, seeds))} seed(s).")
+        conclusive = [e for e in s["effects"] if e["conclusive"]]
+        open_ = [e for e in s["effects"] if not e["conclusive"]]
+        if conclusive:
+            out.append("  Larger than the seed spread: " + "; ".join(
+                f"{e['what']} {e['diff_points']:+.1f} points" for e in conclusive) + ".")
+        if open_:
+            out.append("  Not shown (one seed, or within the spread): " + "; ".join(
+                f"{e['what']} ({e['diff_points']:+.1f})" for e in open_) + ".")
+    return "\n".join(out) + "\n"
+
+
+def b_speed() -> str:
+    d = load("benchmarks/results/speed.json")
+    sp = _speed_module()
+    out = [sp.table(d["results"]), ""]
+    for model, per in d["results"].items():
+        for dev, r in per.items():
+            p = provenance_of(r)
+            out.append(f"- {model} {dev}: `{p['command']}`; {stamp(p, 'benchmarks/results/speed.json')}; "
+                       f"load average before the run {p.get('load_average_before_run')}")
+    out += [""]
+    for model, per in d["results"].items():
+        for dev, r in per.items():
+            rep = r.get("per_repeat_img_s") or {}
+            rng = lambda k: (f"{min(rep[k]):,.1f}-{max(rep[k]):,.1f}" if rep.get(k) else "-")  # noqa: E731
+            out.append(f"- {model} on {dev} ({cores(provenance_of(r))}, batch {r['batch_size']}): library/limit "
+                       f"{r['ratio_vs_limit']:.2f} (goal 0.95: {'met' if r['ratio_vs_limit'] >= 0.95 else 'not met'}), "
+                       f"library/reference {r['ratio_vs_reference']:.2f} (goal 2: "
+                       f"{'met' if r['ratio_vs_reference'] >= 2 else 'not met'}); per repeat, library "
+                       f"{rng('library')} img/s, limit {rng('limit')} img/s.")
+    return "\n".join(out) + "\n"
+
+
+def b_scaling() -> str:
+    rel = "benchmarks/results/scaling.json"
+    d = load(rel)
+    p = provenance_of(d)
+    tr, ev = d["training"], d["evaluation"]
+    t1 = markdown_table(["batch size", "s / step", "images/s"],
+                        [list(x) for x in zip(tr["batch_sizes"], tr["seconds_per_step"], tr["images_per_s"])])
+    t2 = markdown_table(["images", "seconds", "images/s"],
+                        [list(x) for x in zip(ev["dataset_sizes"], ev["seconds"], ev["images_per_s"])])
+    best = max(range(len(tr["images_per_s"])), key=lambda i: tr["images_per_s"][i])
+    return (f"{d['settings']['model']} ({stamp(p, rel)}; {cores(p)}):\n\n    {p['command']}\n\n{t1}\n\n{t2}\n\n"
+            + "\n".join(f"- {c}" for c in d["conclusions"])
+            + f"\n- Training throughput peaks at batch {tr['batch_sizes'][best]} ({tr['images_per_s'][best]:.0f} img/s) "
+              f"and reads {tr['images_per_s'][-1]:.0f} img/s at batch {tr['batch_sizes'][-1]}; evaluation reads "
+              f"{min(ev['images_per_s']):.0f}-{max(ev['images_per_s']):.0f} img/s over "
+              f"{ev['dataset_sizes'][0]}-{ev['dataset_sizes'][-1]} images.\n")
+
+
+def b_app_latency_table() -> str:
+    rel = "benchmarks/results/app_latency.json"
+    d = load(rel)
+    p = provenance_of(d)
+    t = markdown_table(
+        ["launch -> page (s)", "launch -> first prediction (s)", "prediction (s)", "handler in process (s)",
+         "bare forward, batch 2 (s)", "ratio (goal <= 1.2)", "handler ratio", "empty Gradio endpoint (s)"],
+        [[d["launch_to_page_s"], d["launch_to_first_prediction_s"], d["prediction_s"], d["handler_s"],
+          d["bare_forward_s"], d["ratio"], d["handler_ratio"], d["gradio_floor_s"]]])
+    return (f"{stamp(p, rel)}; {cores(p)}:\n\n    {p['command']}\n\n{t}\n\n"
+            f"- In process the handler is {d['handler_ratio']:.2f}x the bare forward ({1000 * d['handler_s']:.1f} vs "
+            f"{1000 * d['bare_forward_s']:.1f} ms; goal 1.2: {'met' if d['handler_ratio'] <= 1.2 else 'not met'}).\n"
+            f"- Over HTTP a prediction takes {1000 * d['prediction_s']:.0f} ms ({d['ratio']:.1f}x the bare forward); "
+            f"an endpoint that does no work takes {1000 * d['gradio_floor_s']:.0f} ms.\n")
+
+
+def b_gpu_check() -> str:
+    rel = "benchmarks/results/gpu/gpu_check.json"
+    d = load(rel)
+    p = provenance_of(d)
+    by = {}
+    for r in d["throughput"]:
+        by.setdefault(r["spec"], {})[r["amp"]] = r["images_per_s"]
+    parts = ", ".join(f"{s} {v.get(True, 0):,.0f} vs {v.get(False, 0):,.0f} img/s" for s, v in by.items())
+    sr = d.get("short_run") or {}
+    return (f"`scripts/gpu_check.py` on {d['device']} ({stamp(p, rel)}): the library's step with AMP against fp32: "
+            f"{parts}; loss and prompt finite in every case: "
+            f"{all(r['loss_finite'] and r['prompt_finite'] for r in d['throughput'])}. A {sr.get('steps')}-step "
+            f"{sr.get('spec')} run on the bundled subset took {sr.get('seconds')} s: {pct(sr.get('test_top1', 0))} test "
+            f"top-1 against {pct(sr.get('test_top1_no_prompt', 0))} without the prompt.\n")
+
+
+def b_benchmarks_table() -> str:
+    sp = load("benchmarks/results/speed.json")["results"]
+    sc, al = load("benchmarks/results/scaling.json"), load("benchmarks/results/app_latency.json")
+    acc, gacc = load("benchmarks/results/accuracy.json"), load("benchmarks/results/gpu/accuracy.json")
+    rows = []
+    for dev in ("cpu", "cuda"):
+        ent = {m: per[dev] for m, per in sp.items() if dev in per}
+        if not ent:
+            continue
+        cmd = provenance_of(next(iter(ent.values())))["command"]
+        where = cores(provenance_of(next(iter(ent.values()))))
+        rows.append([f"{where}: training step vs the limit", f"`{cmd}`",
+                     ", ".join(f"{r['ratio_vs_limit']:.2f}x ({m}, batch {r['batch_size']})" for m, r in ent.items())])
+        rows.append([f"{where}: training step vs a reference-style loop", "same",
+                     ", ".join(f"{r['ratio_vs_reference']:.2f}x faster ({m})" for m, r in ent.items())])
+    tr = sc["training"]
+    best = max(range(len(tr["images_per_s"])), key=lambda i: tr["images_per_s"][i])
+    rows.append([f"throughput vs batch size ({sc['settings']['model']}, {cores(provenance_of(sc))})",
+                 f"`{provenance_of(sc)['command']}`",
+                 f"best at batch {tr['batch_sizes'][best]} ({tr['images_per_s'][best]:.0f} img/s), "
+                 f"{tr['images_per_s'][-1]:.0f} img/s at {tr['batch_sizes'][-1]}"])
+    rows.append(["app: launch -> first prediction, one prediction", f"`{provenance_of(al)['command']}`",
+                 f"{al['launch_to_first_prediction_s']:.1f} s, {al['prediction_s']:.3f} s over HTTP (empty endpoint "
+                 f"{al['gradio_floor_s']:.3f} s); handler {al['handler_ratio']:.2f}x the bare forward"])
+    for d in (acc, gacc):
+        p, st = provenance_of(d), d["settings"]
+        s = _accuracy_module().summarize(d["rows"])
+        rows.append([f"accuracy, {st['dataset']} ({st['model']}, {st['steps']} steps of {st['batch_size']}, "
+                     f"{cores(p)})", f"`{p['command']}`",
+                     f"best prompt ({s['best_prompt']}) {pct(s['best_prompt_test_top1'])} vs linear probe "
+                     f"{pct(s['linear_probe_test_top1'])}"])
+    dates = sorted({provenance_of(x)["date_utc"][:10] for x in (sc, al, acc, gacc) if provenance_of(x).get("date_utc")})
+    return (markdown_table(["what", "command", "result"], rows)
+            + f"\n\nDates and commits of each result: `benchmarks/README.md` (results dated {', '.join(dates)}).\n")
+
+
+def b_cpu_speed() -> str:
+    sc, sp = load("benchmarks/results/scaling.json"), load("benchmarks/results/speed.json")["results"]
+    tr = sc["training"]
+    best = max(range(len(tr["images_per_s"])), key=lambda i: tr["images_per_s"][i])
+    eff = sp.get("effnet-lite0", {}).get("cpu")
+    vit = sp.get("clip:ViT-B-32/random", {}).get("cpu")
+    return (f"on the project's CPU a training step of EfficientNet-Lite0 runs at {tr['images_per_s'][best]:.0f} images/s at best at 96 px "
+            f"(batch {tr['batch_sizes'][best]}, `scaling.json`) but {eff['library_img_s']:.1f} images/s at 224 px "
+            f"(batch {eff['batch_size']}, `speed.json`), and ViT-B/32 at 224 px {vit['library_img_s']:.1f} images/s "
+            f"(batch {vit['batch_size']}); hence `@96` in the examples.")
+
+
+def b_bench_times() -> str:
+    rows = []
+    for script, rel, what, key in [
+            ("accuracy.py", "accuracy.json", "test top-1 of every prompt kind and label mapping vs the linear probe",
+             "total_seconds"),
+            ("speed.py", "speed.json", "images/s of one training step: library vs limit vs reference-style loop", None),
+            ("scaling.py", "scaling.json", "training throughput vs batch size, evaluation time vs dataset size",
+             "seconds"),
+            ("app_latency.py", "app_latency.json", "app start-up and one prediction vs the bare forward pass", None),
+            ("readme_train.py", "readme_train.json", "the README's `train` example", "wall_seconds"),
+            ("app_defaults.py", "app_defaults.json", "the app's CPU training defaults per label mapping", None),
+            ("test_suite.py", "test_suite.json", "the README's test command, timed", "wall_seconds")]:
+        d = load(f"benchmarks/results/{rel}")
+        t = "not measured yet" if d is None else (f"{d[key] / 60:.1f} min ({cores(provenance_of(d))})"
+                                                  if key and d.get(key) else "not recorded")
+        rows.append([f"`{script}`", what, t])
+    return markdown_table(["script", "measures", "time of the committed run"], rows) + "\n"
+
+
+BLOCKS = {
+    "tests-time": b_tests_time, "app-defaults": b_app_defaults, "app-latency": b_app_latency,
+    "readme-train": b_readme_train, "zoo": b_zoo, "benchmarks-table": b_benchmarks_table, "cpu-speed": b_cpu_speed,
+    "bench-times": b_bench_times, "accuracy-cpu": b_accuracy_cpu, "accuracy-gpu": b_accuracy_gpu,
+    "accuracy-budget": b_accuracy_budget, "accuracy-reading": b_accuracy_reading, "speed": b_speed,
+    "scaling": b_scaling, "app-latency-table": b_app_latency_table, "gpu-check": b_gpu_check,
+}
+
+
+def _load_module(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"report_{name}", REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_MODS: dict = {}
+
+
+def _accuracy_module():
+    return _MODS.setdefault("accuracy", _load_module("accuracy"))
+
+
+def _speed_module():
+    return _MODS.setdefault("speed", _load_module("speed"))
+
+
+# -- rewrite / check -------------------------------------------------------------------------------------------
+
+def render(text: str) -> str:
+    def sub(m):
+        indent, name = m.group(1), m.group(2)
+        if name not in BLOCKS:
+            raise SystemExit(f"unknown report block {name!r}")
+        body = "\n".join(indent + ln if ln else ln for ln in BLOCKS[name]().rstrip("\n").split("\n"))
+        return f"{indent}<!-- report:{name} -->\n{body}\n{indent}<!-- /report:{name} -->"
+
+    return BLOCK.sub(sub, text)
+
+
+def hand_typed(text: str) -> list[str]:
+    """Figures with units outside the report blocks (code blocks included), minus the ALLOWED constants."""
+    outside = BLOCK.sub("", text)
+    for a in ALLOWED:
+        outside = outside.replace(a, "")
+    return [m.group(0) for m in FIGURE.finditer(outside)]
+
+
+def check() -> list[str]:
+    problems = []
+    for rel in READMES:
+        text = (REPO / rel).read_text()
+        if render(text) != text:
+            problems.append(f"{rel}: differs from the results files (run `python benchmarks/report.py`)")
+        figs = hand_typed(text)
+        if figs:
+            problems.append(f"{rel}: figures outside the report blocks: {figs}")
+    return problems
+
+
+# -- staleness -------------------------------------------------------------------------------------------------
+
+def git(*args) -> tuple[int, str]:
+    p = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+    return p.returncode, p.stdout.strip()
+
+
+def entries() -> list[tuple[str, str, str, dict]]:
+    """(name, file, script, provenance) of every result, one per speed.json entry."""
+    out = []
+    for name, rel, script in SOURCES:
+        d = load(rel)
+        if d is None:
+            out.append((name, rel, script, None))
+        elif name == "speed":
+            out += [(f"speed {m} {dev}", rel, script, provenance_of(r)) for m, per in d["results"].items()
+                    for dev, r in per.items()]
+        else:
+            out.append((name, rel, script, provenance_of(d)))
+    return out
+
+
+def stale() -> list[str]:
+    lines = []
+    for name, rel, script, prov in entries():
+        if prov is None:
+            lines.append(f"MISSING {name}: {rel} not written yet (`python {script}`)")
+            continue
+        commit = prov.get("git_commit")
+        paths = measures(script)
+        if not commit:
+            lines.append(f"STALE?  {name} ({rel}): no commit recorded, cannot tell; rerun `python {script}`")
+            continue
+        if git("cat-file", "-e", f"{commit}^{{commit}}")[0] != 0:
+            lines.append(f"STALE?  {name} ({rel}): commit {commit[:10]} is not in this repository")
+            continue
+        _, log = git("log", "--format=%h %cs %s", f"{commit}..HEAD", "--", *paths)
+        changed = [ln for ln in log.splitlines() if ln]
+        dirty = " (measured on a dirty tree)" if prov.get("git_dirty") else ""
+        if changed:
+            _, files = git("diff", "--name-only", commit, "HEAD", "--", *paths)
+            lines.append(f"STALE   {name} ({rel}, commit {commit[:10]}{dirty}): {len(changed)} later commit(s) "
+                         f"changed {', '.join(files.split())}; newest: {changed[0][:90]}")
+        elif dirty:
+            lines.append(f"STALE?  {name} ({rel}, commit {commit[:10]}){dirty}: the measured code may differ")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="fail when a README differs from the results files")
+    ap.add_argument("--stale", action="store_true", help="list results whose measured code changed since (exit 0)")
+    a = ap.parse_args(argv)
+    if a.stale:
+        lines = stale()
+        print("\n".join(lines) if lines else "no stale results")
+        return 0
+    if a.check:
+        problems = check()
+        print("\n".join(problems) if problems else "READMEs match the results files")
+        return 1 if problems else 0
+    for rel in READMES:
+        p = REPO / rel
+        text = p.read_text()
+        new = render(text)
+        if new != text:
+            p.write_text(new)
+            print(f"rewrote {rel}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
