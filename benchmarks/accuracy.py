@@ -55,7 +55,9 @@ from visual_prompting import BackboneCache, PromptedModel, TrainConfig  # noqa: 
 from visual_prompting.backbones import ClipBackbone  # noqa: E402
 from visual_prompting.data import DEBIAN_FASHION_MNIST, DataSplits, load_splits, to_model_input  # noqa: E402
 from visual_prompting.evaluation import evaluate, logits_over  # noqa: E402
-from visual_prompting.heads import create_head, frequency_mapping, prediction_counts  # noqa: E402
+from visual_prompting.capture import capture_top1  # noqa: E402
+from visual_prompting.heads import create_head, prediction_counts  # noqa: E402
+from visual_prompting.recipes import recipe_settings  # noqa: E402
 from visual_prompting.training import Trainer  # noqa: E402
 from visual_prompting.utils import autocast, pick_device, seed_everything  # noqa: E402
 
@@ -71,8 +73,35 @@ ROWS = [
     ("random_patch_iterative", "prompt", "random_patch", "iterative", "straight-through", "random patch, iterative mapping"),
     ("shrink_pad_iterative", "prompt", "shrink_pad", "iterative", "straight-through", "shrink-and-pad, iterative mapping"),
     ("linear_probe", "linear_probe", None, None, None, "linear probe on frozen features (paper's comparison)"),
+    # the options and recipes of later work (each row's settings: ROW_SETTINGS; recipes: visual_prompting.recipes)
+    ("no_prompt_multi_frequency", "no_prompt", None, "multi_frequency", None,
+     "no prompt, each class reads the mean of 10 source logits"),
+    ("recipe_fast", "prompt", "full", "multi_frequency", "straight-through",
+     "recipe fast: full-image prompt, Adam lr 0.01, 10-source mapping"),
+    ("recipe_robust", "prompt", "full", "multi_frequency", "straight-through",
+     "recipe robust: fast + capture simulation (shift, resize, JPEG) after the prompt"),
+    ("pad_adam_frequency", "prompt", "pad", "frequency", "straight-through", "pad prompt, Adam lr 0.01"),
+    ("pad_l2sgd_frequency", "prompt", "pad", "frequency", "straight-through", "pad prompt, EVP's L2-normalised step"),
+    ("pad_flip_crop_frequency", "prompt", "pad", "frequency", "straight-through",
+     "pad prompt, EVP's input diversity (crop + flip)"),
+    ("full_adam_frequency", "prompt", "full", "frequency", "straight-through", "full-image prompt, Adam, 1-source mapping"),
+    ("lowrank_adam_multi_frequency", "prompt", "lowrank", "multi_frequency", "straight-through",
+     "low-rank prompt (rank 16, LoR-VP), Adam, 10-source mapping"),
 ]
 METHODS = [r[0] for r in ROWS]
+# the TrainConfig settings of a prompt row beyond its prompter / mapping / clamp (the paper's SGD otherwise)
+ROW_SETTINGS = {
+    "recipe_fast": recipe_settings("fast"),
+    "recipe_robust": recipe_settings("robust"),
+    "pad_adam_frequency": {"optimizer": "adam", "lr": 0.01},
+    "pad_l2sgd_frequency": {"optimizer": "l2sgd", "lr": 1.0},
+    "pad_flip_crop_frequency": {"augment": "flip_crop"},
+    "full_adam_frequency": {"optimizer": "adam", "lr": 0.01},
+    "lowrank_adam_multi_frequency": {"optimizer": "adam", "lr": 0.01, "prompt_size": 16},
+}
+# what `python benchmarks/accuracy.py` runs (about 75 min on 2 CPU cores); --rows all runs every row
+DEFAULT_ROWS = ["no_prompt_first_k", "no_prompt_frequency", "no_prompt_multi_frequency", "pad_first_k", "pad_frequency",
+                "pad_iterative", "recipe_fast", "recipe_robust", "linear_probe"]
 
 
 # -- data ------------------------------------------------------------------------------------------------------
@@ -115,11 +144,11 @@ def run_no_prompt(spec: str, mapping: str, splits: DataSplits, cache: BackboneCa
     bb = cache.get(spec, device)
     head = create_head(bb, splits.class_names, mapping=mapping)
     model = PromptedModel(bb, head, None, splits.class_names)
-    if mapping == "frequency":  # greedy one-to-one mapping from what the model predicts on the train subset
+    if head.fits_from_data:  # greedy mapping(s) from what the model predicts on the train subset
         counts = torch.zeros(len(bb.source_classes), len(splits.class_names), dtype=torch.long)
         for logits, labels in logits_over(model, splits.train, use_prompt=False, batch_size=batch, source=True):
             counts += prediction_counts(logits, labels, len(splits.class_names))
-        head.set_mapping(frequency_mapping(counts))
+        head.fit(counts)
     test = evaluate(model, splits.test, use_prompt=False, batch_size=batch)
     val = evaluate(model, splits.val, use_prompt=False, batch_size=batch)
     return {"test_top1": test.top1, "test_top5": test.top5, "val_top1": val.top1, "trainable_params": 0,
@@ -127,16 +156,18 @@ def run_no_prompt(spec: str, mapping: str, splits: DataSplits, cache: BackboneCa
 
 
 def run_prompt_seeds(spec: str, prompter: str, mapping: str, clamp: str, splits: DataSplits, cache: BackboneCache,
-                     args, out_dir: str) -> dict:
+                     args, out_dir: str, extra: dict | None = None) -> dict:
     """One prompt row trained once per seed: the mean of each number, its spread, and every seed's own record."""
     per_seed = []
     for seed in args.seeds:
         if not args.quiet and len(args.seeds) > 1:
             print(f"   seed {seed}", flush=True)
         per_seed.append({"seed": seed, **run_prompt(spec, prompter, mapping, clamp, splits, cache, args,
-                                                    str(Path(out_dir) / f"seed{seed}"), seed)})
-    return {**aggregate_seeds(per_seed), "trainable_params": per_seed[0]["trainable_params"],
-            "prompt_size": per_seed[0]["prompt_size"], "steps": per_seed[0]["steps"]}
+                                                    str(Path(out_dir) / f"seed{seed}"), seed, extra)})
+    first = per_seed[0]
+    return {**aggregate_seeds(per_seed), "trainable_params": first["trainable_params"],
+            "prompt_size": first["prompt_size"], "steps": first["steps"], "settings": first["settings"],
+            "input_only": True}  # every prompt row trains the prompt alone (the mapping is fitted, not trained)
 
 
 def aggregate_seeds(per_seed: list[dict]) -> dict:
@@ -149,7 +180,11 @@ def aggregate_seeds(per_seed: list[dict]) -> dict:
         return sum(vals) / len(vals) if vals else None
 
     tops = [r["test_top1"] for r in per_seed]
+    s2t = [r.get("steps_to_target") for r in per_seed]
     return {"test_top1": mean("test_top1"), "test_top5": mean("test_top5"), "val_top1": mean("val_top1"),
+            "test_top1_jpeg75": mean("test_top1_jpeg75"), "test_top1_resize075": mean("test_top1_resize075"),
+            # the slowest seed's (None when some seed never reached the target)
+            "steps_to_target": None if None in s2t else max(s2t), "target": per_seed[0].get("target"),
             "train_acc_last_10pct": mean("train_acc_last_10pct"),
             "seeds": [r["seed"] for r in per_seed],
             "test_top1_std": statistics.stdev(tops) if len(tops) > 1 else None,
@@ -159,11 +194,12 @@ def aggregate_seeds(per_seed: list[dict]) -> dict:
 
 
 def run_prompt(spec: str, prompter: str, mapping: str, clamp: str, splits: DataSplits, cache: BackboneCache,
-               args, out_dir: str, seed: int) -> dict:
+               args, out_dir: str, seed: int, extra: dict | None = None) -> dict:
+    extra = {k: v for k, v in (extra or {}).items() if k not in ("prompter", "label_mapping", "clamp")}
     cfg = TrainConfig(model=spec, dataset=splits.name, prompter=prompter, label_mapping=mapping, clamp=clamp,
                       steps=args.steps, batch_size=args.batch_size, device=args.device, seed=seed,
                       out_dir=out_dir, num_workers=0, eval_every=args.eval_every,
-                      test_without_prompt=False)  # the no_prompt rows measure that once for all rows
+                      test_without_prompt=False, **extra)  # the no_prompt rows measure that once for all rows
 
     def progress(ev):
         if ev.kind == "eval" and not args.quiet:
@@ -176,12 +212,24 @@ def run_prompt(spec: str, prompter: str, mapping: str, clamp: str, splits: DataS
     steps_acc = [h["train_acc"] for h in result.history if h.get("kind") == "step" and "train_acc" in h]
     tail = steps_acc[-max(1, len(steps_acc) // 10):]
     best_step = max(evals, key=lambda e: e[1])[0] if evals else None
+    # what happens to the best prompt's images when they are shared (JPEG 75) or resized (0.75x down and up)
+    best, _ = PromptedModel.from_prompt_file(result.best_path, trainer.device, cache=cache)
+    cap = capture_top1(best, splits.test, ("jpeg75", "resize075"), batch_size=args.eval_batch)
     return {"test_top1": m["test_top1"], "test_top5": m["test_top5"], "val_top1": m.get("best_val_top1"),
+            "test_top1_jpeg75": cap["jpeg75"], "test_top1_resize075": cap["resize075"],
+            "steps_to_target": steps_to_target(evals, args.target), "target": args.target,
+            "settings": {k: getattr(trainer.cfg, k) for k in ("prompter", "optimizer", "lr", "label_mapping",
+                                                              "augment", "capture", "clamp")},
             "trainable_params": trainer.prompter.num_parameters(),
             "prompt_size": trainer.prompter.cfg.size, "steps": result.steps_done,
             "train_acc_last_10pct": sum(tail) / len(tail) if tail else None,
             "best_val_step": best_step, "still_improving_at_end": bool(evals) and best_step == evals[-1][0],
             "val_curve": [[s, round(v, 4)] for s, v in evals]}
+
+
+def steps_to_target(evals: list, target: float) -> int | None:
+    """The first evaluation step whose validation top-1 is at or above ``target`` (None: never reached)."""
+    return next((s for s, v in evals if v >= target), None)
 
 
 # -- linear probe ------------------------------------------------------------------------------------------------
@@ -330,7 +378,31 @@ def summarize(rows: list[dict]) -> dict:
     diff("shrink_pad_iterative", "pad_iterative", "shrink-and-pad vs pad")
     diff("fixed_patch_iterative", "pad_iterative", "fixed patch vs pad")
     diff("random_patch_iterative", "pad_iterative", "random patch vs pad")
+    diff("no_prompt_multi_frequency", "no_prompt_frequency", "10-source vs 1-source mapping without a prompt")
+    diff("recipe_fast", "pad_frequency", "recipe fast vs the paper's SGD pad prompt (frequency mapping)")
+    diff("recipe_robust", "recipe_fast", "capture simulation vs none (recipe fast)")
+    diff("pad_adam_frequency", "pad_frequency", "Adam vs SGD (pad)")
+    diff("pad_l2sgd_frequency", "pad_frequency", "L2-normalised step vs SGD (pad)")
+    diff("pad_flip_crop_frequency", "pad_frequency", "input diversity vs none (pad)")
+    diff("full_adam_frequency", "pad_adam_frequency", "full-image vs pad prompt (Adam)")
     out["effects"] = effects
+    inputs = [r for r in prompts if r.get("input_only", True)]
+    if inputs and "linear_probe" in by:
+        bi = max(inputs, key=lambda r: r["test_top1"])
+        out.update(best_input_only=bi["method"], best_input_only_test_top1=bi["test_top1"],
+                   input_only_gap_points=round(100 * (by["linear_probe"]["test_top1"] - bi["test_top1"]), 2))
+    if "pad_frequency" in by:  # time to accuracy against the paper's recipe
+        ref = row_steps_to_target(by["pad_frequency"])
+        fastest = [(row_steps_to_target(r), r["method"]) for r in prompts if row_steps_to_target(r) is not None]
+        if fastest and ref:
+            n, m = min(fastest)
+            out.update(fastest_to_target=m, fastest_steps_to_target=n, pad_frequency_steps_to_target=ref,
+                       fastest_fraction_of_pad_frequency=round(n / ref, 3))
+    robust = [r for r in prompts if r.get("test_top1_jpeg75") is not None]
+    if robust:
+        out["capture_drop_points"] = {r["method"]: {
+            "jpeg75": round(100 * (r["test_top1"] - r["test_top1_jpeg75"]), 2),
+            "resize075": round(100 * (r["test_top1"] - r["test_top1_resize075"]), 2)} for r in robust}
     rising = [r["method"] for r in prompts if r.get("still_improving_at_end")]
     if rising:
         obs.append("best validation accuracy at the last evaluation (more steps would likely help): " + ", ".join(rising))
@@ -353,12 +425,30 @@ def table(rows: list[dict]) -> str:
         return (f"{100 * r['test_top1_min']:.1f}-{100 * r['test_top1_max']:.1f}" if len(r.get("seeds") or []) > 1
                 else "-" if r["kind"] != "prompt" else "one seed")
 
+    def pct(r, key):
+        return round(100 * r[key], 2) if r.get(key) is not None else "-"
+
+    def s2t(r):
+        if r["kind"] != "prompt":
+            return "-"
+        n = row_steps_to_target(r)
+        return "not reached" if n is None else n
+
     return markdown_table(
-        ["method", "test top-1 % (mean)", "seeds", "test top-1 % min-max", "trainable params", "seconds",
-         "val top-1 %", "what"],
-        [[r["method"], round(100 * r["test_top1"], 2), seeds(r), spread(r), r["trainable_params"],
-          round(r["seconds"], 1), round(100 * r["val_top1"], 2) if r.get("val_top1") is not None else None,
-          r["description"]] for r in rows])
+        ["method", "test top-1 % (mean)", "seeds", "test top-1 % min-max", "steps to 79% val", "JPEG-75 %",
+         "resize 0.75 %", "trainable params", "input only", "seconds", "val top-1 %", "what"],
+        [[r["method"], round(100 * r["test_top1"], 2), seeds(r), spread(r), s2t(r), pct(r, "test_top1_jpeg75"),
+          pct(r, "test_top1_resize075"), r["trainable_params"],
+          {True: "yes", False: "no"}.get(r.get("input_only", r["kind"] != "linear_probe")),
+          round(r["seconds"], 1), pct(r, "val_top1"), r["description"]] for r in rows])
+
+
+def row_steps_to_target(r: dict, target: float = 0.79) -> int | None:
+    """A trained row's steps_to_target; for rows recorded before the field existed, read from their validation
+    curve (the same rule on the same evaluations)."""
+    if "steps_to_target" in r:
+        return r["steps_to_target"]
+    return steps_to_target(r.get("val_curve") or [], target)
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -399,7 +489,11 @@ def parse_args(argv):
                          "where 2 cores are fastest per image; CUDA 256)")
     ap.add_argument("--eval-every", type=int, default=None,
                     help="validate (and keep the best prompt) every N steps (default steps/5; smoke 1)")
-    ap.add_argument("--rows", default="all", help=f"comma-separated subset of, run in the order given: {', '.join(METHODS)}")
+    ap.add_argument("--rows", default="default", help="'default' (the rows below marked *), 'all', or a comma-separated "
+                    "subset, run in the order given and merged into OUT/accuracy.json: "
+                    + ", ".join(m + ("*" if m in DEFAULT_ROWS else "") for m in METHODS))
+    ap.add_argument("--target", type=float, default=0.79,
+                    help="validation top-1 whose first reaching is each trained row's steps_to_target (default 0.79)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0, help="seed of the fixed train/val/test subsets (and the training "
                     "seed when --seeds is not given)")
@@ -440,8 +534,9 @@ def parse_args(argv):
         ap.error(f"--seeds takes a list of seeds (0,1,2) or a count (3), not {a.seeds!r}")
     if not a.seeds or len(set(a.seeds)) != len(a.seeds):
         ap.error(f"--seeds needs at least one seed, each once (got {a.seeds!r})")
-    a.merge = a.rows != "all"
-    a.rows = METHODS if a.rows == "all" else list(dict.fromkeys(m.strip() for m in a.rows.split(",") if m.strip()))
+    a.merge = a.rows not in ("all", "default")
+    a.rows = (METHODS if a.rows == "all" else DEFAULT_ROWS if a.rows == "default"
+              else list(dict.fromkeys(m.strip() for m in a.rows.split(",") if m.strip())))
     unknown = set(a.rows) - set(METHODS)
     if unknown:
         ap.error(f"unknown rows {sorted(unknown)}; choose from {', '.join(METHODS)}")
@@ -486,13 +581,15 @@ def main(argv: list[str] | None = None) -> dict:
     runs_parent = args.runs_dir or tempfile.mkdtemp(prefix="vp-accuracy-")
     for method in args.rows:  # in the order given (the linear probe first, say, when a run may be cut short)
         _, kind, prompter, mapping, clamp, desc = ROWS[METHODS.index(method)]
+        args.eval_batch = eval_batch
         if not args.quiet:
             print(f"-- {method}: {desc}", flush=True)
         t = time.perf_counter()
         if kind == "no_prompt":
             res = run_no_prompt(spec, mapping, splits, cache, device, eval_batch)
         elif kind == "prompt":
-            res = run_prompt_seeds(spec, prompter, mapping, clamp, splits, cache, args, str(Path(runs_parent) / method))
+            res = run_prompt_seeds(spec, prompter, mapping, clamp, splits, cache, args, str(Path(runs_parent) / method),
+                                   ROW_SETTINGS.get(method))
         else:
             log_grid = [-2.0, 0.0, 2.0] if args.smoke else [-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0]
             res = linear_probe(cache.get(spec, device), splits, eval_batch, device,
@@ -500,7 +597,8 @@ def main(argv: list[str] | None = None) -> dict:
         row = {"method": method, "test_top1": res.pop("test_top1"), "trainable_params": res.pop("trainable_params"),
                "seconds": round(time.perf_counter() - t, 2), "kind": kind, "description": desc,
                "prompter": prompter, "label_mapping": mapping, "clamp": clamp,
-               **({} if kind == "prompt" else {"seeds": [], "deterministic": True}), **res, "provenance": prov}
+               **({} if kind == "prompt" else {"seeds": [], "deterministic": True,
+                                               "input_only": kind == "no_prompt"}), **res, "provenance": prov}
         doc["rows"].append(row)
         doc["rows"] = ordered(kept + doc["rows"])
         write_json(json_path, doc)  # keep what is done if the run is stopped

@@ -105,12 +105,12 @@ def b_app_defaults() -> str:
         return "CPU defaults: " + missing(rel, "python benchmarks/app_defaults.py")
     df, runs = d["defaults"], d["runs"]
     first = runs[0]
-    others = ", ".join(f"{r['label_mapping']} {pct(r['test_top1'])}" for r in runs[1:])
-    return (f"CPU defaults ({df['model']}, {df['steps']} steps of {df['batch_size']}, {df['label_mapping']} "
-            f"mapping), measured on the bundled subset by `python benchmarks/app_defaults.py` ({stamp(provenance_of(d), rel)}): "
+    others = ", ".join(f"recipe {r['recipe']} {pct(r['test_top1'])} in {r['seconds']:.0f} s" for r in runs[1:])
+    return (f"CPU defaults ({df['model']}, {df['steps']} steps of {df['batch_size']}, recipe {df['recipe']}), "
+            f"measured on the bundled subset by `python benchmarks/app_defaults.py` ({stamp(provenance_of(d), rel)}): "
             f"{pct(first['test_top1'])} test top-1 in {first['seconds']:.0f} s against "
-            f"{pct(first['test_top1_no_prompt'])} without a prompt; the other mappings in the same steps: {others} "
-            f"(one seed each: not a ranking of the mappings).")
+            f"{pct(first['test_top1_no_prompt'])} without a prompt; with the same budget: {others} "
+            f"(one seed each).")
 
 
 def b_app_latency() -> str:
@@ -347,7 +347,7 @@ def b_bench_times() -> str:
              "seconds"),
             ("app_latency.py", "app_latency.json", "app start-up and one prediction vs the bare forward pass", None),
             ("readme_train.py", "readme_train.json", "the README's `train` example", "wall_seconds"),
-            ("app_defaults.py", "app_defaults.json", "the app's CPU training defaults per label mapping", None),
+            ("app_defaults.py", "app_defaults.json", "the app's CPU training defaults per recipe", None),
             ("test_suite.py", "test_suite.json", "the README's test command, timed", "wall_seconds")]:
         d = load(f"benchmarks/results/{rel}")
         t = "not measured yet" if d is None else (f"{d[key] / 60:.1f} min ({cores(provenance_of(d))})"
