@@ -206,6 +206,15 @@ def b_accuracy_reading() -> str:
         out.append(f"- {where}: the best prompt ({s['best_prompt']}, {pct(s['best_prompt_test_top1'])}) is "
                    f"{s['gap_points']:.1f} points below the linear probe ({pct(s['linear_probe_test_top1'])}); "
                    f"prompt rows ran with {'/'.join(map(str, seeds))} seed(s).")
+        if "fastest_to_target" in s:
+            out.append(f"  Time to accuracy: {s['fastest_to_target']} first reached the target validation top-1 at step "
+                       f"{s['fastest_steps_to_target']}, pad_frequency at step {s['pad_frequency_steps_to_target']} "
+                       f"({s['fastest_fraction_of_pad_frequency']:.2f} of its steps).")
+        drops = s.get("capture_drop_points") or {}
+        if drops:
+            out.append("  Shared or resized prompted images (test top-1 lost after a JPEG-75 / a 0.75x resize round "
+                       "trip): " + "; ".join(f"{m} {v['jpeg75']:.1f} / {v['resize075']:.1f} points"
+                                             for m, v in drops.items()) + ".")
         conclusive = [e for e in s["effects"] if e["conclusive"]]
         open_ = [e for e in s["effects"] if not e["conclusive"]]
         if conclusive:

@@ -155,3 +155,27 @@ def test_app_form_follows_a_recipe(tmp_path):
     with pytest.raises(VPError, match="optimizer"):
         vp.train_config("s1", model="effnet-lite0@32", dataset="fashion_mnist_subset", steps=5, batch_size=8,
                         optimizer="rmsprop")
+
+
+def test_image_scale_reaches_the_scale_prompters_and_nothing_else(tmp_path, splits32):
+    t = Trainer(_cfg(tmp_path, prompter="scale_pad", image_scale=0.5, steps=1), splits=splits32)
+    assert t.prompter.cfg.scale == 0.5 and t.prompter.image_scale() == 0.5
+    with pytest.raises(VPError, match="scale_pad kinds only"):
+        Trainer(_cfg(tmp_path, prompter="pad", image_scale=0.5, steps=1), splits=splits32)
+    a = build_parser().parse_args(["train", "--prompter", "learned_scale_pad", "--image-scale", "0.7"])
+    assert from_args(TrainConfig, a).image_scale == 0.7
+
+
+def test_amp_path_runs_in_bfloat16_on_cpu(tmp_path, splits32, monkeypatch):
+    """The AMP code path (autocast around prompt, capture, backbone and head; the loss in float32) runs on CPU in
+    bf16: the backbone really computes in bf16 there, and the step still trains the prompt."""
+    import visual_prompting.utils as utils
+
+    monkeypatch.setattr(utils, "amp_dtype", lambda device: torch.bfloat16)
+    seen = []
+    t = Trainer(_cfg(tmp_path, amp=True, steps=2, prompter="full", optimizer="adam"), splits=splits32)
+    t.backbone.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    before = t.prompter.full.detach().clone()
+    loss, acc, lr = t.train_step(torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+    assert torch.bfloat16 in seen and loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert not torch.equal(before, t.prompter.full.detach())

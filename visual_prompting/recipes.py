@@ -3,8 +3,8 @@ pretrained tags name a known-good configuration. A recipe only sets defaults; an
 
 ``paper``  the seed's behaviour exactly (every TrainConfig default): pad prompt, SGD lr 40 (paper units),
            momentum 0.9, warm-up then cosine, iterative label mapping, no augmentation.
-``fast``   chosen by measurement (benchmarks/accuracy.py rows ``recipe_fast*``; the sweep behind the choice is in
-           benchmarks/README.md): a full-image additive prompt, Adam lr 0.01, and a label mapping where each new
+``fast``   chosen by measurement (a sweep of 44 settings at the CPU benchmark's budget on a lent GPU, then
+           benchmarks/accuracy.py's ``recipe_fast`` row on 2 CPU cores): a full-image additive prompt, Adam lr 0.01, and a label mapping where each new
            class reads the mean of 10 source logits fitted from data (``multi_frequency``; nothing in it is trained,
            so the prompt stays the only trained thing). Measured on EfficientNet-Lite0 / Fashion-MNIST only: for a
            CLIP backbone the mapping does not apply (CLIP keeps its text head) and the rest is untested there.

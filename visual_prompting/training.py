@@ -64,6 +64,9 @@ class TrainConfig:
     prompt_size: int | None = setting(None, "pad width or patch side in pixels (default: the kind's own: 30 at "
                                       "224px scaled to the input size for pads, a quarter of the side for patches)",
                                       low=1, label="Prompt size")
+    image_scale: float | None = setting(None, "scale_pad / learned_scale_pad: the image's scale on the canvas, in "
+                                        "(0, 1] (the start for learned_scale_pad; default (S - 2 * prompt size) / S, "
+                                        "shrink_pad's)", low=0, low_open=True, high=1, label="Image scale")
     clamp: str = setting("straight-through", _choice_help("keep prompted images in [0,1]: ", CLAMP_MODES, "{name} ({description})"),
                          choices=lambda: CLAMP_MODES)
     init: str = setting("zeros", _choice_help("prompt initialisation: ", INITS, "{name} ({description})"), choices=lambda: INITS)
@@ -203,10 +206,13 @@ class Trainer:
         self.class_names = self.splits.class_names
         self.is_clip = isinstance(self.backbone, ClipBackbone)
         self.templates = templates_for(cfg, canonical_name(self.splits.name)) if self.is_clip else None
+        if cfg.image_scale is not None and not hasattr(PROMPTERS[cfg.prompter], "learn_scale"):
+            raise VPError(f"An image scale applies to the scale_pad kinds only, not to {cfg.prompter!r}.")
         size = cfg.prompt_size or default_prompt_size(cfg.prompter, S)
         self.prompter = create_prompter(
             PrompterConfig(kind=cfg.prompter, image_size=S, size=size, clamp=cfg.clamp, init=cfg.init,
-                           init_std=float(self.backbone.std.mean()) if cfg.init == "randn" else 0.0, seed=cfg.seed)
+                           init_std=float(self.backbone.std.mean()) if cfg.init == "randn" else 0.0, seed=cfg.seed,
+                           scale=cfg.image_scale)
         ).to(self.device)
         head = create_head(self.backbone, self.class_names, templates=self.templates, mapping=cfg.label_mapping)
         self.model = PromptedModel(self.backbone, head, self.prompter, self.class_names)
