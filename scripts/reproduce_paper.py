@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "%(default)s, the paper's CLIP ViT-B/32)"})
     g = ap.add_argument_group("recipe (defaults: the paper's, i.e. the library's TrainConfig)")
     add_arguments(g, TrainConfig, ["epochs", "steps", "batch_size", "lr", "momentum", "warmup_steps", "eval_every",
-                                   "seed", "device", "amp", "num_workers"])
+                                   "seed", "device", "amp", "num_workers"], defaults={"lr": 40.0})  # the paper's SGD lr
     g = ap.add_argument_group("data and output")
     add_arguments(g, TrainConfig, ["data_root", "download"], defaults={"download": True},
                   helps={"download": "download missing torchvision datasets (needs internet; default: on)"})

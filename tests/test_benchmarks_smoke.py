@@ -90,7 +90,7 @@ def test_every_script_has_help(name, capsys):
 
 def test_accuracy_smoke(tmp_path):
     acc = load("accuracy")
-    acc.main(["--smoke", "--out", str(tmp_path), "--threads", "1", "--quiet"])
+    acc.main(["--smoke", "--out", str(tmp_path), "--threads", "1", "--quiet", "--rows", "all"])
     doc = check_outputs(tmp_path, "accuracy")
     rows = doc["rows"]
     methods = [r["method"] for r in rows]
@@ -101,10 +101,17 @@ def test_accuracy_smoke(tmp_path):
         assert isinstance(r["trainable_params"], int) and r["trainable_params"] >= 0
         assert is_num(r["seconds"])
     no_prompt = [r for r in rows if r["method"].startswith("no_prompt")]
-    assert len(no_prompt) == 2 and all(r["trainable_params"] == 0 for r in no_prompt)
+    assert len(no_prompt) == 3 and all(r["trainable_params"] == 0 for r in no_prompt)
     assert sum(r["method"] == "linear_probe" for r in rows) == 1
     trained = [r for r in rows if r["kind"] == "prompt"]
-    assert len(trained) == 7 and all(r["trainable_params"] > 0 for r in trained)
+    assert len(trained) == 14 and all(r["trainable_params"] > 0 for r in trained)
+    # every trained row: time to target, capture robustness, its settings, input-only
+    for r in trained:
+        assert r["steps_to_target"] is None or 1 <= r["steps_to_target"] <= r["steps"]
+        assert 0 <= r["test_top1_jpeg75"] <= 1 and 0 <= r["test_top1_resize075"] <= 1 and r["input_only"] is True
+    by = {r["method"]: r for r in rows}
+    assert by["recipe_robust"]["settings"]["capture"] == "capture" and by["recipe_fast"]["settings"]["optimizer"] == "adam"
+    assert by["linear_probe"]["input_only"] is False
     assert {r["clamp"] for r in trained if r["prompter"] == "pad" and r["label_mapping"] == "iterative"} == \
         {"straight-through", "none"}
     assert doc["status"] == "complete" and "gap_points" in doc["summary"]

@@ -94,10 +94,10 @@ def test_the_no_prompt_baseline_mapping_is_restored_from_the_prompt_file(runs, s
     the prompt's own mapping: the test accuracy without the prompt is the trainer's."""
     res, _ = runs["iterative"]
     model, pf = PromptedModel.from_prompt_file(res.best_path, cache=cache)
-    assert model.baseline_mapping.tolist() == pf.meta["metrics"]["baseline_mapping"] != pf.meta["head"]["mapping"]
+    assert model.head.baseline_indices() == pf.meta["metrics"]["baseline_mapping"] != pf.meta["head"]["mapping"]
     without = evaluate(model, small.test, use_prompt=False, batch_size=50)
     assert without.top1 == res.metrics["test_top1_no_prompt"]
-    model.baseline_mapping = None  # what a loader that forgot it would measure: the prompt's mapping, unprompted
+    model.head.set_baseline(None)  # what a loader that forgot it would measure: the prompt's mapping, unprompted
     assert evaluate(model, small.test, use_prompt=False, batch_size=50).top1 != without.top1
 
 
