@@ -139,3 +139,18 @@ def test_timm_random_backbone_trains_and_predicts_through_the_cli(shapes_zip, tm
     assert main(["push", best, "--repo-id", "someone/timm", "--dry-run", str(tmp_path / "up")]) == 0
     card = (tmp_path / "up" / "README.md").read_text()
     assert "- timm" in card and "base_model" not in card  # random weights: no Hub repo to point to
+
+
+def test_timm_random_backbone_trains_and_predicts_through_the_app(shapes_zip, tmp_path):
+    from visual_prompting.ui import AppConfig, VPApp
+
+    vp = VPApp(AppConfig(user_zoo_dir=tmp_path / "zoo", work_dir=tmp_path / "work", device="cpu"))
+    assert "timm:resnet18/random" in backbone_examples()
+    cfg = vp.train_config("s-timm", model="timm:resnet18/random@32", dataset="", upload=str(shapes_zip), steps=2,
+                          batch_size=4, label_mapping="first_k")
+    last = list(vp.train_stream(cfg, "s-timm", min_interval=0.0))[-1]
+    assert last.done and last.result_path and "Test top-1" in last.status
+    prompted, zero, pred = vp.predict(None, last.result_path, Image.open(EXAMPLE))
+    # two classes: the top-k is both, with probabilities that sum to 1, with and without the prompt
+    assert prompted.size == (32, 32) and set(pred) == set(zero) == {"red things", "blue things"}
+    assert abs(sum(pred.values()) - 1) < 1e-4 and abs(sum(zero.values()) - 1) < 1e-4

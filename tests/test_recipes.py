@@ -179,3 +179,32 @@ def test_amp_path_runs_in_bfloat16_on_cpu(tmp_path, splits32, monkeypatch):
     loss, acc, lr = t.train_step(torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,)))
     assert torch.bfloat16 in seen and loss.dtype == torch.float32 and torch.isfinite(loss)
     assert not torch.equal(before, t.prompter.full.detach())
+
+
+def test_a_prompt_that_changes_nothing_yet_reuses_the_baseline_counts(tmp_path, splits32, monkeypatch):
+    """A zero additive prompt is exactly the identity (checked for every kind that says so), so the mapping is
+    fitted from the baseline's counts without reading the mapping images again - and gives the same mapping."""
+    from visual_prompting.prompters import PROMPTERS, create_prompter
+
+    x = torch.randint(0, 256, (4, 3, 32, 32)).float() / 255
+    for kind in PROMPTERS:
+        p = create_prompter(kind=kind, image_size=32, size=4).eval()
+        if p.is_identity():
+            assert torch.equal(p(x), x), kind
+    assert create_prompter(kind="shrink_pad", image_size=32, size=4).is_identity() is False
+
+    import visual_prompting.training as tr
+
+    passes = []
+    orig = tr.logits_over
+    monkeypatch.setattr(tr, "logits_over", lambda model, data, use_prompt, *a, **k: passes.append(use_prompt)
+                        or orig(model, data, use_prompt, *a, **k))
+    t = Trainer(_cfg(tmp_path / "a", steps=1, label_mapping="frequency"), splits=splits32)
+    t.run()
+    assert passes == [False]  # the baseline's pass only
+    mapping = t.model.head.mapping.tolist()
+    assert mapping == t.model.head.baseline_indices()
+    passes.clear()
+    t = Trainer(_cfg(tmp_path / "b", steps=1, label_mapping="frequency", init="randn"), splits=splits32)
+    t.run()
+    assert passes == [False, True]  # a random start changes pixels: counted again with the prompt

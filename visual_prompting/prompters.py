@@ -184,6 +184,14 @@ class Prompter(nn.Module):
         """(1, S, S) float mask of the pixels the prompt owns."""
         raise NotImplementedError
 
+    additive = False  # the output is exactly the clamp of image + delta() (no resizing, no canvas)
+
+    @torch.no_grad()
+    def is_identity(self) -> bool:
+        """True when the prompt leaves every [0, 1] 8-bit image unchanged (an additive prompt that is all zero):
+        then a prompted pass gives exactly the unprompted one."""
+        return self.additive and bool((self.delta() == 0).all())
+
 
 PROMPTERS: dict[str, type[Prompter]] = {}
 
@@ -209,6 +217,7 @@ class PadPrompter(Prompter):
     """A frame of width p around the image (the paper's default: p=30 at 224, 69,840 numbers)."""
 
     kind = "pad"
+    additive = True
     description = "frame around the image (paper default)"
 
     @classmethod
@@ -248,6 +257,7 @@ class FixedPatchPrompter(Prompter):
     """A p x p patch at the top-left corner."""
 
     kind = "fixed_patch"
+    additive = True
     description = "square at the top-left"
 
     @classmethod
@@ -317,6 +327,7 @@ class ShrinkPadPrompter(PadPrompter):
     The frame starts grey (0.5, close to the backbone's mean colour, like EVP's zero in normalised space)."""
 
     kind = "shrink_pad"
+    additive = False
     description = "image shrunk inside the frame"
 
     @classmethod
@@ -364,6 +375,7 @@ class LowRankPrompter(Prompter):
     the range it needs)."""
 
     kind = "lowrank"
+    additive = True
     description = "low-rank prompt B @ A over the whole image (LoR-VP); size = rank"
 
     @classmethod
@@ -402,6 +414,7 @@ class FullPrompter(Prompter):
     """One additive number per pixel and channel over the whole image (3 x S x S); ``size`` is not used."""
 
     kind = "full"
+    additive = True
     description = "additive prompt over the whole image (3 x S x S numbers)"
 
     @classmethod

@@ -257,14 +257,17 @@ class Trainer:
             cb(ev)
 
     # -- the head fits itself (label mapping) ---------------------------------------------------------------
-    def fit_head(self, use_prompt: bool = True) -> None:
+    def fit_head(self, use_prompt: bool = True, counts: torch.Tensor | None = None) -> torch.Tensor:
         """Count the backbone's top source class per target class on the mapping images and let the head fit
-        itself (``use_prompt=False``: its no-prompt baseline)."""
-        counts = torch.zeros(len(self.backbone.source_classes), len(self.class_names), dtype=torch.long)
-        for logits, labels in logits_over(self.model, self.mapping_set, use_prompt, self.batch_size, self.cfg.amp,
-                                          source=True):
-            counts += prediction_counts(logits, labels, len(self.class_names))
+        itself (``use_prompt=False``: its no-prompt baseline). ``counts`` given: fit from those instead of
+        counting again. Returns the counts."""
+        if counts is None:
+            counts = torch.zeros(len(self.backbone.source_classes), len(self.class_names), dtype=torch.long)
+            for logits, labels in logits_over(self.model, self.mapping_set, use_prompt, self.batch_size,
+                                              self.cfg.amp, source=True):
+                counts += prediction_counts(logits, labels, len(self.class_names))
         self.model.head.fit(counts, baseline=not use_prompt)
+        return counts
 
     # -- checkpoints --------------------------------------------------------------------------------------
     def metadata(self, metrics: dict) -> dict:
@@ -314,8 +317,7 @@ class Trainer:
         """Validation accuracy with no prompt: the number every prompt is compared with. For a classifier it reads
         the frequency mapping found *without* a prompt, whatever mapping the prompt trains with - with the
         hard-coded first-k mapping an unprompted model is at chance, which would flatter any prompt."""
-        if self.model.head.needs_counts:
-            self.fit_head(use_prompt=False)
+        self._baseline_counts = self.fit_head(use_prompt=False) if self.model.head.needs_counts else None
         return evaluate(self.model, self.splits.val, use_prompt=False, batch_size=self.batch_size, amp=self.cfg.amp).top1
 
     def run(self) -> TrainResult:
@@ -324,7 +326,10 @@ class Trainer:
         if not resumed:
             self.zero_shot_val = self._baseline()
             if self.model.head.fits_from_data:
-                self.fit_head()
+                # a prompt that changes no pixel yet (an additive one at zero) sees what the baseline saw: its
+                # counts are the baseline's, so the mapping images need not be read a second time
+                same = self._baseline_counts is not None and self.prompter.is_identity()
+                self.fit_head(counts=self._baseline_counts if same else None)
         self.emit(TrainEvent("start", self.step, self.total_steps, zero_shot_val_top1=self.zero_shot_val,
                              message=f"{self.prompter.num_parameters():,} trainable numbers; "
                                      f"{len(self.splits.train)} train / {len(self.splits.val)} val images"))
