@@ -308,14 +308,16 @@ def test_two_sessions_train_at_once_and_a_stop_stops_only_its_own(vp):
     does not end the other's run."""
     import threading
 
-    out, started = {}, threading.Event()
+    out, started = {}, threading.Event()  # set once session b's own run is under way (a Stop before that
+    # would be cleared when its run starts, and the test would race)
 
     def go(session, seed, steps):
         cfg = train_cfg(vp, session, steps=steps, batch_size=8, seed=seed)
         updates = []
         for u in vp.train_stream(cfg, session, min_interval=0.0):
             updates.append(u)
-            started.set()
+            if session == "s-par-b":
+                started.set()
         out[session] = (cfg, updates)
 
     a = threading.Thread(target=go, args=("s-par-a", 0, 6))
