@@ -648,6 +648,13 @@ def merge_base(json_path: Path, settings: dict, methods: list[str]) -> list[dict
     return kept
 
 
+def gap_sentence(s: dict) -> str:
+    """The summary's best prompt against the linear probe, in one sentence (accuracy.md and the READMEs)."""
+    return (f"Best prompt: {s['best_prompt']} {100 * s['best_prompt_test_top1']:.2f}%; linear probe "
+            f"{100 * s['linear_probe_test_top1']:.2f}%; gap {s['gap_points']:+.2f} points "
+            f"(goal {'met' if s['goal_met'] else 'not met'}).")
+
+
 def render(doc: dict, out: Path) -> str:
     """accuracy.md and accuracy.png from an accuracy.json document."""
     st = doc["settings"]
@@ -658,9 +665,7 @@ def render(doc: dict, out: Path) -> str:
     lines = [table(doc["rows"])]
     if "gap_points" in s:
         total = f" Total {doc['total_seconds'] / 60:.1f} min." if doc.get("total_seconds") else ""
-        lines.append(f"\nBest prompt: {s['best_prompt']} {100 * s['best_prompt_test_top1']:.2f}%; linear probe "
-                     f"{100 * s['linear_probe_test_top1']:.2f}%; gap {s['gap_points']:+.2f} points "
-                     f"(goal {'met' if s['goal_met'] else 'not met'}).{total}")
+        lines.append("\n" + gap_sentence(s) + total)
     lines += [f"- {o}" for o in s["observations"]]
     return write_markdown(out / "accuracy.md", "Accuracy (Fashion-MNIST, frozen EfficientNet-Lite0)",
                           provenance_of(doc), "\n".join(lines))

@@ -169,9 +169,7 @@ def accuracy_block(rel: str, title: str) -> str:
              f"{p.get('load_average_before_run')}):", "", f"    {p['command']}", "", acc.table(d["rows"]), ""]
     if "gap_points" in s:
         total = f" {d['total_seconds'] / 60:.1f} min in all." if d.get("total_seconds") else ""
-        lines.append(f"Best prompt: {s['best_prompt']} {pct(s['best_prompt_test_top1'], 2)}; linear probe "
-                     f"{pct(s['linear_probe_test_top1'], 2)}; gap {s['gap_points']:+.2f} points (goal "
-                     f"{'met' if s['goal_met'] else 'not met'}).{total}")
+        lines.append(acc.gap_sentence(s) + total)
     lines += [f"- {o}" for o in s["observations"]]
     return "\n".join(lines) + "\n"
 

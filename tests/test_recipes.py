@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from visual_prompting import TrainConfig
-from visual_prompting.cli import build_parser, main
+from visual_prompting.cli import build_parser
 from visual_prompting.data import load_splits
 from visual_prompting.errors import VPError
 from visual_prompting.model import PromptedModel

@@ -316,20 +316,22 @@ class Trainer:
     def _baseline(self) -> float:
         """Validation accuracy with no prompt: the number every prompt is compared with. For a classifier it reads
         the frequency mapping found *without* a prompt, whatever mapping the prompt trains with - with the
-        hard-coded first-k mapping an unprompted model is at chance, which would flatter any prompt."""
-        self._baseline_counts = self.fit_head(use_prompt=False) if self.model.head.needs_counts else None
+        hard-coded first-k mapping an unprompted model is at chance, which would flatter any prompt. :meth:`run`
+        fits that mapping first."""
         return evaluate(self.model, self.splits.val, use_prompt=False, batch_size=self.batch_size, amp=self.cfg.amp).top1
 
     def run(self) -> TrainResult:
         os.makedirs(self.out_dir, exist_ok=True)
         resumed = self.try_resume()
         if not resumed:
+            head = self.model.head
+            baseline_counts = self.fit_head(use_prompt=False) if head.needs_counts else None
             self.zero_shot_val = self._baseline()
-            if self.model.head.fits_from_data:
+            if head.fits_from_data:
                 # a prompt that changes no pixel yet (an additive one at zero) sees what the baseline saw: its
                 # counts are the baseline's, so the mapping images need not be read a second time
-                same = self._baseline_counts is not None and self.prompter.is_identity()
-                self.fit_head(counts=self._baseline_counts if same else None)
+                same = baseline_counts is not None and self.prompter.is_identity()
+                self.fit_head(counts=baseline_counts if same else None)
         self.emit(TrainEvent("start", self.step, self.total_steps, zero_shot_val_top1=self.zero_shot_val,
                              message=f"{self.prompter.num_parameters():,} trainable numbers; "
                                      f"{len(self.splits.train)} train / {len(self.splits.val)} val images"))
