@@ -51,6 +51,7 @@ class MappingMethod:
     fits_from_data: bool = False  # fitted from prediction counts (with the prompt) before training
     refit_each_epoch: bool = False  # and again at every epoch
     sources: int = 1  # source classes per new class (their logits are averaged)
+    trains: bool = False  # a trained output layer (:class:`FullyMapHead`): not an input-only method
 
 
 MAPPINGS: dict[str, MappingMethod] = {}
@@ -66,6 +67,9 @@ register_mapping(MappingMethod("frequency", "once, from data", fits_from_data=Tr
 register_mapping(MappingMethod("iterative", "recomputed every epoch", fits_from_data=True, refit_each_epoch=True))
 register_mapping(MappingMethod("multi_frequency", "each class reads the mean of 10 source logits, once, from data",
                                fits_from_data=True, sources=10))
+register_mapping(MappingMethod("fully_map", "a trained linear layer from all source logits, started from the "
+                               "frequency mapping (AutoVP's FullyMap; trains 10k+ numbers besides the prompt, so "
+                               "not input-only)", fits_from_data=True, trains=True))
 
 
 # -- heads ------------------------------------------------------------------------------------------------------
@@ -86,8 +90,17 @@ class Head(nn.Module):
     def baseline_indices(self) -> list[int] | None:
         return None
 
-    def restore(self, head_meta: dict, metrics: dict | None = None) -> None:
-        """Take back what :meth:`describe` and the metrics stored (a resumed run, the best prompt)."""
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the trainer optimises besides the prompt (none: every head but :class:`FullyMapHead`)."""
+        return []
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The trained tensors a prompt file stores (as ``head.<name>``); none for a head with nothing trained."""
+        return {}
+
+    def restore(self, head_meta: dict, metrics: dict | None = None, tensors: dict | None = None) -> None:
+        """Take back what :meth:`describe`, the metrics and :meth:`state_tensors` stored (a resumed run, the
+        best prompt)."""
 
     def describe(self) -> dict:
         return {"kind": self.kind}
@@ -195,7 +208,7 @@ class LabelMappingHead(Head):
     def baseline_indices(self) -> list[int] | None:
         return None if self.baseline is None else self.baseline.tolist()
 
-    def restore(self, head_meta: dict, metrics: dict | None = None) -> None:
+    def restore(self, head_meta: dict, metrics: dict | None = None, tensors: dict | None = None) -> None:
         self.set_mapping(head_meta["mapping"])
         if metrics is not None and metrics.get("baseline_mapping"):
             self.set_baseline(metrics["baseline_mapping"])
@@ -212,6 +225,75 @@ class LabelMappingHead(Head):
     @staticmethod
     def text(meta: dict) -> str:
         return f"label mapping `{meta.get('method', '')}` onto the backbone's {meta.get('num_source', '?')} classes"
+
+
+@register_head
+class FullyMapHead(LabelMappingHead):
+    """AutoVP's "FullyMap": a trained linear layer from every source logit to the new classes, trained together with
+    the prompt. It starts as the frequency mapping (weight 1 from each class's fitted source logit, 0 elsewhere,
+    zero bias), so training starts from that mapping's accuracy, not from chance. Its no-prompt baseline stays the
+    frequency mapping found without a prompt (nothing is trained for unprompted inputs).
+
+    *Not* input-only: it trains ``num_source * num_classes + num_classes`` numbers besides the prompt (10,010 for
+    ImageNet -> 10 classes), so results with it are reported apart, with :meth:`trainable_params`. Its tensors are
+    ``head.weight`` / ``head.bias`` in prompt files (:meth:`state_tensors`)."""
+
+    kind = "fully_map"
+    input_only = False
+
+    def __init__(self, mapping: Iterable[int], num_source: int, method: str = "fully_map"):
+        super().__init__(mapping, num_source, method)
+        if self.mapping.ndim != 1:
+            raise VPError("A fully connected mapping starts from a one-to-one mapping (one source index per class).")
+        self.linear = nn.Linear(num_source, len(self.mapping)).to(self.mapping.device)
+        self._init_from_mapping()
+
+    @torch.no_grad()
+    def _init_from_mapping(self) -> None:
+        self.linear.weight.zero_()
+        self.linear.weight[torch.arange(len(self.mapping)), self.mapping] = 1.0
+        self.linear.bias.zero_()
+
+    def fit(self, counts: torch.Tensor, baseline: bool = False) -> None:
+        """The frequency mapping; with the prompt it also restarts the layer from it (before training)."""
+        (self.set_baseline if baseline else self.set_mapping)(frequency_mapping(counts))
+        if not baseline:
+            self._init_from_mapping()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.linear.parameters())
+
+    def trainable_params(self) -> int:
+        return sum(p.numel() for p in self.linear.parameters())
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().float().cpu().contiguous() for k, v in self.linear.named_parameters()}
+
+    def restore(self, head_meta: dict, metrics: dict | None = None, tensors: dict | None = None) -> None:
+        super().restore(head_meta, metrics)
+        if tensors is None:
+            return
+        with torch.no_grad():
+            for k, p in self.linear.named_parameters():
+                t = tensors.get(k)
+                if t is None or tuple(t.shape) != tuple(p.shape):
+                    raise VPError(f"The fully_map head needs a tensor 'head.{k}' of shape {tuple(p.shape)} "
+                                  f"(got {None if t is None else tuple(t.shape)}).")
+                p.copy_(t.to(p.device))
+
+    def forward(self, source_logits: torch.Tensor, use_prompt: bool = True) -> torch.Tensor:
+        if not use_prompt and self.baseline is not None:
+            return source_logits[:, self.baseline.to(source_logits.device)].float()
+        return self.linear(source_logits.float())
+
+    def describe(self) -> dict:
+        return {**super().describe(), "trainable_params": self.trainable_params()}
+
+    @staticmethod
+    def text(meta: dict) -> str:
+        n = meta.get("trainable_params")
+        return (f"a trained linear layer (fully_map, {f'{n:,}' if isinstance(n, int) else '?'} numbers) from the "
+                f"backbone's {meta.get('num_source', '?')} class logits")
 
 
 def first_k_mapping(num_target: int, num_source: int) -> torch.Tensor:
@@ -280,4 +362,7 @@ def create_head(backbone: Backbone, class_names: list[str], *, templates: list[s
         mapping_indices = first_k_mapping(len(class_names), num_source).tolist()
     if len(mapping_indices) != len(class_names):
         raise VPError(f"The label mapping has {len(mapping_indices)} entries but there are {len(class_names)} classes.")
-    return LabelMappingHead(mapping_indices, num_source, mapping).to(device)
+    if mapping not in MAPPINGS:
+        raise VPError(f"Unknown label mapping {mapping!r}; choose one of {', '.join(MAPPINGS)}.")
+    cls = FullyMapHead if MAPPINGS[mapping].trains else LabelMappingHead
+    return cls(mapping_indices, num_source, mapping).to(device)

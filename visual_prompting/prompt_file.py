@@ -1,14 +1,16 @@
 """Prompt files: ``safetensors`` with the prompt's tensors and JSON metadata. Nothing is ever unpickled.
 
-Layout: tensors ``prompt.<name>`` (the prompter's parameters) plus, in training checkpoints only,
-``state.<name>`` (optimiser momentum, RNG state) for resuming. The safetensors header's ``__metadata__`` has
+Layout: tensors ``prompt.<name>`` (the prompter's parameters), ``head.<name>`` for a head with trained numbers
+(``fully_map``: ``head.weight``, ``head.bias``) plus, in training checkpoints only, ``state.<name>`` (optimiser
+momentum, RNG state) for resuming. The safetensors header's ``__metadata__`` has
 ``format = "visual-prompting"``, ``format_version`` and ``metadata``: a JSON document with
 
 ``prompter``      the prompter config (kind, image_size, size, clamp, init, seed)
 ``backbone``      ``{"spec": ..., "kind": "clip"|"classifier", "image_size": ..., "mean": ..., "std": ...}``
 ``class_names``   list of the new task's class names
 ``head``          ``{"kind": "clip_text", "templates": [...]}`` or
-                  ``{"kind": "label_mapping", "method": ..., "mapping": [...], "num_source": ...}``
+                  ``{"kind": "label_mapping", "method": ..., "mapping": [...], "num_source": ...}`` or
+                  ``{"kind": "fully_map", ...the same, "trainable_params": ...}`` (with ``head.*`` tensors)
 ``dataset``       name of the training data (informative)
 ``train_config``  the full training config (so the prompt can be re-made)
 ``metrics``       e.g. ``{"val_top1": ..., "test_top1": ..., "test_top1_no_prompt": ...}``
@@ -38,6 +40,7 @@ class PromptFile:
     meta: dict
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # training state (checkpoints only)
     path: str | None = None
+    head: dict[str, torch.Tensor] = field(default_factory=dict)  # a trained head's tensors (fully_map), else empty
 
 
 def build_metadata(prompter: Prompter, *, backbone: dict, class_names: list[str], head: dict, dataset: str = "",
@@ -46,11 +49,15 @@ def build_metadata(prompter: Prompter, *, backbone: dict, class_names: list[str]
             "head": head, "dataset": dataset, "train_config": train_config or {}, "metrics": metrics or {}, **extra}
 
 
-def save_prompt(path, prompter: Prompter, meta: dict, state: dict[str, torch.Tensor] | None = None) -> str:
-    """Write a prompt file atomically (a temporary file renamed into place: a crash never leaves half a file)."""
+def save_prompt(path, prompter: Prompter, meta: dict, state: dict[str, torch.Tensor] | None = None,
+                head: dict[str, torch.Tensor] | None = None) -> str:
+    """Write a prompt file atomically (a temporary file renamed into place: a crash never leaves half a file).
+    ``head``: a trained head's tensors (``Head.state_tensors()``)."""
     path = str(path)
     validate_metadata(meta)
     tensors = {f"prompt.{k}": v.detach().float().cpu().contiguous() for k, v in prompter.named_parameters()}
+    for k, v in (head or {}).items():
+        tensors[f"head.{k}"] = v.detach().float().cpu().contiguous()
     for k, v in (state or {}).items():
         tensors[f"state.{k}"] = v.detach().cpu().contiguous()
     header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "metadata": json.dumps(meta)}
@@ -65,7 +72,7 @@ def save_shareable(pf: PromptFile, target) -> str:
     """Write a loaded prompt file to ``target`` as one to share: a training checkpoint without its optimiser / RNG
     state, any other prompt file copied byte for byte (nothing when ``target`` is the file itself)."""
     if pf.state:
-        return save_prompt(target, pf.prompter, pf.meta)
+        return save_prompt(target, pf.prompter, pf.meta, head=pf.head)
     if os.path.realpath(pf.path) != os.path.realpath(target):
         shutil.copyfile(pf.path, target)
     return str(target)
@@ -97,7 +104,29 @@ def load_prompt(path) -> PromptFile:
         for k, p in expected.items():
             p.copy_(got[k])
     state = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
-    return PromptFile(prompter, meta, state, str(path))
+    head = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+    _check_head_tensors(path, meta, head)
+    return PromptFile(prompter, meta, state, str(path), head)
+
+
+def _check_head_tensors(path, meta: dict, head: dict[str, torch.Tensor]) -> None:
+    """A fully_map head's ``head.weight`` (classes x source) and ``head.bias`` (classes), finite; other heads none."""
+    h = meta["head"]
+    if h["kind"] != "fully_map":
+        if head:
+            raise VPError(f"{path}: a {h['kind']} head has no trained tensors, but the file holds "
+                          f"{', '.join('head.' + k for k in sorted(head))}.")
+        return
+    n = len(meta["class_names"])
+    want = {"weight": (n, h["num_source"]), "bias": (n,)}
+    if set(head) != set(want):
+        raise VPError(f"{path}: a fully_map head needs the tensors head.weight and head.bias "
+                      f"(found: {', '.join('head.' + k for k in sorted(head)) or 'none'}).")
+    for k, shape in want.items():
+        if tuple(head[k].shape) != shape:
+            raise VPError(f"{path}: head.{k} has shape {tuple(head[k].shape)}, expected {shape}.")
+        if not torch.isfinite(head[k]).all():
+            raise VPError(f"{path}: head.{k} holds NaN or infinite values.")
 
 
 def _open(path, with_tensors: bool = False):
@@ -149,7 +178,7 @@ def validate_metadata(meta: dict, source: str = "metadata") -> None:
         t = head.get("templates")
         if not isinstance(t, list) or not t or not all(isinstance(s, str) and "{}" in s for s in t):
             raise VPError(f"{source}: a CLIP head needs 'templates', each with '{{}}' for the class name.")
-    elif kind == "label_mapping":
+    elif kind in ("label_mapping", "fully_map"):
         m = head.get("mapping")
         # one source index per class, or (multi-source methods) one equally long list of them per class
         rows = [r if isinstance(r, list) else [r] for r in m] if isinstance(m, list) else None
@@ -160,8 +189,14 @@ def validate_metadata(meta: dict, source: str = "metadata") -> None:
         flat = [i for r in rows for i in r]
         if len(set(flat)) != len(flat):
             raise VPError(f"{source}: 'mapping' maps two classes onto the same source class.")
+        if kind == "fully_map":
+            ns = head.get("num_source")
+            if (not isinstance(ns, int) or isinstance(ns, bool) or max(flat) >= ns
+                    or not all(isinstance(r, int) for r in m)):
+                raise VPError(f"{source}: a fully_map head needs an integer 'num_source' above every index of its "
+                              "one-to-one starting 'mapping'.")
     else:
-        raise VPError(f"{source}: 'head.kind' must be 'clip_text' or 'label_mapping', not {kind!r}.")
+        raise VPError(f"{source}: 'head.kind' must be 'clip_text', 'label_mapping' or 'fully_map', not {kind!r}.")
 
 
 def check_backbone(meta: dict, spec: str) -> str | None:

@@ -15,6 +15,7 @@ written to ``out_dir`` as they change; a run stopped by Ctrl-C, a callback or ``
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -48,6 +49,9 @@ def _pct(text: str) -> str:
 
 def _choice_help(intro: str, registry: dict, fmt: str = "{name} = {description}") -> Callable[[], str]:
     return lambda: f"{intro}{_pct(listing(registry, fmt))} (default: %(default)s)"
+
+
+DEFAULT_HEAD_LR = 1e-3  # a trained head's (fully_map's) lr: Adam's usual step for a linear layer
 
 
 @dataclass
@@ -88,6 +92,9 @@ class TrainConfig:
                                "normalised input space, the gradient scaled per channel by std^2 for the pixel-space "
                                "prompt; adam 0.01; l2sgd 70, the step's length)", low=0, low_open=True,
                                label="The learning rate", hint=" (the paper uses 40 with sgd)")
+    head_lr: float | None = setting(None, "label mapping fully_map: the learning rate of its linear layer, on the "
+                                    "same schedule as the prompt's (default: 0.001)", low=0, low_open=True,
+                                    label="The head's learning rate")
     momentum: float = setting(0.9, "SGD momentum (default: %(default)s)", low=0, label="Momentum")
     weight_decay: float = setting(0.0, "(default: %(default)s)", low=0, label="Weight decay")
     warmup_steps: int = setting(1000, "linear warm-up steps, at most a tenth of the run (default: %(default)s)",
@@ -225,8 +232,15 @@ class Trainer:
             raise VPError("Nothing to train: steps (or epochs) must be at least 1.")
         self.warmup = max(1, min(cfg.warmup_steps, self.total_steps // 10))
         self.eval_every = cfg.eval_every or max(1, min(self.steps_per_epoch, self.total_steps // 10))
-        self.optimizer = build_optimizer(cfg.optimizer, self.prompter.parameters(), cfg.lr, cfg.momentum,
-                                         cfg.weight_decay)
+        # the prompt, then a trained head's layer (fully_map) in its own group, at head_lr (its own units)
+        self.head_lr = (cfg.head_lr or DEFAULT_HEAD_LR) if head.trainable_parameters() else None
+        if cfg.head_lr is not None and self.head_lr is None:
+            raise VPError(f"--head-lr applies to a trained head (label mapping 'fully_map'), not to "
+                          f"{'CLIP' if self.is_clip else repr(cfg.label_mapping)}.")
+        groups = [{"params": list(self.prompter.parameters()), "lr_factor": 1.0}]
+        if self.head_lr is not None:
+            groups.append({"params": head.trainable_parameters(), "lr_factor": self.head_lr / cfg.lr})
+        self.optimizer = build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.weight_decay)
         self.augment = build_augment(cfg.augment)  # before the prompt (draws from the global RNG: resumable)
         self.capture = build_capture(cfg.capture)  # after it
         # per-channel std**2: turns the paper's normalised-space step into the same step in pixel space
@@ -275,17 +289,22 @@ class Trainer:
             self.prompter, backbone=self.backbone.describe(), class_names=self.class_names, head=self.model.head.describe(),
             dataset=self.splits.name, train_config=self.cfg.to_dict(), metrics=metrics)
 
+    def trained_parameters(self) -> list[torch.Tensor]:
+        """Everything the optimiser updates, in a fixed order (the checkpoint's optimiser state is keyed by it)."""
+        return [*self.prompter.parameters(), *self.model.head.trainable_parameters()]
+
     def save_best(self, val_top1: float) -> None:
         metrics = {"val_top1": val_top1, "zero_shot_val_top1": self.zero_shot_val, "step": self.step,
                    "baseline_mapping": self.model.head.baseline_indices()}
-        save_prompt(self.best_path, self.prompter, self.metadata(metrics))
+        save_prompt(self.best_path, self.prompter, self.metadata(metrics), head=self.model.head.state_tensors())
 
     def save_last(self) -> None:
-        state = optimizer_state_tensors(self.optimizer, self.prompter.parameters())
+        state = optimizer_state_tensors(self.optimizer, self.trained_parameters())
         state["rng"] = torch.get_rng_state()
         metrics = {"step": self.step, "best_val_top1": self.best_val, "zero_shot_val_top1": self.zero_shot_val,
                    "baseline_mapping": self.model.head.baseline_indices()}
-        save_prompt(self.last_path, self.prompter, self.metadata(metrics), state=state)
+        save_prompt(self.last_path, self.prompter, self.metadata(metrics), state=state,
+                    head=self.model.head.state_tensors())
         with open(os.path.join(self.out_dir, "history.json"), "w") as f:
             json.dump(self.history, f)
 
@@ -298,14 +317,14 @@ class Trainer:
         with torch.no_grad():
             for p, q in zip(self.prompter.parameters(), pf.prompter.parameters()):
                 p.copy_(q.to(self.device))
-        load_optimizer_state_tensors(self.optimizer, self.prompter.parameters(), pf.state)
+        self.model.head.restore(pf.meta["head"], pf.meta["metrics"], pf.head)
+        load_optimizer_state_tensors(self.optimizer, self.trained_parameters(), pf.state)
         if "rng" in pf.state:
             torch.set_rng_state(pf.state["rng"])
         m = pf.meta["metrics"]
         self.step = int(m["step"])
         self.best_val = float(m.get("best_val_top1", -1.0))
         self.zero_shot_val = m.get("zero_shot_val_top1")
-        self.model.head.restore(pf.meta["head"], m)
         hist = os.path.join(self.out_dir, "history.json")
         if os.path.isfile(hist):
             with open(hist) as f:
@@ -333,7 +352,7 @@ class Trainer:
                 same = baseline_counts is not None and self.prompter.is_identity()
                 self.fit_head(counts=baseline_counts if same else None)
         self.emit(TrainEvent("start", self.step, self.total_steps, zero_shot_val_top1=self.zero_shot_val,
-                             message=f"{self.prompter.num_parameters():,} trainable numbers; "
+                             message=f"{self.trainable_numbers():,} trainable numbers; "
                                      f"{len(self.splits.train)} train / {len(self.splits.val)} val images"))
         interrupted = False
         try:
@@ -409,6 +428,10 @@ class Trainer:
         self.emit(TrainEvent("step", step, self.total_steps, epoch=epoch, loss=loss, lr=lr, train_acc=acc,
                              images_per_s=n / dt))
 
+    def trainable_numbers(self) -> int:
+        """The prompt's numbers plus a trained head's (an input-only run: the prompt's alone)."""
+        return sum(p.numel() for p in self.trained_parameters())
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One SGD step on the prompt. Returns the loss and the batch accuracy as detached 0-d tensors on the
         device (reading them waits for the device: :meth:`advance` does that one step late) and the lr."""
@@ -416,7 +439,7 @@ class Trainer:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         lr = cosine_lr(self.step, self.total_steps, cfg.lr, self.warmup)
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["lr_factor"]
         self.model.train()
         with torch.no_grad():
             x = self.augment(x)  # input diversity: the image before the prompt
@@ -457,8 +480,10 @@ class Trainer:
         """Test numbers for the best prompt (chosen on validation), with and without the prompt. Reuses this
         run's backbone and head (the text features are not encoded again)."""
         pf = load_prompt(self.best_path)
-        head = self.model.head
-        head.restore(pf.meta["head"])  # the mapping the best prompt was saved with (the baseline stays)
+        # a copy of this run's head with what the best prompt was saved with (the baseline stays): the live head
+        # keeps the last step's state, which save_last writes after this for a resume
+        head = copy.deepcopy(self.model.head)
+        head.restore(pf.meta["head"], tensors=pf.head)
         best = PromptedModel(self.backbone, head, pf.prompter.to(self.device), self.class_names)
         with_p = evaluate(best, self.splits.test, True, self.batch_size, self.cfg.amp)
         metrics = {**pf.meta["metrics"], "test_top1": with_p.top1, "test_top5": with_p.top5,
@@ -469,7 +494,7 @@ class Trainer:
             metrics.update(test_top1_no_prompt=without.top1, test_top5_no_prompt=without.top5)
         meta = pf.meta
         meta["metrics"] = metrics
-        save_prompt(self.best_path, pf.prompter, meta)
+        save_prompt(self.best_path, pf.prompter, meta, head=pf.head)
         return metrics
 
 
