@@ -187,7 +187,7 @@ def test_stop_ends_the_run_and_keeps_the_best_prompt(vp):
         if "step 3/" in u.status:
             vp.stop("s-stop")
     last = updates[-1]
-    assert last.done and last.status.startswith("Stopped early")
+    assert last.done and last.status.startswith("Stopped at step")
     pf = load_prompt(last.result_path)
     assert pf.meta["metrics"]["steps"] < 400
     assert last.fraction == pf.meta["metrics"]["steps"] / 400  # the bar shows how far it got

@@ -80,7 +80,7 @@ def test_predictions_are_served_while_a_run_trains_and_stop_ends_it(served, tmp_
     assert waited < 30, f"a prediction waited {waited:.1f} s behind the training run"
     trainer.predict(api_name="/stop")
     status, best = job.result(timeout=120)[1], job.result()[6]
-    assert status.startswith("Stopped early") and Path(best).is_file()
+    assert status.startswith("Stopped at step") and Path(best).is_file()
 
 
 def _browser_or_skip():

@@ -138,7 +138,7 @@ def cmd_train(a) -> int:
     res = train(cfg, callbacks=[progress])
     m = res.metrics
     if res.interrupted:
-        print(f"stopped at step {res.steps_done}; the best prompt so far is kept.")
+        print(res.stop_reason)
     print(f"best prompt: {res.best_path}  (last: {res.last_path})")
     print(f"test top-1   no prompt {_pct(m.get('test_top1_no_prompt'))}   prompted {_pct(m['test_top1'])}   "
           f"({m['test_n']} images)")

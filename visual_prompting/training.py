@@ -154,6 +154,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     interrupted: bool = False
     steps_done: int = 0
+    stop_reason: str | None = None  # why a run ended early, a sentence (Stop, Ctrl-C, a non-finite loss)
 
 
 HISTORY_STEPS = 2000  # step events kept in a run's history (and plotted), about evenly spaced
@@ -165,6 +166,20 @@ def history_record(ev: TrainEvent) -> dict | None:
     if ev.kind == "step" and ev.step % max(1, ev.total_steps // HISTORY_STEPS) and ev.step != ev.total_steps:
         return None
     return {f.name: getattr(ev, f.name) for f in fields(ev) if f.name != "prompt" and getattr(ev, f.name) is not None}
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """Write JSON to a temporary file and rename it into place: a run killed at any moment leaves the old file
+    or the new one, never half of one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite: the prompt is no longer usable. The trainer stops, keeps the last good
+    checkpoints on disk (it writes nothing non-finite) and says so in :attr:`TrainResult.stop_reason`."""
 
 
 class StopTraining(Exception):
@@ -254,6 +269,7 @@ class Trainer:
         self.step = 0
         self._pending: tuple | None = None  # the step event advance() holds back until the next step is queued
         self.best_val = -1.0
+        self.diverged: str | None = None  # the message, once the loss became non-finite
         self.zero_shot_val: float | None = None
         self.mapping_set = None  # the train images a head fits itself on (label mappings), taken once
         if head.needs_counts:  # also for first_k: the no-prompt baseline uses a fitted mapping
@@ -299,14 +315,15 @@ class Trainer:
         save_prompt(self.best_path, self.prompter, self.metadata(metrics), head=self.model.head.state_tensors())
 
     def save_last(self) -> None:
+        if self.diverged:  # the prompt (and optimiser state) are no longer finite: keep the last good checkpoint
+            return
         state = optimizer_state_tensors(self.optimizer, self.trained_parameters())
         state["rng"] = torch.get_rng_state()
         metrics = {"step": self.step, "best_val_top1": self.best_val, "zero_shot_val_top1": self.zero_shot_val,
                    "baseline_mapping": self.model.head.baseline_indices()}
         save_prompt(self.last_path, self.prompter, self.metadata(metrics), state=state,
                     head=self.model.head.state_tensors())
-        with open(os.path.join(self.out_dir, "history.json"), "w") as f:
-            json.dump(self.history, f)
+        write_json_atomic(os.path.join(self.out_dir, "history.json"), self.history)
 
     def try_resume(self) -> bool:
         if not (self.cfg.resume and os.path.isfile(self.last_path)):
@@ -354,25 +371,33 @@ class Trainer:
         self.emit(TrainEvent("start", self.step, self.total_steps, zero_shot_val_top1=self.zero_shot_val,
                              message=f"{self.trainable_numbers():,} trainable numbers; "
                                      f"{len(self.splits.train)} train / {len(self.splits.val)} val images"))
-        interrupted = False
+        interrupted, reason = False, None
         try:
             self._loop()
-        except (KeyboardInterrupt, StopTraining):
+        except (KeyboardInterrupt, StopTraining) as e:
             interrupted = True
+            reason = (f"Stopped{' (Ctrl-C)' if isinstance(e, KeyboardInterrupt) else ''} at step {self.step}; the "
+                      "best prompt so far is kept.")
             try:
                 self.flush_step()  # the last step taken still gets its event
-            except (KeyboardInterrupt, StopTraining):
+            except (KeyboardInterrupt, StopTraining, Diverged):
                 pass
+        except Diverged:
+            interrupted = True
         finally:
-            self.save_last()
-        if not os.path.isfile(self.best_path):  # stopped before the first evaluation: keep what there is
+            self.save_last()  # writes nothing once the prompt is non-finite: the last good checkpoint stays
+        if self.diverged:
+            reason = self.diverged
+            if not os.path.isfile(self.best_path):
+                raise VPError(f"{self.diverged} Nothing was evaluated before it, so there is no prompt to keep.")
+        elif not os.path.isfile(self.best_path):  # stopped before the first evaluation: keep what there is
             self.save_best(self._validate())
         metrics = self.finish()
         self.emit(TrainEvent("end", self.step, self.total_steps, best_val_top1=self.best_val,
                              zero_shot_val_top1=self.zero_shot_val,
-                             message="stopped early; best prompt kept" if interrupted else "done"))
+                             message=reason if interrupted else "done"))
         self.save_last()
-        return TrainResult(self.best_path, self.last_path, metrics, self.history, interrupted, self.step)
+        return TrainResult(self.best_path, self.last_path, metrics, self.history, interrupted, self.step, reason)
 
     def _validate(self) -> float:
         return evaluate(self.model, self.splits.val, True, self.batch_size, self.cfg.amp).top1
@@ -424,6 +449,10 @@ class Trainer:
             return
         step, epoch, loss, acc, lr, n, start = pending
         loss, acc = float(loss), float(acc)  # waits for that step on the device
+        if not math.isfinite(loss):
+            self.diverged = (f"The loss became {loss} at step {step}: training stopped and the last good prompt is "
+                             f"kept (best: {self.best_path}). Try a lower learning rate (now {self.cfg.lr:g}).")
+            raise Diverged(self.diverged)
         dt = max((time.perf_counter() if end is None else end) - start, 1e-9)
         self.emit(TrainEvent("step", step, self.total_steps, epoch=epoch, loss=loss, lr=lr, train_acc=acc,
                              images_per_s=n / dt))

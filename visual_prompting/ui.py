@@ -496,7 +496,7 @@ class _LiveView:
 
     def final(self, res: TrainResult, elapsed: float) -> TrainUpdate:
         m = res.metrics
-        head = "Stopped early; the best prompt so far is kept." if res.interrupted else "Done."
+        head = res.stop_reason if res.interrupted else "Done."
         status = (f"{head} {res.steps_done} steps in {elapsed:.0f} s. Test top-1 "
                   f"**{_pct(m.get('test_top1'))}** with the prompt, {_pct(m.get('test_top1_no_prompt'))} without "
                   f"({m.get('test_n')} test images; the prompt was chosen on validation).")
