@@ -62,6 +62,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+RESULT_PATHS = ("benchmarks/results", "prompts_zoo/index.json")  # written by the tools (not code)
+
+
 def git_state() -> dict:
     def run(*args):
         try:
@@ -70,7 +73,9 @@ def git_state() -> dict:
             return ""
 
     commit = run("rev-parse", "HEAD")
-    return {"git_commit": commit or None, "git_dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
+    # results files are what the tools write, not code: rows merged from several runs must not call the tree dirty
+    status = run("status", "--porcelain", "--untracked-files=no", "--", ".", *(f":!{p}" for p in RESULT_PATHS))
+    return {"git_commit": commit or None, "git_dirty": bool(status)}
 
 
 def machine_info(device: torch.device | str | None = None) -> dict:
