@@ -519,6 +519,10 @@ def parse_args(argv):
     ap.add_argument("--runs-dir", default=None, help="keep each row's prompt files here (default: a temp folder)")
     ap.add_argument("--render", action="store_true",
                     help="run nothing: rewrite accuracy.md and accuracy.png from OUT/accuracy.json")
+    ap.add_argument("--merge-from", nargs="+", default=None, metavar="JSON",
+                    help="run nothing: take the rows of these accuracy.json files (measured with the same settings, "
+                         "e.g. by runs side by side with other --out folders) into OUT/accuracy.json, each row with its "
+                         "own provenance, replacing rows of the same name")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
     if a.render:
@@ -565,6 +569,8 @@ def main(argv: list[str] | None = None) -> dict:
         doc = json.loads((out / "accuracy.json").read_text())
         print(render(doc, out))
         return doc
+    if args.merge_from:
+        return merge_files(out, [Path(p) for p in args.merge_from])
     device = pick_device(args.device)
     args.device = str(device)
     eval_batch = args.eval_batch_size or (args.batch_size if device.type == "cpu" else max(args.batch_size, 256))
@@ -659,6 +665,28 @@ def merge_base(json_path: Path, settings: dict, methods: list[str]) -> list[dict
         if r["kind"] == "prompt":
             r.setdefault("seeds", [old["settings"]["seed"]])
     return kept
+
+
+def merge_files(out: Path, sources: list[Path]) -> dict:
+    """OUT/accuracy.json with the rows of ``sources`` merged in (same SAME_RUN_SETTINGS, checked; a row keeps
+    its own provenance); the summary, accuracy.md and accuracy.png are rewritten from the merged rows."""
+    json_path = out / "accuracy.json"
+    doc = json.loads(json_path.read_text())
+    for src in sources:
+        other = json.loads(src.read_text())
+        new = [r for r in other.get("rows", []) if r.get("provenance")]
+        if len(new) != len(other.get("rows", [])):
+            raise SystemExit(f"{src}: every row to merge needs its own provenance")
+        kept = merge_base(json_path, other["settings"], [r["method"] for r in new])
+        doc["rows"] = ordered(kept + new)
+        write_json(json_path, {**doc, "summary": summarize(doc["rows"])})
+    doc["summary"] = summarize(doc["rows"])
+    doc["total_seconds"] = round(sum(r["seconds"] for r in doc["rows"]), 1)
+    doc["total_seconds_is"] = "sum of the rows' seconds (rows from several runs)"
+    doc.pop("run_seconds", None)
+    write_json(json_path, doc)
+    print(render(doc, out))
+    return doc
 
 
 def gap_sentence(s: dict) -> str:
