@@ -201,9 +201,15 @@ def b_accuracy_reading() -> str:
     for d, where in ((cpu, "CPU, 96 px"), (gpu, "GPU, 224 px")):
         s = acc.summarize(d["rows"])
         seeds = sorted({len(r.get("seeds") or [0]) for r in d["rows"] if r["kind"] == "prompt"})
-        out.append(f"- {where}: the best prompt ({s['best_prompt']}, {pct(s['best_prompt_test_top1'])}) is "
+        out.append(f"- {where}: the best input-only prompt ({s['best_prompt']}, {pct(s['best_prompt_test_top1'])}) is "
                    f"{s['gap_points']:.1f} points below the linear probe ({pct(s['linear_probe_test_top1'])}); "
                    f"prompt rows ran with {'/'.join(map(str, seeds))} seed(s).")
+        apart = [r for r in d["rows"] if r["kind"] == "prompt" and r.get("input_only") is False]
+        if apart:
+            lp = next(r for r in d["rows"] if r["kind"] == "linear_probe")
+            out.append("  Not input-only, reported apart: " + "; ".join(
+                f"{r['method']} {pct(r['test_top1'])} with {r['trainable_params']:,} trained numbers" for r in apart)
+                + f" (the linear probe trains {lp['trainable_params']:,}).")
         if "fastest_to_target" in s:
             out.append(f"  Time to accuracy: {s['fastest_to_target']} first reached the target validation top-1 at step "
                        f"{s['fastest_steps_to_target']}, pad_frequency at step {s['pad_frequency_steps_to_target']} "

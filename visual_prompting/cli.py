@@ -249,8 +249,8 @@ def cmd_push(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser(_recipe_in(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     try:
+        args = build_parser(_recipe_in(sys.argv[1:] if argv is None else argv)).parse_args(argv)
         if getattr(args, "prompt", None) and args.command in ("eval", "predict", "info"):
             from .hub import resolve_prompt
 

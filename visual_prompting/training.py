@@ -19,7 +19,10 @@ import copy
 import json
 import math
 import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 
@@ -270,6 +273,8 @@ class Trainer:
         self._pending: tuple | None = None  # the step event advance() holds back until the next step is queued
         self.best_val = -1.0
         self.diverged: str | None = None  # the message, once the loss became non-finite
+        self.ctrl_c = False  # Ctrl-C was pressed: stop at the next step boundary
+        self.torn = False  # a second Ctrl-C interrupted a step: the state in memory is not a checkpoint
         self.zero_shot_val: float | None = None
         self.mapping_set = None  # the train images a head fits itself on (label mappings), taken once
         if head.needs_counts:  # also for first_k: the no-prompt baseline uses a fitted mapping
@@ -315,7 +320,7 @@ class Trainer:
         save_prompt(self.best_path, self.prompter, self.metadata(metrics), head=self.model.head.state_tensors())
 
     def save_last(self) -> None:
-        if self.diverged:  # the prompt (and optimiser state) are no longer finite: keep the last good checkpoint
+        if self.diverged or self.torn:  # non-finite, or from the middle of a step: keep the last good checkpoint
             return
         state = optimizer_state_tensors(self.optimizer, self.trained_parameters())
         state["rng"] = torch.get_rng_state()
@@ -356,7 +361,32 @@ class Trainer:
         fits that mapping first."""
         return evaluate(self.model, self.splits.val, use_prompt=False, batch_size=self.batch_size, amp=self.cfg.amp).top1
 
+    @contextmanager
+    def ctrl_c_between_steps(self):
+        """In the main thread, Ctrl-C (SIGINT) stops the run at the next step boundary, like the app's Stop: a
+        KeyboardInterrupt in the middle of a step could leave the prompt updated but the step not counted, and a
+        resume would then take that step twice. A second Ctrl-C interrupts at once; the checkpoint on disk then
+        stays the last consistent one (nothing is written from a torn step)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_sigint(signum, frame):
+            if self.ctrl_c:
+                self.torn = True
+                raise KeyboardInterrupt
+            self.ctrl_c = True
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
     def run(self) -> TrainResult:
+        with self.ctrl_c_between_steps():
+            return self._run()
+
+    def _run(self) -> TrainResult:
         os.makedirs(self.out_dir, exist_ok=True)
         resumed = self.try_resume()
         if not resumed:
@@ -417,6 +447,8 @@ class Trainer:
                     continue
                 if self.step >= self.total_steps:
                     break
+                if self.ctrl_c:
+                    raise KeyboardInterrupt
                 if self.should_stop():
                     raise StopTraining
                 self.advance(to_model_input(images.to(self.device, non_blocking=True), S), labels, epoch)
