@@ -19,8 +19,9 @@ same sequence of requests, so they send and receive the *same* files at the same
 A request counts as failed when the call raises (an error message from the app, a broken connection, a download
 cut short) or when what comes back is not complete: every returned picture must decode in full, every label must
 be a top-5. One more user trains through the Train tab's ``/train`` endpoint from the start (``--train-model``,
-``--train-steps``, ``--train-batch`` on the bundled subset); after the users stop, the script waits for that run
-(``--train-timeout``).
+``--train-steps``, ``--train-batch`` on the bundled subset, or with ``--train-upload`` on a small .zip of class
+folders made from the examples, uploaded through the Train tab: a run of seconds); after the users stop, the
+script waits for that run (``--train-timeout``).
 
 Reported per level: requests, failures (counted by kind, with examples of their messages), p50/p95/max latency
 of the successful requests (and per request kind), requests per second, the training run's outcome and seconds,
@@ -123,16 +124,35 @@ def serve_app(tmp: Path, threads: int | None, timeout: float):
                 proc.wait(timeout=15)
 
 
-def own_image(user: int, k: int, folder: Path) -> Path:
-    """The example of request k with noise drawn from (user, k): a file only this user sends."""
+def perturbed(k: int, seed: list[int]):
+    """The k-th example (cycling) with noise drawn from ``seed``: a PIL image no other seed gives."""
     import numpy as np
     from PIL import Image
 
-    rng = np.random.default_rng([user, k])
+    rng = np.random.default_rng(seed)
     base = np.asarray(Image.open(examples()[k % len(examples())]).convert("RGB"), dtype=np.int16)
-    arr = np.clip(base + rng.integers(-24, 25, base.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.clip(base + rng.integers(-24, 25, base.shape), 0, 255).astype(np.uint8))
+
+
+def own_image(user: int, k: int, folder: Path) -> Path:
+    """The example of request k perturbed for (user, k): a file only this user sends."""
     path = folder / f"user{user}-{k}.png"
-    Image.fromarray(arr).save(path)
+    perturbed(k, [user, k]).save(path)
+    return path
+
+
+def small_dataset_zip(path: Path, per_class: int = 4) -> Path:
+    """A .zip of class folders (one per bundled example, ``per_class`` perturbed copies each), for a training run
+    of seconds through the Train tab's upload."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for k, ex in enumerate(examples()):
+            for j in range(per_class):
+                buf = io.BytesIO()
+                perturbed(k, [10_000 + k, j]).save(buf, format="PNG")
+                z.writestr(f"{ex.stem.split('_', 1)[1]}/{j}.png", buf.getvalue())
     return path
 
 
@@ -206,6 +226,7 @@ def trainer_loop(url: str, args, start: threading.Barrier, folder: Path, out: di
     """One more user who trains through /train from the start; its outcome into ``out``."""
     from gradio_client import Client
 
+    folder.mkdir(parents=True, exist_ok=True)
     client = None
     try:
         client = Client(url, verbose=False, download_files=str(folder / "downloads"), analytics_enabled=False)
@@ -217,8 +238,16 @@ def trainer_loop(url: str, args, start: threading.Barrier, folder: Path, out: di
     t = time.perf_counter()
     out["started_monotonic"] = time.monotonic()
     try:
-        job = client.submit(args.train_model, "fashion_mnist_subset", None, "pad", 0, args.train_steps,
-                            args.train_batch, 40, "iterative", "straight-through", 0, api_name="/train")
+        if args.train_upload:
+            from gradio_client import handle_file
+
+            from visual_prompting.ui import UPLOADED_DATASET
+
+            data = (UPLOADED_DATASET, handle_file(str(small_dataset_zip(folder / "classes.zip"))))
+        else:
+            data = ("fashion_mnist_subset", None)
+        job = client.submit(args.train_model, *data, "pad", 0, args.train_steps, args.train_batch, 40, "iterative",
+                            "straight-through", 0, api_name="/train")
         outputs = job.result(timeout=args.train_timeout)
         out["status"] = str(outputs[1])
         out["finished"] = out["status"].startswith("Done.")
@@ -331,6 +360,9 @@ def parse_args(argv):
     ap.add_argument("--train-steps", type=int, default=None, help="steps of the training run; 0: no trainer "
                                                                   "(default 60; smoke 3)")
     ap.add_argument("--train-batch", type=int, default=None, help="its batch size (default 32; smoke 8)")
+    ap.add_argument("--train-upload", action="store_true",
+                    help="train on a small .zip of class folders made from the examples, uploaded through the Train "
+                         "tab, instead of the bundled subset (a run of seconds: what the tests use)")
     ap.add_argument("--train-timeout", type=float, default=600, help="seconds to wait for the training run "
                                                                      "(default: %(default)s)")
     ap.add_argument("--request-timeout", type=float, default=300, help="seconds one request may take before it "
@@ -366,7 +398,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "examples": [str(p.relative_to(REPO)) for p in examples()],
                         "requests": "every user: /predict with the k-th example; every 4th request its own "
                                     "perturbed image; every 10th /inspect with the example",
-                        "train": {"model": args.train_model, "dataset": "fashion_mnist_subset",
+                        "train": {"model": args.train_model,
+                                  "dataset": "an uploaded .zip of the examples" if args.train_upload else
+                                  "fashion_mnist_subset",
                                   "steps": args.train_steps, "batch_size": args.train_batch},
                         "request_timeout_s": args.request_timeout, "smoke": args.smoke,
                         "server_threads": args.threads or "torch default"},
