@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
     if prompt is None:
         raise SystemExit("prompts_zoo/ has no prompt: the app has nothing to predict with")
     prov = provenance("load.py", argv, "cpu")  # before the run: its load average says whether it was shared
-    levels = []
+    levels, t0 = [], time.perf_counter()
     for users in args.users:
         levels.append(measure(users, args.seconds, prompt, args))
         lv = levels[-1]
@@ -406,6 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "server_threads": args.threads or "torch default"},
            "levels": levels,
            "goal": "0 failed requests at every level, and the training run finished"}
+    doc["total_seconds"] = time.perf_counter() - t0
     doc["goal_met"] = all(lv["failures"] == 0 and (lv["training"].get("finished") or args.train_steps == 0)
                           for lv in levels)
     write_json(out / "load.json", doc)
@@ -414,20 +415,23 @@ def main(argv: list[str] | None = None) -> dict:
     return doc
 
 
-def load_table(doc: dict) -> str:
-    """The Markdown table of a load.json (also what benchmarks/report.py shows)."""
+def load_table(doc: dict, machine: str | None = None) -> str:
+    """The Markdown table of a load.json, with a machine column when ``machine`` is given (what
+    benchmarks/report.py shows), and the failures by kind."""
     rows = []
     for lv in doc["levels"]:
-        tr = lv["training"]
-        trained = (f"yes, {tr['seconds']:.0f} s" if tr.get("finished") else
+        tr, lat = lv["training"], lv["latency"]
+        trained = (f"yes, in {tr['seconds']:.0f} s" if tr.get("finished") else
                    "no run" if doc["settings"]["train"]["steps"] == 0 else "no")
-        rows.append([lv["users"], f"{lv['seconds']:.0f} s", lv["requests"], lv["failures"], lv["latency"]["p50_s"],
-                     lv["latency"]["p95_s"], lv["latency"]["max_s"], trained])
+        rows.append([lv["users"], f"{lv['seconds']:.0f} s", lv["requests"], lv["failures"], lat["p50_s"],
+                     lat["p95_s"], lat["max_s"], trained] + ([machine] if machine else []))
     table = markdown_table(["users", "for", "requests", "failed", "p50 (s)", "p95 (s)", "max (s)",
-                            "training finished"], rows)
-    kinds = {k: n for lv in doc["levels"] for k, n in lv["failure_kinds"].items()}
+                            "training finished"] + (["machine"] if machine else []), rows)
+    kinds = Counter()
+    for lv in doc["levels"]:
+        kinds.update(lv["failure_kinds"])
     if kinds:
-        table += "\n\nFailures by kind: " + "; ".join(f"{n} x `{k}`" for k, n in kinds.items())
+        table += "\n\nFailures by kind: " + "; ".join(f"{n} x `{k}`" for k, n in kinds.most_common()) + "."
     return table
 
 
