@@ -12,7 +12,7 @@ same sequence of requests, so they send and receive the *same* files at the same
 
 * ``example``: ``/predict`` with the app's first zoo prompt and a bundled example (``assets/examples``, the
   k-th request of every user uses the same example);
-* ``upload``: every fourth request, ``/predict`` with the user's own image: the example perturbed by noise drawn
+* ``upload``: every fourth request from the second on, ``/predict`` with the user's own image: the example perturbed by noise drawn
   from the user and request numbers, a file no other user sends;
 * ``inspect``: every tenth request, ``/inspect`` of the same prompt with the example (four pictures back).
 
@@ -69,7 +69,7 @@ LOG_PROBLEM = re.compile(r"Traceback|Error|Exception|Too little data|Content-Len
 
 def request_kind(k: int) -> str:
     """What a user's k-th request is (the same for every user)."""
-    return "inspect" if k % 10 == 9 else "upload" if k % 4 == 3 else "example"
+    return "inspect" if k % 10 == 9 else "upload" if k % 4 == 1 else "example"
 
 
 def failure_kind(message: str) -> str:
