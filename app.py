@@ -15,6 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from visual_prompting import VPError
+from visual_prompting.app_files import atomic_gradio_cache_writes
 from visual_prompting.backbones import backbone_examples
 from visual_prompting.recipes import RECIPES
 from visual_prompting.ui import OWN_BACKBONE, TRAIN_FORM_FIELDS, VPApp, choice_info, train_choices
@@ -74,6 +75,7 @@ def curves(records: list[dict]) -> tuple[pd.DataFrame | None, pd.DataFrame | Non
 
 def build_app(vp: VPApp | None = None) -> gr.Blocks:
     """The page: a header and four tabs, each built (components and events) by its own function below."""
+    atomic_gradio_cache_writes()  # many users, same image: Gradio's cache files are replaced whole, never rewritten
     vp = vp or VPApp()
     with gr.Blocks(title="Visual prompting") as demo:
         gr.Markdown(HEADER)

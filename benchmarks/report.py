@@ -33,6 +33,7 @@ SOURCES = [
     ("speed", "benchmarks/results/speed.json", "benchmarks/speed.py"),
     ("scaling", "benchmarks/results/scaling.json", "benchmarks/scaling.py"),
     ("app_latency", "benchmarks/results/app_latency.json", "benchmarks/app_latency.py"),
+    ("load", "benchmarks/results/load.json", "benchmarks/load.py"),
     ("gpu_check", "benchmarks/results/gpu/gpu_check.json", "scripts/gpu_check.py"),
     ("zoo", "prompts_zoo/index.json", "scripts/build_zoo.py"),
     ("readme_train", "benchmarks/results/readme_train.json", "benchmarks/readme_train.py"),
@@ -286,6 +287,15 @@ def b_app_latency_table() -> str:
             f"an endpoint that does no work takes {1000 * d['gradio_floor_s']:.0f} ms.\n")
 
 
+def b_load() -> str:
+    rel = "benchmarks/results/load.json"
+    d = load(rel)
+    if not d or d["settings"].get("smoke"):
+        return missing(rel, "python benchmarks/load.py --users 16,64")
+    p = provenance_of(d)
+    return f"{stamp(p, rel)}:\n\n    {p['command']}\n\n{_load_test_module().load_table(d, cores(p))}\n"
+
+
 def b_gpu_check() -> str:
     rel = "benchmarks/results/gpu/gpu_check.json"
     d = load(rel)
@@ -359,6 +369,7 @@ def b_bench_times() -> str:
             ("scaling.py", "scaling.json", "training throughput vs batch size, evaluation time vs dataset size",
              "seconds"),
             ("app_latency.py", "app_latency.json", "app start-up and one prediction vs the bare forward pass", None),
+            ("load.py", "load.json", "many users at once while one trains: failed requests, latency", "total_seconds"),
             ("readme_train.py", "readme_train.json", "the README's `train` example", "wall_seconds"),
             ("app_defaults.py", "app_defaults.json", "the app's CPU training defaults per recipe", None),
             ("test_suite.py", "test_suite.json", "the README's test command, timed", "wall_seconds")]:
@@ -374,7 +385,7 @@ BLOCKS = {
     "readme-train": b_readme_train, "zoo": b_zoo, "benchmarks-table": b_benchmarks_table, "cpu-speed": b_cpu_speed,
     "bench-times": b_bench_times, "accuracy-cpu": b_accuracy_cpu, "accuracy-gpu": b_accuracy_gpu,
     "accuracy-budget": b_accuracy_budget, "accuracy-reading": b_accuracy_reading, "speed": b_speed,
-    "scaling": b_scaling, "app-latency-table": b_app_latency_table, "gpu-check": b_gpu_check,
+    "scaling": b_scaling, "app-latency-table": b_app_latency_table, "gpu-check": b_gpu_check, "load": b_load,
 }
 
 
@@ -396,6 +407,10 @@ def _accuracy_module():
 
 def _speed_module():
     return _MODS.setdefault("speed", _load_module("speed"))
+
+
+def _load_test_module():
+    return _MODS.setdefault("load", _load_module("load"))
 
 
 # -- rewrite / check -------------------------------------------------------------------------------------------
