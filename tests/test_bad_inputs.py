@@ -253,7 +253,7 @@ def lying_zip(tmp):
 @dataclass
 class Case:
     id: str
-    kind: str  # image | prompt | zip | setting | cli
+    kind: str  # image | prompt | zip | setting | zoo | cli
     make: object  # builds the input in a tmp folder (or the settings / argv)
     error: str | None = None  # a words-level regex the message must match; None: the input is fine
 
@@ -270,6 +270,9 @@ CASES = [
     Case("image-1x1", "image", size(1, 1)),
     Case("image-1x10000", "image", size(1, 10000)),
     Case("image-exif-rotated-jpeg", "image", exif_rotated),
+    Case("image-pil-object-La-premultiplied", "image", lambda tmp: Image.new("La", (30, 20), (90, 128))),
+    Case("image-pil-object-YCbCr", "image", lambda tmp: Image.new("YCbCr", (30, 20), (90, 100, 160))),
+    Case("image-float-array", "image", lambda tmp: np.random.default_rng(0).random((20, 30, 3)) * 300),
     # broken and hostile images
     Case("image-truncated-jpeg", "image", truncated("jpg"), r"cut\.jpg cannot be read.*(truncated|broken)"),
     Case("image-truncated-png", "image", truncated("png"), r"cut\.png cannot be read.*(truncated|broken|EOF)"),
@@ -367,6 +370,12 @@ CASES = [
     Case("setting-unknown-dataset", "setting", {"dataset": "imagenet-42k"}, r"Pick a dataset from the list"),
     Case("setting-unknown-prompter", "setting", {"prompter": "spiral"}, r"Unknown prompter 'spiral'; choose one of pad"),
     Case("setting-upload-without-a-file", "setting", {"dataset": UPLOADED_DATASET}, r"Upload a \.zip"),
+    # the Zoo and sharing: what a user types next to a trained prompt (a zoo prompt stands in for it)
+    Case("zoo-name-path-traversal", "zoo", ("add", "../../evil"), r"Zoo names use letters, digits"),
+    Case("zoo-name-empty", "zoo", ("add", "  "), r"Zoo names use letters, digits"),
+    Case("zoo-nothing-trained-yet", "zoo", ("add-none", "mine"), r"Train a prompt first"),
+    Case("zoo-push-bad-repo-id", "zoo", ("push", "not a repo id!"), r"Bad Hub repo id 'not a repo id!': use USER/NAME"),
+    Case("zoo-push-without-a-token", "zoo", ("push-no-token", "me/x"), r"Give a Hugging Face token"),
     # the CLI (in-process)
     Case("cli-image-scale-out-of-range", "cli", ["train", "--prompter", "shrink_pad", "--image-scale", "2"],
          r"error: Image scale must be between 0 and 1"),
@@ -376,6 +385,8 @@ CASES = [
          r"error: Unknown backbone spec 'resnet9000-turbo'"),
     Case("cli-predict-bomb", "cli", ["predict", "{bomb}", "--prompt", "{prompt}"],
          r"bomb\.png has 400 MP; the limit is 50 MP"),
+    Case("cli-predict-over-its-own-pixel-limit", "cli", ["predict", EXAMPLE, "--prompt", "{prompt}", "--max-image-mp",
+                                                        "0.0001"], r"7_sneaker\.png is \d+ x \d+ pixels.*limit is 0\.0001 MP"),
     Case("cli-predict-zero-bytes", "cli", ["predict", "{empty}", "--prompt", "{prompt}"], r"Cannot read .*empty\.png"),
     Case("cli-predict-text-png", "cli", ["predict", "{text}", "--prompt", "{prompt}"], r"Cannot read .*notes\.png"),
     Case("cli-info-pickle", "cli", ["info", "{pickle}"], r"is not a safetensors prompt file"),
@@ -497,6 +508,20 @@ def test_after_every_failure_the_same_session_trains(vp, name):
             _train(vp, "again", **case.make)
     _, last = _train(vp, "again")
     assert last.done and Path(last.result_path).is_file()
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.kind == "zoo"], ids=lambda c: c.id)
+def test_zoo_and_sharing(case, vp, name):
+    action, text = case.make
+    path = None if action == "add-none" else vp.entries[name]["path"]
+    with pytest.raises(VPError) as e:
+        if action.startswith("add"):
+            vp.add_to_zoo(path, text)
+        else:
+            vp.push(path, text, None if action == "push-no-token" else "hf_not_a_real_token")
+    _words(str(e.value), case.error)
+    assert not any(Path(vp.cfg.user_zoo_dir).parent.rglob("evil*"))
+    still_works(vp, name)
 
 
 @pytest.fixture(scope="module")

@@ -101,7 +101,7 @@ class AppConfig:
     max_dataset_files: int = _limit(20_000, "files in one uploaded dataset")
     max_steps: int = _limit(100_000, "training steps of one run")
     max_batch_size: int = _limit(1024, "batch size of one run")
-    max_runs: int = _limit(1, "training runs going at once, all users together (each user: one at a time)")
+    max_runs: int = _limit(2, "training runs going at once, all users together (each user: one at a time)")
     max_user_disk_mb: float = _limit(1000, "one user's run folders (prompts, unpacked data) on disk")
     max_work_disk_mb: float = _limit(5000, "the app's whole work folder on disk (finished runs are removed, "
                                            "oldest first, to make room)")
