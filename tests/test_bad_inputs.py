@@ -578,6 +578,15 @@ def test_the_image_input_hands_over_the_path_without_decoding_it(tmp_path):
         path = str(make(tmp_path))
         assert image.preprocess(ImageData(path=path, orig_name=Path(path).name)) == path
     assert image.preprocess(None) is None
+    # an image sent inline (base64, through the API) is decoded by Gradio: its failures are still a sentence
+    import base64
+
+    import gradio as gr
+
+    for make in (bomb, text_png):
+        inline = "data:image/png;base64," + base64.b64encode(make(tmp_path).read_bytes()).decode()
+        with pytest.raises(gr.Error, match=r"The image cannot be read \((DecompressionBomb|UnidentifiedImage)Error"):
+            image.preprocess(ImageData(path=None, url=inline))
 
 
 def test_hostile_uploads_through_the_served_app(vp, name, tmp_path):

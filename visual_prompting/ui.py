@@ -175,6 +175,7 @@ class VPApp:
         self._lock = threading.Lock()
         self.entries: dict[str, dict] = {}
         self.refresh_zoo()
+        self.sweep()  # what an earlier server left past its time (the sweep also runs before every training run)
 
     # -- the zoo ------------------------------------------------------------------------------------------
     def refresh_zoo(self, include_hub: bool = False, warn: Callable[[str], None] | None = None) -> list[str]:
