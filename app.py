@@ -18,7 +18,7 @@ from visual_prompting import VPError
 from visual_prompting.app_files import atomic_gradio_cache_writes
 from visual_prompting.backbones import backbone_examples
 from visual_prompting.recipes import RECIPES
-from visual_prompting.ui import OWN_BACKBONE, TRAIN_FORM_FIELDS, VPApp, choice_info, train_choices
+from visual_prompting.ui import OWN_BACKBONE, TRAIN_FORM_FIELDS, VPApp, choice_info, train_choices, unexpected_error
 
 try:  # ZeroGPU Spaces: the decorated function gets a GPU while it runs
     import spaces
@@ -39,12 +39,38 @@ Method: [Bahng et al., *Exploring Visual Prompts for Adapting Large-Scale Models
 
 
 @contextmanager
-def user_errors():
-    """A bad input becomes a readable message in the page (gr.Error), never a stack trace."""
+def user_errors(action: str = "doing this"):
+    """A bad input becomes a readable message in the page (gr.Error), never a stack trace; so does an unexpected
+    error (a bug), whose traceback goes to the server's log (ui.unexpected_error)."""
     try:
         yield
     except VPError as e:
         raise gr.Error(str(e), print_exception=False) from None
+    except gr.Error:
+        raise
+    except Exception as e:  # noqa: BLE001 - logged with its traceback, shown in words
+        raise gr.Error(unexpected_error(e, action), print_exception=False) from None
+
+
+def image_input(**kwargs) -> gr.Image:
+    """An image input that hands the handler the uploaded file's path without opening it: gr.Image decodes (and
+    converts) an upload itself first, so a broken or hostile file (a decompression bomb, zero bytes, text named
+    .png) ended in Gradio's generic error. Here VPApp.read_image decodes it, with the app's pixel limit and a
+    message in words. (Set on the instance: a gr.Image subclass would make Gradio write an app.pyi stub.)"""
+    image = gr.Image(type="filepath", **kwargs)
+    decode = image.preprocess
+
+    def preprocess(payload):
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return str(payload.path)
+        with user_errors("reading the image"):  # an image sent inline (base64) through the API: Gradio decodes it
+            try:
+                return decode(payload)
+            except Exception as e:  # noqa: BLE001 - PIL's errors on a hostile inline image
+                raise VPError(f"The image cannot be read ({type(e).__name__}: {e}). Try a PNG or JPEG.") from e
+
+    image.preprocess = preprocess
+    return image
 
 
 def progress_bar(fraction: float) -> str:
@@ -111,7 +137,8 @@ def try_tab(vp: VPApp) -> gr.Dropdown:
     examples = vp.examples()
 
     def on_prompt_change(choice, upload):
-        text, choices = vp.prompt_summary(choice, upload)
+        with user_errors("reading the prompt"):
+            text, choices = vp.prompt_summary(choice, upload)
         return text, gr.update(choices=choices, value=OWN_BACKBONE)
 
     def predict(choice, image, upload=None, backbone=OWN_BACKBONE):
@@ -127,8 +154,8 @@ def try_tab(vp: VPApp) -> gr.Dropdown:
             upload = gr.File(label="... or upload a prompt (.safetensors)", file_types=[".safetensors"])
         info = gr.Markdown(first_text)
         with gr.Row(equal_height=True):
-            image = gr.Image(type="filepath", label="Original image", sources=["upload", "clipboard"], height=300,
-                             elem_id="try-image")
+            image = image_input(label="Original image", sources=["upload", "clipboard"], height=300,
+                                elem_id="try-image")
             prompted = gr.Image(type="pil", format="png", label="Prompted image (what the model sees)",
                                 interactive=False, height=300, buttons=["download"], elem_id="prompted-image")
         button = gr.Button("Classify", variant="primary", elem_id="classify")
@@ -247,7 +274,7 @@ def train_tab(vp: VPApp):
     start.click(train, [model, dataset, archive, prompter, size, steps, batch, lr, mapping, clamp, seed, optimizer,
                         augment, capture],
                 [progress, status, accuracy, loss_plot, acc_plot, prompt_pic, result_file, result_path],
-                api_name="train", concurrency_limit=1, concurrency_id="train", show_progress="hidden")
+                api_name="train", concurrency_limit=vp.cfg.max_runs, concurrency_id="train", show_progress="hidden")
     stop_button.click(stop, None, None, api_name="stop", concurrency_limit=None)  # never waits behind a run
     push_button.click(push, [result_path, repo, token, private], pushed, api_name=False)
     return add.click(add_to_zoo, [result_path, zoo_name], added, api_name=False)
@@ -270,8 +297,8 @@ def inspect_tab(vp: VPApp) -> gr.Dropdown:
         with gr.Row():
             prompt = gr.Dropdown(names, value=first, label="Prompt", allow_custom_value=True, scale=2)
             upload = gr.File(label="... or upload a prompt (.safetensors)", file_types=[".safetensors"])
-            image = gr.Image(type="filepath", label="Image for the saliency map",
-                             value=examples[0] if examples else None, height=160)
+            image = image_input(label="Image for the saliency map", value=examples[0] if examples else None,
+                                height=160)
         button = gr.Button("Inspect", variant="primary", elem_id="inspect")
         with gr.Row():
             pictures = [gr.Image(label=label, interactive=False, elem_id=f"inspect-{key}") for key, label in (
@@ -292,9 +319,9 @@ def zoo_tab(vp: VPApp):
     """Tab 4: every prompt in the zoo as a picture and a table. Returns the refresh event."""
 
     def refresh(include_hub):
-        with user_errors():
+        with user_errors("reading the zoo"):
             vp.refresh_zoo(include_hub=include_hub, warn=gr.Warning)
-        return vp.zoo_gallery(), pd.DataFrame(vp.zoo_rows(), columns=VPApp.ZOO_HEADERS)
+            return vp.zoo_gallery(), pd.DataFrame(vp.zoo_rows(), columns=VPApp.ZOO_HEADERS)
 
     with gr.Tab("Zoo", id="zoo"):
         with gr.Row():
@@ -306,8 +333,10 @@ def zoo_tab(vp: VPApp):
 
 
 def main() -> None:
-    build_app().queue(default_concurrency_limit=2).launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), css=CSS)
+    vp = VPApp()  # its limits: AppConfig's defaults, or VP_* environment variables (README, "Limits")
+    build_app(vp).queue(default_concurrency_limit=2).launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), css=CSS,
+        max_file_size=int(vp.cfg.max_upload_mb * 2**20))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from .data import DEFAULT_MAX_IMAGE_PIXELS
 from .errors import VPError
 
 EPILOG_TRAIN = """examples:
@@ -60,6 +61,9 @@ def _add_predict(sub) -> None:
     p.add_argument("-k", "--top-k", type=int, default=5, help="(default: %(default)s)")
     p.add_argument("--device", default="auto")
     p.add_argument("--save-prompted", default=None, metavar="DIR", help="also write each prompted image as a PNG")
+    p.add_argument("--max-image-mp", type=float, default=DEFAULT_MAX_IMAGE_PIXELS / 1e6, metavar="MP",
+                   help="refuse images with more megapixels than this, read from the header before decoding "
+                        "(default: %(default)g)")
 
 
 def _add_info(sub) -> None:
@@ -188,7 +192,7 @@ def cmd_predict(a) -> int:
     failures = 0
     for path in a.images:
         try:
-            img = open_image(path)
+            img = open_image(path, max_pixels=int(a.max_image_mp * 1e6))
         except VPError as e:
             print(f"error: {e}", file=sys.stderr)
             failures += 1

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
+from struct import error as struct_error
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,24 +46,58 @@ IMAGE_EXTS = (*IMG_EXTENSIONS, ".gif")  # torchvision's ImageFolder extensions, 
 
 # -- images ---------------------------------------------------------------------------------------------------
 
-def open_image(path_or_file) -> Image.Image:
-    """Open any image as RGB, with a clear message when it is not an image or is broken."""
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # 50 MP: any photo a phone takes; a header that claims more is refused
+IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError,
+                KeyError, ZeroDivisionError, MemoryError, struct_error, Image.DecompressionBombError)
+
+
+def open_image(path_or_file, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open any image as RGB (its EXIF orientation applied, transparency on white), with a clear message when it is
+    not an image, is broken, or has more than ``max_pixels`` pixels (checked from the header, before decoding:
+    a decompression bomb costs nothing; ``None``: PIL's own limit)."""
+    name = getattr(path_or_file, "name", path_or_file)
     try:
-        img = Image.open(path_or_file)
+        with warnings.catch_warnings():  # PIL warns above its own limit; ours is checked below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path_or_file)
+        w, h = img.size
+        if w < 1 or h < 1:
+            raise VPError(f"{name} has no pixels ({w} x {h}).")
+        if max_pixels and w * h > max_pixels:
+            raise VPError(f"{name} is {w} x {h} pixels ({w * h / 1e6:.0f} MP); the limit is "
+                          f"{max_pixels / 1e6:g} MP. Use a smaller image.")
         img.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise VPError(f"Cannot read {getattr(path_or_file, 'name', path_or_file)} as an image ({e}).") from e
+        img = _exif_upright(img)
+    except Image.DecompressionBombError as e:  # PIL's own check, in Image.open, above twice its own limit
+        claimed = re.search(r"\((\d+) pixels\)", str(e))
+        mp = f"{int(claimed.group(1)) / 1e6:.0f} MP" if claimed else "too many pixels"
+        raise VPError(f"{name} has {mp}; the limit is {(max_pixels or Image.MAX_IMAGE_PIXELS) / 1e6:g} MP. "
+                      "Use a smaller image.") from None
+    except IMAGE_ERRORS as e:
+        raise VPError(f"Cannot read {name} as an image ({e}).") from e
     return to_rgb(img)
 
 
+def _exif_upright(img: Image.Image) -> Image.Image:
+    """The image the way a viewer shows it (EXIF orientation applied); unchanged when the EXIF data is broken."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - broken EXIF: the pixels are still fine
+        return img
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("RGBA", "LA", "P"):  # composite transparency on white, the way a viewer shows it
+    if img.mode in ("La", "RGBa"):  # premultiplied alpha: PIL converts these to their straight form first
+        img = img.convert({"La": "LA", "RGBa": "RGBA"}[img.mode])
+    if img.mode in ("RGBA", "LA", "P", "PA"):  # composite transparency on white, the way a viewer shows it
         img = img.convert("RGBA")
         bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(bg, img)
-    if img.mode == "I;16" or img.mode == "I":
-        arr = np.asarray(img, dtype=np.float64)
-        arr = (255 * (arr - arr.min()) / max(arr.max() - arr.min(), 1)).astype(np.uint8)
+    if img.mode.startswith("I") or img.mode == "F":  # 16/32-bit integers, floats: stretched to 8 bits
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        arr = (255 * (arr - arr.min()) / max(arr.max() - arr.min(), 1e-12)).astype(np.uint8)
         img = Image.fromarray(arr)
     return img.convert("RGB")
 
@@ -75,9 +111,12 @@ def pil_to_uint8(img: Image.Image, size: int | None) -> torch.Tensor:
             raise VPError("Image has no pixels.")
         scale = size / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), Image.BICUBIC)
         left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
+        if max(nw, nh) <= 4 * size:
+            img = img.resize((nw, nh), Image.BICUBIC).crop((left, top, left + size, top + size))
+        else:  # a long strip (1 x 10000): resize only the part that is kept, not a huge whole
+            box = (left / scale, top / scale, (left + size) / scale, (top + size) / scale)
+            img = img.resize((size, size), Image.BICUBIC, box=box)
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
@@ -508,32 +547,67 @@ def _decode_items(items, names, label, image_size) -> TensorImageSet:
     return TensorImageSet(torch.stack(imgs), torch.tensor(labels), names, label)
 
 
+def mib(n: float) -> str:
+    """Bytes as MiB for a message, with the digits that matter for small sizes too (0.029, 3.0, 150.0)."""
+    return f"{n / 2**20:.1f}" if n >= 2**20 else f"{n / 2**20:.2g}"
+
+
+def _zip_members(zf) -> list:
+    return [m for m in zf.infolist() if not m.is_dir() and "__MACOSX" not in m.filename]
+
+
+def _open_zip(zip_path):
+    import zipfile
+
+    try:
+        return zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
+        raise VPError(f"{Path(str(zip_path)).name} is not a readable .zip file ({e}). Zip a folder that holds one "
+                      "folder of images per class.") from e
+
+
+def zip_size(zip_path) -> tuple[int, int]:
+    """``(files, bytes)`` an uploaded ``.zip`` would unpack to, read from its directory (nothing is unpacked; the
+    sizes it declares are also all that :func:`extract_zip_dataset` lets each member write)."""
+    with _open_zip(zip_path) as zf:
+        members = _zip_members(zf)
+        return len(members), sum(m.file_size for m in members)
+
+
 def extract_zip_dataset(zip_path, dest, max_files: int = 200_000, max_bytes: int = 4 << 30) -> str:
     """Unpack an uploaded ``.zip`` of class folders into ``dest`` and return the folder :func:`load_splits` should
     read (the archive's single top-level folder when it has one). Refuses archives that are not zip files, whose
-    members would land outside ``dest`` (absolute paths, ``..``), or that are too large once unpacked."""
+    members would land outside ``dest`` (absolute paths, ``..``), that hold more than ``max_files`` files or unpack
+    to more than ``max_bytes`` (from the sizes the archive declares, before anything is written; a member never
+    writes more than it declares), or that are broken or encrypted (then nothing is left in ``dest``). Symbolic
+    links in the archive are written as plain files, never followed."""
+    import shutil
     import zipfile
+    import zlib
 
     dest = Path(dest)
-    try:
-        zf = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise VPError(f"{Path(str(zip_path)).name} is not a readable .zip file ({e}). Zip a folder that holds one "
-                      "folder of images per class.") from e
-    with zf:
-        members = [m for m in zf.infolist() if not m.is_dir() and "__MACOSX" not in m.filename]
+    with _open_zip(zip_path) as zf:
+        members = _zip_members(zf)
         if len(members) > max_files:
             raise VPError(f"The archive holds {len(members)} files; the limit is {max_files}.")
-        if sum(m.file_size for m in members) > max_bytes:
-            raise VPError(f"The archive unpacks to more than {max_bytes >> 20} MiB; use a smaller dataset.")
+        total = sum(m.file_size for m in members)
+        if total > max_bytes:
+            raise VPError(f"The archive unpacks to more than the {mib(max_bytes)} MiB allowed ({mib(total)} MiB); "
+                          "use a smaller dataset.")
         root = dest.resolve()
         for m in members:
             target = (dest / m.filename).resolve()
             if m.filename.startswith(("/", "\\")) or not target.is_relative_to(root):
                 raise VPError(f"The archive member {m.filename!r} would be written outside the dataset folder; refused.")
+        existed = dest.exists()
         dest.mkdir(parents=True, exist_ok=True)
-        for m in members:
-            zf.extract(m, dest)
+        try:
+            for m in members:
+                zf.extract(m, dest)
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, RuntimeError, NotImplementedError, ValueError) as e:
+            if not existed:
+                shutil.rmtree(dest, ignore_errors=True)
+            raise VPError(f"{Path(str(zip_path)).name} is broken or encrypted and cannot be unpacked ({e}).") from e
     entries = [d for d in dest.iterdir() if not d.name.startswith(".")]
     if len(entries) == 1 and entries[0].is_dir():
         return str(entries[0])

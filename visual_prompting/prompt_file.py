@@ -18,6 +18,7 @@ momentum, RNG state) for resuming. The safetensors header's ``__metadata__`` has
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -166,6 +167,7 @@ def validate_metadata(meta: dict, source: str = "metadata") -> None:
     if not isinstance(pc, dict) or set(pc) - set(PrompterConfig.__dataclass_fields__):
         raise VPError(f"{source}: 'prompter' must be a prompter config with keys from "
                       f"{', '.join(PrompterConfig.__dataclass_fields__)}.")
+    _check_prompter_config(pc, source)
     names = meta["class_names"]
     if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names):
         raise VPError(f"{source}: 'class_names' must be a list of at least two non-empty names.")
@@ -189,6 +191,9 @@ def validate_metadata(meta: dict, source: str = "metadata") -> None:
         flat = [i for r in rows for i in r]
         if len(set(flat)) != len(flat):
             raise VPError(f"{source}: 'mapping' maps two classes onto the same source class.")
+        ns = head.get("num_source")
+        if ns is not None and (not _is_int(ns) or max(flat) >= ns):
+            raise VPError(f"{source}: 'mapping' points outside the {ns!r} source classes ('num_source').")
         if kind == "fully_map":
             ns = head.get("num_source")
             if (not isinstance(ns, int) or isinstance(ns, bool) or max(flat) >= ns
@@ -197,6 +202,42 @@ def validate_metadata(meta: dict, source: str = "metadata") -> None:
                               "one-to-one starting 'mapping'.")
     else:
         raise VPError(f"{source}: 'head.kind' must be 'clip_text', 'label_mapping' or 'fully_map', not {kind!r}.")
+
+
+MAX_IMAGE_SIZE = 2048  # no backbone takes larger inputs; a prompt file that claims more is refused before allocating
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_prompter_config(pc: dict, source: str) -> None:
+    """The prompter config's values, by type and range, before anything is built from them (a hostile file could
+    ask for a 10^9 px prompt, or a string where a number goes)."""
+    from .prompters import CLAMP_MODES, INITS, PROMPTERS
+
+    if pc.get("kind") not in PROMPTERS:
+        raise VPError(f"{source}: unknown prompter kind {pc.get('kind')!r}; this version knows "
+                      f"{', '.join(PROMPTERS)}.")
+    image_size, size = pc.get("image_size", 224), pc.get("size", 30)
+    if not _is_int(image_size) or not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise VPError(f"{source}: the prompter's image_size must be a whole number of pixels from 1 to "
+                      f"{MAX_IMAGE_SIZE}, not {image_size!r}.")
+    if not _is_int(size) or not 1 <= size <= image_size:
+        raise VPError(f"{source}: the prompter's size must be a whole number from 1 to its image_size "
+                      f"({image_size}), not {size!r}.")
+    if pc.get("clamp", "straight-through") not in CLAMP_MODES or pc.get("init", "zeros") not in INITS:
+        raise VPError(f"{source}: the prompter's clamp ({pc.get('clamp')!r}) or init ({pc.get('init')!r}) is not one "
+                      f"this version knows ({', '.join(CLAMP_MODES)}; {', '.join(INITS)}).")
+    if not _is_number(pc.get("init_std", 0.0)) or not _is_int(pc.get("seed", 0)):
+        raise VPError(f"{source}: the prompter's init_std must be a number and its seed a whole number.")
+    scale = pc.get("scale")
+    if scale is not None and (not _is_number(scale) or not 0 < scale <= 1):
+        raise VPError(f"{source}: the prompter's scale must be a number above 0 and at most 1, not {scale!r}.")
 
 
 def check_backbone(meta: dict, spec: str) -> str | None:

@@ -22,16 +22,16 @@ import traceback
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .backbones import BackboneCache, parse_spec
-from .data import dataset_names, extract_zip_dataset, open_image, to_rgb
+from .data import dataset_names, extract_zip_dataset, mib, open_image, to_rgb, zip_size
 from .errors import VPError
 from .model import PromptedModel
 from .optim import OPTIMIZERS
 from .recipes import DEFAULT_RECIPE, recipe_settings
-from .prompt_file import check_backbone, read_metadata
+from .prompt_file import check_backbone, load_prompt, read_metadata
 from .settings import choices, parse_value
 from .training import TrainConfig, Trainer, TrainEvent, TrainResult, history_record
 from .utils import pick_device
@@ -77,15 +77,61 @@ def choice_info(name: str) -> str:
 OWN_BACKBONE = "the prompt's own (recommended)"
 
 
+def _limit(default, what: str):
+    """A field of :class:`AppConfig` that bounds what users may use; ``what`` is its line in the README's table."""
+    return field(default=default, metadata={"limit": what})
+
+
 @dataclass
 class AppConfig:
+    """Where the app keeps its files, and the limits every user's requests must respect (each limit can also be set
+    by an environment variable: ``VP_`` + the field name in capitals, e.g. ``VP_MAX_UPLOAD_MB=50``; see
+    :meth:`from_env` and the README's table, :func:`limits_table`)."""
+
     zoo_dir: Path = ZOO_DIR
     user_zoo_dir: Path = USER_ZOO_DIR
     work_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "visual-prompting-app")
     device: str = "auto"
     max_models: int = 8  # prompted models kept loaded (backbones are shared between them)
-    max_steps: int = 100_000
-    max_batch_size: int = 1024
+    max_upload_mb: float = _limit(200, "size of any uploaded file (image, prompt, dataset .zip)")
+    max_image_mp: float = _limit(50, "pixels of an image to classify or inspect, read from its header before "
+                                     "decoding (decompression bombs)")
+    max_dataset_mb: float = _limit(500, "one uploaded dataset, unpacked (from the sizes the .zip declares, before "
+                                        "anything is written)")
+    max_dataset_files: int = _limit(20_000, "files in one uploaded dataset")
+    max_steps: int = _limit(100_000, "training steps of one run")
+    max_batch_size: int = _limit(1024, "batch size of one run")
+    max_runs: int = _limit(2, "training runs going at once, all users together (each user: one at a time)")
+    max_user_disk_mb: float = _limit(1000, "one user's run folders (prompts, unpacked data) on disk")
+    max_work_disk_mb: float = _limit(5000, "the app's whole work folder on disk (finished runs are removed, "
+                                           "oldest first, to make room)")
+    run_ttl_hours: float = _limit(24, "how long a finished run's folder is kept (a failed run's is removed at "
+                                      "once, its unpacked data as soon as training ends)")
+
+    @classmethod
+    def from_env(cls, environ=None, **kwargs) -> AppConfig:
+        """A config whose limits are read from ``VP_<FIELD>`` environment variables where set (``kwargs`` win)."""
+        environ = os.environ if environ is None else environ
+        for f in fields(cls):
+            var = f"VP_{f.name.upper()}"
+            if "limit" in f.metadata and var in environ and f.name not in kwargs:
+                kind = int if f.type in ("int", int) else float
+                try:
+                    value = kind(environ[var])
+                    if not value > 0:
+                        raise ValueError("must be above 0")
+                except ValueError as e:
+                    raise VPError(f"{var}={environ[var]!r} is not a valid limit ({e}); give a number above 0.") from e
+                kwargs[f.name] = value
+        return cls(**kwargs)
+
+
+def limits_table(cfg: AppConfig | None = None) -> list[tuple[str, str, object, str]]:
+    """``(field, environment variable, value, what it bounds)`` for every limit of ``cfg`` (the defaults: the
+    README's table)."""
+    cfg = cfg or AppConfig()
+    return [(f.name, f"VP_{f.name.upper()}", getattr(cfg, f.name), f.metadata["limit"])
+            for f in fields(cfg) if "limit" in f.metadata]
 
 
 @dataclass
@@ -122,13 +168,14 @@ def _pct(x) -> str:
 
 class VPApp:
     def __init__(self, cfg: AppConfig | None = None):
-        self.cfg = cfg or AppConfig()
+        self.cfg = cfg or AppConfig.from_env()
         self.device = pick_device(self.cfg.device)
         self.cache = BackboneCache()
         self._models: OrderedDict[tuple[str, float, str], tuple[PromptedModel, dict, str | None]] = OrderedDict()
         self._lock = threading.Lock()
         self.entries: dict[str, dict] = {}
         self.refresh_zoo()
+        self.sweep()  # what an earlier server left past its time (the sweep also runs before every training run)
 
     # -- the zoo ------------------------------------------------------------------------------------------
     def refresh_zoo(self, include_hub: bool = False, warn: Callable[[str], None] | None = None) -> list[str]:
@@ -163,7 +210,6 @@ class VPApp:
 
     def zoo_gallery(self) -> list[tuple]:
         """``[(picture of the prompt, caption)]`` for every prompt in the zoo."""
-        from .prompt_file import load_prompt
 
         out = []
         for name, e in self.entries.items():
@@ -181,8 +227,8 @@ class VPApp:
         """The file behind the user's choice: an uploaded file wins; then a zoo name; then anything
         :func:`hub.resolve_prompt` understands (``USER/NAME``, ``hf://...``) typed into the box."""
         if upload:
-            path = os.fspath(upload)
-            read_metadata(path)  # a clear message for a file that is not a prompt
+            path = self.check_upload(upload, "prompt file")
+            load_prompt(path)  # a clear message for a file that is not a prompt, or a broken one (an upload is small)
             return path
         if not choice:
             raise VPError("Pick a prompt from the zoo, type a Hub repo id (USER/NAME), or upload a prompt file.")
@@ -250,32 +296,57 @@ class VPApp:
         (zs,), (pr,), (prompted,) = model.predict_both([img], 5, with_images=True)
         return prompted, dict(zs), dict(pr)
 
-    @staticmethod
-    def read_image(image):
-        """A PIL image, a path or an array from the UI -> RGB PIL image; a clear message when there is none."""
+    def check_upload(self, path, what: str = "file") -> str:
+        """``path`` (an uploaded file) as a string, once it is known to be a file within the upload limit."""
+        path = os.fspath(path)
+        try:
+            size = os.path.getsize(path)
+        except OSError as e:
+            raise VPError(f"The uploaded {what} {Path(path).name} is gone or cannot be read; upload it again.") from e
+        if size > self.cfg.max_upload_mb * 2**20:
+            raise VPError(f"The uploaded {what} {Path(path).name} is {mib(size)} MiB; the limit is "
+                          f"{self.cfg.max_upload_mb:g} MiB.")
+        return path
+
+    def read_image(self, image):
+        """A PIL image, a path or an array from the UI -> RGB PIL image; a clear message when there is none, or when
+        it is broken, not an image, or over the pixel limit (``AppConfig.max_image_mp``)."""
+        max_pixels = int(self.cfg.max_image_mp * 1e6)
         if image is None or (isinstance(image, str) and not image):
             raise VPError("Upload an image or pick an example first.")
         if isinstance(image, (str, os.PathLike)):
+            path = self.check_upload(image, "image")
             try:
-                return open_image(image)
+                return open_image(path, max_pixels=max_pixels)
             except VPError as e:  # the path is a temporary upload name: say what is wrong, not where
-                cause = f" ({e.__cause__})".replace(os.fspath(image), Path(image).name) if e.__cause__ else ""
-                raise VPError(f"The image {Path(image).name} cannot be read{cause}. Try a PNG or JPEG.") from e
+                name = Path(path).name
+                if e.__cause__ is None:  # our own check (too many pixels, none): its message is the answer
+                    raise VPError(str(e).replace(path, name)) from e
+                cause = f" ({e.__cause__})".replace(path, name)
+                raise VPError(f"The image {name} cannot be read{cause}. Try a PNG or JPEG.") from e
         if hasattr(image, "shape"):
             import numpy as np
             from PIL import Image
 
             arr = np.asarray(image)
-            if arr.ndim not in (2, 3) or arr.size == 0:
+            if arr.ndim not in (2, 3) or arr.size == 0 or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
                 raise VPError(f"Cannot read an image of shape {arr.shape}.")
-            return to_rgb(Image.fromarray(arr.astype(np.uint8)))
+            if arr.shape[0] * arr.shape[1] > max_pixels:
+                raise VPError(f"The image has {arr.shape[0] * arr.shape[1] / 1e6:.0f} MP; the limit is "
+                              f"{self.cfg.max_image_mp:g} MP.")
+            arr = arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
+            return to_rgb(Image.fromarray(np.nan_to_num(arr).clip(0, 255).astype(np.uint8)))
+        if not hasattr(image, "size") or not hasattr(image, "mode"):
+            raise VPError(f"Cannot read a {type(image).__name__} as an image; upload a PNG or JPEG.")
+        w, h = image.size
+        if w * h > max_pixels or w < 1 or h < 1:
+            raise VPError(f"The image is {w} x {h} pixels; the limit is {self.cfg.max_image_mp:g} MP.")
         return to_rgb(image)
 
     # -- Inspect ------------------------------------------------------------------------------------------
     def inspect(self, choice, upload, image=None) -> dict:
         """Pictures and tables that show what a prompt is: ``prompt``, ``amplitude``, ``channels`` (rows),
         ``spectrum``, ``saliency`` (None without an image), ``saliency_class``, ``metadata`` (rows)."""
-        from .prompt_file import load_prompt
 
         path = self.prompt_path(choice, upload)
         pf = load_prompt(path)
@@ -328,17 +399,65 @@ class VPApp:
         limits = {"steps": {"high": cfg.max_steps, "required": True}, "lr": {"high": 10_000},
                   "batch_size": {"high": cfg.max_batch_size, "required": True}}
         values = {k: parse_value(TrainConfig, k, v, **limits.get(k, {})) for k, v in form.items()}
-        run_dir = self.session_dir(session) / time.strftime("run-%Y%m%d-%H%M%S")
-        if dataset == UPLOADED_DATASET or (upload and not dataset):
-            if not upload:
-                raise VPError("Upload a .zip that holds one folder of images per class.")
-            data = extract_zip_dataset(upload, run_dir / "data")
-        elif dataset in dataset_names():
-            data = dataset
-        else:
+        uploaded = dataset == UPLOADED_DATASET or (upload and not dataset)
+        if uploaded and not upload:
+            raise VPError("Upload a .zip that holds one folder of images per class.")
+        if not uploaded and dataset not in dataset_names():
             raise VPError(f"Pick a dataset from the list (or upload a .zip of class folders), not {dataset!r}.")
+        self.sweep()
+        session_dir = self.session_dir(session)
+        run_dir = Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"), dir=session_dir))
+        try:
+            data = self._unpack(upload, run_dir / "data", session_dir) if uploaded else dataset
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing of a refused upload stays on disk
+            raise
         return TrainConfig(model=model, dataset=data, **values, out_dir=str(run_dir), device=str(self.device),
                            num_workers=0, download=True)  # torchvision datasets: fetched once (offline: a clear message)
+
+    def _unpack(self, upload, dest: Path, session_dir: Path) -> str:
+        """Unpack an uploaded dataset within the limits: its own size and file count, what is left of this user's
+        disk share and of the work folder's."""
+        path = self.check_upload(upload, "dataset")
+        cfg, unit = self.cfg, 2**20
+        size = zip_size(path)[1]
+        user_left = cfg.max_user_disk_mb * unit - disk_usage(session_dir)
+        total_left = cfg.max_work_disk_mb * unit - disk_usage(cfg.work_dir)
+        if size <= cfg.max_dataset_mb * unit and size > user_left:
+            raise VPError(f"The dataset unpacks to {mib(size)} MiB, more than is left of your "
+                          f"{cfg.max_user_disk_mb:g} MiB ({mib(max(0, user_left))} MiB); reload the page to "
+                          "clear your earlier runs, or use a smaller dataset.")
+        if size <= min(cfg.max_dataset_mb * unit, user_left) and size > total_left:
+            raise VPError(f"The app's disk is full right now ({cfg.max_work_disk_mb:g} MiB for all users); try "
+                          "again later or with a smaller dataset.")
+        return extract_zip_dataset(path, dest, max_files=cfg.max_dataset_files, max_bytes=int(cfg.max_dataset_mb * unit))
+
+    def active_runs(self) -> list[str]:
+        """The sessions whose training run is going now (their RUNNING file is fresh; it works across processes)."""
+        work = Path(self.cfg.work_dir)
+        if not work.is_dir():
+            return []
+        now = time.time()
+        return [d.name for d in work.iterdir() if _fresh(d / "RUNNING", now)]
+
+    def sweep(self, now: float | None = None) -> list[str]:
+        """Remove run folders older than ``run_ttl_hours``, then the oldest finished runs while the work folder is
+        over ``max_work_disk_mb``; a session whose run is going is left alone. The removed folders."""
+        work, now = Path(self.cfg.work_dir), time.time() if now is None else now
+        if not work.is_dir():
+            return []
+        runs = []
+        for session in work.iterdir():
+            if session.is_dir() and not _fresh(session / "RUNNING", now):
+                runs += [(r.stat().st_mtime, r) for r in session.glob("run-*") if r.is_dir()]
+        runs.sort()
+        removed, total = [], disk_usage(work)
+        for mtime, run in runs:
+            if now - mtime > self.cfg.run_ttl_hours * 3600 or total > self.cfg.max_work_disk_mb * 2**20:
+                total -= disk_usage(run)
+                shutil.rmtree(run, ignore_errors=True)
+                removed.append(str(run))
+        return removed
 
     def _stop_file(self, session: str) -> Path:
         return self.session_dir(session) / "STOP"
@@ -353,10 +472,16 @@ class VPApp:
         (and at every evaluation). Closing the generator (the user left) stops the run; the best prompt stays in
         ``cfg.out_dir`` either way."""
         stop_file, busy = self._stop_file(session), self.session_dir(session) / "RUNNING"
-        if busy.exists() and time.time() - busy.stat().st_mtime < 30:
-            raise VPError("A training run is already going in this session; stop it first.")
-        stop_file.unlink(missing_ok=True)
-        busy.touch()
+        with self._lock:
+            if _fresh(busy):
+                _remove_failed(cfg.out_dir, self.cfg.work_dir)
+                raise VPError("A training run is already going in this session; stop it first.")
+            if len(self.active_runs()) >= self.cfg.max_runs:
+                _remove_failed(cfg.out_dir, self.cfg.work_dir)
+                raise VPError(f"{self.cfg.max_runs} training run(s) are going now, the most this app runs at once; "
+                              "try again in a few minutes.")
+            stop_file.unlink(missing_ok=True)
+            busy.touch()
         run = _BackgroundRun(lambda callback, should_stop: Trainer(cfg, callbacks=[callback], should_stop=should_stop,
                                                                    cache=self.cache).run(),
                              stop_file, busy, name=f"train-{session}")
@@ -373,7 +498,15 @@ class VPApp:
                 yield view.update(ev, now - run.t0)
         finally:
             run.close()
-        yield view.final(run.result(), time.perf_counter() - run.t0)
+            # the unpacked upload was decoded into memory when the run started: it is not needed any more
+            if Path(cfg.dataset).is_relative_to(Path(cfg.out_dir)):
+                shutil.rmtree(Path(cfg.out_dir) / "data", ignore_errors=True)
+        try:
+            result = run.result()
+        except BaseException:
+            _remove_failed(cfg.out_dir, self.cfg.work_dir)
+            raise
+        yield view.final(result, time.perf_counter() - run.t0)
 
     def add_to_zoo(self, path: str | None, name: str) -> str:
         """Copy a trained prompt into the user's zoo (``AppConfig.user_zoo_dir``) under ``name``."""
@@ -405,6 +538,44 @@ class VPApp:
         if re.fullmatch(r"[\w-]{1,128}", session or "") and d.is_dir():
             (d / "STOP").touch()
             shutil.rmtree(d, ignore_errors=True)
+
+
+def disk_usage(path) -> int:
+    """Bytes of the files under ``path`` (0 when it does not exist); links are not followed."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass  # removed meanwhile
+    return total
+
+
+def _fresh(busy: Path, now: float | None = None, seconds: float = 30) -> bool:
+    """Whether a RUNNING file was touched in the last ``seconds`` (a run touches it at every step)."""
+    try:
+        return (time.time() if now is None else now) - busy.stat().st_mtime < seconds
+    except OSError:
+        return False
+
+
+def _remove_failed(out_dir, work_dir) -> None:
+    """A failed run leaves nothing behind (a stopped one keeps its prompts: it did not fail); only folders the app
+    made in its work folder are removed."""
+    out = Path(out_dir).resolve()
+    if out.is_relative_to(Path(work_dir).resolve()) and out != Path(work_dir).resolve():
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def unexpected_error(e: BaseException, action: str = "doing this") -> str:
+    """The sentence a user sees for an error that is not theirs (a bug, a full disk): what happened in words, while
+    the traceback goes to the server's log for whoever maintains it."""
+    import logging
+
+    logging.getLogger("visual_prompting.app").error("unexpected error while %s", action, exc_info=e)
+    return (f"Something went wrong on the server while {action} ({type(e).__name__}); it was logged for the "
+            "maintainers. Try again, or with another input.")
 
 
 def _status(ev: TrainEvent, elapsed: float) -> str:
