@@ -189,10 +189,16 @@ def b_accuracy_budget() -> str:
     trained = [r["seconds"] / 60 for r in rows if r["kind"] == "prompt"]
     np_ = [r["seconds"] / 60 for r in rows if r["kind"] == "no_prompt"]
     lp = [r["seconds"] / 60 for r in rows if r["kind"] == "linear_probe"]
+    provs = [r.get("provenance") or {} for r in rows]
+    single = sum(1 for p in provs if (p.get("machine") or {}).get("torch_threads") == 1)
+    busy = max((p.get("load_average_before_run") or [0])[0] for p in provs)
+    caveat = (f" These are the rows' own times from several runs: {single} of {len(rows)} rows ran with one torch "
+              f"thread, side by side with another run, and the busiest started at a load average of {busy:.1f}, so "
+              "they overstate what one run on an idle machine takes." if single or busy > 1.5 else "")
     return (f"Measured ({stamp(provenance_of(d), 'benchmarks/results/accuracy.json')}): "
             f"{d['total_seconds'] / 60:.1f} min in all on the {cores(provenance_of(d))}; a trained row "
             f"{min(trained):.1f}-{max(trained):.1f} min, the no-prompt rows {min(np_):.1f}-{max(np_):.1f} min, the "
-            f"linear probe {lp[0]:.1f} min.")
+            f"linear probe {lp[0]:.1f} min.{caveat}")
 
 
 def b_accuracy_reading() -> str:
