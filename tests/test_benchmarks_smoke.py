@@ -104,11 +104,16 @@ def test_accuracy_smoke(tmp_path):
     assert len(no_prompt) == 3 and all(r["trainable_params"] == 0 for r in no_prompt)
     assert sum(r["method"] == "linear_probe" for r in rows) == 1
     trained = [r for r in rows if r["kind"] == "prompt"]
-    assert len(trained) == 14 and all(r["trainable_params"] > 0 for r in trained)
+    assert len(trained) == 15 and all(r["trainable_params"] > 0 for r in trained)
     # every trained row: time to target, capture robustness, its settings, input-only
     for r in trained:
         assert r["steps_to_target"] is None or 1 <= r["steps_to_target"] <= r["steps"]
-        assert 0 <= r["test_top1_jpeg75"] <= 1 and 0 <= r["test_top1_resize075"] <= 1 and r["input_only"] is True
+        assert 0 <= r["test_top1_jpeg75"] <= 1 and 0 <= r["test_top1_resize075"] <= 1
+        # only a row that also trains an output layer is not input-only, and it counts that layer's numbers
+        assert r["input_only"] is (r["label_mapping"] != "fully_map")
+    fm, fast = next(r for r in trained if r["method"] == "fully_map_fast"), next(
+        r for r in trained if r["method"] == "recipe_fast")
+    assert fm["trainable_params"] == fast["trainable_params"] + 1000 * 10 + 10
     by = {r["method"]: r for r in rows}
     assert by["recipe_robust"]["settings"]["capture"] == "capture" and by["recipe_fast"]["settings"]["optimizer"] == "adam"
     assert by["linear_probe"]["input_only"] is False
