@@ -218,9 +218,13 @@ def b_accuracy_reading() -> str:
                 f"{r['method']} {pct(r['test_top1'])} with {r['trainable_params']:,} trained numbers" for r in apart)
                 + f" (the linear probe trains {lp['trainable_params']:,}).")
         if "fastest_to_target" in s:
+            pf = (f"pad_frequency at step {s['pad_frequency_steps_to_target']} "
+                  f"({s['fastest_fraction_of_pad_frequency']:.2f} of its steps)"
+                  if s.get("pad_frequency_reached_target", True) else
+                  "pad_frequency not within its run for every seed (so under "
+                  f"{s['fastest_fraction_of_pad_frequency']:.2f} of the steps it needs)")
             out.append(f"  Time to accuracy: {s['fastest_to_target']} first reached the target validation top-1 at step "
-                       f"{s['fastest_steps_to_target']}, pad_frequency at step {s['pad_frequency_steps_to_target']} "
-                       f"({s['fastest_fraction_of_pad_frequency']:.2f} of its steps).")
+                       f"{s['fastest_steps_to_target']} (the slowest of its seeds), {pf}.")
         drops = s.get("capture_drop_points") or {}
         if drops:
             out.append("  Shared or resized prompted images (test top-1 lost after a JPEG-75 / a 0.75x resize round "
