@@ -22,8 +22,8 @@ import os
 import signal
 import threading
 import time
-from contextlib import contextmanager
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
@@ -42,7 +42,7 @@ from .capture import CAPTURE_AUGMENTATIONS, build_capture
 from .optim import OPTIMIZERS, build_optimizer, load_optimizer_state_tensors, optimizer_state_tensors
 from .prompters import CLAMP_MODES, INITS, PROMPTERS, PrompterConfig, create_prompter
 from .settings import check_config, listing, setting
-from .utils import amp_dtype, autocast, pick_device, seed_everything
+from .utils import amp_dtype, autocast, pick_device, seed_everything, write_text_atomic
 
 
 def _pct(text: str) -> str:
@@ -169,15 +169,6 @@ def history_record(ev: TrainEvent) -> dict | None:
     if ev.kind == "step" and ev.step % max(1, ev.total_steps // HISTORY_STEPS) and ev.step != ev.total_steps:
         return None
     return {f.name: getattr(ev, f.name) for f in fields(ev) if f.name != "prompt" and getattr(ev, f.name) is not None}
-
-
-def write_json_atomic(path: str, obj) -> None:
-    """Write JSON to a temporary file and rename it into place: a run killed at any moment leaves the old file
-    or the new one, never half of one."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
 
 
 class Diverged(Exception):
@@ -328,7 +319,7 @@ class Trainer:
                    "baseline_mapping": self.model.head.baseline_indices()}
         save_prompt(self.last_path, self.prompter, self.metadata(metrics), state=state,
                     head=self.model.head.state_tensors())
-        write_json_atomic(os.path.join(self.out_dir, "history.json"), self.history)
+        write_text_atomic(os.path.join(self.out_dir, "history.json"), json.dumps(self.history))
 
     def try_resume(self) -> bool:
         if not (self.cfg.resume and os.path.isfile(self.last_path)):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 
 import numpy as np
@@ -58,3 +59,12 @@ def eval_mode(module: torch.nn.Module):
     finally:
         if was:
             module.train()
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place: a process killed at any moment,
+    or a second writer, leaves the old file or the new one, never half of one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

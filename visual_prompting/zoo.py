@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .errors import VPError
 from .prompt_file import read_metadata
+from .utils import write_text_atomic
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "prompts_zoo"
 INDEX = ZOO_DIR / "index.json"
@@ -102,7 +103,6 @@ def add_prompt(prompt_path, name: str, folder: str | Path = USER_ZOO_DIR, **extr
     entries = [e for e in load_index(folder) if e["name"] != name]
     entry = index_entry(name, target.name, pf.meta, **extra)
     entries.append(entry)
-    tmp = folder / "index.json.tmp"
-    tmp.write_text(json.dumps({"version": 1, "prompts": entries}, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, folder / "index.json")
+    write_text_atomic(folder / "index.json",
+                      json.dumps({"version": 1, "prompts": entries}, indent=1, ensure_ascii=False) + "\n")
     return entry
