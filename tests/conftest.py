@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from visual_prompting import TrainConfig, load_backbone, train
-from visual_prompting.data import load_splits
+from visual_prompting.data import DataSplits, load_splits
 
 torch.set_num_threads(int(os.environ.get("VP_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
@@ -28,6 +28,15 @@ def effnet():
 @pytest.fixture(scope="session")
 def subset_splits():
     return load_splits("fashion_mnist_subset", image_size=64)
+
+
+@pytest.fixture(scope="session")
+def small():
+    """A small fixed part of the bundled subset at 32 px: 200 train, 100 validation, 100 test images."""
+    full = load_splits("fashion_mnist_subset", image_size=32)
+    g = torch.Generator().manual_seed(0)
+    pick = lambda part, n: part.subset(torch.randperm(len(part), generator=g)[:n].sort().values)  # noqa: E731
+    return DataSplits(pick(full.train, 200), pick(full.val, 100), pick(full.test, 100), full.class_names, full.name)
 
 
 @pytest.fixture(scope="session")

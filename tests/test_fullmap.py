@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from visual_prompting import BackboneCache, PromptedModel, TrainConfig, VPError
-from visual_prompting.data import DataSplits, load_splits
 from visual_prompting.evaluation import evaluate
 from visual_prompting.heads import FullyMapHead, LabelMappingHead
 from visual_prompting.prompt_file import load_prompt
@@ -64,14 +63,6 @@ def test_it_learns_what_a_one_to_one_mapping_cannot():
 
 
 # -- through training -------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def small():
-    full = load_splits("fashion_mnist_subset", image_size=32)
-    g = torch.Generator().manual_seed(0)
-    pick = lambda part, n: part.subset(torch.randperm(len(part), generator=g)[:n].sort().values)  # noqa: E731
-    return DataSplits(pick(full.train, 200), pick(full.val, 100), pick(full.test, 100), full.class_names, full.name)
-
 
 @pytest.fixture(scope="module")
 def cache():

@@ -12,20 +12,11 @@ import torch
 
 from visual_prompting import BackboneCache, PromptedModel, TrainConfig
 from visual_prompting.training import Trainer
-from visual_prompting.data import DataSplits, load_splits
 from visual_prompting.evaluation import evaluate
 from visual_prompting.prompt_file import load_prompt
 
 SPEC = "effnet-lite0@32"
 STEPS_PER_EPOCH = 4
-
-
-@pytest.fixture(scope="module")
-def small():
-    full = load_splits("fashion_mnist_subset", image_size=32)
-    g = torch.Generator().manual_seed(0)
-    pick = lambda part, n: part.subset(torch.randperm(len(part), generator=g)[:n].sort().values)  # noqa: E731
-    return DataSplits(pick(full.train, 200), pick(full.val, 100), pick(full.test, 100), full.class_names, full.name)
 
 
 @pytest.fixture(scope="module")
