@@ -65,6 +65,28 @@ def throughput(spec: str, device: str, amp: bool, batch: int, steps: int, splits
                 "peak_mem_mib": round(torch.cuda.max_memory_allocated() / 2**20) if t.device.type == "cuda" else None}
 
 
+def readback_check(device: str, rounds: int = 6) -> dict:
+    """HostReadback on this device: each value read back (one step late, as the trainer reads) equals what a plain
+    ``.item()`` gives once the device is idle, while the next step's work is still queued."""
+    from visual_prompting.utils import HostReadback
+
+    dev = torch.device(device)
+    rb = HostReadback(dev)
+    n = 2048 if dev.type == "cuda" else 64
+    a = torch.randn(n, n, device=dev)
+    held, pairs = None, []
+    for _ in range(rounds + 1):
+        b = a @ a  # a step's worth of queued work
+        t = (b.mean(), b.std())
+        token = rb.send(*t)
+        if held is not None:
+            got = rb.read(held[0])
+            pairs.append((got, [float(v) for v in held[1]]))
+        held = (token, t)
+        a = b / b.norm()
+    return {"device": device, "rounds": len(pairs), "values_equal": all(g == e for g, e in pairs)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
@@ -77,6 +99,8 @@ def main() -> None:
     batch, steps = (16, 3) if a.tiny else (256, 20)
     report = {"device": torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu",
               "torch": torch.__version__, "provenance": prov, "throughput": []}
+    report["readback"] = readback_check(a.device)
+    print(json.dumps(report["readback"]), flush=True)
     for spec in specs:
         S = 32 if spec == "clip:vp-tiny" else (64 if a.tiny else 224)
         splits = load_splits("fashion_mnist_subset", image_size=S)

@@ -42,7 +42,7 @@ from .capture import CAPTURE_AUGMENTATIONS, build_capture
 from .optim import OPTIMIZERS, build_optimizer, load_optimizer_state_tensors, optimizer_state_tensors
 from .prompters import CLAMP_MODES, INITS, PROMPTERS, PrompterConfig, create_prompter
 from .settings import check_config, listing, setting
-from .utils import amp_dtype, autocast, pick_device, seed_everything, write_text_atomic
+from .utils import HostReadback, amp_dtype, autocast, pick_device, seed_everything, write_text_atomic
 
 
 def _pct(text: str) -> str:
@@ -262,6 +262,7 @@ class Trainer:
         self.history: list[dict] = []
         self.step = 0
         self._pending: tuple | None = None  # the step event advance() holds back until the next step is queued
+        self.readback = HostReadback(self.device)  # its loss and accuracy, on their way to the host
         self.best_val = -1.0
         self.diverged: str | None = None  # the message, once the loss became non-finite
         self.ctrl_c = False  # Ctrl-C was pressed: stop at the next step boundary
@@ -442,6 +443,8 @@ class Trainer:
                     raise KeyboardInterrupt
                 if self.should_stop():
                     raise StopTraining
+                if self.device.type == "cuda":  # a copy from pageable memory would wait for the queued steps
+                    images, labels = images.pin_memory(), labels.pin_memory()
                 self.advance(to_model_input(images.to(self.device, non_blocking=True), S), labels, epoch)
                 if self.step % self.eval_every == 0 or self.step == self.total_steps:
                     self.flush_step()
@@ -450,13 +453,15 @@ class Trainer:
 
     def advance(self, x: torch.Tensor, y: torch.Tensor, epoch: int = 0) -> None:
         """One step as the loop takes it: :meth:`train_step`, then the *previous* step's event. That step's loss and
-        accuracy are read from the device one step late, once this step is queued, so on a GPU the host does not
-        sit idle waiting for each step before it can queue the next (on CPU it changes nothing).
+        accuracy are read from the device one step late, once this step is queued, and through
+        :class:`~visual_prompting.utils.HostReadback`, which waits for that step alone (``float(loss)`` would wait
+        for the step just queued too), so on a GPU the host never waits for the device to run dry before it queues
+        the next step (on CPU it changes nothing).
         :meth:`flush_step` emits the one held back (before each evaluation and at the end)."""
         start = time.perf_counter()
         loss, acc, lr = self.train_step(x, y)
         self.step += 1
-        previous, self._pending = self._pending, (self.step, epoch, loss, acc, lr, len(y), start)
+        previous, self._pending = self._pending, (self.step, epoch, self.readback.send(loss, acc), lr, len(y), start)
         self._emit_step(previous, end=start)
 
     def flush_step(self) -> None:
@@ -470,8 +475,8 @@ class Trainer:
         last step before an evaluation or the end, to the moment its result is read back from the device."""
         if pending is None:
             return
-        step, epoch, loss, acc, lr, n, start = pending
-        loss, acc = float(loss), float(acc)  # waits for that step on the device
+        step, epoch, values, lr, n, start = pending
+        loss, acc = self.readback.read(values)  # waits for that step on the device (not for the one queued after it)
         if not math.isfinite(loss):
             self.diverged = (f"The loss became {loss} at step {step}: training stopped and the last good prompt is "
                              f"kept (best: {self.best_path}). Try a lower learning rate (now {self.cfg.lr:g}).")

@@ -27,6 +27,41 @@ def pick_device(name: str = "auto") -> torch.device:
     return dev
 
 
+class HostReadback:
+    """A step's scalars (loss, accuracy) on their way to the host, read later without waiting for the work queued
+    after them.
+
+    ``float(t)`` / ``t.item()`` on a CUDA tensor synchronises the whole stream: read one step late, it still waits
+    for the step just queued, and the GPU runs dry while the host queues the next one. Here, on CUDA, the values
+    are copied into one of a few pinned host buffers behind an event, and :meth:`read` waits for that event only.
+    Elsewhere (CPU, MPS) the values are kept as they are and read directly (nothing to overlap on CPU).
+    At most ``slots - 1`` sent values may wait unread (the trainer keeps one)."""
+
+    def __init__(self, device: torch.device, n: int = 2, slots: int = 3):
+        self.cuda = device.type == "cuda"
+        self.n = n
+        self._bufs = [torch.empty(n, pin_memory=True) for _ in range(slots)] if self.cuda else []
+        self._next = 0
+
+    def send(self, *values: torch.Tensor) -> tuple:
+        v = torch.stack([t.detach().float().reshape(()) for t in values])
+        if not self.cuda:
+            return v, None
+        buf = self._bufs[self._next]
+        self._next = (self._next + 1) % len(self._bufs)
+        buf.copy_(v, non_blocking=True)
+        ev = torch.cuda.Event()
+        ev.record()
+        return buf, ev
+
+    @staticmethod
+    def read(token: tuple) -> list[float]:
+        values, event = token
+        if event is not None:
+            event.synchronize()
+        return values.tolist()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
