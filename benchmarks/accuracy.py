@@ -408,10 +408,14 @@ def summarize(rows: list[dict]) -> dict:
         ref = row_steps_to_target(by["pad_frequency"])
         fastest = [(row_steps_to_target(r), r["method"]) for r in prompts if row_steps_to_target(r) is not None]
         if fastest:
-            n, m = min(fastest)
+            n = min(k for k, _ in fastest)
+            m = " and ".join(sorted(name for k, name in fastest if k == n))  # every row tied at the fastest
             # pad_frequency not at the target within its run (some seed never got there): it needs more than its
             # steps, so the fraction is an upper bound
             reached = ref is not None
+            first_evals = [c[0][0] for r in prompts for ps in (r.get("per_seed") or [r]) if (c := ps.get("val_curve"))]
+            if first_evals and ref == n <= min(first_evals):  # the reference too at the first look: nothing separated
+                out["target_at_first_evaluation"] = True
             out.update(fastest_to_target=m, fastest_steps_to_target=n, pad_frequency_steps_to_target=ref,
                        pad_frequency_reached_target=reached,
                        fastest_fraction_of_pad_frequency=round(n / (ref if reached else by["pad_frequency"]["steps"]), 3))

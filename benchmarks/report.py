@@ -73,6 +73,8 @@ def stamp(prov: dict, rel: str) -> str:
     c = str(prov.get("git_commit") or "no commit")[:10]
     dirty = " (dirty tree)" if prov.get("git_dirty") else ""
     text = f"`{rel}`, {str(prov.get('date_utc') or 'no date')[:10]}, commit {c}{dirty}"
+    if prov.get("source_commit_declared"):  # a lent machine's copy of the tree: its git may report another commit
+        text += f" (a copy of commit {str(prov['source_commit_declared'])[:10]}, as its launcher declared)"
     if not prov.get("recorded"):
         text += ", provenance not recorded by the tool (see its `provenance.note`)"
     return text
@@ -223,8 +225,14 @@ def b_accuracy_reading() -> str:
                   if s.get("pad_frequency_reached_target", True) else
                   "pad_frequency not within its run for every seed (so under "
                   f"{s['fastest_fraction_of_pad_frequency']:.2f} of the steps it needs)")
-            out.append(f"  Time to accuracy: {s['fastest_to_target']} first reached the target validation top-1 at step "
-                       f"{s['fastest_steps_to_target']} (the slowest of its seeds), {pf}.")
+            if s.get("target_at_first_evaluation"):
+                out.append(f"  Time to accuracy: {s['fastest_to_target']} reached the target validation top-1 at the "
+                           f"first evaluation (step {s['fastest_steps_to_target']}), pad_frequency at step "
+                           f"{s['pad_frequency_steps_to_target']}: at this setting the target is too low to tell "
+                           "rows apart by speed.")
+            else:
+                out.append(f"  Time to accuracy: {s['fastest_to_target']} first reached the target validation top-1 "
+                           f"at step {s['fastest_steps_to_target']} (the slowest of its seeds), {pf}.")
         drops = s.get("capture_drop_points") or {}
         if drops:
             out.append("  Shared or resized prompted images (test top-1 lost after a JPEG-75 / a 0.75x resize round "
@@ -259,7 +267,10 @@ def b_speed() -> str:
                        f"{r['ratio_vs_limit']:.2f} (goal 0.95: {'met' if r['ratio_vs_limit'] >= 0.95 else 'not met'}), "
                        f"library/reference {r['ratio_vs_reference']:.2f} (goal 2: "
                        f"{'met' if r['ratio_vs_reference'] >= 2 else 'not met'}); per repeat, library "
-                       f"{rng('library')} img/s, limit {rng('limit')} img/s.")
+                       f"{rng('library')} img/s, limit {rng('limit')} img/s."
+                       + (f" The same step reading each loss with a stream sync (as before `HostReadback`): "
+                          f"{r['library_stream_sync_img_s']:,.0f} img/s, {r['library_stream_sync_img_s'] / r['limit_img_s']:.2f}x "
+                          "the limit." if r.get("library_stream_sync_img_s") else ""))
     return "\n".join(out) + "\n"
 
 
@@ -485,6 +496,10 @@ def stale() -> list[str]:
             lines.append(f"MISSING {name}: {rel} not written yet (`python {script}`)")
             continue
         commit = prov.get("git_commit")
+        measured_dirty = prov.get("git_dirty")
+        declared = str(prov.get("source_commit_declared") or "")
+        if declared:  # a lent machine ran a copy of the tree: the commit its launcher declared is what was measured
+            commit, measured_dirty = declared.split()[0], "dirty" in declared
         paths = measures(script)
         if not commit:
             lines.append(f"STALE?  {name} ({rel}): no commit recorded, cannot tell; rerun `python {script}`")
@@ -494,7 +509,7 @@ def stale() -> list[str]:
             continue
         _, log = git("log", "--format=%h %cs %s", f"{commit}..HEAD", "--", *paths)
         changed = [ln for ln in log.splitlines() if ln]
-        dirty = " (measured on a dirty tree)" if prov.get("git_dirty") else ""
+        dirty = " (measured on a dirty tree)" if measured_dirty else ""
         if changed:
             _, files = git("diff", "--name-only", commit, "HEAD", "--", *paths)
             lines.append(f"STALE   {name} ({rel}, commit {commit[:10]}{dirty}): {len(changed)} later commit(s) "

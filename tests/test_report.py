@@ -53,10 +53,15 @@ def test_stale_lists_results_whose_measured_code_changed(report, monkeypatch):
     fake = [("now", "x.json", "benchmarks/speed.py", {"git_commit": head, "git_dirty": False}),
             ("old", "y.json", "benchmarks/speed.py", {"git_commit": first, "git_dirty": False}),
             ("none", "z.json", "benchmarks/speed.py", {"git_commit": None}),
-            ("missing", "w.json", "benchmarks/speed.py", None)]
+            ("missing", "w.json", "benchmarks/speed.py", None),
+            # a lent machine's copy: its git reports an old commit, its launcher declared the commit it copied
+            ("copy", "v.json", "benchmarks/speed.py", {"git_commit": first, "git_dirty": True,
+                                                       "source_commit_declared": head}),
+            ("copydirty", "u.json", "benchmarks/speed.py", {"git_commit": head, "source_commit_declared": f"{head} (dirty)"})]
     monkeypatch.setattr(report, "entries", lambda: fake)
     lines = report.stale()
-    assert not any(" now " in ln for ln in lines)
+    assert not any(" now " in ln or " copy " in ln for ln in lines)
+    assert any(ln.startswith("STALE?  copydirty") and "dirty tree" in ln for ln in lines)
     assert any(ln.startswith("STALE   old") and "benchmarks/speed.py" in ln for ln in lines)
     assert any(ln.startswith("STALE?  none") for ln in lines) and any(ln.startswith("MISSING missing") for ln in lines)
 
