@@ -16,6 +16,7 @@ EPILOG_TRAIN = """examples:
   python -m visual_prompting train --model effnet-lite0@96 --dataset fashion_mnist_subset --steps 200 --batch-size 64
   python -m visual_prompting train --model clip:ViT-B-32/openai --dataset cifar10 --download --epochs 1000
   python -m visual_prompting train --dataset path/to/class_folders --prompter shrink_pad --steps 500 --resume
+  torchrun --nproc_per_node=4 -m visual_prompting train --dataset cifar10 --batch-size 256   # 4 GPUs, one prompt
 """
 
 
@@ -140,6 +141,10 @@ def cmd_train(a) -> int:
             bar.close()
 
     res = train(cfg, callbacks=[progress])
+    from .distributed import current
+
+    if not current().is_main:  # several processes (torchrun): rank 0 alone reports
+        return 130 if res.interrupted else 0
     m = res.metrics
     if res.interrupted:
         print(res.stop_reason)

@@ -34,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .classnames import CLASSNAMES
+from .distributed import ShardedBatchSampler, batch_indices
 from .errors import VPError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -152,8 +153,13 @@ class ImageSet:
     def subset(self, indices: torch.Tensor) -> ImageSet:
         raise NotImplementedError
 
-    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
-        """Yield ``(uint8 images, labels)`` once over the set."""
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                shard: tuple[int, int] | None = None, start: int = 0):
+        """Yield ``(uint8 images, labels)`` once over the set: batches of ``batch_size`` in order, or in the order
+        ``torch.randperm(len, generator=generator)`` draws when ``shuffle``, from batch ``start`` on.
+        ``shard=(rank, world_size)``: each batch is the global batch a single process takes, and only this
+        rank's contiguous slice of it is yielded (:func:`~visual_prompting.distributed.batch_indices`), so the
+        ranks together see every image once per pass (a last batch with fewer images than ranks is left out)."""
         raise NotImplementedError
 
 
@@ -180,35 +186,67 @@ class TensorImageSet(ImageSet):
             out[i : i + chunk] = x.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
         return TensorImageSet(out, self.labels, self.class_names, self.name)
 
-    def batches(self, batch_size, shuffle=False, generator=None):
+    def batches(self, batch_size, shuffle=False, generator=None, shard=None, start=0):
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for i in range(0, n, batch_size):
-            idx = order[i : i + batch_size]
+        for idx in batch_indices(order, batch_size, shard, start):
             yield self.images[idx], self.labels[idx]
 
 
 class StreamImageSet(ImageSet):
-    """Images decoded on the fly by DataLoader workers (datasets too big to hold decoded in memory)."""
+    """Images decoded on the fly by DataLoader workers (datasets too big to hold decoded in memory).
 
-    def __init__(self, dataset, labels, class_names, name, image_size: int, num_workers: int = 2):
+    The batches come from a :class:`~visual_prompting.distributed.ShardedBatchSampler`: the same order an
+    in-memory set draws, and with ``shard`` each rank's workers decode only that rank's images. ``pin_memory``
+    (the trainer sets it on CUDA) puts batches in page-locked memory for an asynchronous copy to the GPU; each
+    worker keeps ``prefetch_factor`` batches decoded ahead."""
+
+    def __init__(self, dataset, labels, class_names, name, image_size: int, num_workers: int = 2,
+                 pin_memory: bool = False, prefetch_factor: int = 4):
         super().__init__(labels, class_names, name)
         self.dataset, self.image_size, self.num_workers = dataset, image_size, num_workers
+        self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
 
     def subset(self, indices):
         return StreamImageSet(torch.utils.data.Subset(self.dataset, indices.tolist()), self.labels[indices],
-                              self.class_names, self.name, self.image_size, self.num_workers)
+                              self.class_names, self.name, self.image_size, self.num_workers, self.pin_memory,
+                              self.prefetch_factor)
 
     def _item(self, i):
         img, y = self.dataset[i]
         return pil_to_uint8(img, self.image_size), int(y)
 
-    def batches(self, batch_size, shuffle=False, generator=None):
+    def batches(self, batch_size, shuffle=False, generator=None, shard=None, start=0):
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        sampler = ShardedBatchSampler(order, batch_size, *(shard or (0, 1)), start=start)
+        workers = self.num_workers
         loader = torch.utils.data.DataLoader(
-            _Decoded(self), batch_size=batch_size, shuffle=shuffle, generator=generator,
-            num_workers=self.num_workers, persistent_workers=False)
+            _Decoded(self), batch_sampler=sampler, num_workers=workers, persistent_workers=False,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            prefetch_factor=self.prefetch_factor if workers else None,
+            # the workers' base seed comes from this generator, never from the global RNG (augmentations use that)
+            generator=generator if generator is not None else torch.Generator().manual_seed(SPLIT_SEED))
         for x, y in loader:
             yield x, y
+
+
+def loader_images_per_s(data: ImageSet, batch_size: int, batches: int = 20, shard: tuple[int, int] | None = None,
+                        shuffle: bool = True) -> float:
+    """Images per second that ``data.batches`` delivers alone (decoding, workers, pinning; no model), over at most
+    ``batches`` batches after the first (which pays for starting the workers)."""
+    import time
+
+    it = data.batches(batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(0), shard=shard)
+    if next(it, None) is None:
+        return float("nan")
+    n, t0 = 0, time.perf_counter()
+    for k, (x, _) in enumerate(it):
+        n += len(x)
+        if k + 1 >= batches:
+            break
+    dt = time.perf_counter() - t0
+    return n / dt if n else float("nan")
 
 
 class _Decoded(torch.utils.data.Dataset):
@@ -354,7 +392,7 @@ def _load_zip(name: str, o: SourceOptions):
 
     with tempfile.TemporaryDirectory(prefix="vp-zip-") as tmp:  # decoded into memory, so the copy can go
         folder = extract_zip_dataset(name, tmp)
-        train, test = _image_folder(folder, o.image_size, o.max_cache_bytes, o.num_workers)
+        train, test = _image_folder(folder, o.image_size, 1 << 62, o.num_workers)  # never streamed from tmp
     label = Path(folder).name if Path(folder) != Path(tmp) else Path(name).stem
     return train, test, label
 
@@ -529,7 +567,29 @@ def _image_folder(path: str, image_size: int, max_bytes: int, workers: int) -> t
         train_items, test_items = [items[i] for i in keep], [items[i] for i in held]
     names = [c.replace("_", " ") for c in classes]
     label = folder.name
-    return (_decode_items(train_items, names, label, image_size), _decode_items(test_items, names, label, image_size))
+
+    def load(items):
+        if len(items) * 3 * image_size**2 > max_bytes:  # too large to hold decoded: read as it is used
+            labels = torch.tensor([y for _, y in items], dtype=torch.long)
+            return StreamImageSet(_FolderFiles(items), labels, names, label, image_size, workers)
+        return _decode_items(items, names, label, image_size)
+
+    return load(train_items), load(test_items)
+
+
+class _FolderFiles(torch.utils.data.Dataset):
+    """The image files of a folder dataset, opened when asked for (the streaming path: an unreadable file is an
+    error when its turn comes, where the in-memory path skips it with a warning up front)."""
+
+    def __init__(self, items: list[tuple[str, int]]):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        path, y = self.items[i]
+        return open_image(path), y
 
 
 def _decode_items(items, names, label, image_size) -> TensorImageSet:

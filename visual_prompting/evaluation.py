@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import ImageSet, to_model_input
+from .distributed import all_reduce_sum
 from .model import PromptedModel
 from .utils import autocast, eval_mode
 
@@ -38,7 +39,9 @@ def logits_over(model: PromptedModel, data: ImageSet, use_prompt: bool = True, b
 
 
 def evaluate(model: PromptedModel, data: ImageSet, use_prompt: bool = True, batch_size: int = 256,
-             amp: bool = True) -> EvalResult:
+             amp: bool = True, sum_across_ranks: bool = False) -> EvalResult:
+    """Accuracy over ``data``. ``sum_across_ranks``: ``data`` is this process's part of the split (distributed
+    training) and the counts are summed over the processes, so every rank gets the whole split's numbers."""
     k = len(model.class_names)
     correct1 = correct5 = 0
     loss_sum = 0.0
@@ -53,6 +56,12 @@ def evaluate(model: PromptedModel, data: ImageSet, use_prompt: bool = True, batc
         lab = labels.cpu()
         totals += torch.bincount(lab, minlength=k)
         hits += torch.bincount(lab[ok1], minlength=k)
+    if sum_across_ranks:
+        packed = torch.cat([torch.tensor([correct1, correct5, loss_sum], dtype=torch.float64),
+                            hits.double(), totals.double()])
+        packed = all_reduce_sum(packed)
+        correct1, correct5, loss_sum = int(packed[0]), int(packed[1]), float(packed[2])
+        hits, totals = packed[3 : 3 + k].long(), packed[3 + k :].long()
     n = int(totals.sum())
     per_class = {name: (float(hits[i]) / float(totals[i]) if totals[i] else float("nan"))
                  for i, name in enumerate(model.class_names)}

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from .backbones import Backbone, BackboneCache, ClipBackbone, backbone_help, load_backbone
-from .data import DataSplits, canonical_name, dataset_help, load_splits, to_model_input
+from .data import DataSplits, StreamImageSet, canonical_name, dataset_help, load_splits, to_model_input
+from .distributed import (Ranks, all_reduce_sum, broadcast_bytes, check_divisible, global_batches, init_from_env,
+                          local_leader_first, rank_seed, reduce_step, rng_states, shard_indices)
 from .errors import VPError
 from .evaluation import evaluate, logits_over
 from .heads import MAPPINGS, TEMPLATE_SETS, create_head, prediction_counts
@@ -116,6 +119,9 @@ class TrainConfig:
     resume: bool = setting(False, "continue from OUT_DIR/last.safetensors")
     num_workers: int = setting(2, "image decoding workers for datasets too large to cache (default: %(default)s)",
                                low=0, label="Workers")
+    cache_gib: float = setting(4.0, "a split's decoded images are held in memory up to this many GiB; a larger one is "
+                               "decoded by --num-workers DataLoader workers as it is used (default: %(default)s)",
+                               low=0, label="The cache limit")
     # also measure test accuracy without the prompt (a benchmark with its own no-prompt rows turns it off: it is
     # one more pass over the test set per run)
     test_without_prompt: bool = setting(True, cli=False)
@@ -214,11 +220,21 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         self.should_stop = should_stop or (lambda: False)
         self.device = pick_device(cfg.device)
+        # under torchrun: join the other processes (one process: SINGLE, nothing changes; cuda -> cuda:LOCAL_RANK)
+        self.ranks: Ranks
+        self.ranks, self.device = init_from_env(self.device)
         seed_everything(cfg.seed)
-        self.backbone: Backbone = cache.get(cfg.model, self.device) if cache else load_backbone(cfg.model, self.device)
-        S = self.backbone.image_size
-        self.splits = splits or load_splits(cfg.dataset, image_size=S, root=cfg.data_root, download=cfg.download,
-                                            val_fraction=cfg.val_fraction, num_workers=cfg.num_workers)
+        with local_leader_first(self.ranks):  # weights and data downloaded once per machine, not raced
+            self.backbone: Backbone = (cache.get(cfg.model, self.device) if cache
+                                       else load_backbone(cfg.model, self.device))
+            S = self.backbone.image_size
+            self.splits = splits or load_splits(cfg.dataset, image_size=S, root=cfg.data_root, download=cfg.download,
+                                                val_fraction=cfg.val_fraction, num_workers=cfg.num_workers,
+                                                max_cache_bytes=int(cfg.cache_gib * 2**30))
+        if self.device.type == "cuda":  # streamed batches in page-locked memory: an asynchronous copy to the GPU
+            for part in (self.splits.train, self.splits.val, self.splits.test):
+                if isinstance(part, StreamImageSet):
+                    part.pin_memory = True
         self.class_names = self.splits.class_names
         self.is_clip = isinstance(self.backbone, ClipBackbone)
         self.templates = templates_for(cfg, canonical_name(self.splits.name)) if self.is_clip else None
@@ -232,10 +248,14 @@ class Trainer:
         ).to(self.device)
         head = create_head(self.backbone, self.class_names, templates=self.templates, mapping=cfg.label_mapping)
         self.model = PromptedModel(self.backbone, head, self.prompter, self.class_names)
-        self.batch_size = cfg.batch_size or (256 if self.is_clip else 128)
+        self.batch_size = cfg.batch_size or (256 if self.is_clip else 128)  # the global batch, over all ranks
+        self.rank_batch = check_divisible(self.batch_size, self.ranks)
         if len(self.splits.train) == 0:
             raise VPError("The training split is empty.")
-        self.steps_per_epoch = math.ceil(len(self.splits.train) / self.batch_size)
+        self.steps_per_epoch = global_batches(len(self.splits.train), self.batch_size, self.ranks.world_size)
+        if self.steps_per_epoch < 1:
+            raise VPError(f"{len(self.splits.train)} training images cannot be shared by {self.ranks.world_size} "
+                          "processes; use fewer processes.")
         self.total_steps = cfg.steps or cfg.epochs * self.steps_per_epoch
         if self.total_steps < 1:
             raise VPError("Nothing to train: steps (or epochs) must be at least 1.")
@@ -272,7 +292,18 @@ class Trainer:
         if head.needs_counts:  # also for first_k: the no-prompt baseline uses a fitted mapping
             n = len(self.splits.train)
             idx = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[: min(n, cfg.mapping_samples)]
-            self.mapping_set = self.splits.train.subset(idx)
+            self.mapping_set = self.shard(self.splits.train.subset(idx))
+        self.val_set = self.shard(self.splits.val)  # this rank's part of the validation split (all of it in one)
+        self._votes: list[torch.Tensor] = []  # distributed: each step's summed stop votes, read two steps late
+        self._stop_vote = False  # distributed: a callback raised StopTraining here; the ranks stop together
+        if self.ranks.distributed and not self.ranks.is_main:
+            torch.manual_seed(rank_seed(cfg.seed, self.ranks.rank))  # its own augmentation draws from here on
+
+    def shard(self, data):
+        """This rank's contiguous part of a set that is evaluated or counted (the set itself in one process)."""
+        if not self.ranks.distributed:
+            return data
+        return data.subset(shard_indices(torch.arange(len(data)), self.ranks.rank, self.ranks.world_size))
 
     # -- events -------------------------------------------------------------------------------------------
     def emit(self, ev: TrainEvent) -> None:
@@ -280,8 +311,15 @@ class Trainer:
         record = history_record(ev)
         if record is not None:
             self.history.append(record)
-        for cb in self.callbacks:
-            cb(ev)
+        if not self.ranks.distributed:
+            for cb in self.callbacks:
+                cb(ev)
+            return
+        for cb in self.callbacks if self.ranks.is_main else ():  # rank 0 alone reports
+            try:
+                cb(ev)
+            except StopTraining:  # a vote: every rank stops at the same step (see _agreed_stop)
+                self._stop_vote = True
 
     # -- the head fits itself (label mapping) ---------------------------------------------------------------
     def fit_head(self, use_prompt: bool = True, counts: torch.Tensor | None = None) -> torch.Tensor:
@@ -293,6 +331,8 @@ class Trainer:
             for logits, labels in logits_over(self.model, self.mapping_set, use_prompt, self.batch_size,
                                               self.cfg.amp, source=True):
                 counts += prediction_counts(logits, labels, len(self.class_names))
+            if self.ranks.distributed:
+                counts = all_reduce_sum(counts)
         self.model.head.fit(counts, baseline=not use_prompt)
         return counts
 
@@ -300,13 +340,16 @@ class Trainer:
     def metadata(self, metrics: dict) -> dict:
         return build_metadata(
             self.prompter, backbone=self.backbone.describe(), class_names=self.class_names, head=self.model.head.describe(),
-            dataset=self.splits.name, train_config=self.cfg.to_dict(), metrics=metrics)
+            dataset=self.splits.name, train_config=self.cfg.to_dict(), metrics=metrics,
+            distributed={"world_size": self.ranks.world_size, "per_rank_batch": self.rank_batch})
 
     def trained_parameters(self) -> list[torch.Tensor]:
         """Everything the optimiser updates, in a fixed order (the checkpoint's optimiser state is keyed by it)."""
         return [*self.prompter.parameters(), *self.model.head.trainable_parameters()]
 
     def save_best(self, val_top1: float) -> None:
+        if not self.ranks.is_main:  # rank 0 alone writes files
+            return
         metrics = {"val_top1": val_top1, "zero_shot_val_top1": self.zero_shot_val, "step": self.step,
                    "baseline_mapping": self.model.head.baseline_indices()}
         save_prompt(self.best_path, self.prompter, self.metadata(metrics), head=self.model.head.state_tensors())
@@ -316,16 +359,62 @@ class Trainer:
             return
         state = optimizer_state_tensors(self.optimizer, self.trained_parameters())
         state["rng"] = torch.get_rng_state()
+        if self.ranks.distributed:  # every rank's RNG (its own augmentation draws), so a resume continues them
+            for r, b in enumerate(rng_states()):
+                if r:
+                    state[f"rng_rank{r}"] = torch.frombuffer(bytearray(b), dtype=torch.uint8)
+            if not self.ranks.is_main:
+                return
         metrics = {"step": self.step, "best_val_top1": self.best_val, "zero_shot_val_top1": self.zero_shot_val,
                    "baseline_mapping": self.model.head.baseline_indices()}
         save_prompt(self.last_path, self.prompter, self.metadata(metrics), state=state,
                     head=self.model.head.state_tensors())
         write_text_atomic(os.path.join(self.out_dir, "history.json"), json.dumps(self.history))
 
+    def _load_shared(self, path: str):
+        """The prompt file at ``path`` as rank 0 reads it, on every rank (the others may not see its disk: several
+        machines); None when it has none. One process: the file, if it is there."""
+        if not self.ranks.distributed:
+            return load_prompt(path) if os.path.isfile(path) else None
+        data = None
+        if self.ranks.is_main and os.path.isfile(path):
+            with open(path, "rb") as f:
+                data = f.read()
+        data = broadcast_bytes(data)
+        if not data:
+            return None
+        with tempfile.TemporaryDirectory(prefix="vp-rank-") as tmp:  # the file as rank 0 read it, whatever happens to it
+            copy_path = os.path.join(tmp, os.path.basename(path))
+            with open(copy_path, "wb") as f:
+                f.write(data)
+            return load_prompt(copy_path)
+
+    def _read_shared_text(self, path: str) -> str | None:
+        """A text file as rank 0 reads it, on every rank (None when rank 0 has none)."""
+        if not self.ranks.distributed:
+            if not os.path.isfile(path):
+                return None
+            with open(path) as f:
+                return f.read()
+        data = None
+        if self.ranks.is_main and os.path.isfile(path):
+            with open(path, "rb") as f:
+                data = b"T" + f.read()  # an empty file is still a file
+        data = broadcast_bytes(data)
+        return data[1:].decode("utf-8") if data else None
+
+    def _main_has(self, path: str) -> bool:
+        """Whether rank 0 has the file (every rank gets its answer)."""
+        if not self.ranks.distributed:
+            return os.path.isfile(path)
+        return broadcast_bytes(b"1" if self.ranks.is_main and os.path.isfile(path) else None) == b"1"
+
     def try_resume(self) -> bool:
-        if not (self.cfg.resume and os.path.isfile(self.last_path)):
+        if not self.cfg.resume:
             return False
-        pf = load_prompt(self.last_path)
+        pf = self._load_shared(self.last_path)
+        if pf is None:
+            return False
         if pf.meta["prompter"] != self.prompter.cfg.to_dict() or pf.meta["backbone"]["spec"] != self.backbone.spec:
             raise VPError(f"{self.last_path} was made with another prompter or backbone; use a new --out-dir.")
         with torch.no_grad():
@@ -333,16 +422,21 @@ class Trainer:
                 p.copy_(q.to(self.device))
         self.model.head.restore(pf.meta["head"], pf.meta["metrics"], pf.head)
         load_optimizer_state_tensors(self.optimizer, self.trained_parameters(), pf.state)
-        if "rng" in pf.state:
-            torch.set_rng_state(pf.state["rng"])
         m = pf.meta["metrics"]
         self.step = int(m["step"])
+        if self.ranks.distributed and not self.ranks.is_main:
+            own = pf.state.get(f"rng_rank{self.ranks.rank}")
+            if own is not None:
+                torch.set_rng_state(own)
+            else:  # a checkpoint from fewer processes: a fresh stream of this rank's own
+                torch.manual_seed(rank_seed(self.cfg.seed, self.ranks.rank) + self.step)
+        elif "rng" in pf.state:
+            torch.set_rng_state(pf.state["rng"])
         self.best_val = float(m.get("best_val_top1", -1.0))
         self.zero_shot_val = m.get("zero_shot_val_top1")
-        hist = os.path.join(self.out_dir, "history.json")
-        if os.path.isfile(hist):
-            with open(hist) as f:
-                self.history = json.load(f)
+        text = self._read_shared_text(os.path.join(self.out_dir, "history.json"))
+        if text is not None:
+            self.history = json.loads(text)
         return True
 
     # -- the loop -----------------------------------------------------------------------------------------
@@ -351,7 +445,8 @@ class Trainer:
         the frequency mapping found *without* a prompt, whatever mapping the prompt trains with - with the
         hard-coded first-k mapping an unprompted model is at chance, which would flatter any prompt. :meth:`run`
         fits that mapping first."""
-        return evaluate(self.model, self.splits.val, use_prompt=False, batch_size=self.batch_size, amp=self.cfg.amp).top1
+        return evaluate(self.model, self.val_set, use_prompt=False, batch_size=self.batch_size, amp=self.cfg.amp,
+                        sum_across_ranks=self.ranks.distributed).top1
 
     @contextmanager
     def ctrl_c_between_steps(self):
@@ -379,7 +474,8 @@ class Trainer:
             return self._run()
 
     def _run(self) -> TrainResult:
-        os.makedirs(self.out_dir, exist_ok=True)
+        if self.ranks.is_main:
+            os.makedirs(self.out_dir, exist_ok=True)
         resumed = self.try_resume()
         if not resumed:
             head = self.model.head
@@ -390,13 +486,17 @@ class Trainer:
                 # counts are the baseline's, so the mapping images need not be read a second time
                 same = baseline_counts is not None and self.prompter.is_identity()
                 self.fit_head(counts=baseline_counts if same else None)
+        on = (f"; {self.ranks.world_size} processes, {self.rank_batch} images each per step"
+              if self.ranks.distributed else "")
         self.emit(TrainEvent("start", self.step, self.total_steps, zero_shot_val_top1=self.zero_shot_val,
                              message=f"{self.trainable_numbers():,} trainable numbers; "
-                                     f"{len(self.splits.train)} train / {len(self.splits.val)} val images"))
+                                     f"{len(self.splits.train)} train / {len(self.splits.val)} val images{on}"))
         interrupted, reason = False, None
         try:
             self._loop()
         except (KeyboardInterrupt, StopTraining) as e:
+            if self.torn and self.ranks.distributed:  # a second Ctrl-C: leave now (torchrun ends the others)
+                raise
             interrupted = True
             reason = (f"Stopped{' (Ctrl-C)' if isinstance(e, KeyboardInterrupt) else ''} at step {self.step}; the "
                       "best prompt so far is kept.")
@@ -406,13 +506,17 @@ class Trainer:
                 pass
         except Diverged:
             interrupted = True
+        except BaseException:
+            if self.ranks.distributed:  # an error on this rank alone: no collective now (the others would wait for
+                self.torn = True        # ever); torchrun ends them, the last checkpoint on disk stays
+            raise
         finally:
             self.save_last()  # writes nothing once the prompt is non-finite: the last good checkpoint stays
         if self.diverged:
             reason = self.diverged
-            if not os.path.isfile(self.best_path):
+            if not self._main_has(self.best_path):
                 raise VPError(f"{self.diverged} Nothing was evaluated before it, so there is no prompt to keep.")
-        elif not os.path.isfile(self.best_path):  # stopped before the first evaluation: keep what there is
+        elif not self._main_has(self.best_path):  # stopped before the first evaluation: keep what there is
             self.save_best(self._validate())
         metrics = self.finish()
         self.emit(TrainEvent("end", self.step, self.total_steps, best_val_top1=self.best_val,
@@ -422,7 +526,8 @@ class Trainer:
         return TrainResult(self.best_path, self.last_path, metrics, self.history, interrupted, self.step, reason)
 
     def _validate(self) -> float:
-        return evaluate(self.model, self.splits.val, True, self.batch_size, self.cfg.amp).top1
+        return evaluate(self.model, self.val_set, True, self.batch_size, self.cfg.amp,
+                        sum_across_ranks=self.ranks.distributed).top1
 
     def _loop(self) -> None:
         cfg, model = self.cfg, self.model
@@ -434,14 +539,17 @@ class Trainer:
                 self.emit(TrainEvent("mapping", self.step, self.total_steps, epoch=epoch,
                                      message=f"label mapping recomputed: {model.head.mapping.tolist()}"))
             gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-            for i, (images, labels) in enumerate(self.splits.train.batches(self.batch_size, shuffle=True, generator=gen)):
-                if i < skip:
-                    continue
+            # the global batch order is the same on every rank; each takes its own slice of each global batch
+            shard = (self.ranks.rank, self.ranks.world_size) if self.ranks.distributed else None
+            for images, labels in self.splits.train.batches(self.batch_size, shuffle=True, generator=gen,
+                                                            shard=shard, start=skip):
                 if self.step >= self.total_steps:
                     break
-                if self.ctrl_c:
+                if self.ranks.distributed:
+                    self._agreed_stop()
+                elif self.ctrl_c:
                     raise KeyboardInterrupt
-                if self.should_stop():
+                elif self.should_stop():
                     raise StopTraining
                 if self.device.type == "cuda":  # a copy from pageable memory would wait for the queued steps
                     images, labels = images.pin_memory(), labels.pin_memory()
@@ -485,6 +593,29 @@ class Trainer:
         self.emit(TrainEvent("step", step, self.total_steps, epoch=epoch, loss=loss, lr=lr, train_acc=acc,
                              images_per_s=n / dt))
 
+    def _agreed_stop(self) -> None:
+        """Distributed: stop when any rank asked to (Ctrl-C, the app's Stop, a callback's StopTraining), every rank
+        at the same step. Each step's all-reduce sums the ranks' votes (:meth:`reduce_across_ranks`); they are read
+        two steps late, so reading them never waits for the step just queued on the device."""
+        if len(self._votes) < 2:
+            return
+        ctrl_c, stop = self._votes.pop(0).tolist()
+        if ctrl_c:
+            raise KeyboardInterrupt
+        if stop:
+            raise StopTraining
+
+    def reduce_across_ranks(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor):
+        """After ``backward``: the batch's loss and accuracy (detached 0-d tensors). Distributed, one all-reduce
+        first makes every trained gradient the global batch's and returns the global batch's loss and accuracy
+        (:func:`~visual_prompting.distributed.reduce_step`), with this rank's stop votes summed along."""
+        if not self.ranks.distributed:
+            return loss.detach(), (logits.argmax(1) == y).float().mean()
+        votes = (int(self.ctrl_c), int(self._stop_vote or bool(self.should_stop())))
+        loss, acc, summed = reduce_step(self.trained_parameters(), loss, logits, y, votes)
+        self._votes.append(summed)
+        return loss, acc
+
     def trainable_numbers(self) -> int:
         """The prompt's numbers plus a trained head's (an input-only run: the prompt's alone)."""
         return sum(p.numel() for p in self.trained_parameters())
@@ -507,9 +638,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
+        # several processes: the global batch's gradient, loss and accuracy, before any step rule sees them
+        loss, acc = self.reduce_across_ranks(loss, logits, y)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if cfg.optimizer == "sgd":  # the paper's units; adam and l2sgd do not depend on the gradient's scale
             for p in self.prompter.parameters():
                 if p.grad is not None and p.ndim == 3 and p.shape[0] == 3:
@@ -520,7 +654,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.prompter.project_()
-        return loss.detach(), (logits.argmax(1) == y).float().mean(), lr
+        return loss, acc, lr
 
     def eval_and_checkpoint(self, epoch: int) -> None:
         val = self._validate()
@@ -536,22 +670,24 @@ class Trainer:
     def finish(self) -> dict:
         """Test numbers for the best prompt (chosen on validation), with and without the prompt. Reuses this
         run's backbone and head (the text features are not encoded again)."""
-        pf = load_prompt(self.best_path)
+        pf = self._load_shared(self.best_path)
         # a copy of this run's head with what the best prompt was saved with (the baseline stays): the live head
         # keeps the last step's state, which save_last writes after this for a resume
         head = copy.deepcopy(self.model.head)
         head.restore(pf.meta["head"], tensors=pf.head)
         best = PromptedModel(self.backbone, head, pf.prompter.to(self.device), self.class_names)
-        with_p = evaluate(best, self.splits.test, True, self.batch_size, self.cfg.amp)
+        test, summed = self.shard(self.splits.test), self.ranks.distributed
+        with_p = evaluate(best, test, True, self.batch_size, self.cfg.amp, sum_across_ranks=summed)
         metrics = {**pf.meta["metrics"], "test_top1": with_p.top1, "test_top5": with_p.top5,
                    "test_per_class": with_p.per_class, "test_n": with_p.n,
                    "best_val_top1": self.best_val, "steps": self.step}
         if self.cfg.test_without_prompt:
-            without = evaluate(best, self.splits.test, False, self.batch_size, self.cfg.amp)
+            without = evaluate(best, test, False, self.batch_size, self.cfg.amp, sum_across_ranks=summed)
             metrics.update(test_top1_no_prompt=without.top1, test_top5_no_prompt=without.top5)
         meta = pf.meta
         meta["metrics"] = metrics
-        save_prompt(self.best_path, pf.prompter, meta, head=pf.head)
+        if self.ranks.is_main:
+            save_prompt(self.best_path, pf.prompter, meta, head=pf.head)
         return metrics
 
 

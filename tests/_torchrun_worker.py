@@ -1,0 +1,87 @@
+"""What tests/test_distributed.py starts with torchrun: the CLI's ``main``, with test-only probes around it.
+
+    torchrun --nproc_per_node=2 tests/_torchrun_worker.py train ...
+
+Probes (environment variables; each file gets one line per event, appended):
+
+* ``VP_PROBE_WRITES=FILE``: ``<rank> <path>`` for every prompt file / history the trainer writes
+* ``VP_PROBE_SEEN=FILE``: ``<rank> <index>`` for every training image decoded (the training set's own indices)
+* ``VP_PROBE_STEP_DELAY=S``: rank 0 sleeps S seconds at each step event (a run long enough to interrupt)
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from visual_prompting import training  # noqa: E402
+from visual_prompting.cli import main  # noqa: E402
+
+
+def _rank() -> str:
+    return os.environ.get("RANK", "0")
+
+
+def _append(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+class _Seen(torch.utils.data.Dataset):
+    def __init__(self, inner, path):
+        self.inner, self.path = inner, path
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        _append(self.path, f"{_rank()} {i}")
+        return self.inner[i]
+
+
+def _install() -> None:
+    writes = os.environ.get("VP_PROBE_WRITES")
+    if writes:
+        def probe(fn):
+            def wrapped(path, *a, **k):
+                _append(writes, f"{_rank()} {path}")
+                return fn(path, *a, **k)
+            return wrapped
+
+        training.save_prompt = probe(training.save_prompt)
+        training.write_text_atomic = probe(training.write_text_atomic)
+
+    seen = os.environ.get("VP_PROBE_SEEN")
+    if seen:
+        loop = training.Trainer._loop
+
+        def seen_loop(self):
+            train = self.splits.train
+            assert hasattr(train, "dataset"), "VP_PROBE_SEEN needs a streamed training set"
+            train.dataset = _Seen(train.dataset, seen)  # after set-up: only the training loop's decoding is seen
+            return loop(self)
+
+        training.Trainer._loop = seen_loop
+
+    delay = float(os.environ.get("VP_PROBE_STEP_DELAY", "0"))
+    if delay:
+        init = training.Trainer.__init__
+
+        def slow_init(self, *a, **k):
+            init(self, *a, **k)
+            self.callbacks.append(lambda ev: time.sleep(delay) if ev.kind == "step" else None)
+
+        training.Trainer.__init__ = slow_init
+
+
+if __name__ == "__main__":
+    _install()
+    sys.exit(main(sys.argv[1:]))
