@@ -3,6 +3,7 @@
     python benchmarks/scaling.py                    # CPU: ~1-2 min on 2 cores (design estimate)
     python benchmarks/scaling.py --device cuda      # GPU: larger batches and sets, ~1 min (design estimate)
     python benchmarks/scaling.py --smoke --out /tmp/sc
+    python benchmarks/scaling.py --device cuda --processes 1,2,4,8   # the distributed section on 8 GPUs
 
 Training: the library's ``Trainer.train_step`` on batches of 8..128 images (CUDA: 16..1024), EfficientNet-Lite0 at
 96 px, pad prompt; each point is the median over 3 repeats of enough steps for ~256 images (CUDA ~4096).
@@ -16,12 +17,24 @@ size that is within 10% (below it a fixed per-call overhead dominates, so time g
 (time grows faster than the work, e.g. caches or memory; a single noisy point in between does not count), or
 null when it stays linear up to the largest size tried.
 
-Writes ``OUT/scaling.json`` (``training`` and ``evaluation``: sizes, seconds, images/s, the linear regime) and
-``OUT/scaling.png``.
+Distributed (data parallel, one prompt): for each process count P in ``--processes`` (CPU: 1,2; CUDA: 1 up to
+the GPUs there), ``torchrun --standalone --nproc_per_node=P benchmarks/scaling.py --dist-worker ...`` runs the
+library's ``Trainer.train_step`` on a global batch of ``--dist-batch`` (each rank its slice, one all-reduce of
+the gradient per step) with one torch thread per process on CPU. Per P: median seconds per step and global
+images/s; the all-reduce alone (median of 50) of the step's buffer and of a 69,840-number prompt (EVP's frame);
+and images/s of the streaming loader alone (DataLoader workers decoding a generated JPEG folder, each rank its
+shard, summed over ranks) next to the training step's.
+
+Writes ``OUT/scaling.json`` (``training`` and ``evaluation``: sizes, seconds, images/s, the linear regime;
+``distributed``: one row per process count) and ``OUT/scaling.png``.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +47,8 @@ from _bench import (apply_threads, bench_parser, linear_regime, provenance, mark
 import torch  # noqa: E402
 
 from visual_prompting import BackboneCache, TrainConfig  # noqa: E402
-from visual_prompting.data import DataSplits, TensorImageSet, load_splits, to_model_input  # noqa: E402
+from visual_prompting.data import (DataSplits, TensorImageSet, load_splits, loader_images_per_s,  # noqa: E402
+                                   to_model_input)
 from visual_prompting.evaluation import evaluate  # noqa: E402
 from visual_prompting.training import Trainer  # noqa: E402
 from visual_prompting.utils import pick_device  # noqa: E402
@@ -51,7 +65,10 @@ MEASURES = [
     "visual_prompting/backbones.py",
     "visual_prompting/evaluation.py",
     "visual_prompting/model.py",
+    "visual_prompting/distributed.py",
+    "visual_prompting/data.py",
 ]
+EVP_FRAME = 69_840  # numbers in EVP's 224 px frame prompt: the "~70k" all-reduce
 
 def real_images(image_size: int, n: int) -> TensorImageSet:
     """``n`` real Fashion-MNIST images at ``image_size`` (the bundled subset's 4000, tiled if more are needed)."""
@@ -86,6 +103,91 @@ def eval_scaling(model, data: TensorImageSet, sizes, repeats, device, batch: int
         seconds.append(median([timed(lambda: evaluate(model, part, True, batch), device) for _ in range(repeats)]))
     return {"dataset_sizes": list(sizes), "seconds": seconds, "images_per_s": [n / s for n, s in zip(sizes, seconds)],
             "eval_batch_size": batch, "linear": linear_regime(list(sizes), [s / n for s, n in zip(seconds, sizes)])}
+
+
+def make_folder(root: Path, n: int, size: int) -> Path:
+    """``n`` JPEG photos-like images (smooth noise) in 2 class folders: what the streaming loader decodes."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        d = root / f"c{i % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        small = torch.rand(3, 8, 8, generator=g)
+        img = torch.nn.functional.interpolate(small[None], size=(size, size), mode="bilinear")[0]
+        Image.fromarray((img.permute(1, 2, 0) * 255).byte().numpy()).save(d / f"{i}.jpg", quality=90)
+    return root
+
+
+def dist_worker(args) -> None:
+    """One process of a torchrun group (see the module text); rank 0 writes the row to ``args.dist_worker``."""
+    import torch.distributed as dist
+
+    from visual_prompting.distributed import all_reduce_sum
+
+    apply_threads(args.threads)
+    device = pick_device(args.device)
+    cache = BackboneCache()
+    bb = cache.get(args.model, device if device.type != "cuda" else torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))))
+    B, steps, warm = args.dist_batch, args.dist_steps, 2
+    data = real_images(bb.image_size, B * (steps + warm))
+    few = data.subset(torch.arange(8))
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(model=args.model, steps=10**6, batch_size=B, device=str(device), out_dir=tmp, num_workers=0)
+        trainer = Trainer(cfg, cache=cache, splits=DataSplits(data, few, few, data.class_names, data.name))
+        r, dev = trainer.ranks, trainer.device
+        shard = (r.rank, r.world_size) if r.distributed else None
+        S = bb.image_size
+        batches = [(to_model_input(x.to(dev), S), y.to(dev))
+                   for x, y in data.batches(B, shuffle=True, generator=torch.Generator().manual_seed(0), shard=shard)]
+        per = []
+        for i, (x, y) in enumerate(batches):
+            t = timed(lambda: trainer.train_step(x, y), dev)
+            if i >= warm:
+                per.append(t)
+        step = median(per)
+        comm = {}
+        for name, n in (("step_buffer", trainer.trainable_numbers() + 5), ("evp_frame", EVP_FRAME)):
+            if not r.distributed:
+                comm[name] = {"numbers": n, "seconds": None}
+                continue
+            buf = torch.zeros(n, device=dev if r.backend == "nccl" else "cpu")
+            for _ in range(5):
+                dist.all_reduce(buf)
+            comm[name] = {"numbers": n, "seconds": median([timed(lambda: dist.all_reduce(buf), dev) for _ in range(50)])}
+        loader_ips = None
+        if args.dist_folder:
+            stream = load_splits(args.dist_folder, image_size=S, max_cache_bytes=0, val_fraction=0.01,
+                                 num_workers=args.dist_workers).train
+            stream.pin_memory = dev.type == "cuda"
+            mine = loader_images_per_s(stream, B, batches=max(2, len(stream) // B - 1), shard=shard)
+            loader_ips = float(all_reduce_sum(torch.tensor([mine], dtype=torch.float64))[0])
+    if r.is_main:
+        row = {"processes": r.world_size, "backend": r.backend, "global_batch": B, "per_rank_batch": trainer.rank_batch,
+               "threads_per_process": torch.get_num_threads(), "steps_timed": len(per), "seconds_per_step": step,
+               "images_per_s": B / step, "allreduce": comm, "loader_images_per_s": loader_ips,
+               "loader_workers_per_process": args.dist_workers}
+        Path(args.dist_worker).write_text(json.dumps(row))
+
+
+def distributed_scaling(args, model: str, device, processes: list[int], folder: Path | None, tmp: str) -> list[dict]:
+    """One torchrun group per process count; their rows (see :func:`dist_worker`)."""
+    rows = []
+    for p in processes:
+        out = Path(tmp) / f"dist{p}.json"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={p}", __file__,
+               "--dist-worker", str(out), "--model", model, "--device", str(device.type),
+               "--dist-batch", str(args.dist_batch), "--dist-steps", str(args.dist_steps),
+               "--dist-workers", str(args.dist_workers), "--threads", str(args.threads or 1)]
+        if folder is not None:
+            cmd += ["--dist-folder", str(folder)]
+        print(f"-- distributed, {p} process(es): {' '.join(cmd[1:])}", flush=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or 1)}
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"torchrun with {p} processes failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+        rows.append(json.loads(out.read_text()))
+    return rows
 
 
 def describe(linear: dict, what: str) -> str:
@@ -131,7 +233,19 @@ def parse_args(argv):
     ap.add_argument("--dataset-sizes", default=None, help="comma-separated (default CPU 250..4000; CUDA 1000..32000)")
     ap.add_argument("--repeats", type=int, default=None, help="default 3 (smoke 1)")
     ap.add_argument("--target-images", type=int, default=None, help="images per timed training point (default CPU 256, CUDA 4096)")
+    ap.add_argument("--processes", default=None, help="distributed section: comma-separated process counts, each "
+                    "one torchrun group (default CPU 1,2; CUDA 1,2,4.. up to the GPUs there; smoke 2; '' skips it)")
+    ap.add_argument("--dist-batch", type=int, default=None, help="distributed: the global batch (default CPU 64, "
+                    "CUDA 256 per GPU of the largest group; smoke 4)")
+    ap.add_argument("--dist-steps", type=int, default=None, help="distributed: timed steps (default 20; smoke 2)")
+    ap.add_argument("--dist-workers", type=int, default=None, help="distributed: loader workers per process "
+                    "(default 2 on CPU, 4 on CUDA; smoke 1)")
+    ap.add_argument("--dist-images", type=int, default=None, help="distributed: images in the generated JPEG "
+                    "folder the loader streams (default 512; smoke 16)")
+    ap.add_argument("--dist-worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--dist-folder", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
+
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -140,6 +254,20 @@ def main(argv: list[str] | None = None) -> dict:
     device = pick_device(args.device)
     cuda = device.type == "cuda"
     model = args.model or ("effnet-lite0@32" if args.smoke else "effnet-lite0@96")
+    if args.dist_worker:
+        dist_worker(args)
+        return {}
+    if args.processes is not None:
+        processes = [int(v) for v in args.processes.split(",") if v.strip()]
+    elif args.smoke:
+        processes = [2]
+    else:
+        gpus = torch.cuda.device_count() if cuda else 2
+        processes = [p for p in (1, 2, 4, 8, 16) if p <= gpus]
+    args.dist_batch = args.dist_batch or (4 if args.smoke else 256 * max(processes or [1]) if cuda else 64)
+    args.dist_steps = args.dist_steps or (2 if args.smoke else 20)
+    args.dist_workers = args.dist_workers if args.dist_workers is not None else (1 if args.smoke else 4 if cuda else 2)
+    dist_images = args.dist_images or (16 if args.smoke else 512)
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
     batches = ints(args.batch_sizes) if args.batch_sizes else (
         [2, 4] if args.smoke else [16, 32, 64, 128, 256, 512, 1024] if cuda else [8, 16, 32, 64, 128])
@@ -164,11 +292,18 @@ def main(argv: list[str] | None = None) -> dict:
         training = train_scaling(trainer, data, batches, target, repeats, device)
         print(f"-- evaluation, {model} on {device}: dataset sizes {sizes}", flush=True)
         evaluation = eval_scaling(trainer.model, data, sizes, repeats, device, batch=256)
+        distributed = []
+        if processes:
+            folder = make_folder(Path(tmp) / "jpegs", dist_images, 2 * bb.image_size)
+            distributed = distributed_scaling(args, model, device, processes, folder, tmp)
     sync(device)
     doc = {"provenance": prov,
            "settings": {"model": model, "repeats": repeats, "target_images_per_training_point": target,
                         "smoke": args.smoke, "prompter": "pad", "amp": cuda},
-           "training": training, "evaluation": evaluation, "seconds": round(time.perf_counter() - t0, 1)}
+           "training": training, "evaluation": evaluation, "distributed": distributed,
+           "distributed_command_n_gpus": "python benchmarks/scaling.py --device cuda --processes 1,2,4,8 "
+                                         "(each point: torchrun --standalone --nproc_per_node=P ...)",
+           "seconds": round(time.perf_counter() - t0, 1)}
     doc["conclusions"] = [describe(training["linear"], "Training (batch size)"),
                           describe(evaluation["linear"], "Evaluation (dataset size)")]
     write_json(out / "scaling.json", doc)
@@ -178,6 +313,16 @@ def main(argv: list[str] | None = None) -> dict:
     t2 = markdown_table(["images", "seconds", "images/s"],
                         [[n, s, i] for n, s, i in zip(sizes, evaluation["seconds"], evaluation["images_per_s"])])
     body = f"{t1}\n\n{t2}\n\n" + "\n".join(f"- {c}" for c in doc["conclusions"])
+    if distributed:
+        us = lambda r, k: None if r["allreduce"][k]["seconds"] is None else 1e6 * r["allreduce"][k]["seconds"]  # noqa: E731
+        t3 = markdown_table(
+            ["processes", "global batch", "per rank", "s / step", "images/s", "all-reduce of the step (us)",
+             f"all-reduce of {EVP_FRAME:,} numbers (us)", "loader alone, images/s"],
+            [[r["processes"], r["global_batch"], r["per_rank_batch"], r["seconds_per_step"], r["images_per_s"],
+              us(r, "step_buffer"), us(r, "evp_frame"), r["loader_images_per_s"]] for r in distributed])
+        body += (f"\n\nDistributed (torchrun, {distributed[-1]['backend'] or 'one process'}; "
+                 f"{distributed[0]['threads_per_process']} thread(s) per process):\n\n{t3}\n\n"
+                 f"On N GPUs: `{doc['distributed_command_n_gpus']}`")
     print(write_markdown(out / "scaling.md", f"Cost as work grows ({model})", doc["provenance"], body))
     return doc
 

@@ -157,6 +157,12 @@ def test_scaling_smoke(tmp_path, monkeypatch):
     for part in (tr, ev):
         assert {"linear_from", "stops_linear_at", "rule"} <= set(part["linear"])
     assert len(doc["conclusions"]) == 2
+    (row,) = doc["distributed"]  # smoke: one torchrun group of 2 processes (gloo)
+    assert row["processes"] == 2 and row["per_rank_batch"] * 2 == row["global_batch"]
+    assert is_num(row["seconds_per_step"], 1e-9) and is_num(row["images_per_s"], 1e-9)
+    assert is_num(row["loader_images_per_s"], 1e-9)
+    for part in row["allreduce"].values():
+        assert is_num(part["seconds"], 1e-9) and part["numbers"] > 0
 
 
 def test_linear_regime_rule():
