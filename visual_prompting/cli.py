@@ -239,6 +239,9 @@ def cmd_info(a) -> int:
     print(f"dataset       {m.get('dataset', '')}")
     print(f"classes       {len(m['class_names'])}: {', '.join(m['class_names'][:10])}{' ...' if len(m['class_names']) > 10 else ''}")
     print(f"head          {head_text(head)}" + (f": {head['mapping']}" if "mapping" in head else ""))
+    ranks = m.get("distributed") or {}
+    if ranks.get("world_size", 1) > 1:
+        print(f"trained on    {ranks['world_size']} processes, {ranks.get('per_rank_batch')} images each per step")
     for k, v in m.get("metrics", {}).items():
         if isinstance(v, float):
             print(f"  {k:24s} {v:.4f}")
