@@ -289,7 +289,15 @@ def b_scaling() -> str:
             + f"\n- Training throughput peaks at batch {tr['batch_sizes'][best]} ({tr['images_per_s'][best]:.0f} img/s) "
               f"and reads {tr['images_per_s'][-1]:.0f} img/s at batch {tr['batch_sizes'][-1]}; evaluation reads "
               f"{min(ev['images_per_s']):.0f}-{max(ev['images_per_s']):.0f} img/s over "
-              f"{ev['dataset_sizes'][0]}-{ev['dataset_sizes'][-1]} images.\n")
+              f"{ev['dataset_sizes'][0]}-{ev['dataset_sizes'][-1]} images.\n"
+            + (f"\n{_scaling().distributed_text(d)}\n" if d.get("distributed") else ""))
+
+
+def _scaling():
+    """benchmarks/scaling.py as a module (its distributed section's text)."""
+    import importlib
+
+    return importlib.import_module("scaling")
 
 
 def b_app_latency_table() -> str:
@@ -387,7 +395,8 @@ def b_bench_times() -> str:
             ("accuracy.py", "accuracy.json", "test top-1 of every prompt kind and label mapping vs the linear probe",
              "total_seconds"),
             ("speed.py", "speed.json", "images/s of one training step: library vs limit vs reference-style loop", None),
-            ("scaling.py", "scaling.json", "training throughput vs batch size, evaluation time vs dataset size",
+            ("scaling.py", "scaling.json", "training throughput vs batch size, evaluation time vs dataset size, 1 vs 2 "
+             "processes (torchrun)",
              "seconds"),
             ("app_latency.py", "app_latency.json", "app start-up and one prediction vs the bare forward pass", None),
             ("load.py", "load.json", "many users at once while one trains: failed requests, latency", "total_seconds"),

@@ -190,6 +190,20 @@ def distributed_scaling(args, model: str, device, processes: list[int], folder: 
     return rows
 
 
+def distributed_text(doc: dict) -> str:
+    """The distributed section as Markdown (this script's .md and benchmarks/report.py)."""
+    rows = doc["distributed"]
+    us = lambda r, k: None if r["allreduce"][k]["seconds"] is None else 1e6 * r["allreduce"][k]["seconds"]  # noqa: E731
+    t = markdown_table(
+        ["processes", "global batch", "per rank", "s / step", "images/s", "all-reduce of the step (us)",
+         f"all-reduce of {EVP_FRAME:,} numbers (us)", "loader alone, images/s"],
+        [[r["processes"], r["global_batch"], r["per_rank_batch"], r["seconds_per_step"], r["images_per_s"],
+          us(r, "step_buffer"), us(r, "evp_frame"), r["loader_images_per_s"]] for r in rows])
+    return (f"Distributed (torchrun, {rows[-1]['backend'] or 'one process'}; {rows[0]['threads_per_process']} "
+            f"thread(s) per process, {rows[0]['loader_workers_per_process']} loader worker(s) each):\n\n{t}\n\n"
+            f"On N GPUs: `{doc['distributed_command_n_gpus']}`")
+
+
 def describe(linear: dict, what: str) -> str:
     s = f"{what}: per-image cost within 10% of its best from {linear['linear_from']}"
     if linear["overhead_bound_below"]:
@@ -314,15 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
                         [[n, s, i] for n, s, i in zip(sizes, evaluation["seconds"], evaluation["images_per_s"])])
     body = f"{t1}\n\n{t2}\n\n" + "\n".join(f"- {c}" for c in doc["conclusions"])
     if distributed:
-        us = lambda r, k: None if r["allreduce"][k]["seconds"] is None else 1e6 * r["allreduce"][k]["seconds"]  # noqa: E731
-        t3 = markdown_table(
-            ["processes", "global batch", "per rank", "s / step", "images/s", "all-reduce of the step (us)",
-             f"all-reduce of {EVP_FRAME:,} numbers (us)", "loader alone, images/s"],
-            [[r["processes"], r["global_batch"], r["per_rank_batch"], r["seconds_per_step"], r["images_per_s"],
-              us(r, "step_buffer"), us(r, "evp_frame"), r["loader_images_per_s"]] for r in distributed])
-        body += (f"\n\nDistributed (torchrun, {distributed[-1]['backend'] or 'one process'}; "
-                 f"{distributed[0]['threads_per_process']} thread(s) per process):\n\n{t3}\n\n"
-                 f"On N GPUs: `{doc['distributed_command_n_gpus']}`")
+        body += "\n\n" + distributed_text(doc)
     print(write_markdown(out / "scaling.md", f"Cost as work grows ({model})", doc["provenance"], body))
     return doc
 

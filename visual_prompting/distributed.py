@@ -275,7 +275,8 @@ def reduce_step(params: list[torch.Tensor], loss: torch.Tensor, logits: torch.Te
         tail = torch.stack([loss.detach().float() * n, (logits.argmax(1) == y).sum().float()])
     else:  # the mean over no images is NaN; its gradients are zeros already
         tail = torch.zeros(2, device=dev)
-    extra = torch.tensor([float(n), float(votes[0]), float(votes[1])], device=dev)
+    extra = torch.empty(3, device=dev)  # filled in place: no copy from pageable host memory (it would wait for the
+    extra[0], extra[1], extra[2] = float(n), float(votes[0]), float(votes[1])  # whole queued stream on a GPU)
     parts = [g.detach().reshape(-1).float() * n if n else torch.zeros(g.numel(), device=dev) for g in grads]
     flat = torch.cat([*parts, tail, extra])
     work = flat.to(_comm_device())

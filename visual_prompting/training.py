@@ -294,7 +294,8 @@ class Trainer:
             idx = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[: min(n, cfg.mapping_samples)]
             self.mapping_set = self.shard(self.splits.train.subset(idx))
         self.val_set = self.shard(self.splits.val)  # this rank's part of the validation split (all of it in one)
-        self._votes: list[torch.Tensor] = []  # distributed: each step's summed stop votes, read two steps late
+        self._votes: list[tuple] = []  # distributed: each step's summed stop votes, read two steps late
+        self._vote_readback = HostReadback(self.device, slots=4)
         self._stop_vote = False  # distributed: a callback raised StopTraining here; the ranks stop together
         if self.ranks.distributed and not self.ranks.is_main:
             torch.manual_seed(rank_seed(cfg.seed, self.ranks.rank))  # its own augmentation draws from here on
@@ -599,7 +600,7 @@ class Trainer:
         two steps late, so reading them never waits for the step just queued on the device."""
         if len(self._votes) < 2:
             return
-        ctrl_c, stop = self._votes.pop(0).tolist()
+        ctrl_c, stop = HostReadback.read(self._votes.pop(0))
         if ctrl_c:
             raise KeyboardInterrupt
         if stop:
@@ -613,7 +614,7 @@ class Trainer:
             return loss.detach(), (logits.argmax(1) == y).float().mean()
         votes = (int(self.ctrl_c), int(self._stop_vote or bool(self.should_stop())))
         loss, acc, summed = reduce_step(self.trained_parameters(), loss, logits, y, votes)
-        self._votes.append(summed)
+        self._votes.append(self._vote_readback.send(summed[0], summed[1]))
         return loss, acc
 
     def trainable_numbers(self) -> int:
