@@ -5,8 +5,8 @@
   (SGD in the paper's units here: the std**2 scaling comes after the all-reduce), label-mapping counts and
   evaluation counts summed. No augmentation (``--recipe paper``: augment none).
 * Rank 0 alone writes files (a probe in tests/_torchrun_worker.py logs each write with its rank).
-* Ctrl-C (SIGINT to torchrun, which passes it on to its processes) stops every rank at the same step, and
-  ``--resume`` then ends where the uninterrupted run ends.
+* Ctrl-C (SIGINT to torchrun, which passes it on to its processes and their loader workers) stops every rank at
+  the same step, and ``--resume`` then ends where the uninterrupted run ends.
 * A folder larger than the cache limit streams through DataLoader workers, each rank decoding only its own
   images, every image once per epoch across the ranks.
 
@@ -130,8 +130,10 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_resume_ends_where_the_uninterru
                                                                                                tmp_path):
     ref = two_ranks[0]
     out = tmp_path / "run"
-    # a slow run (rank 0 sleeps at each step event, the others wait for it at the next all-reduce)
-    p = subprocess.Popen(torchrun_cmd(args(folder, out)), cwd=REPO, env=env(VP_PROBE_STEP_DELAY=0.4),
+    # streamed (DataLoader workers, which leave Ctrl-C to their process) and slow (rank 0 sleeps at each step
+    # event, the others wait for it at the next all-reduce); the reference is held in memory: the same pixels
+    stream = ("--cache-gib", "0", "--num-workers", "1")
+    p = subprocess.Popen(torchrun_cmd(args(folder, out, *stream)), cwd=REPO, env=env(VP_PROBE_STEP_DELAY=0.4),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -149,7 +151,7 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_resume_ends_where_the_uninterru
     assert 3 <= stopped < STEPS, stopped  # it stopped early, with a checkpoint of the step it stopped at
     assert load_prompt(out / "best.safetensors").meta["metrics"]["test_n"] == 12  # finished cleanly: tested
 
-    r = torchrun(args(folder, out, "--resume"), worker=False)  # the real entry point: torchrun -m visual_prompting
+    r = torchrun(args(folder, out, "--resume", *stream), worker=False)  # the entry point: torchrun -m visual_prompting
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for name in ("best.safetensors", "last.safetensors"):
         for a, b in zip(params(ref / name), params(out / name)):

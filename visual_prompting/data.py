@@ -226,9 +226,19 @@ class StreamImageSet(ImageSet):
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             prefetch_factor=self.prefetch_factor if workers else None,
             # the workers' base seed comes from this generator, never from the global RNG (augmentations use that)
-            generator=generator if generator is not None else torch.Generator().manual_seed(SPLIT_SEED))
+            generator=generator if generator is not None else torch.Generator().manual_seed(SPLIT_SEED),
+            worker_init_fn=_ignore_ctrl_c)
         for x, y in loader:
             yield x, y
+
+
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """A decoding worker leaves Ctrl-C (SIGINT: a terminal sends it to the whole process group, torchrun to each
+    process's group) to the training process, which stops at a step boundary; a worker that quit on it would
+    break the loader before that."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def loader_images_per_s(data: ImageSet, batch_size: int, batches: int = 20, shard: tuple[int, int] | None = None,

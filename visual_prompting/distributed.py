@@ -18,8 +18,11 @@ trained numbers are the prompt's and a trained head's):
   the rank's share of the global batch, the loss and the correct count, and the ranks' stop votes. Every rank
   then holds the global batch's gradient, loss and accuracy, and the optimiser's rule (the std**2 scaling,
   Adam, l2sgd's norm) runs after it on the same numbers everywhere;
-* counts (label mappings, evaluation) are summed (:func:`all_reduce_sum`); rank 0 alone writes files and
-  reports; what it read from disk (a checkpoint to resume) reaches the others by :func:`broadcast_bytes`.
+* counts (label mappings, evaluation) are summed (:func:`all_reduce_sum`), so every rank fits the same mapping and
+  reads the same validation accuracy: the best-prompt choice is the same everywhere; a stop (Ctrl-C, Stop) is a
+  vote summed in the step's all-reduce, so every rank stops at the same step;
+* rank 0 alone writes files and reports; what it read from disk (a checkpoint to resume, the best prompt to
+  test) reaches the others by :func:`broadcast_bytes`, so the output folder need only exist on its machine.
 """
 from __future__ import annotations
 
@@ -50,9 +53,6 @@ class Ranks:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    def describe(self) -> dict:
-        return {"world_size": self.world_size, "rank": self.rank, "backend": self.backend}
 
 
 SINGLE = Ranks()
@@ -164,20 +164,6 @@ def all_gather_bytes(data: bytes) -> list[bytes]:
     out = [torch.empty_like(buf) for _ in range(r.world_size)]
     dist.all_gather(out, buf)
     return [o[: int(s)].cpu().numpy().tobytes() for o, s in zip(out, sizes)]
-
-
-def broadcast_(tensors: list[torch.Tensor], src: int = 0) -> None:
-    """Overwrite ``tensors`` with rank ``src``'s values, in place (a no-op when not distributed)."""
-    if not current().distributed:
-        return
-    import torch.distributed as dist
-
-    dev = _comm_device()
-    for t in tensors:
-        work = t.detach().to(dev)
-        dist.broadcast(work, src)
-        with torch.no_grad():
-            t.copy_(work.to(t.device))
 
 
 def barrier() -> None:
