@@ -133,7 +133,7 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_resume_ends_where_the_uninterru
     # streamed (DataLoader workers, which leave Ctrl-C to their process) and slow (rank 0 sleeps at each step
     # event, the others wait for it at the next all-reduce); the reference is held in memory: the same pixels
     stream = ("--cache-gib", "0", "--num-workers", "1")
-    p = subprocess.Popen(torchrun_cmd(args(folder, out, *stream)), cwd=REPO, env=env(VP_PROBE_STEP_DELAY=0.4),
+    p = subprocess.Popen(torchrun_cmd(args(folder, out, *stream)), cwd=REPO, env=env(VP_PROBE_STEP_DELAY=0.3),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
