@@ -30,6 +30,7 @@ MAX_ROUNDS = 60
 
 def _child(argv: list[str], log: str) -> None:
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, however pytest was started
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -114,7 +115,15 @@ def test_random_kills_and_resumes_end_where_an_uninterrupted_run_ends(tmp_path):
     assert evals(hist_b) == evals(hist_a)
 
 
-def test_ctrl_c_stops_between_steps_and_the_resume_is_exact(tmp_path):
+@pytest.fixture
+def terminal_sigint():
+    """SIGINT as in a terminal (pytest started in the background, `cmd &`, inherits it ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_stops_between_steps_and_the_resume_is_exact(tmp_path, terminal_sigint):
     """SIGINT in the middle of a step (here: sent to this main thread from inside step 3, after the optimiser's
     update and before the step is counted) is taken at the next step boundary: the last checkpoint is that step's,
     and resuming ends where an uninterrupted run ends (taken mid-step, step 3 would be replayed on resume)."""
@@ -151,3 +160,19 @@ def test_ctrl_c_stops_between_steps_and_the_resume_is_exact(tmp_path):
     a, b = load_prompt(ref.last_path), load_prompt(again.last_path)
     assert torch.equal(a.prompter.delta(), b.prompter.delta())
     assert again.metrics["test_top1"] == ref.metrics["test_top1"]
+
+
+def test_an_ignored_sigint_stays_ignored_while_training(tmp_path, small):
+    """A run started with SIGINT ignored on purpose (`nohup ... &`) does not take Ctrl-C over for itself."""
+    from visual_prompting import TrainConfig
+    from visual_prompting.training import Trainer
+
+    seen = []
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        cfg = TrainConfig(model="effnet-lite0@32", dataset="fashion_mnist_subset", batch_size=16, steps=2, eval_every=2,
+                          device="cpu", out_dir=str(tmp_path), num_workers=0, label_mapping="first_k")
+        Trainer(cfg, splits=small, callbacks=[lambda ev: seen.append(signal.getsignal(signal.SIGINT))]).run()
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert seen and all(h is signal.SIG_IGN for h in seen)

@@ -455,8 +455,8 @@ class Trainer:
         KeyboardInterrupt in the middle of a step could leave the prompt updated but the step not counted, and a
         resume would then take that step twice. A second Ctrl-C interrupts at once; the checkpoint on disk then
         stays the last consistent one (nothing is written from a torn step)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
+        if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            yield  # not the main thread, or SIGINT ignored on purpose (started with `nohup ... &`): left as it is
             return
 
         def on_sigint(signum, frame):
