@@ -134,7 +134,10 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_resume_ends_where_the_uninterru
     # event, the others wait for it at the next all-reduce); the reference is held in memory: the same pixels
     stream = ("--cache-gib", "0", "--num-workers", "1")
     p = subprocess.Popen(torchrun_cmd(args(folder, out, *stream)), cwd=REPO, env=env(VP_PROBE_STEP_DELAY=0.3),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         # Ctrl-C as in a terminal, even when pytest runs in the background (`cmd &` starts it with
+                         # SIGINT ignored, inherited by every process, and a run leaves an ignored SIGINT ignored)
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (out / "last.safetensors").is_file():  # the first checkpoint (step 3)
