@@ -163,6 +163,38 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_resume_ends_where_the_uninterru
     assert evals(out) == evals(ref)
 
 
+def test_sigkill_of_every_process_mid_run_then_resume_ends_where_the_uninterrupted_run_ends(folder, two_ranks,
+                                                                                          tmp_path):
+    """The whole torchrun group killed at once (SIGKILL: no handler runs, no rank says goodbye) after the first
+    checkpoint: the files on disk load, and ``--resume`` with 2 processes ends where the uninterrupted run ends."""
+    ref = two_ranks[0]
+    out = tmp_path / "killed"
+    p = subprocess.Popen(torchrun_cmd(args(folder, out)), cwd=REPO, env=env(VP_PROBE_STEP_DELAY=0.3),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "last.safetensors").is_file():  # the first checkpoint (step 3)
+            assert p.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+            time.sleep(0.05)
+        time.sleep(0.2)  # somewhere in the steps after it
+        os.killpg(p.pid, signal.SIGKILL)  # torchrun and both ranks at once
+        p.wait(60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    killed_at = load_prompt(out / "last.safetensors").meta["metrics"]["step"]
+    assert 3 <= killed_at < STEPS, killed_at
+    json.loads((out / "history.json").read_text())  # never half a file
+
+    r = torchrun(args(folder, out, "--resume"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for name in ("best.safetensors", "last.safetensors"):
+        for a, b in zip(params(ref / name), params(out / name)):
+            assert torch.allclose(a, b, atol=1e-6), name
+    assert load_prompt(out / "last.safetensors").meta["metrics"]["step"] == STEPS
+    assert evals(out) == evals(ref)
+
+
 def test_a_folder_over_the_cache_limit_streams_and_each_rank_decodes_its_own_images_once_per_epoch(folder, tmp_path):
     seen = tmp_path / "seen.log"
     epoch = global_batches(43, 8, 2)  # 6: one epoch exactly
