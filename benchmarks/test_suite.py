@@ -36,9 +36,13 @@ def main(argv: list[str] | None = None) -> dict:
     last = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.strip()), "")
     doc = {"provenance": prov, "pytest_command": f"CI={env['CI']} python -m pytest {' '.join(pytest_args)}",
            "smoke": args.smoke, "wall_seconds": round(seconds, 1), "returncode": proc.returncode,
-           "passed": proc.returncode == 0, "summary_line": last.strip("= ")}
+           "passed": proc.returncode == 0, "summary_line": last.strip("= "),
+           # pytest's short summary: which tests failed and why, in a line each (empty when all passed)
+           "failed": [ln for ln in proc.stdout.splitlines() if ln.startswith(("FAILED ", "ERROR "))]}
     write_json(Path(args.out) / "test_suite.json", doc)
-    print(f"{doc['summary_line']}  ({seconds:.0f} s wall clock)")
+    print("\n".join(doc["failed"] + [f"{doc['summary_line']}  ({seconds:.0f} s wall clock)"]))
+    if proc.returncode != 0:  # the whole output, for the failures' tracebacks
+        (Path(args.out) / "test_suite.log").write_text(proc.stdout + proc.stderr)
     return doc
 
 
