@@ -43,7 +43,7 @@ def small():
 def trained(tmp_path_factory, subset_splits):
     """One real, short training run shared by the tests that need a trained prompt."""
     out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(model=EFFNET, dataset="fashion_mnist_subset", steps=40, batch_size=64,
+    cfg = TrainConfig(model=EFFNET, dataset="fashion_mnist_subset", steps=120, batch_size=64,
                       out_dir=str(out), device="cpu", seed=0)
     events = []
     result = train(cfg, callbacks=[events.append])
