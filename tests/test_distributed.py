@@ -93,6 +93,16 @@ def evals(out: Path) -> list[tuple]:
     return [(r["step"], r["val_top1"]) for r in json.loads((out / "history.json").read_text()) if r["kind"] == "eval"]
 
 
+def assert_resumed_run_ends_like(r: subprocess.CompletedProcess, out: Path, ref: Path) -> None:
+    """The resumed run ``r`` into ``out`` ended where the uninterrupted run in ``ref`` ended: prompts, step, evals."""
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for name in ("best.safetensors", "last.safetensors"):
+        for a, b in zip(params(ref / name), params(out / name)):
+            assert torch.allclose(a, b, atol=1e-6), name
+    assert load_prompt(out / "last.safetensors").meta["metrics"]["step"] == STEPS
+    assert evals(out) == evals(ref)
+
+
 def test_two_processes_train_the_prompt_one_process_trains_and_rank_0_alone_writes(folder, two_ranks, tmp_path):
     out2, writes, r = two_ranks
     from visual_prompting.cli import main
@@ -155,12 +165,7 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_resume_ends_where_the_uninterru
     assert load_prompt(out / "best.safetensors").meta["metrics"]["test_n"] == 12  # finished cleanly: tested
 
     r = torchrun(args(folder, out, "--resume", *stream), worker=False)  # the entry point: torchrun -m visual_prompting
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for name in ("best.safetensors", "last.safetensors"):
-        for a, b in zip(params(ref / name), params(out / name)):
-            assert torch.allclose(a, b, atol=1e-6), name
-    assert load_prompt(out / "last.safetensors").meta["metrics"]["step"] == STEPS
-    assert evals(out) == evals(ref)
+    assert_resumed_run_ends_like(r, out, ref)
 
 
 def test_sigkill_of_every_process_mid_run_then_resume_ends_where_the_uninterrupted_run_ends(folder, two_ranks,
@@ -187,12 +192,7 @@ def test_sigkill_of_every_process_mid_run_then_resume_ends_where_the_uninterrupt
     json.loads((out / "history.json").read_text())  # never half a file
 
     r = torchrun(args(folder, out, "--resume"))
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for name in ("best.safetensors", "last.safetensors"):
-        for a, b in zip(params(ref / name), params(out / name)):
-            assert torch.allclose(a, b, atol=1e-6), name
-    assert load_prompt(out / "last.safetensors").meta["metrics"]["step"] == STEPS
-    assert evals(out) == evals(ref)
+    assert_resumed_run_ends_like(r, out, ref)
 
 
 def test_a_folder_over_the_cache_limit_streams_and_each_rank_decodes_its_own_images_once_per_epoch(folder, tmp_path):
