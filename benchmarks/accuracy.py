@@ -531,6 +531,10 @@ def parse_args(argv):
                     help="run nothing: take the rows of these accuracy.json files (measured with the same settings, "
                          "e.g. by runs side by side with other --out folders) into OUT/accuracy.json, each row with its "
                          "own provenance, replacing rows of the same name")
+    ap.add_argument("--add-seeds", action="store_true",
+                    help="with --merge-from: a row that OUT/accuracy.json has already gains the file's seeds (the same "
+                         "row run with other --seeds by another process, same commit and settings) instead of being "
+                         "replaced: its mean and spread then cover every seed")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
     if a.render:
@@ -580,7 +584,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(render(doc, out))
         return doc
     if args.merge_from:
-        return merge_files(out, [Path(p) for p in args.merge_from])
+        return merge_files(out, [Path(p) for p in args.merge_from], args.add_seeds)
     device = pick_device(args.device)
     args.device = str(device)
     eval_batch = args.eval_batch_size or (args.batch_size if device.type == "cpu" else max(args.batch_size, 256))
@@ -677,9 +681,33 @@ def merge_base(json_path: Path, settings: dict, methods: list[str]) -> list[dict
     return kept
 
 
-def merge_files(out: Path, sources: list[Path]) -> dict:
+def union_seeds(a: dict, b: dict, src: Path) -> dict:
+    """Row ``a`` with the seeds of row ``b`` (the same prompt row run with other seeds, e.g. by two processes side by
+    side): one row whose mean and spread cover every seed. Only rows of the same code (commit, clean tree) and the
+    same training settings are joined; each seed keeps the provenance of the run that measured it."""
+    def commit(r):
+        p = r.get("provenance") or {}
+        return p.get("git_commit"), bool(p.get("git_dirty"))
+
+    why = ("not a prompt row run with --seeds" if not (a.get("per_seed") and b.get("per_seed")) else
+           "measured at other commits (or on a dirty tree)" if commit(a) != commit(b) or commit(a)[1] else
+           "other training settings" if a.get("settings") != b.get("settings") else
+           "the same seed in both" if set(a["seeds"]) & set(b["seeds"]) else None)
+    if why:
+        raise SystemExit(f"{src}: row {b['method']} cannot add its seeds {b.get('seeds')} to those merged already "
+                         f"({a.get('seeds')}): {why}")
+    per_seed = sorted([{"provenance": a["provenance"], **s} for s in a["per_seed"]]
+                      + [{"provenance": b["provenance"], **s} for s in b["per_seed"]], key=lambda s: s["seed"])
+    keep = {k: a[k] for k in ("method", "trainable_params", "kind", "description", "prompter", "label_mapping",
+                              "clamp", "prompt_size", "steps", "settings", "input_only")}
+    return {**keep, **aggregate_seeds(per_seed), "seconds": round(a["seconds"] + b["seconds"], 2),
+            "provenance": a["provenance"]}
+
+
+def merge_files(out: Path, sources: list[Path], add_seeds: bool = False) -> dict:
     """OUT/accuracy.json with the rows of ``sources`` merged in (same SAME_RUN_SETTINGS, checked; a row keeps
-    its own provenance); the summary, accuracy.md and accuracy.png are rewritten from the merged rows."""
+    its own provenance); the summary, accuracy.md and accuracy.png are rewritten from the merged rows. With
+    ``add_seeds`` a row that is there already gains the source's seeds instead of being replaced."""
     json_path = out / "accuracy.json"
     doc = json.loads(json_path.read_text())
     for src in sources:
@@ -688,6 +716,9 @@ def merge_files(out: Path, sources: list[Path]) -> dict:
         if len(new) != len(other.get("rows", [])):
             raise SystemExit(f"{src}: every row to merge needs its own provenance")
         kept = merge_base(json_path, other["settings"], [r["method"] for r in new])
+        if add_seeds:  # the seeds of a row measured in several runs become one row (same code, other seeds)
+            have = {r["method"]: r for r in doc["rows"]}
+            new = [union_seeds(have[r["method"]], r, src) if r["method"] in have else r for r in new]
         doc["rows"] = ordered(kept + new)
         write_json(json_path, {**doc, "summary": summarize(doc["rows"])})
     doc["summary"] = summarize(doc["rows"])

@@ -199,10 +199,13 @@ def test_app_latency_smoke(tmp_path, monkeypatch):
     assert len(doc["prompted_top5_example"]) == 5
 
 
-def test_accuracy_seeds_and_rows_merge(tmp_path):
+def test_accuracy_seeds_and_rows_merge(tmp_path, monkeypatch):
     """--seeds trains each prompt row once per seed (mean, min-max, every seed kept); --rows merges into the same
-    accuracy.json, replacing the rows it runs and keeping the others with their own provenance."""
+    accuracy.json, replacing the rows it runs and keeping the others with their own provenance; --merge-from
+    --add-seeds joins the seeds of one row run by two processes."""
     acc = load("accuracy")
+    real = acc.provenance  # as if the tree were committed (seeds are joined only for the same clean commit)
+    monkeypatch.setattr(acc, "provenance", lambda *a, **k: {**real(*a, **k), "git_dirty": False})
     base = ["--smoke", "--out", str(tmp_path), "--threads", "1", "--quiet", "--steps", "2"]
     acc.main(base + ["--rows", "no_prompt_first_k,pad_first_k", "--seeds", "2"])
     acc.main(base + ["--rows", "pad_frequency", "--seeds", "0,3"])
@@ -221,6 +224,18 @@ def test_accuracy_seeds_and_rows_merge(tmp_path):
     assert "pad_frequency" in by["pad_frequency"]["provenance"]["command"]
     with pytest.raises(SystemExit, match="other settings"):  # rows of another budget are never mixed in
         acc.main(base[:-1] + ["3", "--rows", "pad_first_k"])
+
+    # seeds 4 and 5 of pad_frequency run elsewhere (another process), then added to the row's seeds 0 and 3
+    other = tmp_path / "other"
+    acc.main(base[:2] + [str(other)] + base[3:] + ["--rows", "pad_frequency", "--seeds", "4,5"])
+    acc.main(["--out", str(tmp_path), "--merge-from", str(other / "accuracy.json"), "--add-seeds"])
+    r = {r["method"]: r for r in read(tmp_path / "accuracy.json")["rows"]}["pad_frequency"]
+    tops = [s["test_top1"] for s in r["per_seed"]]
+    assert r["seeds"] == [0, 3, 4, 5] and len(tops) == 4 and r["test_top1"] == pytest.approx(sum(tops) / 4)
+    assert "--seeds 4,5" in r["per_seed"][3]["provenance"]["command"]
+    assert "--seeds 0,3" in r["per_seed"][0]["provenance"]["command"]
+    with pytest.raises(SystemExit, match="the same seed"):  # a seed is never counted twice
+        acc.main(["--out", str(tmp_path), "--merge-from", str(other / "accuracy.json"), "--add-seeds"])
 
 
 def test_accuracy_effects_need_more_than_the_seed_spread():
