@@ -36,6 +36,7 @@ SOURCES = [
     ("load", "benchmarks/results/load.json", "benchmarks/load.py"),
     ("gpu_check", "benchmarks/results/gpu/gpu_check.json", "scripts/gpu_check.py"),
     ("zoo", "prompts_zoo/index.json", "scripts/build_zoo.py"),
+    ("zoo verify", "prompts_zoo/verify.json", "scripts/build_zoo.py"),
     ("readme_train", "benchmarks/results/readme_train.json", "benchmarks/readme_train.py"),
     ("app_defaults", "benchmarks/results/app_defaults.json", "benchmarks/app_defaults.py"),
     ("test_suite", "benchmarks/results/test_suite.json", "benchmarks/test_suite.py"),
@@ -158,9 +159,13 @@ def b_zoo() -> str:
     verify = (f"`--verify` ({stamp(provenance_of(v), 'prompts_zoo/verify.json')}): largest difference from the "
               f"listed accuracy {v['largest_difference_points']:.2f} points over {len(v['entries'])} entries."
               if v else "`--verify` has not recorded a run yet (it writes `prompts_zoo/verify.json`).")
-    note = "" if p.get("recorded") else " The index records no commit, date or machine for its training runs."
-    return (f"{table}\n\nFrom `prompts_zoo/index.json`.{note} Train times were measured while other jobs shared the "
-            f"CPU cores, so they are upper bounds. {verify}\n")
+    index = (f"{stamp(p, 'prompts_zoo/index.json')} (the run that wrote the index; it measured the bundled-subset accuracies again)"
+             if p.get("recorded") else "`prompts_zoo/index.json`")
+    untraced = [e for e in d.get("prompts", []) if not (e.get("provenance") or {}).get("recorded")]
+    note = (f" {'The' if len(untraced) == len(d.get('prompts', [])) else len(untraced)} training runs recorded no "
+            "commit, date or machine (they predate provenance records)." if untraced else "")
+    return (f"{table}\n\nFrom {index}.{note} Train times were measured while other jobs "
+            f"shared the CPU cores, so they are upper bounds. {verify}\n")
 
 
 def accuracy_block(rel: str, title: str) -> str:

@@ -71,19 +71,30 @@ def entry(path: Path, cmd: str | None, seconds: float | None, prov: dict | None)
     return e
 
 
-def verify() -> int:
+VERIFY = ZOO_DIR / "verify.json"
+
+
+def verify(argv: list[str]) -> int:
+    """Evaluate every index entry again on its dataset's test split; writes prompts_zoo/verify.json (each entry's
+    listed and measured top-1, the largest difference, provenance) for the READMEs."""
+    from _bench import write_json
+
     from visual_prompting.backbones import BackboneCache
     from visual_prompting.zoo import load_index
 
-    cache, worst = BackboneCache(), 0.0
+    prov = provenance("scripts/build_zoo.py", argv)
+    cache, worst, rows = BackboneCache(), 0.0, []
     for e in load_index():
         model, pf = PromptedModel.from_prompt_file(ZOO_DIR / e["path"], cache=cache)
         test = load_splits(e["dataset"], image_size=model.image_size).test
         got = evaluate(model, test, True).top1
         listed = e["metrics"]["test_top1"]
         worst = max(worst, abs(got - listed))
+        rows.append({"name": e["name"], "listed_test_top1": listed, "measured_test_top1": got, "test_n": len(test)})
         print(f"{e['name']:48s} listed {100 * listed:6.2f}%  measured {100 * got:6.2f}%  ({len(test)} test images)")
     print(f"largest difference: {100 * worst:.2f} points")
+    write_json(VERIFY, {"provenance": prov, "entries": rows, "largest_difference_points": round(100 * worst, 2),
+                        "tolerance_points": 0.5})
     return 0 if worst <= 0.005 else 1
 
 
@@ -97,7 +108,7 @@ def main() -> None:
                     "split and fail if any differs from the listed test top-1 by more than 0.5 points")
     a = ap.parse_args()
     if a.verify:
-        sys.exit(verify())
+        sys.exit(verify(sys.argv[1:]))
     prov = provenance("scripts/build_zoo.py", sys.argv[1:])  # before training: its load average, commit, machine
     old_doc = json.loads(INDEX.read_text()) if INDEX.is_file() else {}
     old = {e["path"]: e for e in old_doc.get("prompts", [])}
