@@ -136,9 +136,10 @@ def main() -> None:
     # the index's own provenance: this run (the metrics of every entry are measured again by it); an entry's
     # training run keeps its own, or the note of an older index that recorded none
     doc = {"version": 1, "prompts": entries, "provenance": prov}
-    if not all("provenance" in e for e in entries) and isinstance(old_doc.get("provenance"), dict) \
-            and not old_doc["provenance"].get("recorded"):
-        doc["training_provenance"] = old_doc["provenance"]
+    if not all("provenance" in e for e in entries):  # the note of the index that first recorded none, kept
+        untraced = old_doc.get("training_provenance") or old_doc.get("provenance")
+        if isinstance(untraced, dict) and not untraced.get("recorded"):
+            doc["training_provenance"] = untraced
     INDEX.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {INDEX} ({len(entries)} prompts)")
 
