@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from visual_prompting import PromptedModel, VPError
 from visual_prompting.backbones import BackboneCache
@@ -27,9 +28,10 @@ def test_entry_matches_its_file_and_still_measures_what_it_lists(entry):
     assert meta["backbone"]["spec"] == entry["backbone"] and meta["dataset"] == entry["dataset"]
     assert meta["class_names"] == entry["classes"] and meta["prompter"]["kind"] == entry["prompter"]
     model, _ = PromptedModel.from_prompt_file(ZOO_DIR / entry["path"], cache=_CACHE)
+    m = entry["metrics"]  # measured again on the subset's first test images (build_zoo.py measured all 1,000 too)
     test = load_splits("fashion_mnist_subset", image_size=model.image_size).test
-    got = evaluate(model, test, True).top1
-    assert abs(got - entry["metrics"]["subset_test_top1"]) <= 0.005
+    got = evaluate(model, test.subset(torch.arange(m["subset_head_n"])), True).top1
+    assert m["subset_head_n"] >= 200 and abs(got - m["subset_head_top1"]) <= 1 / m["subset_head_n"] + 1e-9  # one image
 
 
 _CACHE = BackboneCache()
