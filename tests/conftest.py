@@ -2,15 +2,21 @@
 64 px with its real ImageNet weights, and the Fashion-MNIST subset bundled in assets/."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 
 import pytest
 import torch
+from filelock import FileLock
 
 from visual_prompting import TrainConfig, load_backbone, train
+from visual_prompting.training import TrainEvent, TrainResult
 from visual_prompting.data import DataSplits, load_splits
 
-torch.set_num_threads(int(os.environ.get("VP_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
+# one torch thread per pytest-xdist worker (the workers share the cores), else up to 2
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
+torch.set_num_threads(int(os.environ.get("VP_TEST_THREADS", max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))))
 
 EFFNET = "effnet-lite0@64"
 
@@ -40,13 +46,26 @@ def small():
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory, subset_splits):
-    """One real, short training run shared by the tests that need a trained prompt."""
-    out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(model=EFFNET, dataset="fashion_mnist_subset", steps=120, batch_size=64,
-                      out_dir=str(out), device="cpu", seed=0)
-    events = []
-    result = train(cfg, callbacks=[events.append])
+def trained(tmp_path_factory):
+    """One real, short training run shared by the tests that need a trained prompt: (result, events, config).
+
+    Under pytest-xdist the workers share it: the first to need it trains (the others wait on a lock) and writes
+    the result and events beside the run; the others read them (the events without their prompt snapshots)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    root = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
+    out = root / "trained-run"
+    # label mappings counted on 1,000 of the 2,700 train images, 5 evaluations: the run's time goes to its steps
+    cfg = TrainConfig(model=EFFNET, dataset="fashion_mnist_subset", steps=120, batch_size=64, mapping_samples=1000,
+                      eval_every=24, out_dir=str(out), device="cpu", seed=0)
+    record = root / "trained-run.json"
+    with FileLock(str(root / "trained-run.lock")):
+        if record.is_file():
+            saved = json.loads(record.read_text())
+            return TrainResult(**saved["result"]), [TrainEvent(**e) for e in saved["events"]], cfg
+        events = []
+        result = train(cfg, callbacks=[events.append])
+        plain = [{**dataclasses.asdict(e), "prompt": None} for e in events]
+        record.write_text(json.dumps({"result": dataclasses.asdict(result), "events": plain}))
     return result, events, cfg
 
 
@@ -63,3 +82,18 @@ def isolated_hf_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     return cache
+
+
+# pytest-xdist hands each worker whole files in collection order: the longest files first (they would otherwise
+# finish last, alone), and the files that only read the shared trained run last (by then it is written, and no
+# worker waits on its lock)
+FIRST = ["test_kill_resume.py", "test_app.py", "test_app_server.py", "test_benchmarks_smoke.py", "test_zoo.py",
+         "test_bad_inputs.py", "test_distributed.py", "test_recipes.py"]
+LAST = ["test_cli.py", "test_png_roundtrip.py", "test_training.py"]
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return FIRST.index(name) if name in FIRST else len(FIRST) + 1 + LAST.index(name) if name in LAST else len(FIRST)
+    items.sort(key=rank)  # stable: the order within a file is kept

@@ -179,8 +179,8 @@ def test_training_streams_progress_curves_and_the_prompt_then_adds_it_to_the_zoo
         vp.add_to_zoo(None, "x")
 
 
-def test_stop_ends_the_run_and_keeps_the_best_prompt(vp):
-    cfg = train_cfg(vp, "s-stop", steps=400)
+def test_stop_ends_the_run_and_keeps_the_best_prompt(vp, shapes):
+    cfg = train_cfg(vp, "s-stop", steps=400, dataset=UPLOADED_DATASET, upload=shapes, batch_size=4)
     updates = []
     for u in vp.train_stream(cfg, "s-stop", min_interval=0.0):
         updates.append(u)
@@ -193,8 +193,8 @@ def test_stop_ends_the_run_and_keeps_the_best_prompt(vp):
     assert last.fraction == pf.meta["metrics"]["steps"] / 400  # the bar shows how far it got
 
 
-def test_closing_the_stream_stops_training_and_keeps_the_prompt_on_disk(vp):
-    cfg = train_cfg(vp, "s-close", steps=400)
+def test_closing_the_stream_stops_training_and_keeps_the_prompt_on_disk(vp, shapes):
+    cfg = train_cfg(vp, "s-close", steps=400, dataset=UPLOADED_DATASET, upload=shapes, batch_size=4)
     stream = vp.train_stream(cfg, "s-close", min_interval=0.0)
     for u in stream:
         if "step 2/" in u.status:
@@ -204,16 +204,26 @@ def test_closing_the_stream_stops_training_and_keeps_the_prompt_on_disk(vp):
     assert pf.meta["metrics"]["steps"] < 400
 
 
-def test_training_on_an_uploaded_zip_of_class_folders(vp, tmp_path):
-    archive = tmp_path / "shapes.zip"
+def shapes_zip(folder) -> str:
+    """A zip of two class folders, 8 small images each: a dataset a user uploads (and a run that starts at once)."""
+    archive = folder / "shapes.zip"
     with zipfile.ZipFile(archive, "w") as z:
         for c, colour in (("red_things", (200, 30, 30)), ("blue_things", (30, 30, 200))):
             for i in range(8):
                 img = Image.new("RGB", (24, 24), tuple(max(0, v - 9 * i) for v in colour))
-                path = tmp_path / f"{c}{i}.png"
+                path = folder / f"{c}{i}.png"
                 img.save(path)
                 z.write(path, f"shapes/{c}/{i}.png")
-    cfg = train_cfg(vp, "s-zip", dataset=UPLOADED_DATASET, upload=str(archive), steps=3, batch_size=4)
+    return str(archive)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return shapes_zip(tmp_path_factory.mktemp("shapes"))
+
+
+def test_training_on_an_uploaded_zip_of_class_folders(vp, shapes):
+    cfg = train_cfg(vp, "s-zip", dataset=UPLOADED_DATASET, upload=shapes, steps=3, batch_size=4)
     last = list(vp.train_stream(cfg, "s-zip"))[-1]
     assert load_prompt(last.result_path).meta["class_names"] == ["blue things", "red things"]
 
@@ -303,34 +313,36 @@ def test_training_asks_for_a_zerogpu_when_the_spaces_package_is_there(vp, monkey
     assert (app.spaces is None) == (importlib.util.find_spec("spaces") is None)
 
 
-def test_two_sessions_train_at_once_and_a_stop_stops_only_its_own(vp):
+def test_two_sessions_train_at_once_and_a_stop_stops_only_its_own(vp, shapes):
     """Two browser sessions train at the same time: each run has its own folder and result, and one session's Stop
     does not end the other's run."""
     import threading
 
-    out, started = {}, threading.Event()  # set once session b's own run is under way (a Stop before that
-    # would be cleared when its run starts, and the test would race)
+    # set once a session's run has taken a step (a Stop before that would be cleared when its run starts)
+    out, started = {}, {"s-par-a": threading.Event(), "s-par-b": threading.Event()}
 
     def go(session, seed, steps):
-        cfg = train_cfg(vp, session, steps=steps, batch_size=8, seed=seed)
+        cfg = train_cfg(vp, session, steps=steps, batch_size=4, seed=seed, dataset=UPLOADED_DATASET, upload=shapes)
         updates = []
         for u in vp.train_stream(cfg, session, min_interval=0.0):
             updates.append(u)
-            if session == "s-par-b":
-                started.set()
+            if u.fraction > 0:
+                started[session].set()
         out[session] = (cfg, updates)
 
-    a = threading.Thread(target=go, args=("s-par-a", 0, 6))
+    a = threading.Thread(target=go, args=("s-par-a", 0, 60))
     b = threading.Thread(target=go, args=("s-par-b", 1, 400))
     a.start()
     b.start()
-    assert started.wait(120)
+    assert started["s-par-a"].wait(120) and started["s-par-b"].wait(120)
     vp.stop("s-par-b")
+    a_was_going = "s-par-a" not in out  # both runs were training when b's Stop came
     a.join(300)
     b.join(300)
+    assert a_was_going
     (cfg_a, ua), (cfg_b, ub) = out["s-par-a"], out["s-par-b"]
     assert cfg_a.out_dir != cfg_b.out_dir and "s-par-a" in cfg_a.out_dir and "s-par-b" in cfg_b.out_dir
     assert ua[-1].done and ub[-1].done and ua[-1].result_path != ub[-1].result_path
     assert load_prompt(ua[-1].result_path).meta["train_config"]["seed"] == 0
-    assert load_prompt(ua[-1].result_path).meta["metrics"]["steps"] == 6  # the other session's Stop did not end it
+    assert load_prompt(ua[-1].result_path).meta["metrics"]["steps"] == 60  # the other session's Stop did not end it
     assert load_prompt(ub[-1].result_path).meta["metrics"]["steps"] < 400  # its own Stop did

@@ -147,19 +147,20 @@ def test_dataset_size_and_file_count_limits(tmp_path):
 
 def test_concurrent_runs_in_total_and_per_user(tmp_path):
     vp = _app(tmp_path, max_runs=1)
-    cfg, a = _start(vp, "a", steps=400)
+    data = _dataset_zip(tmp_path / "d.zip")  # small: each run starts at once
+    cfg, a = _start(vp, "a", data, steps=400)
     assert next(a).fraction == 0.0  # a's run is going (its RUNNING file is fresh)
-    _, same_user = _start(vp, "a")
+    _, same_user = _start(vp, "a", data)
     with pytest.raises(VPError, match="already going in this session"):
         next(same_user)
-    cfg_b, b = _start(vp, "b")
+    cfg_b, b = _start(vp, "b", data)
     with pytest.raises(VPError, match=r"1 training run\(s\) are going now, the most this app runs at once"):
         next(b)
     assert not Path(cfg_b.out_dir).exists()  # the refused run's folder is gone
     assert vp.active_runs() == ["a"]
     a.close()  # a's user left: the run stops
     assert vp.active_runs() == []
-    _, b = _start(vp, "b")
+    _, b = _start(vp, "b", data)
     assert list(b)[-1].status.startswith("Done.")
 
 
