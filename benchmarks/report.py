@@ -98,7 +98,8 @@ def b_tests_time() -> str:
     if not d or d.get("smoke"):
         return "Its run time is not measured yet: `python benchmarks/test_suite.py` times it."
     p = provenance_of(d)
-    return (f"It took {d['wall_seconds'] / 60:.1f} minutes on the project's {cores(p)}, `{d['pytest_command']}`: "
+    opts = f" (with `{d['pytest_addopts']}` from pyproject.toml)" if d.get("pytest_addopts") else ""
+    return (f"It took {d['wall_seconds'] / 60:.1f} minutes on the project's {cores(p)}, `{d['pytest_command']}`{opts}: "
             f"{d['summary_line']}; {stamp(p, 'benchmarks/results/test_suite.json')}")
 
 

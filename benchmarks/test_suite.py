@@ -26,7 +26,8 @@ MEASURES = ["tests", "benchmarks/test_suite.py", "visual_prompting", "app.py", "
 def main(argv: list[str] | None = None) -> dict:
     ap = bench_parser(__doc__, "test_suite", "only tests/test_prompters.py")
     args = ap.parse_args(argv)
-    pytest_args = ["-q", "tests/test_prompters.py"] if args.smoke else ["-q"]
+    # smoke: one small file in this one process (-n 0: no worker processes to start)
+    pytest_args = ["-q", "-n", "0", "tests/test_prompters.py"] if args.smoke else ["-q"]
     env = dict(os.environ, CI=os.environ.get("CI", "true"))
     prov = provenance("test_suite.py", argv)
     t0 = time.perf_counter()
@@ -34,7 +35,10 @@ def main(argv: list[str] | None = None) -> dict:
                           text=True)
     seconds = time.perf_counter() - t0
     last = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.strip()), "")
+    import tomllib  # the options pyproject.toml adds to every pytest run (the worker processes among them)
+    addopts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"].get("addopts", "")
     doc = {"provenance": prov, "pytest_command": f"CI={env['CI']} python -m pytest {' '.join(pytest_args)}",
+           "pytest_addopts": addopts,
            "smoke": args.smoke, "wall_seconds": round(seconds, 1), "returncode": proc.returncode,
            "passed": proc.returncode == 0, "summary_line": last.strip("= "),
            # pytest's short summary: which tests failed and why, in a line each (empty when all passed)

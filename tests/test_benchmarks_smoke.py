@@ -254,3 +254,13 @@ def test_accuracy_effects_need_more_than_the_seed_spread():
     far = acc.effect(row("a", [0.80, 0.81, 0.79]), row("b", [0.70, 0.71, 0.72]), "x")
     assert far["conclusive"] and "larger than the spread" in far["text"]
     assert acc.effect(row("a", [0.5, 0.52]), no_prompt, "x")["conclusive"]  # a deterministic row has no spread
+
+
+def test_test_suite_smoke_times_a_real_pytest_run(tmp_path):
+    ts = load("test_suite")
+    doc = ts.main(["--smoke", "--out", str(tmp_path)])
+    assert read(tmp_path / "test_suite.json") == json.loads(json.dumps(doc))
+    assert doc["passed"] and doc["returncode"] == 0 and doc["failed"] == []
+    assert " passed" in doc["summary_line"] and doc["wall_seconds"] > 0
+    assert doc["pytest_command"].endswith("tests/test_prompters.py") and "-n" in doc["pytest_addopts"]
+    assert doc["provenance"]["recorded"] and doc["provenance"]["command"].startswith("python benchmarks/test_suite.py")
