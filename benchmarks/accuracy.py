@@ -698,10 +698,8 @@ def union_seeds(a: dict, b: dict, src: Path) -> dict:
                          f"({a.get('seeds')}): {why}")
     per_seed = sorted([{"provenance": a["provenance"], **s} for s in a["per_seed"]]
                       + [{"provenance": b["provenance"], **s} for s in b["per_seed"]], key=lambda s: s["seed"])
-    keep = {k: a[k] for k in ("method", "trainable_params", "kind", "description", "prompter", "label_mapping",
-                              "clamp", "prompt_size", "steps", "settings", "input_only")}
-    return {**keep, **aggregate_seeds(per_seed), "seconds": round(a["seconds"] + b["seconds"], 2),
-            "provenance": a["provenance"]}
+    # a's row fields stay (method, kind, settings, ...); every number that depends on the seeds is aggregated again
+    return {**a, **aggregate_seeds(per_seed), "seconds": round(a["seconds"] + b["seconds"], 2)}
 
 
 def merge_files(out: Path, sources: list[Path], add_seeds: bool = False) -> dict:

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
                           text=True)
     seconds = time.perf_counter() - t0
     last = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.strip()), "")
-    import tomllib  # the options pyproject.toml adds to every pytest run (the worker processes among them)
+    # the options pyproject.toml adds to every pytest run (the worker processes among them)
     addopts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"].get("addopts", "")
     doc = {"provenance": prov, "pytest_command": f"CI={env['CI']} python -m pytest {' '.join(pytest_args)}",
            "pytest_addopts": addopts,
