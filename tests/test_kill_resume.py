@@ -13,6 +13,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -156,6 +157,9 @@ def test_ctrl_c_stops_between_steps_and_the_resume_is_exact(tmp_path, terminal_s
     assert first.interrupted and first.stop_reason.startswith("Stopped (Ctrl-C) at step")
     assert load_prompt(first.last_path).meta["metrics"]["step"] == first.steps_done < 8
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the run put the handler back
+    # stopped before the first evaluation (step 4): the kept prompt was validated, and that number is reported
+    kept = load_prompt(first.best_path).meta["metrics"]["val_top1"]
+    assert 0.0 <= kept <= 1.0 and first.metrics["best_val_top1"] == kept
     again = trainer(tmp_path / "run", resume=True).run()
     a, b = load_prompt(ref.last_path), load_prompt(again.last_path)
     assert torch.equal(a.prompter.delta(), b.prompter.delta())
@@ -176,3 +180,34 @@ def test_an_ignored_sigint_stays_ignored_while_training(tmp_path, small):
     finally:
         signal.signal(signal.SIGINT, before)
     assert seen and all(h is signal.SIG_IGN for h in seen)
+
+
+def test_a_kill_between_writing_the_history_and_the_checkpoint_loses_no_evaluation(tmp_path, small):
+    """A checkpoint is two files (history.json, then last.safetensors), and a kill can land between the two writes:
+    the history on disk is then a checkpoint ahead. The resume keeps only the checkpoint's own part of it, and takes
+    the evaluation after it again, once: its evaluations are the uninterrupted run's (seen once in the random-kill
+    test above: the evaluation of the step between was missing)."""
+    from visual_prompting import BackboneCache, TrainConfig
+    from visual_prompting.training import Trainer
+
+    cache = BackboneCache()
+
+    def trainer(out, callbacks=(), **kw):
+        cfg = TrainConfig(model="effnet-lite0@32", dataset="fashion_mnist_subset", batch_size=32, steps=8,
+                          eval_every=4, device="cpu", seed=0, out_dir=str(out), num_workers=0,
+                          label_mapping="frequency", **kw)
+        return Trainer(cfg, cache=cache, splits=small, callbacks=list(callbacks))
+
+    evals = lambda h: [(r["step"], r["val_top1"]) for r in h if r.get("kind") == "eval"]  # noqa: E731
+    ref = trainer(tmp_path / "ref").run()
+    out = tmp_path / "run"
+
+    def keep_step4_checkpoint(ev):  # step 8's evaluation comes before its checkpoint: last is step 4's here
+        if ev.kind == "eval" and ev.step == 8:
+            shutil.copyfile(out / "last.safetensors", tmp_path / "last4.safetensors")
+    trainer(out, [keep_step4_checkpoint]).run()
+    assert load_prompt(tmp_path / "last4.safetensors").meta["metrics"]["step"] == 4
+    shutil.copyfile(tmp_path / "last4.safetensors", out / "last.safetensors")  # the kill: history.json is newer
+    again = trainer(out, resume=True).run()
+    assert evals(again.history) == evals(json.loads((out / "history.json").read_text())) == evals(ref.history)
+    assert len(evals(ref.history)) == 2

@@ -283,7 +283,7 @@ class Trainer:
         self.step = 0
         self._pending: tuple | None = None  # the step event advance() holds back until the next step is queued
         self.readback = HostReadback(self.device)  # its loss and accuracy, on their way to the host
-        self.best_val = -1.0
+        self.best_val: float | None = None  # the best validation top-1 of an evaluation so far (None: none yet)
         self.diverged: str | None = None  # the message, once the loss became non-finite
         self.ctrl_c = False  # Ctrl-C was pressed: stop at the next step boundary
         self.torn = False  # a second Ctrl-C interrupted a step: the state in memory is not a checkpoint
@@ -366,11 +366,14 @@ class Trainer:
                     state[f"rng_rank{r}"] = torch.frombuffer(bytearray(b), dtype=torch.uint8)
             if not self.ranks.is_main:
                 return
+        # two files, each written atomically, and a kill can land between them: the history goes first and the
+        # checkpoint records how much of it is its own, so a resume from the checkpoint before drops the rest
+        # (it would otherwise lose the evaluation that came between, which a resume does not take again)
+        write_text_atomic(os.path.join(self.out_dir, "history.json"), json.dumps(self.history))
         metrics = {"step": self.step, "best_val_top1": self.best_val, "zero_shot_val_top1": self.zero_shot_val,
-                   "baseline_mapping": self.model.head.baseline_indices()}
+                   "baseline_mapping": self.model.head.baseline_indices(), "history_len": len(self.history)}
         save_prompt(self.last_path, self.prompter, self.metadata(metrics), state=state,
                     head=self.model.head.state_tensors())
-        write_text_atomic(os.path.join(self.out_dir, "history.json"), json.dumps(self.history))
 
     def _load_shared(self, path: str):
         """The prompt file at ``path`` as rank 0 reads it, on every rank (the others may not see its disk: several
@@ -433,11 +436,12 @@ class Trainer:
                 torch.manual_seed(rank_seed(self.cfg.seed, self.ranks.rank) + self.step)
         elif "rng" in pf.state:
             torch.set_rng_state(pf.state["rng"])
-        self.best_val = float(m.get("best_val_top1", -1.0))
+        best = m.get("best_val_top1")
+        self.best_val = None if best is None or best < 0 else float(best)  # -1.0: "none yet" in older checkpoints
         self.zero_shot_val = m.get("zero_shot_val_top1")
         text = self._read_shared_text(os.path.join(self.out_dir, "history.json"))
-        if text is not None:
-            self.history = json.loads(text)
+        if text is not None:  # the records up to this checkpoint (a later checkpoint's history may be on disk)
+            self.history = json.loads(text)[:m.get("history_len")]
         return True
 
     # -- the loop -----------------------------------------------------------------------------------------
@@ -659,7 +663,7 @@ class Trainer:
 
     def eval_and_checkpoint(self, epoch: int) -> None:
         val = self._validate()
-        is_best = val > self.best_val
+        is_best = self.best_val is None or val > self.best_val
         if is_best:
             self.best_val = val
             self.save_best(val)
@@ -681,7 +685,10 @@ class Trainer:
         with_p = evaluate(best, test, True, self.batch_size, self.cfg.amp, sum_across_ranks=summed)
         metrics = {**pf.meta["metrics"], "test_top1": with_p.top1, "test_top5": with_p.top5,
                    "test_per_class": with_p.per_class, "test_n": with_p.n,
-                   "best_val_top1": self.best_val, "steps": self.step}
+                   # stopped before the first evaluation: the kept prompt's own validation number (the run's
+                   # best_val stays None, so a resume's first evaluation is its best as in an uninterrupted run)
+                   "best_val_top1": self.best_val if self.best_val is not None else pf.meta["metrics"].get("val_top1"),
+                   "steps": self.step}
         if self.cfg.test_without_prompt:
             without = evaluate(best, test, False, self.batch_size, self.cfg.amp, sum_across_ranks=summed)
             metrics.update(test_top1_no_prompt=without.top1, test_top5_no_prompt=without.top5)
