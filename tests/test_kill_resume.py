@@ -5,14 +5,15 @@ is valid JSON, and the resumed run ends exactly where an uninterrupted run with 
 
 The children are forked from this process (the imports are already done: a kill round costs the run's own work,
 not seconds of importing torch), each with one thread. Small on purpose: EfficientNet-Lite0 at 32 px, the bundled
-subset's first 2,700 train images, 160 steps of 32 with a checkpoint every 8 steps. Each round kills at a random moment in the
-first eighth of an uninterrupted run's time, so a run needs many rounds to finish."""
+subset's first 2,700 train images, 160 steps of 32 with a checkpoint every 8 steps. Each round kills at a random
+point of the run's progress, at most two evaluations (16 steps) on, so a run needs many rounds to finish."""
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -35,6 +36,9 @@ def _child(argv: list[str], log: str) -> None:
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
+    # pytest's capture replaced sys.stdout/err with objects of its own: write to the log's file descriptors,
+    # line by line (the test follows the run's progress by its evaluation lines)
+    sys.stdout, sys.stderr = (open(f, "w", buffering=1, closefd=False) for f in (1, 2))
     from visual_prompting.cli import main
 
     code = main(argv)
@@ -64,22 +68,63 @@ def check_files(out: Path) -> int:
     return step
 
 
+EVAL_LINE = re.compile(r"^step \d+: val top-1", re.M)
+
+
+def evals_after(log: Path, offset: int) -> int:
+    """How many evaluation lines ("step N: val top-1 ...", every 8 steps) the log has past byte ``offset``."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            return len(EVAL_LINE.findall(f.read().decode("utf-8", "replace")))
+    except FileNotFoundError:
+        return 0
+
+
+def watch(p: mp.Process, log: Path, offset: int, until, timeout: float = 300.0) -> list[float]:
+    """Polls the run's log while ``p`` lives until ``until(number of evaluation lines, seconds)`` holds; returns
+    the moments the evaluation lines were seen."""
+    t0, seen = time.monotonic(), []
+    while p.is_alive() and time.monotonic() - t0 < timeout:
+        n = evals_after(log, offset)
+        seen += [time.monotonic()] * (n - len(seen))
+        if until(n, time.monotonic() - t0):
+            break
+        time.sleep(0.005)
+    return seen
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_random_kills_and_resumes_end_where_an_uninterrupted_run_ends(tmp_path):
+    """The kills are placed by the run's progress, not by the clock (a clock measured on one run lands elsewhere
+    when the machine's load changes: under a busy CI the run once finished between two kills): each round waits
+    for 0 or 1 evaluation lines, then a random part of an evaluation interval, and is killed at the latest when
+    the next evaluation line appears. So a round moves the run on by at most 2 evaluations (16 steps, and the step
+    a Ctrl-C finishes): start-up, steps and checkpoint writes (right after an evaluation line) are all hit, and
+    with this seed's draws the run cannot finish in fewer than 10 rounds."""
+    ref_log = tmp_path / "ref.log"
     ref = start(tmp_path / "ref", resume=False)
-    t0 = time.monotonic()
+    seen = watch(ref, ref_log, 0, lambda n, t: False)
     ref.join(300)
-    duration = time.monotonic() - t0
-    assert ref.exitcode == 0, (tmp_path / "ref.log").read_text()
+    assert ref.exitcode == 0, ref_log.read_text()
+    gaps = [b - a for a, b in zip(seen, seen[1:])]  # the time between two evaluations (8 steps), updated as it goes
+    assert len(seen) == 20, ref_log.read_text()[-3000:]
 
     rng = random.Random(0)
-    out = tmp_path / "killed"
+    out, log = tmp_path / "killed", tmp_path / "killed.log"
     kinds, steps, finished = [], [], False
     for k in range(MAX_ROUNDS):  # kill, resume, kill ... until the run gets to its end between two kills
+        offset = log.stat().st_size if log.exists() else 0
+        wait, part = rng.choice([0, 1, 1]), rng.random()
         p = start(out, resume=k > 0)
-        p.join(rng.uniform(0.0, 0.12) * duration)  # anywhere in a run's life: start-up, steps, checkpoint writes
+        seen = watch(p, log, offset, lambda n, t: n >= wait)
+        gap = sorted(gaps)[len(gaps) // 2]
+        t_kill = time.monotonic() + part * gap
+        seen += watch(p, log, offset, lambda n, t: n > wait or time.monotonic() >= t_kill)[len(seen):]
+        gaps += [b - a for a, b in zip(seen, seen[1:])]
         if not p.is_alive():
-            assert p.exitcode == 0, (tmp_path / "killed.log").read_text()[-3000:]
+            p.join()
+            assert p.exitcode == 0, log.read_text()[-3000:]
             finished = True
             break
         sig = rng.choice([signal.SIGKILL, signal.SIGINT])
@@ -96,7 +141,7 @@ def test_random_kills_and_resumes_end_where_an_uninterrupted_run_ends(tmp_path):
     if not finished:
         final = start(out, resume=True)
         final.join(300)
-        assert final.exitcode == 0, (tmp_path / "killed.log").read_text()[-3000:]
+        assert final.exitcode == 0, log.read_text()[-3000:]
 
     print(f"{len(kinds)} kills ({kinds.count('SIGKILL')} SIGKILL, {kinds.count('SIGINT')} SIGINT); last checkpoint "
           f"step after each: {steps}")
