@@ -237,3 +237,41 @@ def test_the_global_batch_must_split_evenly():
     assert check_divisible(256, Ranks(0, 4)) == 64
     with pytest.raises(VPError, match="multiple of 3"):
         check_divisible(256, Ranks(0, 3))
+
+
+def test_streamed_loader_workers_are_forked_by_a_fork_server_under_torchrun_and_by_the_process_alone(tmp_path):
+    """A process that runs gloo's threads does not fork its decoding workers itself (a fork copies locks those
+    threads hold: a resume once waited for ever on a worker that never delivered its first batch); one process
+    alone still forks them. Seen from inside the workers: their parent process."""
+    (tmp_path / "ppid_images.py").write_text(
+        "import os\nimport torch\nfrom PIL import Image\n\n\n"
+        "class PpidImages(torch.utils.data.Dataset):  # label: the decoding process's parent\n"
+        "    def __len__(self):\n        return 4\n\n"
+        "    def __getitem__(self, i):\n        return Image.new('RGB', (8, 8)), os.getppid()\n")
+    script = tmp_path / "probe.py"
+    script.write_text(f"""
+import json, os, sys
+import torch
+import torch.distributed as dist
+from ppid_images import PpidImages
+from visual_prompting.data import StreamImageSet
+
+
+def parents():
+    s = StreamImageSet(PpidImages(), torch.zeros(4, dtype=torch.long), ["a"], "p", 8, num_workers=1)
+    return sorted({{int(v) for _, y in s.batches(2) for v in y}})
+
+
+if __name__ == "__main__":  # the fork server's workers import this script again
+    alone = parents()
+    dist.init_process_group("gloo", init_method="file://{tmp_path / 'store'}", rank=0, world_size=1)
+    ranked = parents()
+    dist.destroy_process_group()
+    print(json.dumps([os.getpid(), alone, ranked]))
+""")
+    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**env(), "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    pid, alone, ranked = json.loads(r.stdout.strip().splitlines()[-1])
+    assert alone == [pid]  # forked by the process itself
+    assert len(ranked) == 1 and ranked != [pid]  # by one other process: the fork server

@@ -227,9 +227,29 @@ class StreamImageSet(ImageSet):
             prefetch_factor=self.prefetch_factor if workers else None,
             # the workers' base seed comes from this generator, never from the global RNG (augmentations use that)
             generator=generator if generator is not None else torch.Generator().manual_seed(SPLIT_SEED),
-            worker_init_fn=_ignore_ctrl_c)
+            worker_init_fn=_ignore_ctrl_c, multiprocessing_context=worker_start_method() if workers else None)
         for x, y in loader:
             yield x, y
+
+
+def worker_start_method():
+    """How DataLoader workers start: forked (the default) in one process; from a fork server under torchrun.
+
+    A torchrun process runs gloo's threads, and a fork copies any lock another thread holds at that moment without
+    the thread that would release it. Seen here: a decoding worker, forked by a rank, that never delivered its
+    first batch (its rank waited for it for ever, the other rank in the gradient's all-reduce; 4 of 77 streamed
+    2-process resumes while the test suite ran beside them, none of the first runs). The fork server is a single-threaded process started once per rank, with this module already imported, that
+    forks the workers. The ``python -m visual_prompting`` entry point is not run again in them; a script of
+    one's own that trains on several processes needs the ``if __name__ == "__main__":`` guard."""
+    import multiprocessing as mp
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or "forkserver" not in mp.get_all_start_methods():
+        return None
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])  # torch and this module, imported once in the server
+    return ctx
 
 
 def _ignore_ctrl_c(worker_id: int) -> None:
