@@ -54,9 +54,12 @@ def env(**probes) -> dict:
 
 
 def torchrun(argv, timeout=240, worker=True, **probes) -> subprocess.CompletedProcess:
-    r = subprocess.run(torchrun_cmd(argv, worker=worker), cwd=REPO, env=env(**probes), capture_output=True,
-                       text=True, timeout=timeout)
-    return r
+    try:
+        return subprocess.run(torchrun_cmd(argv, worker=worker), cwd=REPO, env=env(**probes), capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:  # what the run had printed (a hang once left nothing to read)
+        out = "".join(x.decode(errors="replace") if isinstance(x, bytes) else x for x in (e.stdout, e.stderr) if x)
+        pytest.fail(f"torchrun did not end within {timeout} s; its output:\n{out[-3000:]}")
 
 
 @pytest.fixture(scope="module")
