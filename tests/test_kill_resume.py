@@ -81,17 +81,31 @@ def evals_after(log: Path, offset: int) -> int:
         return 0
 
 
-def watch(p: mp.Process, log: Path, offset: int, until, timeout: float = 300.0) -> list[float]:
-    """Polls the run's log while ``p`` lives until ``until(number of evaluation lines, seconds)`` holds; returns
-    the moments the evaluation lines were seen."""
-    t0, seen = time.monotonic(), []
+def watch(p: mp.Process, log: Path, offset: int, until, seen: list[float], timeout: float = 300.0) -> None:
+    """Polls the run's log while ``p`` lives until ``until(number of evaluation lines)`` holds; appends to ``seen``
+    the moment each new evaluation line was seen."""
+    t0 = time.monotonic()
     while p.is_alive() and time.monotonic() - t0 < timeout:
         n = evals_after(log, offset)
         seen += [time.monotonic()] * (n - len(seen))
-        if until(n, time.monotonic() - t0):
+        if until(n):
             break
         time.sleep(0.005)
-    return seen
+
+
+def evals(history: list[dict]) -> list[tuple]:
+    """A run history's evaluations: (step, validation top-1)."""
+    return [(r["step"], r["val_top1"]) for r in history if r.get("kind") == "eval"]
+
+
+def tiny_trainer(out, splits, cache, callbacks=(), **kw):
+    """8 steps of 32 on EfficientNet-Lite0 at 32 px, evaluated every 4 steps, in this process."""
+    from visual_prompting import TrainConfig
+    from visual_prompting.training import Trainer
+
+    cfg = TrainConfig(model="effnet-lite0@32", dataset="fashion_mnist_subset", batch_size=32, steps=8, eval_every=4,
+                      device="cpu", seed=0, out_dir=str(out), num_workers=0, label_mapping="frequency", **kw)
+    return Trainer(cfg, cache=cache, splits=splits, callbacks=list(callbacks))
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -104,7 +118,8 @@ def test_random_kills_and_resumes_end_where_an_uninterrupted_run_ends(tmp_path):
     with this seed's draws the run cannot finish in fewer than 10 rounds."""
     ref_log = tmp_path / "ref.log"
     ref = start(tmp_path / "ref", resume=False)
-    seen = watch(ref, ref_log, 0, lambda n, t: False)
+    seen = []
+    watch(ref, ref_log, 0, lambda n: False, seen)
     ref.join(300)
     assert ref.exitcode == 0, ref_log.read_text()
     gaps = [b - a for a, b in zip(seen, seen[1:])]  # the time between two evaluations (8 steps), updated as it goes
@@ -117,10 +132,11 @@ def test_random_kills_and_resumes_end_where_an_uninterrupted_run_ends(tmp_path):
         offset = log.stat().st_size if log.exists() else 0
         wait, part = rng.choice([0, 1, 1]), rng.random()
         p = start(out, resume=k > 0)
-        seen = watch(p, log, offset, lambda n, t: n >= wait)
+        seen = []
+        watch(p, log, offset, lambda n: n >= wait, seen)
         gap = sorted(gaps)[len(gaps) // 2]
         t_kill = time.monotonic() + part * gap
-        seen += watch(p, log, offset, lambda n, t: n > wait or time.monotonic() >= t_kill)[len(seen):]
+        watch(p, log, offset, lambda n: n > wait or time.monotonic() >= t_kill, seen)
         gaps += [b - a for a, b in zip(seen, seen[1:])]
         if not p.is_alive():
             p.join()
@@ -157,7 +173,6 @@ def test_random_kills_and_resumes_end_where_an_uninterrupted_run_ends(tmp_path):
     assert b.meta["head"]["mapping"] == a.meta["head"]["mapping"]
     hist_a = json.loads((tmp_path / "ref" / "history.json").read_text())
     hist_b = json.loads((out / "history.json").read_text())
-    evals = lambda h: [(r["step"], r["val_top1"]) for r in h if r.get("kind") == "eval"]  # noqa: E731
     assert evals(hist_b) == evals(hist_a)
 
 
@@ -173,9 +188,8 @@ def test_ctrl_c_stops_between_steps_and_the_resume_is_exact(tmp_path, terminal_s
     """SIGINT in the middle of a step (here: sent to this main thread from inside step 3, after the optimiser's
     update and before the step is counted) is taken at the next step boundary: the last checkpoint is that step's,
     and resuming ends where an uninterrupted run ends (taken mid-step, step 3 would be replayed on resume)."""
-    from visual_prompting import BackboneCache, TrainConfig
+    from visual_prompting import BackboneCache
     from visual_prompting.data import DataSplits, load_splits
-    from visual_prompting.training import Trainer
 
     full = load_splits("fashion_mnist_subset", image_size=32)
     splits = DataSplits(full.train.subset(torch.arange(128)), full.val.subset(torch.arange(64)),
@@ -183,10 +197,7 @@ def test_ctrl_c_stops_between_steps_and_the_resume_is_exact(tmp_path, terminal_s
     cache = BackboneCache()
 
     def trainer(out, **kw):
-        cfg = TrainConfig(model="effnet-lite0@32", dataset="fashion_mnist_subset", batch_size=32, steps=8,
-                          eval_every=4, device="cpu", seed=0, out_dir=str(out), num_workers=0, optimizer="adam",
-                          label_mapping="frequency", **kw)
-        return Trainer(cfg, cache=cache, splits=splits)
+        return tiny_trainer(out, splits, cache, optimizer="adam", **kw)
 
     ref = trainer(tmp_path / "ref").run()
     t = trainer(tmp_path / "run")
@@ -232,18 +243,13 @@ def test_a_kill_between_writing_the_history_and_the_checkpoint_loses_no_evaluati
     the history on disk is then a checkpoint ahead. The resume keeps only the checkpoint's own part of it, and takes
     the evaluation after it again, once: its evaluations are the uninterrupted run's (seen once in the random-kill
     test above: the evaluation of the step between was missing)."""
-    from visual_prompting import BackboneCache, TrainConfig
-    from visual_prompting.training import Trainer
+    from visual_prompting import BackboneCache
 
     cache = BackboneCache()
 
     def trainer(out, callbacks=(), **kw):
-        cfg = TrainConfig(model="effnet-lite0@32", dataset="fashion_mnist_subset", batch_size=32, steps=8,
-                          eval_every=4, device="cpu", seed=0, out_dir=str(out), num_workers=0,
-                          label_mapping="frequency", **kw)
-        return Trainer(cfg, cache=cache, splits=small, callbacks=list(callbacks))
+        return tiny_trainer(out, small, cache, callbacks, **kw)
 
-    evals = lambda h: [(r["step"], r["val_top1"]) for r in h if r.get("kind") == "eval"]  # noqa: E731
     ref = trainer(tmp_path / "ref").run()
     out = tmp_path / "run"
 
