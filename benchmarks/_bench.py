@@ -155,6 +155,60 @@ def provenance_of(doc: dict) -> dict:
     return out
 
 
+def runs_behind(doc: dict) -> list[dict]:
+    """The runs behind a results document whose rows carry their own provenance (an accuracy.json merged from
+    several runs, where a row's seeds may come from several runs too): one entry per measured code - commit,
+    dirty tree, commit a lent machine's launcher declared - in order of first appearance, each
+    ``{"provenance": the first run's, "provenances": every run's, "rows": {method: [seeds] or None}}``. A row
+    without its own provenance counts under the document's; a document with no rows is one entry."""
+    groups: dict[tuple, dict] = {}
+
+    def add(prov: dict, method: str | None, seed) -> None:
+        key = (prov.get("git_commit"), bool(prov.get("git_dirty")), prov.get("source_commit_declared"))
+        g = groups.setdefault(key, {"provenance": prov, "provenances": [], "rows": {}})
+        if prov not in g["provenances"]:
+            g["provenances"].append(prov)
+        if method is not None:
+            seeds = g["rows"].setdefault(method, None if seed is None else [])
+            if seed is not None:
+                g["rows"][method] = (seeds or []) + [seed]
+
+    top = provenance_of(doc)
+    for r in doc.get("rows") or []:
+        per = r.get("per_seed") or []
+        if per and all(s.get("provenance") for s in per):  # seeds joined from several runs: each its own
+            for s in per:
+                add(s["provenance"], r["method"], s["seed"])
+        else:
+            prov = r.get("provenance") or top
+            for seed in (r.get("seeds") or [None]):
+                add(prov, r["method"], seed)
+    if not groups:
+        add(top, None, None)
+    return list(groups.values())
+
+
+def runs_lines(runs: list[dict]) -> list[str]:
+    """A merged table's runs, one line per measured commit: its dates, tree, load averages and what it measured."""
+    out = []
+    for g in runs:
+        provs = g["provenances"]
+        dates = sorted({str(q.get("date_utc") or "no date")[:10] for q in provs})
+        loads = [q["load_average_before_run"][0] for q in provs if q.get("load_average_before_run")]
+        what = ", ".join(m if seeds is None else f"{m} (seed{'s' * (len(seeds) > 1)} {','.join(map(str, seeds))})"
+                         for m, seeds in g["rows"].items())
+        p = g["provenance"]
+        c = str(p.get("git_commit") or "no commit")[:10]
+        declared = (f", a copy of commit {str(p['source_commit_declared'])[:10]}"
+                    if p.get("source_commit_declared") else "")
+        load_txt = (f"; load average before the run{'s' * (len(provs) > 1)} "
+                    f"{min(loads):.1f}{f'-{max(loads):.1f}' if max(loads) != min(loads) else ''}" if loads else "")
+        out.append(f"- commit {c}{' (dirty tree)' if p.get('git_dirty') else ''}{declared}, "
+                   f"{' to '.join(dict.fromkeys([dates[0], dates[-1]]))}, {len(provs)} run{'s' * (len(provs) > 1)}"
+                   f"{load_txt}: {what}")
+    return out
+
+
 def _clean(obj):
     """JSON-safe: NaN/inf become null, tensors and numpy scalars become Python numbers."""
     if isinstance(obj, float):

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import REPO, markdown_table, provenance_of  # noqa: E402  (no torch needed here: _bench imports it lazily?)
+from _bench import REPO, markdown_table, provenance_of, runs_behind, runs_lines  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 READMES = ["README.md", "benchmarks/README.md", "prompts_zoo/README.md"]
@@ -174,8 +174,16 @@ def accuracy_block(rel: str, title: str) -> str:
     acc = _accuracy_module()
     p = provenance_of(d)
     s = acc.summarize(d["rows"])
-    lines = [f"{title} ({stamp(p, rel)}; {cores(p)}, load average before the run "
-             f"{p.get('load_average_before_run')}):", "", f"    {p['command']}", "", acc.table(d["rows"]), ""]
+    runs = runs_behind(d)
+    if len(runs) == 1:
+        lines = [f"{title} ({stamp(p, rel)}; {cores(p)}, load average before the run "
+                 f"{p.get('load_average_before_run')}):", "", f"    {p['command']}", ""]
+    else:  # rows merged from runs at several commits: each commit's rows, not one run's command for all
+        lines = [f"{title} (`{rel}`, {cores(p)}): rows from {sum(len(g['provenances']) for g in runs)} runs at "
+                 f"{len(runs)} commits, merged by `accuracy.py --merge-from` (each row's command, commit, date and "
+                 "load average are in its `provenance`, each seed's under `per_seed` where its seeds came from "
+                 "several runs):", "", *runs_lines(runs), ""]
+    lines += [acc.table(d["rows"]), ""]
     if "gap_points" in s:
         total = f" {d['total_seconds'] / 60:.1f} min in all." if d.get("total_seconds") else ""
         lines.append(acc.gap_sentence(s) + total)
@@ -203,7 +211,11 @@ def b_accuracy_budget() -> str:
     caveat = (f" These are the rows' own times from several runs: {single} of {len(rows)} rows ran with one torch "
               f"thread, side by side with another run, and the busiest started at a load average of {busy:.1f}, so "
               "they overstate what one run on an idle machine takes." if single or busy > 1.5 else "")
-    return (f"Measured ({stamp(provenance_of(d), 'benchmarks/results/accuracy.json')}): "
+    runs = runs_behind(d)
+    when = (stamp(provenance_of(d), 'benchmarks/results/accuracy.json') if len(runs) == 1 else
+            f"`benchmarks/results/accuracy.json`, {sum(len(g['provenances']) for g in runs)} runs at {len(runs)} "
+            "commits")
+    return (f"Measured ({when}): "
             f"{d['total_seconds'] / 60:.1f} min in all on the {cores(provenance_of(d))}; a trained row "
             f"{min(trained):.1f}-{max(trained):.1f} min, the no-prompt rows {min(np_):.1f}-{max(np_):.1f} min, the "
             f"linear probe {lp[0]:.1f} min.{caveat}")
@@ -375,7 +387,9 @@ def b_benchmarks_table() -> str:
         p, st = provenance_of(d), d["settings"]
         s = _accuracy_module().summarize(d["rows"])
         rows.append([f"accuracy, {st['dataset']} ({st['model']}, {st['steps']} steps of {st['batch_size']}, "
-                     f"{cores(p)})", f"`{p['command']}`",
+                     f"{cores(p)})", f"`{p['command']}`" if len(runs_behind(d)) == 1 else
+                     f"`python benchmarks/accuracy.py` ({sum(len(g['provenances']) for g in runs_behind(d))} runs "
+                     "merged: `benchmarks/README.md`)",
                      f"best prompt ({s['best_prompt']}) {pct(s['best_prompt_test_top1'])} vs linear probe "
                      f"{pct(s['linear_probe_test_top1'])}"])
     dates = sorted({provenance_of(x)["date_utc"][:10] for x in (sc, al, acc, gacc) if provenance_of(x).get("date_utc")})
@@ -496,6 +510,8 @@ def entries() -> list[tuple[str, str, str, dict]]:
         d = load(rel)
         if d is None:
             out.append((name, rel, script, None))
+        elif name.startswith("accuracy") and len(runs_behind(d)) > 1:  # merged: each commit's rows judged apart
+            out += [(f"{name} [{', '.join(g['rows'])}]", rel, script, g["provenance"]) for g in runs_behind(d)]
         elif name == "speed":
             out += [(f"speed {m} {dev}", rel, script, provenance_of(r)) for m, per in d["results"].items()
                     for dev, r in per.items()]

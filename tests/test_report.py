@@ -66,6 +66,36 @@ def test_stale_lists_results_whose_measured_code_changed(report, monkeypatch):
     assert any(ln.startswith("STALE?  none") for ln in lines) and any(ln.startswith("MISSING missing") for ln in lines)
 
 
+def test_a_merged_accuracy_table_is_judged_and_stamped_row_by_row(report, monkeypatch):
+    """A table merged from runs at several commits: each commit's rows are judged apart (the file's own provenance
+    is only its first run's), and the README names every commit with its rows instead of one run's command."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.split()[0]  # noqa: E731
+    head, first = git("rev-parse", "HEAD"), git("rev-list", "--max-parents=0", "HEAD")
+    real = report.load
+    doc = copy.deepcopy(real("benchmarks/results/accuracy.json"))
+    doc["provenance"] = {**report.provenance_of(doc), "git_commit": head, "git_dirty": False}
+    for r in doc["rows"]:
+        r["provenance"] = {**r["provenance"], "git_commit": head, "git_dirty": False}
+        for s in r.get("per_seed") or []:
+            s.pop("provenance", None)
+    monkeypatch.setattr(report, "load", lambda rel: doc if rel == "benchmarks/results/accuracy.json" else real(rel))
+    fresh = [ln for ln in report.stale() if "(benchmarks/results/accuracy.json" in ln]
+    assert fresh == [] and doc["provenance"]["command"] in report.b_accuracy_cpu()  # one run: its command shown
+
+    old = next(r for r in doc["rows"] if r["method"] == "pad_first_k")
+    old["provenance"]["git_commit"] = first
+    seeded = next(r for r in doc["rows"] if len(r.get("per_seed") or []) == 3)  # its seeds from two runs
+    for s in seeded["per_seed"]:
+        s["provenance"] = {**seeded["provenance"], "git_commit": first if s["seed"] == 1 else head}
+    lines = [ln for ln in report.stale() if "(benchmarks/results/accuracy.json" in ln]
+    assert len(lines) == 1 and lines[0].startswith("STALE   accuracy [pad_first_k, " + seeded["method"] + "]")
+    assert first[:10] in lines[0]
+    block = report.b_accuracy_cpu()
+    assert f"- commit {first[:10]}" in block and f"pad_first_k (seed 0), {seeded['method']} (seed 1)" in block
+    assert f"- commit {head[:10]}" in block and f"{seeded['method']} (seeds 0,2)" in block
+    assert doc["provenance"]["command"] not in block  # not one run's command for rows it did not measure
+
+
 def test_stale_is_a_warning_and_check_fails_on_a_difference(report, monkeypatch, capsys):
     assert report.main(["--stale"]) == 0 and capsys.readouterr().out.strip()  # CI prints it, never fails on it
     assert report.main(["--check"]) == 0
