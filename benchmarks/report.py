@@ -392,7 +392,9 @@ def b_benchmarks_table() -> str:
                      "merged: `benchmarks/README.md`)",
                      f"best prompt ({s['best_prompt']}) {pct(s['best_prompt_test_top1'])} vs linear probe "
                      f"{pct(s['linear_probe_test_top1'])}"])
-    dates = sorted({provenance_of(x)["date_utc"][:10] for x in (sc, al, acc, gacc) if provenance_of(x).get("date_utc")})
+    provs = [provenance_of(x) for x in (sc, al)] + [q for x in (acc, gacc) for g in runs_behind(x)
+                                                    for q in g["provenances"]]
+    dates = sorted({q["date_utc"][:10] for q in provs if q.get("date_utc")})
     return (markdown_table(["what", "command", "result"], rows)
             + f"\n\nDates and commits of each result: `benchmarks/README.md` (results dated {', '.join(dates)}).\n")
 
