@@ -171,7 +171,7 @@ def runs_behind(doc: dict) -> list[dict]:
         if method is not None:
             seeds = g["rows"].setdefault(method, None if seed is None else [])
             if seed is not None:
-                g["rows"][method] = (seeds or []) + [seed]
+                seeds.append(seed)
 
     top = provenance_of(doc)
     for r in doc.get("rows") or []:
@@ -186,6 +186,11 @@ def runs_behind(doc: dict) -> list[dict]:
     if not groups:
         add(top, None, None)
     return list(groups.values())
+
+
+def runs_count(runs: list[dict]) -> str:
+    """"N runs at M commits": how many runs (distinct provenances) and measured commits :func:`runs_behind` found."""
+    return f"{sum(len(g['provenances']) for g in runs)} runs at {len(runs)} commits"
 
 
 def runs_lines(runs: list[dict]) -> list[str]:

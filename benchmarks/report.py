@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import REPO, markdown_table, provenance_of, runs_behind, runs_lines  # noqa: E402
+from _bench import REPO, markdown_table, provenance_of, runs_behind, runs_count, runs_lines  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 READMES = ["README.md", "benchmarks/README.md", "prompts_zoo/README.md"]
@@ -179,8 +179,7 @@ def accuracy_block(rel: str, title: str) -> str:
         lines = [f"{title} ({stamp(p, rel)}; {cores(p)}, load average before the run "
                  f"{p.get('load_average_before_run')}):", "", f"    {p['command']}", ""]
     else:  # rows merged from runs at several commits: each commit's rows, not one run's command for all
-        lines = [f"{title} (`{rel}`, {cores(p)}): rows from {sum(len(g['provenances']) for g in runs)} runs at "
-                 f"{len(runs)} commits, merged by `accuracy.py --merge-from` (each row's command, commit, date and "
+        lines = [f"{title} (`{rel}`, {cores(p)}): rows from {runs_count(runs)}, merged by `accuracy.py --merge-from` (each row's command, commit, date and "
                  "load average are in its `provenance`, each seed's under `per_seed` where its seeds came from "
                  "several runs):", "", *runs_lines(runs), ""]
     lines += [acc.table(d["rows"]), ""]
@@ -213,8 +212,7 @@ def b_accuracy_budget() -> str:
               "they overstate what one run on an idle machine takes." if single or busy > 1.5 else "")
     runs = runs_behind(d)
     when = (stamp(provenance_of(d), 'benchmarks/results/accuracy.json') if len(runs) == 1 else
-            f"`benchmarks/results/accuracy.json`, {sum(len(g['provenances']) for g in runs)} runs at {len(runs)} "
-            "commits")
+            f"`benchmarks/results/accuracy.json`, {runs_count(runs)}")
     return (f"Measured ({when}): "
             f"{d['total_seconds'] / 60:.1f} min in all on the {cores(provenance_of(d))}; a trained row "
             f"{min(trained):.1f}-{max(trained):.1f} min, the no-prompt rows {min(np_):.1f}-{max(np_):.1f} min, the "
@@ -383,16 +381,16 @@ def b_benchmarks_table() -> str:
     rows.append(["app: launch -> first prediction, one prediction", f"`{provenance_of(al)['command']}`",
                  f"{al['launch_to_first_prediction_s']:.1f} s, {al['prediction_s']:.3f} s over HTTP (empty endpoint "
                  f"{al['gradio_floor_s']:.3f} s); handler {al['handler_ratio']:.2f}x the bare forward"])
+    acc_runs = {id(d): runs_behind(d) for d in (acc, gacc)}
     for d in (acc, gacc):
-        p, st = provenance_of(d), d["settings"]
+        p, st, runs = provenance_of(d), d["settings"], acc_runs[id(d)]
         s = _accuracy_module().summarize(d["rows"])
         rows.append([f"accuracy, {st['dataset']} ({st['model']}, {st['steps']} steps of {st['batch_size']}, "
-                     f"{cores(p)})", f"`{p['command']}`" if len(runs_behind(d)) == 1 else
-                     f"`python benchmarks/accuracy.py` ({sum(len(g['provenances']) for g in runs_behind(d))} runs "
-                     "merged: `benchmarks/README.md`)",
+                     f"{cores(p)})", f"`{p['command']}`" if len(runs) == 1 else
+                     f"`python benchmarks/accuracy.py` ({runs_count(runs)}, merged: `benchmarks/README.md`)",
                      f"best prompt ({s['best_prompt']}) {pct(s['best_prompt_test_top1'])} vs linear probe "
                      f"{pct(s['linear_probe_test_top1'])}"])
-    provs = [provenance_of(x) for x in (sc, al)] + [q for x in (acc, gacc) for g in runs_behind(x)
+    provs = [provenance_of(x) for x in (sc, al)] + [q for runs in acc_runs.values() for g in runs
                                                     for q in g["provenances"]]
     dates = sorted({q["date_utc"][:10] for q in provs if q.get("date_utc")})
     return (markdown_table(["what", "command", "result"], rows)
@@ -512,8 +510,8 @@ def entries() -> list[tuple[str, str, str, dict]]:
         d = load(rel)
         if d is None:
             out.append((name, rel, script, None))
-        elif name.startswith("accuracy") and len(runs_behind(d)) > 1:  # merged: each commit's rows judged apart
-            out += [(f"{name} [{', '.join(g['rows'])}]", rel, script, g["provenance"]) for g in runs_behind(d)]
+        elif name.startswith("accuracy") and len(runs := runs_behind(d)) > 1:  # merged: each commit's rows apart
+            out += [(f"{name} [{', '.join(g['rows'])}]", rel, script, g["provenance"]) for g in runs]
         elif name == "speed":
             out += [(f"speed {m} {dev}", rel, script, provenance_of(r)) for m, per in d["results"].items()
                     for dev, r in per.items()]

@@ -20,6 +20,12 @@ def report():
     return mod
 
 
+def head_and_first_commit() -> tuple[str, str]:
+    """This repository's HEAD and its first commit: a result at HEAD is fresh, one at the first commit stale."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.split()[0]  # noqa: E731
+    return git("rev-parse", "HEAD"), git("rev-list", "--max-parents=0", "HEAD")
+
+
 def test_readmes_match_the_results_files(report):
     assert report.check() == []
 
@@ -47,9 +53,7 @@ def test_a_changed_result_or_readme_number_fails_the_check(report, monkeypatch):
 
 
 def test_stale_lists_results_whose_measured_code_changed(report, monkeypatch):
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    first = subprocess.run(["git", "rev-list", "--max-parents=0", "HEAD"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.split()[0]
+    head, first = head_and_first_commit()
     fake = [("now", "x.json", "benchmarks/speed.py", {"git_commit": head, "git_dirty": False}),
             ("old", "y.json", "benchmarks/speed.py", {"git_commit": first, "git_dirty": False}),
             ("none", "z.json", "benchmarks/speed.py", {"git_commit": None}),
@@ -69,8 +73,7 @@ def test_stale_lists_results_whose_measured_code_changed(report, monkeypatch):
 def test_a_merged_accuracy_table_is_judged_and_stamped_row_by_row(report, monkeypatch):
     """A table merged from runs at several commits: each commit's rows are judged apart (the file's own provenance
     is only its first run's), and the README names every commit with its rows instead of one run's command."""
-    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.split()[0]  # noqa: E731
-    head, first = git("rev-parse", "HEAD"), git("rev-list", "--max-parents=0", "HEAD")
+    head, first = head_and_first_commit()
     real = report.load
     doc = copy.deepcopy(real("benchmarks/results/accuracy.json"))
     doc["provenance"] = {**report.provenance_of(doc), "git_commit": head, "git_dirty": False}
