@@ -179,9 +179,9 @@ def accuracy_block(rel: str, title: str) -> str:
         lines = [f"{title} ({stamp(p, rel)}; {cores(p)}, load average before the run "
                  f"{p.get('load_average_before_run')}):", "", f"    {p['command']}", ""]
     else:  # rows merged from runs at several commits: each commit's rows, not one run's command for all
-        lines = [f"{title} (`{rel}`, {cores(p)}): rows from {runs_count(runs)}, merged by `accuracy.py --merge-from` (each row's command, commit, date and "
-                 "load average are in its `provenance`, each seed's under `per_seed` where its seeds came from "
-                 "several runs):", "", *runs_lines(runs), ""]
+        lines = [f"{title} (`{rel}`, {cores(p)}): rows from {runs_count(runs)}, merged by `accuracy.py "
+                 "--merge-from` (each row's command, commit, date and load average are in its `provenance`, "
+                 "each seed's under `per_seed` where its seeds came from several runs):", "", *runs_lines(runs), ""]
     lines += [acc.table(d["rows"]), ""]
     if "gap_points" in s:
         total = f" {d['total_seconds'] / 60:.1f} min in all." if d.get("total_seconds") else ""
@@ -381,16 +381,16 @@ def b_benchmarks_table() -> str:
     rows.append(["app: launch -> first prediction, one prediction", f"`{provenance_of(al)['command']}`",
                  f"{al['launch_to_first_prediction_s']:.1f} s, {al['prediction_s']:.3f} s over HTTP (empty endpoint "
                  f"{al['gradio_floor_s']:.3f} s); handler {al['handler_ratio']:.2f}x the bare forward"])
-    acc_runs = {id(d): runs_behind(d) for d in (acc, gacc)}
-    for d in (acc, gacc):
-        p, st, runs = provenance_of(d), d["settings"], acc_runs[id(d)]
+    acc_runs = [(d, runs_behind(d)) for d in (acc, gacc)]
+    for d, runs in acc_runs:
+        p, st = provenance_of(d), d["settings"]
         s = _accuracy_module().summarize(d["rows"])
         rows.append([f"accuracy, {st['dataset']} ({st['model']}, {st['steps']} steps of {st['batch_size']}, "
                      f"{cores(p)})", f"`{p['command']}`" if len(runs) == 1 else
                      f"`python benchmarks/accuracy.py` ({runs_count(runs)}, merged: `benchmarks/README.md`)",
                      f"best prompt ({s['best_prompt']}) {pct(s['best_prompt_test_top1'])} vs linear probe "
                      f"{pct(s['linear_probe_test_top1'])}"])
-    provs = [provenance_of(x) for x in (sc, al)] + [q for runs in acc_runs.values() for g in runs
+    provs = [provenance_of(x) for x in (sc, al)] + [q for _, runs in acc_runs for g in runs
                                                     for q in g["provenances"]]
     dates = sorted({q["date_utc"][:10] for q in provs if q.get("date_utc")})
     return (markdown_table(["what", "command", "result"], rows)
