@@ -135,6 +135,26 @@ def test_resume_gives_the_same_prompt_as_an_uninterrupted_run(tmp_path, tiny_spl
     assert torch.allclose(resumed.prompter.delta(), full.prompter.delta(), atol=1e-6)
 
 
+def test_a_seed_gives_the_same_run_whether_the_backbone_was_loaded_before(tmp_path, small):
+    """Loading a backbone may draw from the global RNG (EfficientNet's layers initialise before the weights load),
+    a cached one does not: the seed is set after the load, so the capture draws and a trained head's first weights
+    do not depend on whether this process loaded the model before (benchmarks train seeds one after another)."""
+    from visual_prompting import BackboneCache
+    cache = BackboneCache()
+    runs = []
+    for name in ("cold", "warm"):  # the first run loads the backbone into the cache, the second finds it there
+        cfg = TrainConfig(model="effnet-lite0@32", dataset=small.name, prompter="full", optimizer="adam",
+                          label_mapping="fully_map", capture="capture", steps=4, batch_size=16, eval_every=4,
+                          device="cpu", seed=1, out_dir=str(tmp_path / name), num_workers=0,
+                          test_without_prompt=False)
+        t = Trainer(cfg, cache=cache, splits=small)
+        t.run()
+        runs.append([p.detach().clone() for p in (*t.prompter.parameters(), *t.model.head.trainable_parameters())])
+    cold, warm = runs
+    assert len(cold) == len(warm) > 1
+    assert all(torch.equal(a, b) for a, b in zip(cold, warm))
+
+
 def test_resume_refuses_a_different_run(tmp_path, tiny_splits):
     Trainer(_tiny_cfg(tmp_path, steps=2), splits=tiny_splits).run()
     with pytest.raises(VPError, match="another prompter"):

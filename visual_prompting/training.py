@@ -223,7 +223,6 @@ class Trainer:
         # under torchrun: join the other processes (one process: SINGLE, nothing changes; cuda -> cuda:LOCAL_RANK)
         self.ranks: Ranks
         self.ranks, self.device = init_from_env(self.device)
-        seed_everything(cfg.seed)
         with local_leader_first(self.ranks):  # weights and data downloaded once per machine, not raced
             self.backbone: Backbone = (cache.get(cfg.model, self.device) if cache
                                        else load_backbone(cfg.model, self.device))
@@ -231,6 +230,9 @@ class Trainer:
             self.splits = splits or load_splits(cfg.dataset, image_size=S, root=cfg.data_root, download=cfg.download,
                                                 val_fraction=cfg.val_fraction, num_workers=cfg.num_workers,
                                                 max_cache_bytes=int(cfg.cache_gib * 2**30))
+        # seeded after the load: building a model may draw from the global RNG and a cached one does not, so the
+        # draws below (a trained head's first weights, augmentation, capture) would depend on the process's past
+        seed_everything(cfg.seed)
         if self.device.type == "cuda":  # streamed batches in page-locked memory: an asynchronous copy to the GPU
             for part in (self.splits.train, self.splits.val, self.splits.test):
                 if isinstance(part, StreamImageSet):
