@@ -188,9 +188,15 @@ def runs_behind(doc: dict) -> list[dict]:
     return list(groups.values())
 
 
+def runs_total(runs: list[dict]) -> int:
+    """How many runs (distinct provenances) :func:`runs_behind` found: more than one for a merged document."""
+    return sum(len(g["provenances"]) for g in runs)
+
+
 def runs_count(runs: list[dict]) -> str:
     """"N runs at M commits": how many runs (distinct provenances) and measured commits :func:`runs_behind` found."""
-    return f"{sum(len(g['provenances']) for g in runs)} runs at {len(runs)} commits"
+    n = runs_total(runs)
+    return f"{n} run{'s' * (n != 1)} at {len(runs)} commit{'s' * (len(runs) != 1)}"
 
 
 def runs_lines(runs: list[dict]) -> list[str]:
@@ -252,21 +258,36 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def machine_line(prov: dict) -> str:
-    """One line for a table's footer from :func:`provenance` (or :func:`provenance_of` of an older file)."""
+def machine_text(prov: dict) -> str:
+    """The machine of a :func:`provenance`: cores, CPU, device, torch."""
     m = prov.get("machine") or {}
     dev = m.get("gpu") or m.get("device_name") or m.get("device")
+    return f"{m.get('cpus_usable')} CPU cores ({m.get('cpu')}), device {dev}, torch {m.get('torch')}"
+
+
+def machine_line(prov: dict) -> str:
+    """One line for a table's footer from :func:`provenance` (or :func:`provenance_of` of an older file)."""
     commit = str(prov.get("git_commit"))[:10]
-    text = (f"{m.get('cpus_usable')} CPU cores ({m.get('cpu')}), device {dev}, torch {m.get('torch')}, "
-            f"load average before the run {prov.get('load_average_before_run')}; {prov.get('date_utc')}, "
-            f"commit {commit}{' (dirty)' if prov.get('git_dirty') else ''}")
+    text = (f"{machine_text(prov)}, load average before the run {prov.get('load_average_before_run')}; "
+            f"{prov.get('date_utc')}, commit {commit}{' (dirty)' if prov.get('git_dirty') else ''}")
     if not prov.get("recorded"):
         text += f" [provenance not recorded by the tool: {prov.get('note') or 'written before it was'}]"
     return text
 
 
-def write_markdown(path: Path, title: str, prov: dict, body: str) -> str:
-    text = f"### {title}\n\n    {prov.get('command')}\n\n{body}\n\nMachine: {machine_line(prov)}.\n"
+def write_markdown(path: Path, title: str, prov: dict, body: str, runs: list[dict] | None = None) -> str:
+    """A results file's markdown: the command and machine of the run of ``prov``; with ``runs`` (:func:`runs_behind`
+    of a document merged from several runs, at one commit or more) each commit's runs and every machine instead,
+    not the first run's."""
+    if runs and runs_total(runs) > 1:
+        machines = dict.fromkeys(machine_text(q) for g in runs for q in g["provenances"])
+        head = (f"Rows from {runs_count(runs)}, merged (each row's command, commit, date and load average are in "
+                f"its `provenance` in the JSON file, each seed's under `per_seed` where its seeds came from several "
+                f"runs):\n\n" + "\n".join(runs_lines(runs)))
+        foot = f"Machine{'s' * (len(machines) > 1)}: {'; '.join(machines)}."
+    else:
+        head, foot = f"    {prov.get('command')}", f"Machine: {machine_line(prov)}."
+    text = f"### {title}\n\n{head}\n\n{body}\n\n{foot}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text

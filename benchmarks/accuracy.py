@@ -45,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import (apply_threads, bench_parser, markdown_table, provenance, provenance_of, pyplot,  # noqa: E402
-                    save_figure, write_json, write_markdown)
+                    runs_behind, save_figure, write_json, write_markdown)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -748,7 +748,7 @@ def render(doc: dict, out: Path) -> str:
         lines.append("\n" + gap_sentence(s) + total)
     lines += [f"- {o}" for o in s["observations"]]
     return write_markdown(out / "accuracy.md", "Accuracy (Fashion-MNIST, frozen EfficientNet-Lite0)",
-                          provenance_of(doc), "\n".join(lines))
+                          provenance_of(doc), "\n".join(lines), runs=runs_behind(doc))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import REPO, markdown_table, provenance_of, runs_behind, runs_count, runs_lines  # noqa: E402
+from _bench import REPO, markdown_table, provenance_of, runs_behind, runs_count, runs_lines, runs_total  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 READMES = ["README.md", "benchmarks/README.md", "prompts_zoo/README.md"]
@@ -175,10 +175,10 @@ def accuracy_block(rel: str, title: str) -> str:
     p = provenance_of(d)
     s = acc.summarize(d["rows"])
     runs = runs_behind(d)
-    if len(runs) == 1:
+    if runs_total(runs) == 1:
         lines = [f"{title} ({stamp(p, rel)}; {cores(p)}, load average before the run "
                  f"{p.get('load_average_before_run')}):", "", f"    {p['command']}", ""]
-    else:  # rows merged from runs at several commits: each commit's rows, not one run's command for all
+    else:  # rows merged from several runs: each commit's rows, not one run's command for all
         lines = [f"{title} (`{rel}`, {cores(p)}): rows from {runs_count(runs)}, merged by `accuracy.py "
                  "--merge-from` (each row's command, commit, date and load average are in its `provenance`, "
                  "each seed's under `per_seed` where its seeds came from several runs):", "", *runs_lines(runs), ""]
@@ -211,7 +211,7 @@ def b_accuracy_budget() -> str:
               f"thread, side by side with another run, and the busiest started at a load average of {busy:.1f}, so "
               "they overstate what one run on an idle machine takes." if single or busy > 1.5 else "")
     runs = runs_behind(d)
-    when = (stamp(provenance_of(d), 'benchmarks/results/accuracy.json') if len(runs) == 1 else
+    when = (stamp(provenance_of(d), 'benchmarks/results/accuracy.json') if runs_total(runs) == 1 else
             f"`benchmarks/results/accuracy.json`, {runs_count(runs)}")
     return (f"Measured ({when}): "
             f"{d['total_seconds'] / 60:.1f} min in all on the {cores(provenance_of(d))}; a trained row "
@@ -386,7 +386,7 @@ def b_benchmarks_table() -> str:
         p, st = provenance_of(d), d["settings"]
         s = _accuracy_module().summarize(d["rows"])
         rows.append([f"accuracy, {st['dataset']} ({st['model']}, {st['steps']} steps of {st['batch_size']}, "
-                     f"{cores(p)})", f"`{p['command']}`" if len(runs) == 1 else
+                     f"{cores(p)})", f"`{p['command']}`" if runs_total(runs) == 1 else
                      f"`python benchmarks/accuracy.py` ({runs_count(runs)}, merged: `benchmarks/README.md`)",
                      f"best prompt ({s['best_prompt']}) {pct(s['best_prompt_test_top1'])} vs linear probe "
                      f"{pct(s['linear_probe_test_top1'])}"])

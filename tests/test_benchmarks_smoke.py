@@ -234,6 +234,8 @@ def test_accuracy_seeds_and_rows_merge(tmp_path, monkeypatch):
     assert r["seeds"] == [0, 3, 4, 5] and len(tops) == 4 and r["test_top1"] == pytest.approx(sum(tops) / 4)
     assert "--seeds 4,5" in r["per_seed"][3]["provenance"]["command"]
     assert "--seeds 0,3" in r["per_seed"][0]["provenance"]["command"]
+    md = (tmp_path / "accuracy.md").read_text()  # names the three runs behind the rows, not the first one's command
+    assert "3 runs at 1 commit," in md and "pad_frequency (seeds 0,3,4,5)" in md and "\n    python" not in md
     with pytest.raises(SystemExit, match="the same seed"):  # a seed is never counted twice
         acc.main(["--out", str(tmp_path), "--merge-from", str(other / "accuracy.json"), "--add-seeds"])
 

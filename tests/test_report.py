@@ -78,12 +78,15 @@ def test_a_merged_accuracy_table_is_judged_and_stamped_row_by_row(report, monkey
     doc = copy.deepcopy(real("benchmarks/results/accuracy.json"))
     doc["provenance"] = {**report.provenance_of(doc), "git_commit": head, "git_dirty": False}
     for r in doc["rows"]:
-        r["provenance"] = {**r["provenance"], "git_commit": head, "git_dirty": False}
+        r["provenance"] = dict(doc["provenance"])  # every row from the file's one run
         for s in r.get("per_seed") or []:
             s.pop("provenance", None)
     monkeypatch.setattr(report, "load", lambda rel: doc if rel == "benchmarks/results/accuracy.json" else real(rel))
     fresh = [ln for ln in report.stale() if "(benchmarks/results/accuracy.json" in ln]
     assert fresh == [] and doc["provenance"]["command"] in report.b_accuracy_cpu()  # one run: its command shown
+    doc["rows"][0]["provenance"]["command"] += " --rows other"  # two runs at one commit: both named, not one command
+    block = report.b_accuracy_cpu()
+    assert "rows from 2 runs at 1 commit," in block and doc["provenance"]["command"] not in block
 
     old = next(r for r in doc["rows"] if r["method"] == "linear_probe")  # deterministic: no seeds
     old["provenance"]["git_commit"] = first
