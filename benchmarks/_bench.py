@@ -62,7 +62,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-RESULT_PATHS = ("benchmarks/results", "prompts_zoo/index.json")  # written by the tools (not code)
+RESULT_PATHS = ("benchmarks/results", "prompts_zoo/index.json", "prompts_zoo/verify.json")  # written by the tools
 
 
 def git_state() -> dict:
