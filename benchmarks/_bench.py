@@ -199,6 +199,14 @@ def runs_count(runs: list[dict]) -> str:
     return f"{n} run{'s' * (n != 1)} at {len(runs)} commit{'s' * (len(runs) != 1)}"
 
 
+def merged_from(runs: list[dict]) -> str:
+    """What a table merged from several runs is made of, and where each run's provenance lies (before its
+    :func:`runs_lines`)."""
+    return (f"rows from {runs_count(runs)}, merged by `accuracy.py --merge-from` (each row's command, commit, date and "
+            "load average are in its `provenance`, each seed's under `per_seed` where its seeds came from several "
+            "runs)")
+
+
 def runs_lines(runs: list[dict]) -> list[str]:
     """A merged table's runs, one line per measured commit: its dates, tree, load averages and what it measured."""
     out = []
@@ -281,9 +289,8 @@ def write_markdown(path: Path, title: str, prov: dict, body: str, runs: list[dic
     not the first run's."""
     if runs and runs_total(runs) > 1:
         machines = dict.fromkeys(machine_text(q) for g in runs for q in g["provenances"])
-        head = (f"Rows from {runs_count(runs)}, merged (each row's command, commit, date and load average are in "
-                f"its `provenance` in the JSON file, each seed's under `per_seed` where its seeds came from several "
-                f"runs):\n\n" + "\n".join(runs_lines(runs)))
+        text = merged_from(runs)
+        head = text[0].upper() + text[1:] + ":\n\n" + "\n".join(runs_lines(runs))
         foot = f"Machine{'s' * (len(machines) > 1)}: {'; '.join(machines)}."
     else:
         head, foot = f"    {prov.get('command')}", f"Machine: {machine_line(prov)}."

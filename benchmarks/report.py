@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import REPO, markdown_table, provenance_of, runs_behind, runs_count, runs_lines, runs_total  # noqa: E402
+from _bench import (REPO, markdown_table, merged_from, provenance_of, runs_behind, runs_count,  # noqa: E402
+                    runs_lines, runs_total)
 
 RESULTS = REPO / "benchmarks" / "results"
 READMES = ["README.md", "benchmarks/README.md", "prompts_zoo/README.md"]
@@ -179,9 +180,7 @@ def accuracy_block(rel: str, title: str) -> str:
         lines = [f"{title} ({stamp(p, rel)}; {cores(p)}, load average before the run "
                  f"{p.get('load_average_before_run')}):", "", f"    {p['command']}", ""]
     else:  # rows merged from several runs: each commit's rows, not one run's command for all
-        lines = [f"{title} (`{rel}`, {cores(p)}): rows from {runs_count(runs)}, merged by `accuracy.py "
-                 "--merge-from` (each row's command, commit, date and load average are in its `provenance`, "
-                 "each seed's under `per_seed` where its seeds came from several runs):", "", *runs_lines(runs), ""]
+        lines = [f"{title} (`{rel}`, {cores(p)}): {merged_from(runs)}:", "", *runs_lines(runs), ""]
     lines += [acc.table(d["rows"]), ""]
     if "gap_points" in s:
         total = f" {d['total_seconds'] / 60:.1f} min in all." if d.get("total_seconds") else ""

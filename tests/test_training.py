@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from visual_prompting import TrainConfig, VPError, load_prompt
+from visual_prompting import BackboneCache, TrainConfig, VPError, load_prompt
 from visual_prompting.data import load_splits
 from visual_prompting.training import StopTraining, Trainer, cosine_lr
 
@@ -139,7 +139,6 @@ def test_a_seed_gives_the_same_run_whether_the_backbone_was_loaded_before(tmp_pa
     """Loading a backbone may draw from the global RNG (EfficientNet's layers initialise before the weights load),
     a cached one does not: the seed is set after the load, so the capture draws and a trained head's first weights
     do not depend on whether this process loaded the model before (benchmarks train seeds one after another)."""
-    from visual_prompting import BackboneCache
     cache = BackboneCache()
     runs = []
     for name in ("cold", "warm"):  # the first run loads the backbone into the cache, the second finds it there
