@@ -89,6 +89,9 @@ def machine_info(device: torch.device | str | None = None) -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu": cpu_model(),
+        # the SIMD level torch's CPU kernels use (AVX2, AVX512...): it sets the CPU speed, and floats (so a trained
+        # prompt) can differ between levels, while the model name may not tell them apart ("AMD EPYC")
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": usable,
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
@@ -270,7 +273,8 @@ def machine_text(prov: dict) -> str:
     """The machine of a :func:`provenance`: cores, CPU, device, torch."""
     m = prov.get("machine") or {}
     dev = m.get("gpu") or m.get("device_name") or m.get("device")
-    return f"{m.get('cpus_usable')} CPU cores ({m.get('cpu')}), device {dev}, torch {m.get('torch')}"
+    cpu = ", ".join(str(v) for v in (m.get("cpu"), m.get("cpu_capability")) if v)  # older files lack the capability
+    return f"{m.get('cpus_usable')} CPU cores ({cpu}), device {dev}, torch {m.get('torch')}"
 
 
 def machine_line(prov: dict) -> str:

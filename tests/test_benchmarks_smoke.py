@@ -52,6 +52,7 @@ def check_provenance(p: dict, script: str) -> None:
     assert isinstance(p["git_commit"], str) and len(p["git_commit"]) == 40 and isinstance(p["git_dirty"], bool)
     assert p["date_utc"].endswith("Z") and len(p["load_average_before_run"]) == 3
     assert {"cpu", "cpu_count", "cpus_usable", "gpu", "torch"} <= set(p["machine"])
+    assert p["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def check_outputs(out: Path, name: str) -> dict:

@@ -119,3 +119,17 @@ def test_every_results_file_is_left_out_of_the_dirty_check(report):
     import _bench  # report.py put benchmarks/ on the path
     for _, rel, _ in report.SOURCES:
         assert any(rel == p or rel.startswith(p.rstrip("/") + "/") for p in _bench.RESULT_PATHS), rel
+
+
+def test_a_footer_names_the_cpu_capability_when_the_file_records_it(report):
+    """Two CPUs both called "AMD EPYC" can run torch's kernels at different SIMD levels (speed, and the floats of a
+    trained prompt, differ): a machine line shows the level a file records, and older files still read as before."""
+    import _bench  # report.py put benchmarks/ on the path
+    import torch
+
+    old = {"machine": {"cpus_usable": 2, "cpu": "AMD EPYC", "device_name": "AMD EPYC", "torch": "2.14.1"}}
+    new = copy.deepcopy(old)
+    new["machine"]["cpu_capability"] = "AVX2"
+    assert _bench.machine_text(old) == "2 CPU cores (AMD EPYC), device AMD EPYC, torch 2.14.1"
+    assert _bench.machine_text(new) == "2 CPU cores (AMD EPYC, AVX2), device AMD EPYC, torch 2.14.1"
+    assert _bench.machine_info()["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
