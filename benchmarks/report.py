@@ -218,6 +218,13 @@ def b_accuracy_budget() -> str:
             f"linear probe {lp[0]:.1f} min.{caveat}")
 
 
+def effect_points(rows: list[dict], e: dict) -> float:
+    """An effect's difference recomputed from its two rows: summarize() stores it rounded to 2 decimals, and
+    rounding that again to 1 can disagree with the effect's own text (-2.55 shows as -2.5 beside its -2.6)."""
+    by = {r["method"]: r for r in rows}
+    return 100 * (by[e["a"]]["test_top1"] - by[e["b"]]["test_top1"])
+
+
 def b_accuracy_reading() -> str:
     cpu, gpu = load("benchmarks/results/accuracy.json"), load("benchmarks/results/gpu/accuracy.json")
     acc = _accuracy_module()
@@ -257,10 +264,10 @@ def b_accuracy_reading() -> str:
         open_ = [e for e in s["effects"] if not e["conclusive"]]
         if conclusive:
             out.append("  Larger than the seed spread: " + "; ".join(
-                f"{e['what']} {e['diff_points']:+.1f} points" for e in conclusive) + ".")
+                f"{e['what']} {effect_points(d['rows'], e):+.1f} points" for e in conclusive) + ".")
         if open_:
             out.append("  Not shown (one seed, or within the spread): " + "; ".join(
-                f"{e['what']} ({e['diff_points']:+.1f})" for e in open_) + ".")
+                f"{e['what']} ({effect_points(d['rows'], e):+.1f})" for e in open_) + ".")
     return "\n".join(out) + "\n"
 
 

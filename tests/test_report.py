@@ -133,3 +133,21 @@ def test_a_footer_names_the_cpu_capability_when_the_file_records_it(report):
     assert _bench.machine_text(old) == "2 CPU cores (AMD EPYC), device AMD EPYC, torch 2.14.1"
     assert _bench.machine_text(new) == "2 CPU cores (AMD EPYC, AVX2), device AMD EPYC, torch 2.14.1"
     assert _bench.machine_info()["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_the_reading_states_an_effect_as_its_own_text_does(report, monkeypatch):
+    """An effect of -2.5549 points reads "-2.6" in its own text; the reading must not print the stored, already
+    rounded -2.55 again to one decimal ("-2.5", as it did for capture simulation vs none)."""
+    real = report.load
+    doc = copy.deepcopy(real("benchmarks/results/accuracy.json"))
+    acc = report._accuracy_module()
+    e = acc.summarize(doc["rows"])["effects"][0]
+    a = next(r for r in doc["rows"] if r["method"] == e["a"])
+    b = next(r for r in doc["rows"] if r["method"] == e["b"])
+    b["test_top1"] = a["test_top1"] + 0.025549  # a - b = -2.5549 points
+    monkeypatch.setattr(report, "load", lambda rel: doc if rel == "benchmarks/results/accuracy.json" else real(rel))
+    e = next(x for x in acc.summarize(doc["rows"])["effects"] if x["what"] == e["what"])
+    assert "= -2.6 points" in e["text"] and e["diff_points"] == -2.55
+    cpu = report.b_accuracy_reading().split("- GPU")[0]
+    assert f"{e['what']} -2.6 points" in cpu or f"{e['what']} (-2.6)" in cpu
+    assert f"{e['what']} -2.5 points" not in cpu and f"{e['what']} (-2.5)" not in cpu
