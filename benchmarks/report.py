@@ -3,7 +3,8 @@
     python benchmarks/report.py            # rewrite every block between <!-- report:NAME --> and <!-- /report:NAME -->
     python benchmarks/report.py --check    # exit 1 when a README differs from what this would write, or holds a
                                            # figure outside the blocks (what tests/test_report.py runs)
-    python benchmarks/report.py --stale    # list each result whose measured code changed after its commit (warning)
+    python benchmarks/report.py --stale    # list each result whose measured code changed after its commit, and each
+                                           # accuracy row whose seeds ran on different kinds of machine (warning)
 
 Every number in those READMEs comes from here: a results file under benchmarks/results/ (or
 prompts_zoo/index.json) read as written by its tool, with its date and commit printed beside each table. Prose
@@ -553,13 +554,42 @@ def stale() -> list[str]:
                          f"changed {', '.join(files.split())}; newest: {changed[0][:90]}")
         elif dirty:
             lines.append(f"STALE?  {name} ({rel}, commit {commit[:10]}){dirty}: the measured code may differ")
+    for name, rel, _ in SOURCES:
+        if name.startswith("accuracy") and (d := load(rel)) is not None:
+            lines += [f"MIXED   {name} ({rel}) {ln}" for ln in mixed_machines(d)]
     return lines
+
+
+def machine_kind(prov: dict) -> str:
+    """What a run's numbers depend on beyond the code: the accelerator's name, or on a CPU its name and the SIMD
+    level torch's kernels ran at (two "AMD EPYC" at AVX2 and AVX-512 train a prompt to different floats)."""
+    m = prov.get("machine") or {}
+    if m.get("gpu"):
+        return str(m["gpu"])
+    return f"{m.get('cpu')}, {m.get('cpu_capability') or 'capability not recorded'}"
+
+
+def mixed_machines(doc: dict) -> list[str]:
+    """The rows of an accuracy document whose seeds ran on different kinds of machine (merged with --add-seeds):
+    their spread then mixes machines with seeds. A seed whose file predates the capability record counts as its
+    own kind, since it cannot be told apart."""
+    out = []
+    for r in doc.get("rows") or []:
+        per = [s for s in r.get("per_seed") or [] if s.get("provenance")]
+        kinds: dict[str, list] = {}
+        for s in per:
+            kinds.setdefault(machine_kind(s["provenance"]), []).append(s["seed"])
+        if len(kinds) > 1:
+            out.append(f"row {r['method']}: seeds ran on different machines - " + "; ".join(
+                f"{k} (seed{'s' * (len(v) > 1)} {','.join(map(str, v))})" for k, v in kinds.items()))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="fail when a README differs from the results files")
-    ap.add_argument("--stale", action="store_true", help="list results whose measured code changed since (exit 0)")
+    ap.add_argument("--stale", action="store_true", help="list results whose measured code changed since, and accuracy rows whose seeds ran on "
+                    "different kinds of machine (exit 0)")
     a = ap.parse_args(argv)
     if a.stale:
         lines = stale()

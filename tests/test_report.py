@@ -151,3 +151,23 @@ def test_the_reading_states_an_effect_as_its_own_text_does(report, monkeypatch):
     cpu = report.b_accuracy_reading().split("- GPU")[0]
     assert f"{e['what']} -2.6 points" in cpu or f"{e['what']} (-2.6)" in cpu
     assert f"{e['what']} -2.5 points" not in cpu and f"{e['what']} (-2.5)" not in cpu
+
+
+def test_stale_flags_a_row_whose_seeds_ran_on_different_machines(report, monkeypatch):
+    """Seeds merged with --add-seeds from a CPU with another SIMD level (or a file that did not record it) make the
+    row's spread mix machines with seeds: --stale says so, naming the seeds; one kind of machine says nothing."""
+    real = report.load
+    doc = copy.deepcopy(real("benchmarks/results/accuracy.json"))
+    row = next(r for r in doc["rows"] if len(r.get("per_seed") or []) >= 3 and all(
+        s.get("provenance") for s in r["per_seed"]))
+    for s in row["per_seed"]:
+        s["provenance"]["machine"]["cpu_capability"] = "AVX2"
+    assert report.mixed_machines(doc) == []
+    row["per_seed"][-1]["provenance"]["machine"]["cpu_capability"] = "AVX512"
+    seeds = [s["seed"] for s in row["per_seed"]]
+    monkeypatch.setattr(report, "load", lambda rel: doc if rel == "benchmarks/results/accuracy.json" else real(rel))
+    mixed = [ln for ln in report.stale() if ln.startswith("MIXED")]
+    assert len(mixed) == 1 and f"row {row['method']}:" in mixed[0]
+    assert f"AVX512 (seed {seeds[-1]})" in mixed[0] and f"AVX2 (seeds {','.join(map(str, seeds[:-1]))})" in mixed[0]
+    del row["per_seed"][0]["provenance"]["machine"]["cpu_capability"]  # a file from before the record: its own kind
+    assert "capability not recorded (seed" in report.mixed_machines(doc)[0]
