@@ -588,7 +588,8 @@ def mixed_machines(doc: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="fail when a README differs from the results files")
-    ap.add_argument("--stale", action="store_true", help="list results whose measured code changed since, and accuracy rows whose seeds ran on "
+    ap.add_argument("--stale", action="store_true",
+                    help="list results whose measured code changed since, and accuracy rows whose seeds ran on "
                     "different kinds of machine (exit 0)")
     a = ap.parse_args(argv)
     if a.stale:
