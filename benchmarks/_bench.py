@@ -259,6 +259,8 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
         if v is None:
             return "-"
         if isinstance(v, float):
+            if 10 <= abs(v) < 100:  # 3 significant figures, the zero kept: a mean of 85.003% reads "85.0", not "85"
+                return f"{v:.1f}"
             return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
         if isinstance(v, int):
             return f"{v:,}"

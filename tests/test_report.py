@@ -171,3 +171,10 @@ def test_stale_flags_a_row_whose_seeds_ran_on_different_machines(report, monkeyp
     assert f"AVX512 (seed {seeds[-1]})" in mixed[0] and f"AVX2 (seeds {','.join(map(str, seeds[:-1]))})" in mixed[0]
     del row["per_seed"][0]["provenance"]["machine"]["cpu_capability"]  # a file from before the record: its own kind
     assert "capability not recorded (seed" in report.mixed_machines(doc)[0]
+
+
+def test_a_table_keeps_the_zero_of_a_mean_such_as_85_0(report):
+    # report.py's tables come from _bench.markdown_table; a mean of 85.0033% read "85" beside "84.8-85.3"
+    table = report.markdown_table(["mean %", "seconds", "s / step"], [[85.0, 4.0, 0.077], [41.26, 378.22, 1234.5]])
+    assert "| 85.0 | 4 | 0.077 |" in table  # below 10, no zero is added that the source did not have
+    assert "| 41.3 | 378 | 1,234 |" in table
