@@ -226,6 +226,20 @@ def effect_points(rows: list[dict], e: dict) -> float:
     return 100 * (by[e["a"]]["test_top1"] - by[e["b"]]["test_top1"])
 
 
+def row_machines(row: dict) -> set[str]:
+    """The kinds of machine (:func:`machine_kind`) a row's seeds, or the row itself, ran on."""
+    provs = [s["provenance"] for s in row.get("per_seed") or [] if s.get("provenance")]
+    return {machine_kind(p) for p in provs or [row.get("provenance") or {}]}
+
+
+def across_machines(rows: list[dict], e: dict) -> str:
+    """" (its rows ran on different machines)" when an effect compares rows measured on different kinds of machine:
+    its difference then mixes the machine's arithmetic with the method, which the seed spread does not cover."""
+    by = {r["method"]: r for r in rows}
+    return " (its rows ran on different machines)" if len(row_machines(by[e["a"]]) | row_machines(by[e["b"]])) > 1 \
+        else ""
+
+
 def b_accuracy_reading() -> str:
     cpu, gpu = load("benchmarks/results/accuracy.json"), load("benchmarks/results/gpu/accuracy.json")
     acc = _accuracy_module()
@@ -265,10 +279,11 @@ def b_accuracy_reading() -> str:
         open_ = [e for e in s["effects"] if not e["conclusive"]]
         if conclusive:
             out.append("  Larger than the seed spread: " + "; ".join(
-                f"{e['what']} {effect_points(d['rows'], e):+.1f} points" for e in conclusive) + ".")
+                f"{e['what']} {effect_points(d['rows'], e):+.1f} points{across_machines(d['rows'], e)}"
+                for e in conclusive) + ".")
         if open_:
             out.append("  Not shown (one seed, or within the spread): " + "; ".join(
-                f"{e['what']} ({effect_points(d['rows'], e):+.1f})" for e in open_) + ".")
+                f"{e['what']} ({effect_points(d['rows'], e):+.1f}){across_machines(d['rows'], e)}" for e in open_) + ".")
     return "\n".join(out) + "\n"
 
 

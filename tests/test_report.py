@@ -178,3 +178,28 @@ def test_a_table_keeps_the_zero_of_a_mean_such_as_85_0(report):
     table = report.markdown_table(["mean %", "seconds", "s / step"], [[85.0, 4.0, 0.077], [41.26, 378.22, 1234.5]])
     assert "| 85.0 | 4 | 0.077 |" in table  # below 10, no zero is added that the source did not have
     assert "| 41.3 | 378 | 1,234 |" in table
+
+
+def test_the_reading_marks_an_effect_whose_rows_ran_on_different_machines(report, monkeypatch):
+    """An effect compares two rows; when they ran on different kinds of machine (a row rerun on this AVX2 VM against
+    one from an AVX-512 VM) the reading says so beside the effect, and says nothing when both ran on one kind."""
+    real = report.load
+    doc = copy.deepcopy(real("benchmarks/results/accuracy.json"))
+    e = report._accuracy_module().summarize(doc["rows"])["effects"][0]
+    pair = [r for r in doc["rows"] if r["method"] in (e["a"], e["b"])]
+
+    def set_capability(row, cap):
+        for p in [s["provenance"] for s in row.get("per_seed") or [] if s.get("provenance")] or [row["provenance"]]:
+            p["machine"]["cpu"], p["machine"]["cpu_capability"] = "AMD EPYC", cap
+
+    monkeypatch.setattr(report, "load", lambda rel: doc if rel == "benchmarks/results/accuracy.json" else real(rel))
+
+    def line():
+        cpu = report.b_accuracy_reading().split("- GPU")[0]
+        return cpu.split(f"{e['what']} ", 1)[1].split(";")[0].split("\n")[0]  # this effect's own words
+
+    for r in pair:
+        set_capability(r, "AVX2")
+    assert "different machines" not in line()
+    set_capability(pair[0], "AVX512")
+    assert "(its rows ran on different machines)" in line()
