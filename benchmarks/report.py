@@ -228,8 +228,7 @@ def effect_points(rows: list[dict], e: dict) -> float:
 
 def row_machines(row: dict) -> set[str]:
     """The kinds of machine (:func:`machine_kind`) a row's seeds, or the row itself, ran on."""
-    provs = [s["provenance"] for s in row.get("per_seed") or [] if s.get("provenance")]
-    return {machine_kind(p) for p in provs or [row.get("provenance") or {}]}
+    return set(seed_machines(row)) or {machine_kind(row.get("provenance") or {})}
 
 
 def across_machines(rows: list[dict], e: dict) -> str:
@@ -584,16 +583,22 @@ def machine_kind(prov: dict) -> str:
     return f"{m.get('cpu')}, {m.get('cpu_capability') or 'capability not recorded'}"
 
 
+def seed_machines(row: dict) -> dict[str, list]:
+    """A row's seeds by the kind of machine (:func:`machine_kind`) each ran on, from their ``per_seed`` provenance."""
+    kinds: dict[str, list] = {}
+    for s in row.get("per_seed") or []:
+        if s.get("provenance"):
+            kinds.setdefault(machine_kind(s["provenance"]), []).append(s["seed"])
+    return kinds
+
+
 def mixed_machines(doc: dict) -> list[str]:
     """The rows of an accuracy document whose seeds ran on different kinds of machine (merged with --add-seeds):
     their spread then mixes machines with seeds. A seed whose file predates the capability record counts as its
     own kind, since it cannot be told apart."""
     out = []
     for r in doc.get("rows") or []:
-        per = [s for s in r.get("per_seed") or [] if s.get("provenance")]
-        kinds: dict[str, list] = {}
-        for s in per:
-            kinds.setdefault(machine_kind(s["provenance"]), []).append(s["seed"])
+        kinds = seed_machines(r)
         if len(kinds) > 1:
             out.append(f"row {r['method']}: seeds ran on different machines - " + "; ".join(
                 f"{k} (seed{'s' * (len(v) > 1)} {','.join(map(str, v))})" for k, v in kinds.items()))
