@@ -8,7 +8,7 @@ import torch
 
 from visual_prompting import TrainConfig
 from visual_prompting.cli import build_parser
-from visual_prompting.data import load_splits
+from visual_prompting.data import DataSplits, load_splits
 from visual_prompting.errors import VPError
 from visual_prompting.model import PromptedModel
 from visual_prompting.prompt_file import load_prompt
@@ -20,6 +20,15 @@ from visual_prompting.training import StopTraining, Trainer
 @pytest.fixture(scope="module")
 def splits32():
     return load_splits("fashion_mnist_subset", image_size=32)
+
+
+@pytest.fixture(scope="module")
+def small32(splits32):
+    """The same train set (mapping counts and steps unchanged) with 100 test images instead of 1,000: for the runs
+    whose test numbers no assertion reads (a run's end evaluates the test set twice, with and without the prompt;
+    on 1,000 images that was most of these tests' time). Validation stays whole: the best prompt is chosen on it."""
+    s = splits32
+    return DataSplits(s.train, s.val, s.test.subset(torch.arange(100)), s.class_names, s.name)
 
 
 def _cfg(tmp_path, **kw):
@@ -86,19 +95,19 @@ def test_no_lr_takes_the_optimisers_own(tmp_path, splits32):
 
 
 @pytest.mark.parametrize("optimizer, prompter", [("adam", "full"), ("l2sgd", "lowrank")])
-def test_resume_is_exact_for_other_optimisers(tmp_path, splits32, optimizer, prompter):
+def test_resume_is_exact_for_other_optimisers(tmp_path, small32, optimizer, prompter):
     """Adam's moments and step count go into last.safetensors, so a resumed run ends where an uninterrupted one
     does (the paper's SGD momentum was the only state kept before)."""
     kw = dict(optimizer=optimizer, prompter=prompter, label_mapping="frequency", augment="flip_crop")
-    full = Trainer(_cfg(tmp_path / "full", **kw), splits=splits32)
+    full = Trainer(_cfg(tmp_path / "full", **kw), splits=small32)
     full.run()
 
     def stop_at_5(ev):
         if ev.kind == "step" and ev.step == 5:
             raise StopTraining
 
-    Trainer(_cfg(tmp_path / "cut", **kw), callbacks=[stop_at_5], splits=splits32).run()
-    resumed = Trainer(_cfg(tmp_path / "cut", resume=True, **kw), splits=splits32)
+    Trainer(_cfg(tmp_path / "cut", **kw), callbacks=[stop_at_5], splits=small32).run()
+    resumed = Trainer(_cfg(tmp_path / "cut", resume=True, **kw), splits=small32)
     assert resumed.run().steps_done == 12
     assert torch.allclose(resumed.prompter.delta(), full.prompter.delta(), atol=1e-6)
 
@@ -122,11 +131,11 @@ def test_augment_and_capture_sit_before_and_after_the_prompt(tmp_path, splits32)
     assert calls == [("prompt", False)]
 
 
-def test_images_per_second_is_a_steps_own_rate(tmp_path, splits32):
+def test_images_per_second_is_a_steps_own_rate(tmp_path, small32):
     """The rate shown at an evaluation step and at the step after it is the step's own, not a step's time over
     zero (it read 130,000+ img/s) nor an evaluation's (2-55 img/s)."""
     events = []
-    Trainer(_cfg(tmp_path, steps=12, eval_every=3), callbacks=[events.append], splits=splits32).run()
+    Trainer(_cfg(tmp_path, steps=12, eval_every=3), callbacks=[events.append], splits=small32).run()
     rates = [e.images_per_s for e in events if e.kind == "step"]
     assert len(rates) == 12
     med = sorted(rates)[len(rates) // 2]
@@ -181,7 +190,7 @@ def test_amp_path_runs_in_bfloat16_on_cpu(tmp_path, splits32, monkeypatch):
     assert not torch.equal(before, t.prompter.full.detach())
 
 
-def test_a_prompt_that_changes_nothing_yet_reuses_the_baseline_counts(tmp_path, splits32, monkeypatch):
+def test_a_prompt_that_changes_nothing_yet_reuses_the_baseline_counts(tmp_path, small32, monkeypatch):
     """A zero additive prompt is exactly the identity (checked for every kind that says so), so the mapping is
     fitted from the baseline's counts without reading the mapping images again - and gives the same mapping."""
     from visual_prompting.prompters import PROMPTERS, create_prompter
@@ -199,12 +208,12 @@ def test_a_prompt_that_changes_nothing_yet_reuses_the_baseline_counts(tmp_path, 
     orig = tr.logits_over
     monkeypatch.setattr(tr, "logits_over", lambda model, data, use_prompt, *a, **k: passes.append(use_prompt)
                         or orig(model, data, use_prompt, *a, **k))
-    t = Trainer(_cfg(tmp_path / "a", steps=1, label_mapping="frequency"), splits=splits32)
+    t = Trainer(_cfg(tmp_path / "a", steps=1, label_mapping="frequency"), splits=small32)
     t.run()
     assert passes == [False]  # the baseline's pass only
     mapping = t.model.head.mapping.tolist()
     assert mapping == t.model.head.baseline_indices()
     passes.clear()
-    t = Trainer(_cfg(tmp_path / "b", steps=1, label_mapping="frequency", init="randn"), splits=splits32)
+    t = Trainer(_cfg(tmp_path / "b", steps=1, label_mapping="frequency", init="randn"), splits=small32)
     t.run()
     assert passes == [False, True]  # a random start changes pixels: counted again with the prompt
