@@ -1,6 +1,6 @@
 """How long the test suite takes: the README's test command, timed, with its outcome and provenance.
 
-    python benchmarks/test_suite.py              # CI=true python -m pytest -q, as .ci/run runs it (~5-6 min, 2 cores)
+    python benchmarks/test_suite.py              # CI=true python -m pytest -q, as .ci/run runs it
     python benchmarks/test_suite.py --smoke --out /tmp/ts   # one small test file (what the tests run)
 
 Writes ``OUT/test_suite.json``: the pytest command, wall-clock seconds, pytest's last line (passed/failed/skipped)
