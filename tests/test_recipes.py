@@ -8,7 +8,7 @@ import torch
 
 from visual_prompting import TrainConfig
 from visual_prompting.cli import build_parser
-from visual_prompting.data import DataSplits, load_splits
+from visual_prompting.data import load_splits
 from visual_prompting.errors import VPError
 from visual_prompting.model import PromptedModel
 from visual_prompting.prompt_file import load_prompt
@@ -27,8 +27,7 @@ def small32(splits32):
     """The same train set (mapping counts and steps unchanged) with 100 test images instead of 1,000: for the runs
     whose test numbers no assertion reads (a run's end evaluates the test set twice, with and without the prompt;
     on 1,000 images that was most of these tests' time). Validation stays whole: the best prompt is chosen on it."""
-    s = splits32
-    return DataSplits(s.train, s.val, s.test.subset(torch.arange(100)), s.class_names, s.name)
+    return dataclasses.replace(splits32, test=splits32.test.subset(torch.arange(100)))
 
 
 def _cfg(tmp_path, **kw):
