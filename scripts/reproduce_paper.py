@@ -60,7 +60,8 @@ from visual_prompting.data import canonical_name, dataset_names  # noqa: E402
 from visual_prompting.errors import VPError  # noqa: E402
 from visual_prompting.hub import prepare_upload, push_prompt  # noqa: E402
 from visual_prompting.settings import add_arguments, from_args  # noqa: E402
-from visual_prompting.training import TrainConfig, train  # noqa: E402
+from visual_prompting.train_config import TrainConfig  # noqa: E402
+from visual_prompting.training import train  # noqa: E402
 
 PAPER_MODEL = "clip:ViT-B-32/openai"
 DEFAULT_DATASETS = ["cifar10", "cifar100", "svhn", "eurosat", "flowers102", "food101", "oxford_pets", "dtd"]

@@ -4,7 +4,8 @@
 
 Probes (environment variables; each file gets one line per event, appended):
 
-* ``VP_PROBE_WRITES=FILE``: ``<rank> <path>`` for every prompt file / history the trainer writes
+* ``VP_PROBE_WRITES=FILE``: ``<rank> <path>`` for every prompt file / history the trainer writes (its
+  :class:`RunFiles` logs each write)
 * ``VP_PROBE_SEEN=FILE``: ``<rank> <index>`` for every training image decoded (the training set's own indices)
 * ``VP_PROBE_STEP_DELAY=S``: rank 0 sleeps S seconds at each step event (a run long enough to interrupt)
 """
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from visual_prompting import training  # noqa: E402
+from visual_prompting.checkpoint import RunFiles  # noqa: E402
 from visual_prompting.cli import main  # noqa: E402
 
 
@@ -47,17 +49,31 @@ class _Seen(torch.utils.data.Dataset):
         return self.inner[i]
 
 
+class _ProbedFiles(RunFiles):
+    """A run's files that log every write (``<rank> <path>``) before making it."""
+
+    def __init__(self, out_dir, log: str):
+        super().__init__(out_dir)
+        self.log = log
+
+    def _write_prompt(self, path, *a, **k):
+        _append(self.log, f"{_rank()} {path}")
+        return super()._write_prompt(path, *a, **k)
+
+    def _write_text(self, path, text):
+        _append(self.log, f"{_rank()} {path}")
+        return super()._write_text(path, text)
+
+
 def _install() -> None:
     writes = os.environ.get("VP_PROBE_WRITES")
-    if writes:
-        def probe(fn):
-            def wrapped(path, *a, **k):
-                _append(writes, f"{_rank()} {path}")
-                return fn(path, *a, **k)
-            return wrapped
+    if writes:  # the CLI builds the trainer: hand it a RunFiles that logs its writes
+        init_files = training.Trainer.__init__
 
-        training.save_prompt = probe(training.save_prompt)
-        training.write_text_atomic = probe(training.write_text_atomic)
+        def probed_init(self, cfg, *a, files=None, **k):
+            init_files(self, cfg, *a, files=files or _ProbedFiles(cfg.out_dir, writes), **k)
+
+        training.Trainer.__init__ = probed_init
 
     seen = os.environ.get("VP_PROBE_SEEN")
     if seen:

@@ -107,7 +107,7 @@ def test_training_trains_the_layer_and_the_prompt_file_holds_it(run, small, cach
     model, _ = PromptedModel.from_prompt_file(res.best_path, cache=cache)
     assert evaluate(model, small.test, True, 50).top1 == res.metrics["test_top1"]
     # its no-prompt baseline is a plain frequency mapping found without the prompt
-    base = pf.meta["metrics"]["baseline_mapping"]
+    base = pf.meta["head"]["baseline_mapping"]
     x = torch.randn(4, 1000)
     assert torch.equal(model.head(x, use_prompt=False), x[:, base])
 

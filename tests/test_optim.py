@@ -10,9 +10,8 @@ from visual_prompting.optim import (
     OPTIMIZERS,
     build_optimizer,
     l2sgd_lr_for,
-    load_optimizer_state_tensors,
-    optimizer_state_tensors,
 )
+from visual_prompting.checkpoint import load_optimizer_state_tensors, optimizer_state_tensors
 
 
 def _params(seed=0):

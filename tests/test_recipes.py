@@ -82,7 +82,7 @@ def test_fast_recipe_trains_and_its_settings_reach_the_prompt_file(tmp_path, spl
     src = model.backbone(model.prompt(x))
     assert torch.allclose(model(x), src[:, model.head.mapping].mean(-1), atol=1e-5)
     # the no-prompt baseline is the same kind of mapping, fitted without the prompt
-    assert torch.as_tensor(meta["metrics"]["baseline_mapping"]).shape == (10, 10)
+    assert torch.as_tensor(meta["head"]["baseline_mapping"]).shape == (10, 10)
     assert res.metrics["test_top1"] > 0.1
 
 

@@ -112,8 +112,9 @@ def test_the_label_mapping_head_fits_itself_and_keeps_its_baseline():
     logits = torch.arange(8.0).view(2, 4)
     assert head(logits).tolist() == logits[:, [2, 3]].tolist()
     assert head(logits, use_prompt=False).tolist() == logits[:, [1, 0]].tolist()
-    meta, metrics = head.describe(), {"baseline_mapping": head.baseline_indices()}
+    meta = head.describe()
+    assert meta["baseline_mapping"] == head.baseline_indices() == [1, 0]  # the head keeps it under its own key
     again = LabelMappingHead([0, 1], 4, "iterative")
-    again.restore(meta, metrics)
+    again.restore(meta)
     assert again(logits, use_prompt=False).tolist() == head(logits, use_prompt=False).tolist()
     assert "label mapping `iterative` onto the backbone's 4 classes" == head_text(meta)

@@ -161,11 +161,11 @@ def test_resume_refuses_a_different_run(tmp_path, tiny_splits):
 
 
 def test_the_no_prompt_test_pass_can_be_left_out(tmp_path, tiny_splits, monkeypatch):
-    import visual_prompting.training as tr
+    import visual_prompting.evaluation as ev
 
     passes = []
-    orig = tr.evaluate
-    monkeypatch.setattr(tr, "evaluate", lambda m, data, use_prompt, *a, **k: passes.append((data, use_prompt))
+    orig = ev.evaluate
+    monkeypatch.setattr(ev, "evaluate", lambda m, data, use_prompt, *a, **k: passes.append((data, use_prompt))
                         or orig(m, data, use_prompt, *a, **k))
     t = Trainer(_tiny_cfg(tmp_path, steps=2, test_without_prompt=False), splits=tiny_splits)
     m = t.run().metrics
@@ -184,3 +184,38 @@ def test_bad_training_settings_are_clear(tmp_path, tiny_splits, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same check on a machine with a GPU
     with pytest.raises(VPError, match="CUDA is not available"):
         Trainer(_tiny_cfg(tmp_path, device="cuda"), splits=tiny_splits)
+
+
+def test_the_trainer_writes_through_the_run_files_it_is_given(tmp_path, tiny_splits):
+    """What a run writes goes through its RunFiles: one handed in sees every write, in order (an evaluation that is
+    the best so far writes the best prompt, every evaluation the history then the last checkpoint; the end writes the
+    best again with its test numbers), and nothing is written anywhere else."""
+    from visual_prompting.checkpoint import RunFiles
+
+    class Recording(RunFiles):
+        def __init__(self, out_dir):
+            super().__init__(out_dir)
+            self.writes = []
+
+        def _write_prompt(self, path, *a, **k):
+            self.writes.append(os.path.basename(path))
+            super()._write_prompt(path, *a, **k)
+
+        def _write_text(self, path, text):
+            self.writes.append(os.path.basename(path))
+            super()._write_text(path, text)
+
+    files = Recording(tmp_path / "given")
+    cfg = _tiny_cfg(tmp_path / "configured", steps=4, eval_every=2)
+    events = []
+    res = Trainer(cfg, splits=tiny_splits, files=files, callbacks=[events.append]).run()
+    bests = [e.is_best for e in events if e.kind == "eval"]
+    expected = []
+    for is_best in bests:
+        expected += (["best.safetensors"] if is_best else []) + ["history.json", "last.safetensors"]
+    # the end: the last checkpoint as the loop left it, the best prompt with its test numbers, the last again
+    expected += ["history.json", "last.safetensors", "best.safetensors", "history.json", "last.safetensors"]
+    assert files.writes == expected
+    assert res.best_path == str(tmp_path / "given" / "best.safetensors")
+    assert not (tmp_path / "configured").exists()
+    assert sorted(os.listdir(tmp_path / "given")) == ["best.safetensors", "history.json", "last.safetensors"]

@@ -52,8 +52,12 @@ def head(res) -> list[int]:
     return load_prompt(res.best_path).meta["head"]["mapping"]
 
 
+def baseline(res) -> list[int]:
+    return load_prompt(res.best_path).meta["head"]["baseline_mapping"]
+
+
 def test_every_run_reads_the_same_fitted_no_prompt_baseline(runs):
-    bases = {m: res.metrics["baseline_mapping"] for m, (res, _) in runs.items()}
+    bases = {m: baseline(res) for m, (res, _) in runs.items()}
     assert len({tuple(b) for b in bases.values()}) == 1  # no prompt: the same images, the same mapping
     base = bases["first_k"]
     assert len(set(base)) == 10 and base != list(range(10))  # fitted, not the hard-coded one (else at chance)
@@ -66,7 +70,7 @@ def test_frequency_mapping_is_fitted_with_the_prompt_not_copied_from_the_baselin
     res, _ = runs["frequency"]
     m = head(res)
     assert load_prompt(res.best_path).meta["head"]["method"] == "frequency"
-    assert len(set(m)) == 10 and m != res.metrics["baseline_mapping"]
+    assert len(set(m)) == 10 and m != baseline(res)
 
 
 def test_iterative_mapping_is_recomputed_with_the_prompt_at_the_epoch(runs):
@@ -77,7 +81,7 @@ def test_iterative_mapping_is_recomputed_with_the_prompt_at_the_epoch(runs):
     assert [e.step for e in remaps] == [STEPS_PER_EPOCH]
     m = head(res)
     assert str(m) in remaps[0].message  # the mapping the prompt file keeps is the one recomputed at the epoch
-    assert len(set(m)) == 10 and m != res.metrics["baseline_mapping"]
+    assert len(set(m)) == 10 and m != baseline(res)
 
 
 def test_the_no_prompt_baseline_mapping_is_restored_from_the_prompt_file(runs, small, cache):
@@ -85,7 +89,7 @@ def test_the_no_prompt_baseline_mapping_is_restored_from_the_prompt_file(runs, s
     the prompt's own mapping: the test accuracy without the prompt is the trainer's."""
     res, _ = runs["iterative"]
     model, pf = PromptedModel.from_prompt_file(res.best_path, cache=cache)
-    assert model.head.baseline_indices() == pf.meta["metrics"]["baseline_mapping"] != pf.meta["head"]["mapping"]
+    assert model.head.baseline_indices() == pf.meta["head"]["baseline_mapping"] != pf.meta["head"]["mapping"]
     without = evaluate(model, small.test, use_prompt=False, batch_size=50)
     assert without.top1 == res.metrics["test_top1_no_prompt"]
     model.head.set_baseline(None)  # what a loader that forgot it would measure: the prompt's mapping, unprompted
@@ -115,7 +119,7 @@ def test_resume_across_an_epoch_boundary_with_a_label_mapping_head(tmp_path, sma
     assert a.meta["head"]["mapping"] == b.meta["head"]["mapping"]
     assert resumed.metrics["best_val_top1"] == whole.metrics["best_val_top1"]
     assert resumed.metrics["test_top1"] == whole.metrics["test_top1"]
-    assert resumed.metrics["baseline_mapping"] == whole.metrics["baseline_mapping"]
+    assert baseline(resumed) == baseline(whole)
 
     def marks(history):
         return [(h["kind"], h["step"], h.get("val_top1"), h.get("best_val_top1"), h.get("message"))

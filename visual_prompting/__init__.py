@@ -3,15 +3,16 @@
 Library first: ``prompters`` (the prompt designs), ``backbones`` (frozen models from one spec string, a registry of
 families: open_clip, EfficientNet-Lite0, torchvision, timm), ``network`` (Hub reachability and cache checks),
 ``heads`` (CLIP text classifier, label mappings), ``data`` (datasets, splits, cached tensors),
-``model`` (``PromptedModel``: the one way to predict), ``training``, ``evaluation``, ``prompt_file``
-(safetensors + JSON metadata), ``cli``.
+``model`` (``PromptedModel``: the one way to predict), ``train_config`` (a run's settings, events and result),
+``training`` (the loop), ``checkpoint`` (a run's files), ``evaluation``, ``prompt_file`` (safetensors + JSON
+metadata), ``cli``.
 """
 from .backbones import BackboneCache, load_backbone
 from .errors import VPError
 from .model import PromptedModel
 from .prompt_file import load_prompt, save_prompt
 from .prompters import PrompterConfig, create_prompter
-from .training import TrainConfig, TrainEvent, TrainResult, train
+from .train_config import TrainConfig, TrainEvent, TrainResult
 
 
 def _version() -> str:
@@ -33,5 +34,15 @@ def _version() -> str:
 
 
 __version__ = _version()
+
+
+def __getattr__(name):
+    """``train`` (the loop) is imported when first asked for: importing the package for its configuration does not
+    import the trainer."""
+    if name == "train":
+        from .training import train
+
+        return train
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 __all__ = ["BackboneCache", "PromptedModel", "PrompterConfig", "TrainConfig", "TrainEvent", "TrainResult", "VPError",
            "__version__", "create_prompter", "load_backbone", "load_prompt", "save_prompt", "train"]

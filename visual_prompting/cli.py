@@ -23,7 +23,7 @@ EPILOG_TRAIN = """examples:
 def _add_train(sub, recipe: str) -> None:
     from .recipes import RECIPES, recipe_settings
     from .settings import add_arguments
-    from .training import TrainConfig
+    from .train_config import TrainConfig
 
     p = sub.add_parser("train", help="learn a visual prompt for a frozen model",
                        description="Learn one visual prompt for a frozen backbone on a dataset. The defaults are a "
@@ -118,7 +118,8 @@ def _pct(x) -> str:
 
 def cmd_train(a) -> int:
     from .settings import from_args
-    from .training import TrainConfig, train
+    from .train_config import TrainConfig
+    from .training import train
 
     cfg = from_args(TrainConfig, a)
     bar = None

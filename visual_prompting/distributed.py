@@ -166,6 +166,29 @@ def all_gather_bytes(data: bytes) -> list[bytes]:
     return [o[: int(s)].cpu().numpy().tobytes() for o, s in zip(out, sizes)]
 
 
+def read_on_main(path, ranks: Ranks) -> bytes | None:
+    """The file at ``path`` as rank 0 reads it, on every rank (the others may not see its disk: several machines);
+    None when rank 0 has no such file. One process: the file's bytes, if it is there."""
+    if not ranks.distributed:
+        if not os.path.isfile(path):
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+    data = None
+    if ranks.is_main and os.path.isfile(path):
+        with open(path, "rb") as f:
+            data = b"F" + f.read()  # an empty file is still a file
+    data = broadcast_bytes(data)
+    return data[1:] if data else None
+
+
+def main_has(path, ranks: Ranks) -> bool:
+    """Whether rank 0 has the file at ``path`` (every rank gets its answer)."""
+    if not ranks.distributed:
+        return os.path.isfile(path)
+    return broadcast_bytes(b"1" if ranks.is_main and os.path.isfile(path) else None) == b"1"
+
+
 def barrier() -> None:
     if current().distributed:
         import torch.distributed as dist

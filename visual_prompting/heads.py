@@ -98,9 +98,8 @@ class Head(nn.Module):
         """The trained tensors a prompt file stores (as ``head.<name>``); none for a head with nothing trained."""
         return {}
 
-    def restore(self, head_meta: dict, metrics: dict | None = None, tensors: dict | None = None) -> None:
-        """Take back what :meth:`describe`, the metrics and :meth:`state_tensors` stored (a resumed run, the
-        best prompt)."""
+    def restore(self, head_meta: dict, tensors: dict | None = None) -> None:
+        """Take back what :meth:`describe` and :meth:`state_tensors` stored (a resumed run, the best prompt)."""
 
     def describe(self) -> dict:
         return {"kind": self.kind}
@@ -208,10 +207,10 @@ class LabelMappingHead(Head):
     def baseline_indices(self) -> list[int] | None:
         return None if self.baseline is None else self.baseline.tolist()
 
-    def restore(self, head_meta: dict, metrics: dict | None = None, tensors: dict | None = None) -> None:
+    def restore(self, head_meta: dict, tensors: dict | None = None) -> None:
         self.set_mapping(head_meta["mapping"])
-        if metrics is not None and metrics.get("baseline_mapping"):
-            self.set_baseline(metrics["baseline_mapping"])
+        if head_meta.get("baseline_mapping"):
+            self.set_baseline(head_meta["baseline_mapping"])
 
     def forward(self, source_logits: torch.Tensor, use_prompt: bool = True) -> torch.Tensor:
         mapping = self.mapping if use_prompt or self.baseline is None else self.baseline.to(source_logits.device)
@@ -220,7 +219,11 @@ class LabelMappingHead(Head):
         return source_logits[:, mapping].float()
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "method": self.method, "mapping": self.mapping.tolist(), "num_source": self.num_source}
+        """The method and mapping, and (once fitted) the no-prompt baseline mapping under its own key."""
+        d = {"kind": self.kind, "method": self.method, "mapping": self.mapping.tolist(), "num_source": self.num_source}
+        if self.baseline is not None:
+            d["baseline_mapping"] = self.baseline.tolist()
+        return d
 
     @staticmethod
     def text(meta: dict) -> str:
@@ -269,8 +272,8 @@ class FullyMapHead(LabelMappingHead):
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().float().cpu().contiguous() for k, v in self.linear.named_parameters()}
 
-    def restore(self, head_meta: dict, metrics: dict | None = None, tensors: dict | None = None) -> None:
-        super().restore(head_meta, metrics)
+    def restore(self, head_meta: dict, tensors: dict | None = None) -> None:
+        super().restore(head_meta)
         if tensors is None:
             return
         with torch.no_grad():

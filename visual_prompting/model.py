@@ -124,6 +124,6 @@ class PromptedModel(nn.Module):
         head = create_head(bb, pf.meta["class_names"], templates=head_meta.get("templates"),
                            mapping=head_meta.get("method", "first_k"), mapping_indices=indices)
         if not other:
-            head.restore(head_meta, pf.meta.get("metrics", {}), pf.head)
+            head.restore(head_meta, pf.head)
         model = cls(bb, head, pf.prompter.to(device), pf.meta["class_names"]).eval()  # a loaded model predicts
         return model, pf

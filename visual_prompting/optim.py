@@ -19,8 +19,8 @@ and the trainer's per-step lr (it sets ``group["lr"]`` each step) work unchanged
             scale (the std**2 scaling changes nothing but eps); ``momentum`` is not used (Adam has its betas).
 
 The suggested lrs are documentation: ``build_optimizer(lr=None)`` uses them, an explicit lr always wins.
-:func:`optimizer_state_tensors` / :func:`load_optimizer_state_tensors` turn any of these optimisers' state into
-flat tensors for a prompt checkpoint (safetensors) and back, so a run resumes with its momentum / Adam moments.
+A checkpoint stores any of these optimisers' state as flat tensors (:mod:`visual_prompting.checkpoint`), so a run
+resumes with its momentum / Adam moments.
 """
 from __future__ import annotations
 
@@ -132,38 +132,3 @@ def build_optimizer(name: str, params: Iterable, lr: float | None = None, moment
     if momentum < 0 or weight_decay < 0:
         raise VPError(f"Momentum and weight decay must be >= 0 (got {momentum}, {weight_decay}).")
     return entry.factory(list(params), lr, momentum, weight_decay)
-
-
-def optimizer_state_tensors(optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The per-parameter state of ``optimizer`` as flat tensors, keyed by the parameter's position in ``params``:
-    ``momentum.<i>`` for a momentum buffer (the key prompt checkpoints already use) and ``optim.<i>.<name>`` for
-    anything else (Adam's ``exp_avg``, ``exp_avg_sq``, ``step``). Numbers become 0-d tensors."""
-    out = {}
-    for i, p in enumerate(params):
-        for k, v in optimizer.state.get(p, {}).items():
-            if v is None:
-                continue
-            t = v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
-            out[f"momentum.{i}" if k == "momentum_buffer" else f"optim.{i}.{k}"] = t
-    return out
-
-
-def load_optimizer_state_tensors(optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor],
-                                 tensors: dict[str, torch.Tensor]) -> None:
-    """Put state written by :func:`optimizer_state_tensors` back (other keys, e.g. ``rng``, are ignored)."""
-    params = list(params)
-    for key, v in tensors.items():
-        parts = key.split(".")
-        if parts[0] == "momentum" and len(parts) == 2:
-            i, name = int(parts[1]), "momentum_buffer"
-        elif parts[0] == "optim" and len(parts) == 3:
-            i, name = int(parts[1]), parts[2]
-        else:
-            continue
-        if i >= len(params):
-            raise VPError(f"Optimizer state {key!r} is for parameter {i}, but there are {len(params)}.")
-        p = params[i]
-        if name == "step":  # Adam keeps its step count as a float32 scalar on the CPU unless capturable
-            optimizer.state[p][name] = v.to(torch.float32)
-        else:
-            optimizer.state[p][name] = v.to(p.device)

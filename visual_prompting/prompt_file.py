@@ -153,8 +153,25 @@ def _open(path, with_tensors: bool = False):
         meta = json.loads(header.get("metadata", ""))
     except json.JSONDecodeError as e:
         raise VPError(f"{path}: the metadata is not valid JSON ({e}).") from e
+    meta = upgrade_metadata(meta)
     validate_metadata(meta, source=path)
     return meta, tensors
+
+
+def upgrade_metadata(meta):
+    """Metadata as this version lays it out, from any earlier version's. One rule so far: the no-prompt baseline
+    mapping of a label-mapping head was kept in ``metrics["baseline_mapping"]`` and is the head's own
+    ``head["baseline_mapping"]`` now (see :mod:`visual_prompting.checkpoint` for the rules of resuming)."""
+    if not isinstance(meta, dict):
+        return meta
+    head, metrics = meta.get("head"), meta.get("metrics")
+    if isinstance(metrics, dict) and "baseline_mapping" in metrics:
+        metrics = dict(metrics)
+        baseline = metrics.pop("baseline_mapping")
+        meta = {**meta, "metrics": metrics}
+        if isinstance(head, dict) and baseline and "baseline_mapping" not in head:
+            meta["head"] = {**head, "baseline_mapping": baseline}
+    return meta
 
 
 def validate_metadata(meta: dict, source: str = "metadata") -> None:
@@ -194,6 +211,14 @@ def validate_metadata(meta: dict, source: str = "metadata") -> None:
         ns = head.get("num_source")
         if ns is not None and (not _is_int(ns) or max(flat) >= ns):
             raise VPError(f"{source}: 'mapping' points outside the {ns!r} source classes ('num_source').")
+        base = head.get("baseline_mapping")
+        if base is not None:  # the no-prompt mapping: laid out as 'mapping', within the same source classes
+            brows = [r if isinstance(r, list) else [r] for r in base] if isinstance(base, list) else None
+            if (brows is None or len(brows) != len(rows) or any(len(b) != len(rows[0]) for b in brows)
+                    or not all(_is_int(i) and i >= 0 and (ns is None or i < ns) for b in brows for i in b)
+                    or any(isinstance(b, list) != isinstance(r, list) for b, r in zip(base, m))):
+                raise VPError(f"{source}: 'baseline_mapping' must be laid out as 'mapping' (one source-class index, "
+                              "or one list of them, per class) within the source classes.")
         if kind == "fully_map":
             ns = head.get("num_source")
             if (not isinstance(ns, int) or isinstance(ns, bool) or max(flat) >= ns

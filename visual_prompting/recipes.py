@@ -1,4 +1,4 @@
-"""Training recipes: a named set of :class:`~visual_prompting.training.TrainConfig` settings, like open_clip's
+"""Training recipes: a named set of :class:`~visual_prompting.train_config.TrainConfig` settings, like open_clip's
 pretrained tags name a known-good configuration. A recipe only sets defaults; any setting given explicitly wins.
 
 ``paper``  the seed's behaviour exactly (every TrainConfig default): pad prompt, SGD lr 40 (paper units),
@@ -32,7 +32,7 @@ DEFAULT_RECIPE = "fast"  # the CLI's default (the app picks per device, see ui.V
 
 
 def register_recipe(recipe: Recipe) -> Recipe:
-    from .training import TrainConfig
+    from .train_config import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(recipe.settings) - names)
@@ -51,7 +51,7 @@ def recipe_settings(name: str) -> dict:
 def config_from_recipe(name: str, **overrides):
     """A TrainConfig with the recipe's settings, then ``overrides`` on top."""
     from .settings import check_config
-    from .training import TrainConfig
+    from .train_config import TrainConfig
 
     cfg = TrainConfig(**{**recipe_settings(name), **overrides})
     check_config(cfg)

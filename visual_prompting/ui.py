@@ -33,7 +33,7 @@ from .optim import OPTIMIZERS
 from .recipes import DEFAULT_RECIPE, recipe_settings
 from .prompt_file import check_backbone, load_prompt, read_metadata
 from .settings import choices, parse_value
-from .training import TrainConfig, Trainer, TrainEvent, TrainResult, history_record
+from .train_config import TrainConfig, TrainEvent, TrainResult, history_record
 from .utils import pick_device
 from .visualization import (
     amplitude,
@@ -482,6 +482,8 @@ class VPApp:
                               "try again in a few minutes.")
             stop_file.unlink(missing_ok=True)
             busy.touch()
+        from .training import Trainer  # the loop, imported when a run starts
+
         run = _BackgroundRun(lambda callback, should_stop: Trainer(cfg, callbacks=[callback], should_stop=should_stop,
                                                                    cache=self.cache).run(),
                              stop_file, busy, name=f"train-{session}")
