@@ -11,6 +11,7 @@ import sys
 
 from .data import DEFAULT_MAX_IMAGE_PIXELS
 from .errors import VPError
+from .utils import percent
 
 EPILOG_TRAIN = """examples:
   python -m visual_prompting train --model effnet-lite0@96 --dataset fashion_mnist_subset --steps 200 --batch-size 64
@@ -112,8 +113,8 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     return ap
 
 
-def _pct(x) -> str:
-    return "  n/a " if x is None else f"{100 * x:5.1f}%"
+def _pct(x) -> str:  # the CLI's columns: the number in 5 characters, "n/a" in the same ones
+    return percent(x, width=5, missing="n/a")
 
 
 def cmd_train(a) -> int:

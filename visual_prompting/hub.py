@@ -33,6 +33,7 @@ from .heads import head_text
 from .network import hf_endpoint, host_reachable
 from .network import is_offline as _is_offline
 from .prompt_file import load_prompt, save_shareable
+from .utils import percent
 
 PROMPT_FILENAME = "prompt.safetensors"
 UPLOAD_FILES = (PROMPT_FILENAME, "config.json", "README.md", "prompt.png")
@@ -280,10 +281,6 @@ def _hub_dataset(name: str) -> str | None:
     return name if name in CLASSNAMES else None
 
 
-def _pct(x) -> str:
-    return f"{100 * x:.1f}%" if isinstance(x, (int, float)) else "n/a"
-
-
 def _md(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -378,7 +375,8 @@ def _accuracy_section(meta: dict) -> str:
     fairness = ("(with the label mapping found without a prompt, so the comparison is fair)."
                 if head["kind"] == "label_mapping" else "(same text classifier).")
     return ACCURACY.format(where=(meta.get("dataset") or "the task") + (f" ({n} test images)" if n else ""),
-                           fairness=fairness, rows="\n".join(f"| {lb} | {_pct(a)} | {_pct(b)} |" for lb, a, b in rows))
+                           fairness=fairness, rows="\n".join(f"| {lb} | {percent(a, missing='n/a')} | "
+                                                             f"{percent(b, missing='n/a')} |" for lb, a, b in rows))
 
 
 def _details(meta: dict, base: str | None) -> str:

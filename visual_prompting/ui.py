@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import queue
-import re
-import shutil
 import tempfile
 import threading
 import time
@@ -26,15 +24,23 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .backbones import BackboneCache, parse_spec
-from .data import dataset_names, extract_zip_dataset, mib, open_image, to_rgb, zip_size
+from .data import dataset_names, open_image, to_rgb
 from .errors import VPError
 from .model import PromptedModel
-from .optim import OPTIMIZERS
 from .recipes import DEFAULT_RECIPE, recipe_settings
 from .prompt_file import check_backbone, load_prompt, read_metadata
-from .settings import choices, parse_value
-from .train_config import TrainConfig, TrainEvent, TrainResult, history_record
-from .utils import pick_device
+from .train_config import TrainConfig, TrainEvent, TrainResult, default_lr, history_record
+from .train_form import (  # noqa: F401 - choice_info, train_choices: the app's names, also read from here
+    TRAIN_FORM,
+    TRAIN_FORM_FIELDS,
+    UPLOADED_DATASET,
+    FormField,
+    TrainDefaults,
+    choice_info,
+    form_settings,
+    train_choices,
+)
+from .utils import percent, pick_device
 from .visualization import (
     amplitude,
     curve_records,
@@ -44,36 +50,10 @@ from .visualization import (
     saliency,
     spectrum,
 )
+from .workspace import Workspace
 from .zoo import USER_ZOO_DIR, ZOO_DIR, add_prompt, list_prompts
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
-UPLOADED_DATASET = "upload a .zip of class folders"
-# the Train tab's choices, from the registries through TrainConfig's fields (see train_choices: that one also
-# sees kinds registered after this module was imported)
-TRAIN_CHOICE_FIELDS = ("prompter", "label_mapping", "clamp", "optimizer", "augment", "capture")
-# the Train tab's settings that a recipe may set (the form shows each)
-TRAIN_FORM_FIELDS = ("prompter", "lr", "label_mapping", "clamp", "optimizer", "augment", "capture")
-
-
-def train_choices() -> dict[str, list[str]]:
-    """The Train tab's choices now, by TrainConfig field: ``{"prompter": [...], "label_mapping": [...], ...}``."""
-    return {name: choices(TrainConfig, name) for name in TRAIN_CHOICE_FIELDS}
-
-
-def choice_info(name: str) -> str:
-    """One line per choice of a field (``kind: description``) for the app's info text."""
-    from .heads import MAPPINGS
-    from .prompters import CLAMP_MODES, PROMPTERS
-
-    from .augment import AUGMENTATIONS
-    from .capture import CAPTURE_AUGMENTATIONS
-    from .recipes import RECIPES
-
-    registry = {"prompter": PROMPTERS, "label_mapping": MAPPINGS, "clamp": CLAMP_MODES, "optimizer": OPTIMIZERS,
-                "augment": AUGMENTATIONS, "capture": CAPTURE_AUGMENTATIONS, "recipe": RECIPES}[name]
-    return "; ".join(f"{k}: {getattr(v, 'description', v)}" for k, v in registry.items())
-
-
 OWN_BACKBONE = "the prompt's own (recommended)"
 
 
@@ -107,6 +87,11 @@ class AppConfig:
                                            "oldest first, to make room)")
     run_ttl_hours: float = _limit(24, "how long a finished run's folder is kept (a failed run's is removed at "
                                       "once, its unpacked data as soon as training ends)")
+    max_gradio_cache_mb: float = _limit(2000, "Gradio's cache folder on disk: every upload and every image or file "
+                                              "the page shows (the oldest files are removed first to make room, "
+                                              "and any past VP_RUN_TTL_HOURS)")
+    cache_sweep_s: float = 10  # how often Gradio's cache is swept (app.serve)
+    cache_grace_s: float = 60  # a cache file this young is never swept: the request that made it may still use it
 
     @classmethod
     def from_env(cls, environ=None, **kwargs) -> AppConfig:
@@ -135,21 +120,6 @@ def limits_table(cfg: AppConfig | None = None) -> list[tuple[str, str, object, s
 
 
 @dataclass
-class TrainDefaults:
-    model: str
-    steps: int
-    batch_size: int
-    recipe: str
-    settings: dict  # the recipe's TrainConfig settings, with the config's defaults for the rest of the form
-
-    def __getattr__(self, name):  # defaults.prompter, defaults.lr, ... read the recipe's settings
-        try:
-            return self.__dict__["settings"][name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
-@dataclass
 class TrainUpdate:
     """One refresh of the Train tab."""
 
@@ -162,20 +132,21 @@ class TrainUpdate:
     done: bool = False
 
 
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
 class VPApp:
-    def __init__(self, cfg: AppConfig | None = None):
+    """The app's logic. ``form``: the Train tab's fields (:data:`~visual_prompting.train_form.TRAIN_FORM`);
+    ``workspace``: its disk (:class:`~visual_prompting.workspace.Workspace`)."""
+
+    def __init__(self, cfg: AppConfig | None = None, form: tuple[FormField, ...] = TRAIN_FORM):
         self.cfg = cfg or AppConfig.from_env()
+        self.form = form
+        self.workspace = Workspace(self.cfg)
         self.device = pick_device(self.cfg.device)
         self.cache = BackboneCache()
         self._models: OrderedDict[tuple[str, float, str], tuple[PromptedModel, dict, str | None]] = OrderedDict()
         self._lock = threading.Lock()
         self.entries: dict[str, dict] = {}
         self.refresh_zoo()
-        self.sweep()  # what an earlier server left past its time (the sweep also runs before every training run)
+        self.workspace.sweep()  # what an earlier server left past its time (it also runs before every training run)
 
     # -- the zoo ------------------------------------------------------------------------------------------
     def refresh_zoo(self, include_hub: bool = False, warn: Callable[[str], None] | None = None) -> list[str]:
@@ -203,7 +174,7 @@ class VPApp:
             rows.append([name, e["source"], m["backbone"]["spec"], m.get("dataset", ""),
                          f"{m['prompter']['kind']} ({m['prompter']['size']} px)",
                          f"{len(classes)}: " + ", ".join(classes[:6]) + (" ..." if len(classes) > 6 else ""),
-                         _pct(met.get("test_top1")), _pct(met.get("test_top1_no_prompt"))])
+                         percent(met.get("test_top1")), percent(met.get("test_top1_no_prompt"))])
         return rows
 
     ZOO_HEADERS = ["name", "source", "backbone", "dataset", "prompt", "classes", "test top-1", "no prompt"]
@@ -218,7 +189,7 @@ class VPApp:
             except VPError:
                 continue
             met = e["meta"].get("metrics", {})
-            cap = f"{name} - {e['meta']['backbone']['spec']} - {e['meta'].get('dataset', '')} - {_pct(met.get('test_top1'))}"
+            cap = f"{name} - {e['meta']['backbone']['spec']} - {e['meta'].get('dataset', '')} - {percent(met.get('test_top1'))}"
             out.append((prompt_image(pf.prompter, 192), cap))
         return out
 
@@ -227,7 +198,7 @@ class VPApp:
         """The file behind the user's choice: an uploaded file wins; then a zoo name; then anything
         :func:`hub.resolve_prompt` understands (``USER/NAME``, ``hf://...``) typed into the box."""
         if upload:
-            path = self.check_upload(upload, "prompt file")
+            path = self.workspace.check_upload(upload, "prompt file")
             load_prompt(path)  # a clear message for a file that is not a prompt, or a broken one (an upload is small)
             return path
         if not choice:
@@ -249,7 +220,7 @@ class VPApp:
         except VPError as e:
             return f"**Cannot use this prompt:** {e}", [OWN_BACKBONE]
         met = meta.get("metrics", {})
-        acc = (f"test top-1 **{_pct(met['test_top1'])}** with the prompt, {_pct(met.get('test_top1_no_prompt'))} "
+        acc = (f"test top-1 **{percent(met['test_top1'])}** with the prompt, {percent(met.get('test_top1_no_prompt'))} "
                f"without" + (f" ({met['test_n']} images)" if met.get("test_n") else "")
                if met.get("test_top1") is not None else "no test numbers stored")
         p, spec = meta["prompter"], meta["backbone"]["spec"]
@@ -296,18 +267,6 @@ class VPApp:
         (zs,), (pr,), (prompted,) = model.predict_both([img], 5, with_images=True)
         return prompted, dict(zs), dict(pr)
 
-    def check_upload(self, path, what: str = "file") -> str:
-        """``path`` (an uploaded file) as a string, once it is known to be a file within the upload limit."""
-        path = os.fspath(path)
-        try:
-            size = os.path.getsize(path)
-        except OSError as e:
-            raise VPError(f"The uploaded {what} {Path(path).name} is gone or cannot be read; upload it again.") from e
-        if size > self.cfg.max_upload_mb * 2**20:
-            raise VPError(f"The uploaded {what} {Path(path).name} is {mib(size)} MiB; the limit is "
-                          f"{self.cfg.max_upload_mb:g} MiB.")
-        return path
-
     def read_image(self, image):
         """A PIL image, a path or an array from the UI -> RGB PIL image; a clear message when there is none, or when
         it is broken, not an image, or over the pixel limit (``AppConfig.max_image_mp``)."""
@@ -315,7 +274,7 @@ class VPApp:
         if image is None or (isinstance(image, str) and not image):
             raise VPError("Upload an image or pick an example first.")
         if isinstance(image, (str, os.PathLike)):
-            path = self.check_upload(image, "image")
+            path = self.workspace.check_upload(image, "image")
             try:
                 return open_image(path, max_pixels=max_pixels)
             except VPError as e:  # the path is a temporary upload name: say what is wrong, not where
@@ -365,123 +324,39 @@ class VPApp:
         run on a CPU shows progress within seconds and ends in a minute or two; the paper's batch size on a GPU.
         What these defaults reach is measured by ``benchmarks/app_defaults.py`` (numbers in README.md)."""
         base = TrainConfig()
-        form = {name: getattr(base, name) for name in TRAIN_FORM_FIELDS}
-        settings = {**form, **recipe_settings(recipe)}
+        settings = {**{name: getattr(base, name) for name in TRAIN_FORM_FIELDS}, **recipe_settings(recipe)}
         if settings["lr"] is None:
-            settings["lr"] = OPTIMIZERS[settings["optimizer"]].default_lr
+            settings["lr"] = default_lr(settings["optimizer"])
         if self.device.type == "cuda":
             return TrainDefaults("effnet-lite0", 1000, 128, recipe, settings)
         return TrainDefaults("effnet-lite0@96", 100, 64, recipe, settings)
 
-    @staticmethod
-    def dataset_choices() -> list[str]:
-        return [*dataset_names(), UPLOADED_DATASET]
-
-    def session_dir(self, session: str) -> Path:
-        if not re.fullmatch(r"[\w-]{1,128}", session or ""):
-            raise VPError("This browser session has no valid id; reload the page.")
-        d = Path(self.cfg.work_dir) / session
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
-    def train_config(self, session: str, *, model: str, dataset: str, upload: str | None = None,
-                     prompter: str = "pad", prompt_size: float | None = 0, steps: float = 100,
-                     batch_size: float = 32, lr: float = 40.0, label_mapping: str = "iterative",
-                     clamp: str = "straight-through", seed: float = 0, optimizer: str = "sgd",
-                     augment: str = "none", capture: str = "none") -> TrainConfig:
-        """Check the Train tab's fields (with TrainConfig's own checks, see :mod:`visual_prompting.settings`) and
-        turn them into a :class:`TrainConfig` for this session."""
-        cfg = self.cfg
-        parse_spec(model or "")
-        form = {"prompter": prompter, "prompt_size": prompt_size or None, "steps": steps, "batch_size": batch_size,
-                "lr": lr, "label_mapping": label_mapping, "clamp": clamp, "seed": seed or 0, "optimizer": optimizer,
-                "augment": augment, "capture": capture}
-        limits = {"steps": {"high": cfg.max_steps, "required": True}, "lr": {"high": 10_000},
-                  "batch_size": {"high": cfg.max_batch_size, "required": True}}
-        values = {k: parse_value(TrainConfig, k, v, **limits.get(k, {})) for k, v in form.items()}
-        uploaded = dataset == UPLOADED_DATASET or (upload and not dataset)
+    def train_config(self, session: str, **form) -> TrainConfig:
+        """The Train tab's values (keywords: the names of :attr:`form`'s fields; one left out is its setting's
+        default) checked (:func:`~visual_prompting.train_form.form_settings`) and turned into a
+        :class:`TrainConfig` for a new run of this session, its uploaded dataset unpacked into the run's folder."""
+        settings = form_settings(self.form, form, self.cfg)
+        parse_spec(settings["model"])
+        dataset, upload = settings.pop("dataset", None), form.get("upload")
+        uploaded = dataset == UPLOADED_DATASET or bool(upload and not dataset)
         if uploaded and not upload:
             raise VPError("Upload a .zip that holds one folder of images per class.")
         if not uploaded and dataset not in dataset_names():
             raise VPError(f"Pick a dataset from the list (or upload a .zip of class folders), not {dataset!r}.")
-        self.sweep()
-        session_dir = self.session_dir(session)
-        run_dir = Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"), dir=session_dir))
-        try:
-            data = self._unpack(upload, run_dir / "data", session_dir) if uploaded else dataset
-        except BaseException:
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing of a refused upload stays on disk
-            raise
-        return TrainConfig(model=model, dataset=data, **values, out_dir=str(run_dir), device=str(self.device),
+        run_dir, unpacked = self.workspace.new_run(session, upload if uploaded else None)
+        return TrainConfig(**settings, dataset=unpacked or dataset, out_dir=str(run_dir), device=str(self.device),
                            num_workers=0, download=True)  # torchvision datasets: fetched once (offline: a clear message)
-
-    def _unpack(self, upload, dest: Path, session_dir: Path) -> str:
-        """Unpack an uploaded dataset within the limits: its own size and file count, what is left of this user's
-        disk share and of the work folder's."""
-        path = self.check_upload(upload, "dataset")
-        cfg, unit = self.cfg, 2**20
-        size = zip_size(path)[1]
-        user_left = cfg.max_user_disk_mb * unit - disk_usage(session_dir)
-        total_left = cfg.max_work_disk_mb * unit - disk_usage(cfg.work_dir)
-        if size <= cfg.max_dataset_mb * unit and size > user_left:
-            raise VPError(f"The dataset unpacks to {mib(size)} MiB, more than is left of your "
-                          f"{cfg.max_user_disk_mb:g} MiB ({mib(max(0, user_left))} MiB); reload the page to "
-                          "clear your earlier runs, or use a smaller dataset.")
-        if size <= min(cfg.max_dataset_mb * unit, user_left) and size > total_left:
-            raise VPError(f"The app's disk is full right now ({cfg.max_work_disk_mb:g} MiB for all users); try "
-                          "again later or with a smaller dataset.")
-        return extract_zip_dataset(path, dest, max_files=cfg.max_dataset_files, max_bytes=int(cfg.max_dataset_mb * unit))
-
-    def active_runs(self) -> list[str]:
-        """The sessions whose training run is going now (their RUNNING file is fresh; it works across processes)."""
-        work = Path(self.cfg.work_dir)
-        if not work.is_dir():
-            return []
-        now = time.time()
-        return [d.name for d in work.iterdir() if _fresh(d / "RUNNING", now)]
-
-    def sweep(self, now: float | None = None) -> list[str]:
-        """Remove run folders older than ``run_ttl_hours``, then the oldest finished runs while the work folder is
-        over ``max_work_disk_mb``; a session whose run is going is left alone. The removed folders."""
-        work, now = Path(self.cfg.work_dir), time.time() if now is None else now
-        if not work.is_dir():
-            return []
-        runs = []
-        for session in work.iterdir():
-            if session.is_dir() and not _fresh(session / "RUNNING", now):
-                runs += [(r.stat().st_mtime, r) for r in session.glob("run-*") if r.is_dir()]
-        runs.sort()
-        removed, total = [], disk_usage(work)
-        for mtime, run in runs:
-            if now - mtime > self.cfg.run_ttl_hours * 3600 or total > self.cfg.max_work_disk_mb * 2**20:
-                total -= disk_usage(run)
-                shutil.rmtree(run, ignore_errors=True)
-                removed.append(str(run))
-        return removed
-
-    def _stop_file(self, session: str) -> Path:
-        return self.session_dir(session) / "STOP"
 
     def stop(self, session: str) -> str:
         """Ask this session's training run to stop after the current step (its best prompt is kept)."""
-        self._stop_file(session).touch()
+        self.workspace.stop(session)
         return "Stopping after this step; the best prompt so far is kept."
 
     def train_stream(self, cfg: TrainConfig, session: str, min_interval: float = 0.5) -> Iterator[TrainUpdate]:
         """Train in a background thread and yield a :class:`TrainUpdate` at most every ``min_interval`` seconds
         (and at every evaluation). Closing the generator (the user left) stops the run; the best prompt stays in
         ``cfg.out_dir`` either way."""
-        stop_file, busy = self._stop_file(session), self.session_dir(session) / "RUNNING"
-        with self._lock:
-            if _fresh(busy):
-                _remove_failed(cfg.out_dir, self.cfg.work_dir)
-                raise VPError("A training run is already going in this session; stop it first.")
-            if len(self.active_runs()) >= self.cfg.max_runs:
-                _remove_failed(cfg.out_dir, self.cfg.work_dir)
-                raise VPError(f"{self.cfg.max_runs} training run(s) are going now, the most this app runs at once; "
-                              "try again in a few minutes.")
-            stop_file.unlink(missing_ok=True)
-            busy.touch()
+        stop_file, busy = self.workspace.claim_run(session, cfg.out_dir)
         from .training import Trainer  # the loop, imported when a run starts
 
         run = _BackgroundRun(lambda callback, should_stop: Trainer(cfg, callbacks=[callback], should_stop=should_stop,
@@ -500,13 +375,11 @@ class VPApp:
                 yield view.update(ev, now - run.t0)
         finally:
             run.close()
-            # the unpacked upload was decoded into memory when the run started: it is not needed any more
-            if Path(cfg.dataset).is_relative_to(Path(cfg.out_dir)):
-                shutil.rmtree(Path(cfg.out_dir) / "data", ignore_errors=True)
+            self.workspace.drop_data(cfg.out_dir, cfg.dataset)  # decoded into memory when the run started
         try:
             result = run.result()
         except BaseException:
-            _remove_failed(cfg.out_dir, self.cfg.work_dir)
+            self.workspace.remove_failed(cfg.out_dir)
             raise
         yield view.final(result, time.perf_counter() - run.t0)
 
@@ -534,42 +407,6 @@ class VPApp:
     def examples() -> list[str]:
         return sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
 
-    def cleanup_session(self, session: str) -> None:
-        """Forget a session's files (called when the browser session ends)."""
-        d = Path(self.cfg.work_dir) / session
-        if re.fullmatch(r"[\w-]{1,128}", session or "") and d.is_dir():
-            (d / "STOP").touch()
-            shutil.rmtree(d, ignore_errors=True)
-
-
-def disk_usage(path) -> int:
-    """Bytes of the files under ``path`` (0 when it does not exist); links are not followed."""
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(root, f)).st_size
-            except OSError:
-                pass  # removed meanwhile
-    return total
-
-
-def _fresh(busy: Path, now: float | None = None, seconds: float = 30) -> bool:
-    """Whether a RUNNING file was touched in the last ``seconds`` (a run touches it at every step)."""
-    try:
-        return (time.time() if now is None else now) - busy.stat().st_mtime < seconds
-    except OSError:
-        return False
-
-
-def _remove_failed(out_dir, work_dir) -> None:
-    """A failed run leaves nothing behind (a stopped one keeps its prompts: it did not fail); only folders the app
-    made in its work folder are removed."""
-    out = Path(out_dir).resolve()
-    if out.is_relative_to(Path(work_dir).resolve()) and out != Path(work_dir).resolve():
-        shutil.rmtree(out, ignore_errors=True)
-
-
 def unexpected_error(e: BaseException, action: str = "doing this") -> str:
     """The sentence a user sees for an error that is not theirs (a bug, a full disk): what happened in words, while
     the traceback goes to the server's log for whoever maintains it."""
@@ -594,9 +431,9 @@ def _status(ev: TrainEvent, elapsed: float) -> str:
 def _accuracy(zero, val, best) -> str:
     if zero is None:
         return ""
-    s = f"Validation top-1 without a prompt: **{_pct(zero)}**"
+    s = f"Validation top-1 without a prompt: **{percent(zero)}**"
     if val is not None:
-        s += f" · with the prompt now: **{_pct(val)}** · best so far: **{_pct(best)}**"
+        s += f" · with the prompt now: **{percent(val)}** · best so far: **{percent(best)}**"
     return s
 
 
@@ -671,7 +508,7 @@ class _LiveView:
         m = res.metrics
         head = res.stop_reason if res.interrupted else "Done."
         status = (f"{head} {res.steps_done} steps in {elapsed:.0f} s. Test top-1 "
-                  f"**{_pct(m.get('test_top1'))}** with the prompt, {_pct(m.get('test_top1_no_prompt'))} without "
+                  f"**{percent(m.get('test_top1'))}** with the prompt, {percent(m.get('test_top1_no_prompt'))} without "
                   f"({m.get('test_n')} test images; the prompt was chosen on validation).")
         fraction = 1.0 if not res.interrupted else res.steps_done / max(1, self.total)
         return TrainUpdate(fraction, status, self.records, self.prompt_pic,

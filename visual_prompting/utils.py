@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import random
 
@@ -60,6 +61,17 @@ class HostReadback:
         if event is not None:
             event.synchronize()
         return values.tolist()
+
+
+def percent(x, digits: int = 1, missing: str = "-", width: int | None = None) -> str:
+    """A fraction as people read it, the one formatter of every front (CLI, app, model card, benchmark reports):
+    ``percent(0.8503) == "85.0%"``. ``missing`` stands for a number that is not there (None, NaN, or not a number,
+    e.g. a field absent from a prompt file's metadata). ``width``: the number is right-aligned in that many
+    characters before its ``%``, and ``missing`` takes the same columns (``percent(None, width=5, missing="n/a")
+    == "  n/a "``), so a column of them lines up."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real) or x != x:  # x != x: NaN
+        return missing if width is None else f"{missing:>{width}} "
+    return f"{100 * x:{width or ''}.{digits}f}%"
 
 
 def seed_everything(seed: int) -> None:
