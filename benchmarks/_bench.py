@@ -109,10 +109,33 @@ def machine_info(device: torch.device | str | None = None) -> dict:
 
 
 def command_line(script: str, argv: list[str] | None) -> str:
-    """The command as typed from the repository root; ``script`` is a path from there, or a name in benchmarks/."""
+    """The command as typed from the repository root (:func:`portable_command`: a folder of the machine that ran it
+    shows as ``DIR``); ``script`` is a path from there, or a name in benchmarks/."""
     args = sys.argv[1:] if argv is None else list(argv)
     path = script if "/" in script else f"benchmarks/{script}"
-    return " ".join(["python", path, *map(shlex.quote, args)])
+    return portable_command(" ".join(["python", path, *map(shlex.quote, args)]))
+
+
+# the placeholder a recorded command shows for a path of the machine that ran it, by the option it follows
+PATH_PLACEHOLDERS = {"--out": "DIR", "--runs-dir": "DIR", "--merge-from": "JSON"}
+
+
+def portable_command(command: str | None) -> str | None:
+    """``command`` with every path of the machine that ran it (absolute, ``~``, or above the repository root:
+    a temporary folder, another checkout) replaced by a placeholder, ``--out DIR`` (:data:`PATH_PLACEHOLDERS`;
+    ``PATH`` after another option): what a reader can type. Paths inside the repository stay. Applied when a
+    command is recorded and again when one is shown, for files recorded before."""
+    if not command:
+        return command
+    words, option, changed = shlex.split(command), None, False
+    for i, w in enumerate(words):
+        name, eq, value = w.partition("=") if w.startswith("--") else ("", "", w)
+        if (eq or not w.startswith("-")) and value.startswith(("/", "~", "..")):
+            words[i] = f"{name}{eq}{PATH_PLACEHOLDERS.get(name or option, 'PATH')}"
+            changed = True
+        if w.startswith("-"):
+            option = None if eq else w
+    return shlex.join(words) if changed else command
 
 
 def provenance(script: str, argv: list[str] | None, device: torch.device | str | None = None) -> dict:
@@ -299,7 +322,7 @@ def write_markdown(path: Path, title: str, prov: dict, body: str, runs: list[dic
         head = text[0].upper() + text[1:] + ":\n\n" + "\n".join(runs_lines(runs))
         foot = f"Machine{'s' * (len(machines) > 1)}: {'; '.join(machines)}."
     else:
-        head, foot = f"    {prov.get('command')}", f"Machine: {machine_line(prov)}."
+        head, foot = f"    {portable_command(prov.get('command'))}", f"Machine: {machine_line(prov)}."
     text = f"### {title}\n\n{head}\n\n{body}\n\n{foot}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

@@ -1,8 +1,8 @@
 """Accuracy on real data, offline: frozen EfficientNet-Lite0 (ImageNet weights) on Fashion-MNIST.
 
-    python benchmarks/accuracy.py                  # the full benchmark (about an hour on 2 CPU cores)
+    python benchmarks/accuracy.py                  # the default rows (their time: benchmarks/README.md)
     python benchmarks/accuracy.py --rows pad_first_k,pad_frequency --seeds 3   # some rows, 3 seeds each, merged
-    python benchmarks/accuracy.py --smoke --out /tmp/acc   # tiny settings, seconds (what the tests run)
+    python benchmarks/accuracy.py --smoke --out DIR    # tiny settings, seconds (what the tests run)
 
 Data: the full Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package (/usr/share/datasets/fashion-mnist).
 Every method sees the same images: one fixed random train subset (``--train-size``, default 10,000 of the
@@ -10,17 +10,12 @@ Every method sees the same images: one fixed random train subset (``--train-size
 (``--val-size``, default 2,000, picks each prompt's best checkpoint and the linear probe's L2 strength) and the
 full 10,000-image test set, which is only used for the reported number.
 
-Rows (``method`` in the JSON):
-
-* ``no_prompt_first_k``        no prompt, the paper's hard-coded mapping (class i reads ImageNet logit i)
-* ``no_prompt_frequency``      no prompt, frequency mapping computed without a prompt on the train subset
-* ``pad_first_k`` / ``pad_frequency`` / ``pad_iterative``   pad prompt with each label mapping (clamped: a
-  real image, the library's default ``straight-through`` clamp)
-* ``pad_iterative_unclamped``  the same pad prompt without clamping (``--clamp none``, the paper's behaviour)
-* ``fixed_patch_iterative`` / ``random_patch_iterative`` / ``shrink_pad_iterative``   the other prompt kinds
-* ``linear_probe``             the paper's comparison point: logistic regression on the frozen 1280-d
-  penultimate features of the same train subset, CLIP's recipe (L-BFGS, L2 strength swept on validation over
-  C = 1e-6 .. 1e6 with a binary-search refinement to 8 steps per decade); implemented in torch
+Rows (``method`` in the JSON): :data:`ROWS` below, each defined once with its settings, its description and the
+rows it is compared with; ``--help`` lists their names and benchmarks/README.md their table. The no-prompt rows
+measure a label mapping alone, the prompt rows train a prompt (the paper's SGD unless a row sets otherwise or runs a
+recipe of ``visual_prompting.recipes``), and ``linear_probe`` is the paper's comparison point: logistic regression
+on the frozen 1280-d penultimate features of the same train subset, CLIP's recipe (L-BFGS, L2 strength swept on
+validation over C = 1e-6 .. 1e6 with a binary-search refinement to 8 steps per decade); implemented in torch.
 
 Each row records test top-1, trainable parameters and wall time on this machine (plus top-5, best validation
 accuracy and the validation curve, to tell whether more steps would help).
@@ -41,6 +36,8 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,54 +54,126 @@ from visual_prompting.data import DEBIAN_FASHION_MNIST, DataSplits, load_splits,
 from visual_prompting.evaluation import evaluate, logits_over  # noqa: E402
 from visual_prompting.capture import capture_top1  # noqa: E402
 from visual_prompting.heads import create_head, prediction_counts  # noqa: E402
-from visual_prompting.recipes import recipe_settings  # noqa: E402
+from visual_prompting.recipes import RECIPES, recipe_settings  # noqa: E402
 from visual_prompting.training import Trainer  # noqa: E402
-from visual_prompting.utils import autocast, pick_device, seed_everything  # noqa: E402
+from visual_prompting.utils import autocast, percent, pick_device, seed_everything  # noqa: E402
 
-# method, kind, prompter, label mapping, clamp, description
+@dataclass(frozen=True)
+class Row:
+    """One row of the benchmark, defined once: what it runs, what it is, and which rows it is compared with.
+
+    A trained row's TrainConfig is its ``recipe``'s settings (:data:`visual_prompting.recipes.RECIPES`) with
+    ``settings`` on top and the library's defaults (the paper's SGD, the straight-through clamp) for the rest; the
+    benchmark's budget (steps, batch, seed...) is the same for every row. A no-prompt row's ``settings`` name its
+    ``label_mapping``; the linear probe has none. ``compared_with``: (another row, what the difference says) pairs;
+    the summary states this row's test top-1 minus the other's when both were measured. ``default``: run by
+    ``python benchmarks/accuracy.py`` without ``--rows``. ``time_reference``: the row the fastest row's time to the
+    target accuracy is measured against (one row)."""
+
+    name: str
+    kind: str  # one of KINDS
+    description: str
+    settings: dict = field(default_factory=dict)
+    recipe: str | None = None
+    compared_with: tuple[tuple[str, str], ...] = ()
+    default: bool = False
+    time_reference: bool = False
+
+    def train_settings(self) -> dict:
+        return {**(recipe_settings(self.recipe) if self.recipe else {}), **self.settings}
+
+
+KINDS = ("no_prompt", "prompt", "linear_probe")
+ADAM = {"optimizer": "adam", "lr": 0.01}
+PAD_ITERATIVE = {"prompter": "pad", "label_mapping": "iterative"}
+VS_PAD = "pad_iterative"
+# in the table's order; `python benchmarks/accuracy.py` runs the rows marked default
 ROWS = [
-    ("no_prompt_first_k", "no_prompt", None, "first_k", None, "no prompt, hard-coded mapping (paper)"),
-    ("no_prompt_frequency", "no_prompt", None, "frequency", None, "no prompt, frequency mapping"),
-    ("pad_first_k", "prompt", "pad", "first_k", "straight-through", "pad prompt, hard-coded mapping"),
-    ("pad_frequency", "prompt", "pad", "frequency", "straight-through", "pad prompt, frequency mapping"),
-    ("pad_iterative", "prompt", "pad", "iterative", "straight-through", "pad prompt, iterative mapping, clamped (a real image)"),
-    ("pad_iterative_unclamped", "prompt", "pad", "iterative", "none", "pad prompt, iterative mapping, unclamped (paper)"),
-    ("fixed_patch_iterative", "prompt", "fixed_patch", "iterative", "straight-through", "fixed patch, iterative mapping"),
-    ("random_patch_iterative", "prompt", "random_patch", "iterative", "straight-through", "random patch, iterative mapping"),
-    ("shrink_pad_iterative", "prompt", "shrink_pad", "iterative", "straight-through", "shrink-and-pad, iterative mapping"),
-    ("linear_probe", "linear_probe", None, None, None, "linear probe on frozen features (paper's comparison)"),
-    # the options and recipes of later work (each row's settings: ROW_SETTINGS; recipes: visual_prompting.recipes)
-    ("no_prompt_multi_frequency", "no_prompt", None, "multi_frequency", None,
-     "no prompt, each class reads the mean of 10 source logits"),
-    ("recipe_fast", "prompt", "full", "multi_frequency", "straight-through",
-     "recipe fast: full-image prompt, Adam lr 0.01, 10-source mapping"),
-    ("recipe_robust", "prompt", "full", "multi_frequency", "straight-through",
-     "recipe robust: fast + capture simulation (shift, resize, JPEG) after the prompt"),
-    ("pad_adam_frequency", "prompt", "pad", "frequency", "straight-through", "pad prompt, Adam lr 0.01"),
-    ("pad_l2sgd_frequency", "prompt", "pad", "frequency", "straight-through", "pad prompt, EVP's L2-normalised step"),
-    ("pad_flip_crop_frequency", "prompt", "pad", "frequency", "straight-through",
-     "pad prompt, EVP's input diversity (crop + flip)"),
-    ("full_adam_frequency", "prompt", "full", "frequency", "straight-through", "full-image prompt, Adam, 1-source mapping"),
-    ("lowrank_adam_multi_frequency", "prompt", "lowrank", "multi_frequency", "straight-through",
-     "low-rank prompt (rank 16, LoR-VP), Adam, 10-source mapping"),
-    ("fully_map_fast", "prompt", "full", "fully_map", "straight-through",
-     "recipe fast's prompt + a trained linear output layer (AutoVP's FullyMap): not input-only"),
+    Row("no_prompt_first_k", "no_prompt", "no prompt, hard-coded mapping (paper)", {"label_mapping": "first_k"},
+        default=True),
+    Row("no_prompt_frequency", "no_prompt", "no prompt, frequency mapping", {"label_mapping": "frequency"},
+        compared_with=(("no_prompt_first_k", "mapping without a prompt"),), default=True),
+    Row("pad_first_k", "prompt", "pad prompt, hard-coded mapping", {"prompter": "pad", "label_mapping": "first_k"},
+        default=True),
+    Row("pad_frequency", "prompt", "pad prompt, frequency mapping", {"prompter": "pad", "label_mapping": "frequency"},
+        compared_with=(("pad_first_k", "frequency vs hard-coded mapping (pad)"),), default=True, time_reference=True),
+    Row("pad_iterative", "prompt", "pad prompt, iterative mapping, clamped (a real image)", PAD_ITERATIVE,
+        compared_with=(("pad_frequency", "iterative vs frequency mapping (pad)"),), default=True),
+    Row("pad_iterative_unclamped", "prompt", "pad prompt, iterative mapping, unclamped (paper)",
+        {**PAD_ITERATIVE, "clamp": "none"}, compared_with=((VS_PAD, "unclamped vs clamped (pad, iterative)"),)),
+    Row("fixed_patch_iterative", "prompt", "fixed patch, iterative mapping",
+        {**PAD_ITERATIVE, "prompter": "fixed_patch"}, compared_with=((VS_PAD, "fixed patch vs pad"),)),
+    Row("random_patch_iterative", "prompt", "random patch, iterative mapping",
+        {**PAD_ITERATIVE, "prompter": "random_patch"}, compared_with=((VS_PAD, "random patch vs pad"),)),
+    Row("shrink_pad_iterative", "prompt", "shrink-and-pad, iterative mapping",
+        {**PAD_ITERATIVE, "prompter": "shrink_pad"}, compared_with=((VS_PAD, "shrink-and-pad vs pad"),)),
+    Row("linear_probe", "linear_probe", "linear probe on frozen features (paper's comparison)", default=True),
+    # the options and recipes of later work
+    Row("no_prompt_multi_frequency", "no_prompt", "no prompt, each class reads the mean of 10 source logits",
+        {"label_mapping": "multi_frequency"},
+        compared_with=(("no_prompt_frequency", "10-source vs 1-source mapping without a prompt"),), default=True),
+    Row("recipe_fast", "prompt", "recipe fast: full-image prompt, Adam lr 0.01, 10-source mapping", recipe="fast",
+        compared_with=(("pad_frequency", "recipe fast vs the paper's SGD pad prompt (frequency mapping)"),),
+        default=True),
+    Row("recipe_robust", "prompt", "recipe robust: fast + capture simulation (shift, resize, JPEG) after the prompt",
+        recipe="robust", compared_with=(("recipe_fast", "capture simulation vs none (recipe fast)"),), default=True),
+    Row("pad_adam_frequency", "prompt", "pad prompt, Adam lr 0.01",
+        {"prompter": "pad", "label_mapping": "frequency", **ADAM},
+        compared_with=(("pad_frequency", "Adam vs SGD (pad)"),)),
+    Row("pad_l2sgd_frequency", "prompt", "pad prompt, EVP's L2-normalised step",
+        {"prompter": "pad", "label_mapping": "frequency", "optimizer": "l2sgd", "lr": 1.0},
+        compared_with=(("pad_frequency", "L2-normalised step vs SGD (pad)"),)),
+    Row("pad_flip_crop_frequency", "prompt", "pad prompt, EVP's input diversity (crop + flip)",
+        {"prompter": "pad", "label_mapping": "frequency", "augment": "flip_crop"},
+        compared_with=(("pad_frequency", "input diversity vs none (pad)"),)),
+    Row("full_adam_frequency", "prompt", "full-image prompt, Adam, 1-source mapping",
+        {"prompter": "full", "label_mapping": "frequency", **ADAM},
+        compared_with=(("pad_adam_frequency", "full-image vs pad prompt (Adam)"),)),
+    Row("lowrank_adam_multi_frequency", "prompt", "low-rank prompt (rank 16, LoR-VP), Adam, 10-source mapping",
+        {"prompter": "lowrank", "label_mapping": "multi_frequency", "prompt_size": 16, **ADAM}),
+    Row("fully_map_fast", "prompt",
+        "recipe fast's prompt + a trained linear output layer (AutoVP's FullyMap): not input-only",
+        {"label_mapping": "fully_map"}, recipe="fast"),
 ]
-METHODS = [r[0] for r in ROWS]
-# the TrainConfig settings of a prompt row beyond its prompter / mapping / clamp (the paper's SGD otherwise)
-ROW_SETTINGS = {
-    "recipe_fast": recipe_settings("fast"),
-    "recipe_robust": recipe_settings("robust"),
-    "pad_adam_frequency": {"optimizer": "adam", "lr": 0.01},
-    "pad_l2sgd_frequency": {"optimizer": "l2sgd", "lr": 1.0},
-    "pad_flip_crop_frequency": {"augment": "flip_crop"},
-    "full_adam_frequency": {"optimizer": "adam", "lr": 0.01},
-    "lowrank_adam_multi_frequency": {"optimizer": "adam", "lr": 0.01, "prompt_size": 16},
-    "fully_map_fast": recipe_settings("fast"),
-}
-# what `python benchmarks/accuracy.py` runs (about 75 min on 2 CPU cores); --rows all runs every row
-DEFAULT_ROWS = ["no_prompt_first_k", "no_prompt_frequency", "no_prompt_multi_frequency", "pad_first_k", "pad_frequency",
-                "pad_iterative", "recipe_fast", "recipe_robust", "linear_probe"]
+
+
+def row_names() -> list[str]:
+    return [r.name for r in ROWS]
+
+
+def find_row(name: str, rows: list[Row] | None = None) -> Row:
+    rows = ROWS if rows is None else rows
+    for r in rows:
+        if r.name == name:
+            return r
+    raise KeyError(f"no benchmark row {name!r}; the rows: {', '.join(r.name for r in rows)}")
+
+
+def comparisons() -> list[tuple[str, str, str]]:
+    """(row, the row it is compared with, what the difference says) of every row's ``compared_with``, in row order."""
+    return [(r.name, other, what) for r in ROWS for other, what in r.compared_with]
+
+
+def check_rows(rows: list[Row]) -> None:
+    """Each row once, of a known kind, with TrainConfig settings and a known recipe; each comparison names a row; one
+    time reference among the trained rows."""
+    names = [r.name for r in rows]
+    fields_ = {f.name for f in dataclass_fields(TrainConfig)}
+    problems = [f"row {n!r} is defined twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    for r in rows:
+        problems += [f"row {r.name!r}: kind {r.kind!r} is not one of {KINDS}"] * (r.kind not in KINDS)
+        problems += [f"row {r.name!r}: {k!r} is no TrainConfig setting" for k in r.settings if k not in fields_]
+        problems += [f"row {r.name!r}: unknown recipe {r.recipe!r}"] * (r.recipe is not None and r.recipe not in RECIPES)
+        problems += [f"row {r.name!r} is compared with {o!r}, which is no row" for o, _ in r.compared_with
+                     if o not in names]
+    refs = [r.name for r in rows if r.time_reference]
+    if len(refs) != 1 or find_row(refs[0], rows).kind != "prompt":
+        problems.append(f"one trained row must be the time reference, not {refs}")
+    if problems:
+        raise ValueError("benchmark rows: " + "; ".join(problems))
+
+
+check_rows(ROWS)
 
 
 # -- data ------------------------------------------------------------------------------------------------------
@@ -115,6 +184,8 @@ DEFAULT_ROWS = ["no_prompt_first_k", "no_prompt_frequency", "no_prompt_multi_fre
 MEASURES = [
     "benchmarks/accuracy.py",
     "visual_prompting/training.py",
+    "visual_prompting/train_config.py",  # the defaults a row's settings leave alone (the paper's SGD, the clamp)
+    "visual_prompting/recipes.py",  # the settings of the rows that run a recipe
     "visual_prompting/prompters.py",
     "visual_prompting/heads.py",
     "visual_prompting/backbones.py",
@@ -158,15 +229,15 @@ def run_no_prompt(spec: str, mapping: str, splits: DataSplits, cache: BackboneCa
             "mapping": head.mapping.tolist()}
 
 
-def run_prompt_seeds(spec: str, prompter: str, mapping: str, clamp: str, splits: DataSplits, cache: BackboneCache,
-                     args, out_dir: str, extra: dict | None = None) -> dict:
-    """One prompt row trained once per seed: the mean of each number, its spread, and every seed's own record."""
+def run_prompt_seeds(spec: str, settings: dict, splits: DataSplits, cache: BackboneCache, args, out_dir: str) -> dict:
+    """One prompt row (its TrainConfig ``settings``) trained once per seed: the mean of each number, its spread, and
+    every seed's own record."""
     per_seed = []
     for seed in args.seeds:
         if not args.quiet and len(args.seeds) > 1:
             print(f"   seed {seed}", flush=True)
-        per_seed.append({"seed": seed, **run_prompt(spec, prompter, mapping, clamp, splits, cache, args,
-                                                    str(Path(out_dir) / f"seed{seed}"), seed, extra)})
+        per_seed.append({"seed": seed, **run_prompt(spec, settings, splits, cache, args,
+                                                    str(Path(out_dir) / f"seed{seed}"), seed)})
     first = per_seed[0]
     return {**aggregate_seeds(per_seed), "trainable_params": first["trainable_params"],
             "prompt_size": first["prompt_size"], "steps": first["steps"], "settings": first["settings"],
@@ -196,13 +267,13 @@ def aggregate_seeds(per_seed: list[dict]) -> dict:
             "per_seed": per_seed}
 
 
-def run_prompt(spec: str, prompter: str, mapping: str, clamp: str, splits: DataSplits, cache: BackboneCache,
-               args, out_dir: str, seed: int, extra: dict | None = None) -> dict:
-    extra = {k: v for k, v in (extra or {}).items() if k not in ("prompter", "label_mapping", "clamp")}
-    cfg = TrainConfig(model=spec, dataset=splits.name, prompter=prompter, label_mapping=mapping, clamp=clamp,
-                      steps=args.steps, batch_size=args.batch_size, device=args.device, seed=seed,
-                      out_dir=out_dir, num_workers=0, eval_every=args.eval_every,
-                      test_without_prompt=False, **extra)  # the no_prompt rows measure that once for all rows
+def run_prompt(spec: str, settings: dict, splits: DataSplits, cache: BackboneCache, args, out_dir: str,
+               seed: int) -> dict:
+    """One training run of a prompt row: its ``settings``, under the benchmark's budget (the same for every row)."""
+    budget = dict(model=spec, dataset=splits.name, steps=args.steps, batch_size=args.batch_size, device=args.device,
+                  seed=seed, out_dir=out_dir, num_workers=0, eval_every=args.eval_every,
+                  test_without_prompt=False)  # the no_prompt rows measure that once for all rows
+    cfg = TrainConfig(**{**settings, **budget})
 
     def progress(ev):
         if ev.kind == "eval" and not args.quiet:
@@ -357,68 +428,30 @@ def effect(a: dict, b: dict, what: str) -> dict:
 
 
 def summarize(rows: list[dict]) -> dict:
-    by = {r["method"]: r for r in rows}
+    """What the measured rows say: the best input-only prompt against the linear probe (the goal), every comparison
+    of the rows' definitions (:func:`comparisons`) whose two rows were measured, the time to the target accuracy
+    against the time reference row, what capture costs, and notes."""
     every_prompt = [r for r in rows if r["kind"] == "prompt"]
     # the goal is for input-only prompts: a row that also trains an output layer is reported apart
     prompts = [r for r in every_prompt if r.get("input_only", True)]
+    probe = next((r for r in rows if r["kind"] == "linear_probe"), None)
     out: dict = {"goal": "the best input-only prompt reaches the linear probe's test top-1"}
     if prompts:
         best = max(prompts, key=lambda r: r["test_top1"])
         out.update(best_prompt=best["method"], best_prompt_test_top1=best["test_top1"])
-    if "linear_probe" in by:
-        out["linear_probe_test_top1"] = by["linear_probe"]["test_top1"]
+    if probe:
+        out["linear_probe_test_top1"] = probe["test_top1"]
         if prompts:
-            out["gap_points"] = round(100 * (by["linear_probe"]["test_top1"] - out["best_prompt_test_top1"]), 2)
-            out["goal_met"] = out["best_prompt_test_top1"] >= by["linear_probe"]["test_top1"]
-    obs, effects = [], []
-
-    def diff(a, b_, what):
-        if a in by and b_ in by:
-            e = effect(by[a], by[b_], what)
-            effects.append(e)
-            obs.append(e["text"])
-
-    diff("no_prompt_frequency", "no_prompt_first_k", "mapping without a prompt")
-    diff("pad_frequency", "pad_first_k", "frequency vs hard-coded mapping (pad)")
-    diff("pad_iterative", "pad_frequency", "iterative vs frequency mapping (pad)")
-    diff("pad_iterative_unclamped", "pad_iterative", "unclamped vs clamped (pad, iterative)")
-    diff("shrink_pad_iterative", "pad_iterative", "shrink-and-pad vs pad")
-    diff("fixed_patch_iterative", "pad_iterative", "fixed patch vs pad")
-    diff("random_patch_iterative", "pad_iterative", "random patch vs pad")
-    diff("no_prompt_multi_frequency", "no_prompt_frequency", "10-source vs 1-source mapping without a prompt")
-    diff("recipe_fast", "pad_frequency", "recipe fast vs the paper's SGD pad prompt (frequency mapping)")
-    diff("recipe_robust", "recipe_fast", "capture simulation vs none (recipe fast)")
-    diff("pad_adam_frequency", "pad_frequency", "Adam vs SGD (pad)")
-    diff("pad_l2sgd_frequency", "pad_frequency", "L2-normalised step vs SGD (pad)")
-    diff("pad_flip_crop_frequency", "pad_frequency", "input diversity vs none (pad)")
-    diff("full_adam_frequency", "pad_adam_frequency", "full-image vs pad prompt (Adam)")
-    out["effects"] = effects
-    for r in every_prompt:
-        if not r.get("input_only", True) and "linear_probe" in by:
-            obs.append(f"not input-only (reported apart): {r['method']} trains {r['trainable_params']:,} numbers, "
-                       f"{100 * r['test_top1']:.2f}% test top-1 (linear probe "
-                       f"{100 * by['linear_probe']['test_top1']:.2f}%, {by['linear_probe']['trainable_params']:,} "
-                       "numbers)")
-    inputs = [r for r in prompts if r.get("input_only", True)]
-    if inputs and "linear_probe" in by:
-        bi = max(inputs, key=lambda r: r["test_top1"])
-        out.update(best_input_only=bi["method"], best_input_only_test_top1=bi["test_top1"],
-                   input_only_gap_points=round(100 * (by["linear_probe"]["test_top1"] - bi["test_top1"]), 2))
-    if "pad_frequency" in by:  # time to accuracy against the paper's recipe
-        ref = row_steps_to_target(by["pad_frequency"])
-        fastest = [(row_steps_to_target(r), r["method"]) for r in prompts if row_steps_to_target(r) is not None]
-        if fastest:
-            n = min(k for k, _ in fastest)
-            m = " and ".join(sorted(name for k, name in fastest if k == n))  # every row tied at the fastest
-            # pad_frequency not at the target within its run (some seed never got there): it needs more than its
-            # steps, so the fraction is an upper bound
-            reached = ref is not None
-            first_evals = [c[0][0] for r in prompts for ps in (r.get("per_seed") or [r]) if (c := ps.get("val_curve"))]
-            if first_evals and ref == n <= min(first_evals):  # the reference too at the first look: nothing separated
-                out["target_at_first_evaluation"] = True
-            out.update(fastest_to_target=m, fastest_steps_to_target=n, pad_frequency_steps_to_target=ref,
-                       pad_frequency_reached_target=reached,
-                       fastest_fraction_of_pad_frequency=round(n / (ref if reached else by["pad_frequency"]["steps"]), 3))
+            out["gap_points"] = round(100 * (probe["test_top1"] - out["best_prompt_test_top1"]), 2)
+            out["goal_met"] = out["best_prompt_test_top1"] >= probe["test_top1"]
+    by = {r["method"]: r for r in rows}
+    out["effects"] = [effect(by[a], by[b], what) for a, b, what in comparisons() if a in by and b in by]
+    obs = [e["text"] for e in out["effects"]]
+    if probe:
+        obs += [f"not input-only (reported apart): {r['method']} trains {r['trainable_params']:,} numbers, "
+                f"{percent(r['test_top1'], 2)} test top-1 (linear probe {percent(probe['test_top1'], 2)}, "
+                f"{probe['trainable_params']:,} numbers)" for r in every_prompt if not r.get("input_only", True)]
+    out.update(time_to_target(by, prompts))
     robust = [r for r in prompts if r.get("test_top1_jpeg75") is not None]
     if robust:
         out["capture_drop_points"] = {r["method"]: {
@@ -427,14 +460,36 @@ def summarize(rows: list[dict]) -> dict:
     rising = [r["method"] for r in prompts if r.get("still_improving_at_end")]
     if rising:
         obs.append("best validation accuracy at the last evaluation (more steps would likely help): " + ", ".join(rising))
-    if "linear_probe" in by and prompts:
-        lp = by["linear_probe"]
+    if probe and prompts:
         best = by[out["best_prompt"]]
-        if best.get("train_acc_last_10pct") is not None and lp.get("train_top1") is not None:
-            obs.append(f"train accuracy: best prompt ~{100 * best['train_acc_last_10pct']:.1f}% (last 10% of steps) vs "
-                       f"linear probe {100 * lp['train_top1']:.1f}%: a prompt that also underfits the train set is "
+        if best.get("train_acc_last_10pct") is not None and probe.get("train_top1") is not None:
+            obs.append(f"train accuracy: best prompt ~{percent(best['train_acc_last_10pct'])} (last 10% of steps) vs "
+                       f"linear probe {percent(probe['train_top1'])}: a prompt that also underfits the train set is "
                        "limited by capacity/optimisation (steps, prompt size, mapping), not by overfitting")
     out["observations"] = obs
+    return out
+
+
+def time_to_target(by: dict[str, dict], prompts: list[dict]) -> dict:
+    """The input-only rows first at the target validation accuracy (every row tied at the fewest steps), against the
+    time reference row (:class:`Row`): its steps, whether it got there within its run, and the fraction of its
+    steps the fastest needed. Nothing when the reference row or a row at the target is missing."""
+    reference = next((r.name for r in ROWS if r.time_reference), None)
+    fastest = [(row_steps_to_target(r), r["method"]) for r in prompts if row_steps_to_target(r) is not None]
+    if reference not in by or not fastest:
+        return {}
+    ref = row_steps_to_target(by[reference])
+    n = min(k for k, _ in fastest)
+    # the reference not at the target within its run (some seed never got there): it needs more than its steps,
+    # so the fraction is an upper bound
+    reached = ref is not None
+    out = {"fastest_to_target": " and ".join(sorted(name for k, name in fastest if k == n)),
+           "fastest_steps_to_target": n, "time_reference": reference, "time_reference_steps_to_target": ref,
+           "time_reference_reached_target": reached,
+           "fastest_fraction_of_time_reference": round(n / (ref if reached else by[reference]["steps"]), 3)}
+    first_evals = [c[0][0] for r in prompts for ps in (r.get("per_seed") or [r]) if (c := ps.get("val_curve"))]
+    if first_evals and ref == n <= min(first_evals):  # the reference too at the first look: nothing separated
+        out["target_at_first_evaluation"] = True
     return out
 
 
@@ -446,7 +501,7 @@ def table(rows: list[dict]) -> str:
         return (f"{100 * r['test_top1_min']:.1f}-{100 * r['test_top1_max']:.1f}" if len(r.get("seeds") or []) > 1
                 else "-" if r["kind"] != "prompt" else "one seed")
 
-    def pct(r, key):
+    def number(r, key):  # a fraction as a number of percent: the column's header says "%"
         return round(100 * r[key], 2) if r.get(key) is not None else "-"
 
     def s2t(r):
@@ -458,10 +513,10 @@ def table(rows: list[dict]) -> str:
     return markdown_table(
         ["method", "test top-1 % (mean)", "seeds", "test top-1 % min-max", "steps to 79% val", "JPEG-75 %",
          "resize 0.75 %", "trainable params", "input only", "seconds", "val top-1 %", "what"],
-        [[r["method"], round(100 * r["test_top1"], 2), seeds(r), spread(r), s2t(r), pct(r, "test_top1_jpeg75"),
-          pct(r, "test_top1_resize075"), r["trainable_params"],
+        [[r["method"], number(r, "test_top1"), seeds(r), spread(r), s2t(r), number(r, "test_top1_jpeg75"),
+          number(r, "test_top1_resize075"), r["trainable_params"],
           {True: "yes", False: "no"}.get(r.get("input_only", r["kind"] != "linear_probe")),
-          round(r["seconds"], 1), pct(r, "val_top1"), r["description"]] for r in rows])
+          round(r["seconds"], 1), number(r, "val_top1"), r["description"]] for r in rows])
 
 
 def row_steps_to_target(r: dict, target: float = 0.79) -> int | None:
@@ -512,7 +567,7 @@ def parse_args(argv):
                     help="validate (and keep the best prompt) every N steps (default steps/5; smoke 1)")
     ap.add_argument("--rows", default="default", help="'default' (the rows below marked *), 'all', or a comma-separated "
                     "subset, run in the order given and merged into OUT/accuracy.json: "
-                    + ", ".join(m + ("*" if m in DEFAULT_ROWS else "") for m in METHODS))
+                    + ", ".join(r.name + "*" * r.default for r in ROWS))
     ap.add_argument("--target", type=float, default=0.79,
                     help="validation top-1 whose first reaching is each trained row's steps_to_target (default 0.79)")
     ap.add_argument("--device", default="auto")
@@ -564,11 +619,11 @@ def parse_args(argv):
     if not a.seeds or len(set(a.seeds)) != len(a.seeds):
         ap.error(f"--seeds needs at least one seed, each once (got {a.seeds!r})")
     a.merge = a.rows not in ("all", "default")
-    a.rows = (METHODS if a.rows == "all" else DEFAULT_ROWS if a.rows == "default"
+    a.rows = (row_names() if a.rows == "all" else [r.name for r in ROWS if r.default] if a.rows == "default"
               else list(dict.fromkeys(m.strip() for m in a.rows.split(",") if m.strip())))
-    unknown = set(a.rows) - set(METHODS)
+    unknown = set(a.rows) - set(row_names())
     if unknown:
-        ap.error(f"unknown rows {sorted(unknown)}; choose from {', '.join(METHODS)}")
+        ap.error(f"unknown rows {sorted(unknown)}; choose from {', '.join(row_names())}")
     return a
 
 
@@ -612,31 +667,14 @@ def main(argv: list[str] | None = None) -> dict:
           f"images, {args.steps} steps of {args.batch_size} per prompt row, device {device}", flush=True)
     cache = BackboneCache()
     runs_parent = args.runs_dir or tempfile.mkdtemp(prefix="vp-accuracy-")
+    args.eval_batch = eval_batch
     for method in args.rows:  # in the order given (the linear probe first, say, when a run may be cut short)
-        _, kind, prompter, mapping, clamp, desc = ROWS[METHODS.index(method)]
-        args.eval_batch = eval_batch
-        if not args.quiet:
-            print(f"-- {method}: {desc}", flush=True)
-        t = time.perf_counter()
-        if kind == "no_prompt":
-            res = run_no_prompt(spec, mapping, splits, cache, device, eval_batch)
-        elif kind == "prompt":
-            res = run_prompt_seeds(spec, prompter, mapping, clamp, splits, cache, args, str(Path(runs_parent) / method),
-                                   ROW_SETTINGS.get(method))
-        else:
-            log_grid = [-2.0, 0.0, 2.0] if args.smoke else [-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0]
-            res = linear_probe(cache.get(spec, device), splits, eval_batch, device,
-                               refinements=0 if args.smoke else 4, max_iter=args.lp_max_iter, log_c_grid=log_grid)
-        row = {"method": method, "test_top1": res.pop("test_top1"), "trainable_params": res.pop("trainable_params"),
-               "seconds": round(time.perf_counter() - t, 2), "kind": kind, "description": desc,
-               "prompter": prompter, "label_mapping": mapping, "clamp": clamp,
-               **({} if kind == "prompt" else {"seeds": [], "deterministic": True,
-                                               "input_only": kind == "no_prompt"}), **res, "provenance": prov}
+        row = {**run_row(find_row(method), spec, splits, cache, device, args, runs_parent), "provenance": prov}
         doc["rows"].append(row)
         doc["rows"] = ordered(kept + doc["rows"])
         write_json(json_path, doc)  # keep what is done if the run is stopped
         doc["rows"] = [r for r in doc["rows"] if r["method"] in args.rows]
-        print(f"   {method}: test top-1 {100 * row['test_top1']:.2f}%  params {row['trainable_params']:,}  "
+        print(f"   {method}: test top-1 {percent(row['test_top1'], 2)}  params {row['trainable_params']:,}  "
               f"{row['seconds']:.1f} s", flush=True)
     if not args.runs_dir:
         shutil.rmtree(runs_parent, ignore_errors=True)
@@ -654,12 +692,34 @@ def main(argv: list[str] | None = None) -> dict:
     return doc
 
 
+def run_row(row: Row, spec: str, splits: DataSplits, cache: BackboneCache, device, args, runs_parent: str) -> dict:
+    """One row measured: its record in accuracy.json (without the run's provenance)."""
+    if not args.quiet:
+        print(f"-- {row.name}: {row.description}", flush=True)
+    t = time.perf_counter()
+    settings = row.train_settings()
+    if row.kind == "no_prompt":
+        res = run_no_prompt(spec, settings["label_mapping"], splits, cache, device, args.eval_batch)
+    elif row.kind == "prompt":
+        res = run_prompt_seeds(spec, settings, splits, cache, args, str(Path(runs_parent) / row.name))
+    else:
+        log_grid = [-2.0, 0.0, 2.0] if args.smoke else [-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0]
+        res = linear_probe(cache.get(spec, device), splits, args.eval_batch, device,
+                           refinements=0 if args.smoke else 4, max_iter=args.lp_max_iter, log_c_grid=log_grid)
+    ran = res.get("settings") or settings  # a trained row: the TrainConfig it ran with, defaults included
+    return {"method": row.name, "test_top1": res.pop("test_top1"), "trainable_params": res.pop("trainable_params"),
+            "seconds": round(time.perf_counter() - t, 2), "kind": row.kind, "description": row.description,
+            **{k: ran.get(k) for k in ("prompter", "label_mapping", "clamp")},
+            **({} if row.kind == "prompt" else {"seeds": [], "deterministic": True,
+                                                "input_only": row.kind == "no_prompt"}), **res}
+
+
 SAME_RUN_SETTINGS = ("model", "dataset", "image_size", "train_size", "val_size", "test_size", "steps", "batch_size",
                      "eval_every", "seed", "smoke")
 
 
 def ordered(rows: list[dict]) -> list[dict]:
-    return sorted(rows, key=lambda r: METHODS.index(r["method"]))
+    return sorted(rows, key=lambda r: row_names().index(r["method"]))
 
 
 def merge_base(json_path: Path, settings: dict, methods: list[str]) -> list[dict]:
@@ -730,8 +790,8 @@ def merge_files(out: Path, sources: list[Path], add_seeds: bool = False) -> dict
 
 def gap_sentence(s: dict) -> str:
     """The summary's best prompt against the linear probe, in one sentence (accuracy.md and the READMEs)."""
-    return (f"Best prompt: {s['best_prompt']} {100 * s['best_prompt_test_top1']:.2f}%; linear probe "
-            f"{100 * s['linear_probe_test_top1']:.2f}%; gap {s['gap_points']:+.2f} points "
+    return (f"Best prompt: {s['best_prompt']} {percent(s['best_prompt_test_top1'], 2)}; linear probe "
+            f"{percent(s['linear_probe_test_top1'], 2)}; gap {s['gap_points']:+.2f} points "
             f"(goal {'met' if s['goal_met'] else 'not met'}).")
 
 
@@ -747,7 +807,7 @@ def render(doc: dict, out: Path) -> str:
         total = f" Total {doc['total_seconds'] / 60:.1f} min." if doc.get("total_seconds") else ""
         lines.append("\n" + gap_sentence(s) + total)
     lines += [f"- {o}" for o in s["observations"]]
-    return write_markdown(out / "accuracy.md", "Accuracy (Fashion-MNIST, frozen EfficientNet-Lite0)",
+    return write_markdown(out / "accuracy.md", f"Accuracy ({st['dataset']}, frozen {st['model']})",
                           provenance_of(doc), "\n".join(lines), runs=runs_behind(doc))
 
 

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ SCRIPTS = ("accuracy", "speed", "scaling", "app_latency")
 def load(name: str):
     spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCH / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # a dataclass (accuracy.Row) looks its module up there
     spec.loader.exec_module(mod)
     return mod
 
@@ -98,7 +100,7 @@ def test_accuracy_smoke(tmp_path):
     doc = check_outputs(tmp_path, "accuracy")
     rows = doc["rows"]
     methods = [r["method"] for r in rows]
-    assert methods == acc.METHODS and len(set(methods)) == len(methods)
+    assert methods == acc.row_names() and len(set(methods)) == len(methods)
     for r in rows:
         assert isinstance(r["method"], str)
         assert is_num(r["test_top1"]) and r["test_top1"] <= 1
@@ -125,6 +127,17 @@ def test_accuracy_smoke(tmp_path):
         {"straight-through", "none"}
     assert doc["status"] == "complete" and "gap_points" in doc["summary"]
     assert (doc["settings"]["val_size"], doc["settings"]["test_size"]) == (40, 64)
+
+
+def test_accuracy_titles_its_table_with_the_dataset_it_measured(tmp_path):
+    """accuracy.md's title names the dataset and model of its settings (``--dataset cifar10`` once still read
+    "Fashion-MNIST, frozen EfficientNet-Lite0")."""
+    acc = load("accuracy")
+    doc = read(BENCH / "results" / "accuracy.json")
+    doc["settings"].update(dataset="cifar10", model="timm:resnet18@64")
+    text = acc.render(doc, tmp_path)
+    assert text.splitlines()[0] == "### Accuracy (cifar10, frozen timm:resnet18@64)"
+    assert (tmp_path / "accuracy.md").read_text() == text and "Fashion-MNIST" not in text
 
 
 def test_speed_smoke_merges_models_and_measures_memory(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -203,3 +204,88 @@ def test_the_reading_marks_an_effect_whose_rows_ran_on_different_machines(report
     assert "different machines" not in line()
     set_capability(pair[0], "AVX512")
     assert "(its rows ran on different machines)" in line()
+
+
+def test_a_row_defined_once_shows_up_with_its_comparison(report, monkeypatch):
+    """A benchmark row is one entry of accuracy.py's ROWS: its comparison reaches the summary, the table, the reading
+    and the rows table; the time to accuracy reads whichever row is the time reference, not a row-named key."""
+    import dataclasses
+
+    acc = report._accuracy_module()
+    new = acc.Row("pad_frequency_again", "prompt", "pad prompt, frequency mapping, once more",
+                  {"prompter": "pad", "label_mapping": "frequency"},
+                  compared_with=(("pad_frequency", "a comparison defined with its row"),))
+    monkeypatch.setattr(acc, "ROWS", [*acc.ROWS, new])
+    acc.check_rows(acc.ROWS)
+    real = report.load
+    doc = copy.deepcopy(real("benchmarks/results/accuracy.json"))
+    pad = next(r for r in doc["rows"] if r["method"] == "pad_frequency")
+    again = {**copy.deepcopy(pad), "method": new.name, "description": new.description}
+    again.update(test_top1=pad["test_top1"] + 0.2, test_top1_min=pad["test_top1_min"] + 0.2,
+                 test_top1_max=pad["test_top1_max"] + 0.2)
+    doc["rows"].append(again)
+    monkeypatch.setattr(report, "load", lambda rel: doc if rel == "benchmarks/results/accuracy.json" else real(rel))
+
+    e = next(e for e in acc.summarize(doc["rows"])["effects"] if e["a"] == new.name)
+    assert (e["b"], e["what"], e["diff_points"], e["conclusive"]) == ("pad_frequency", new.compared_with[0][1], 20.0,
+                                                                       True)
+    block = report.b_accuracy_cpu()
+    assert f"| {new.name} | " in block
+    assert f"- a comparison defined with its row: {new.name} - pad_frequency = +20.0 points" in block
+    cpu = report.b_accuracy_reading().split("- GPU")[0]
+    assert "a comparison defined with its row +20.0 points" in cpu
+    assert f"| `{new.name}` | prompt | `prompter=pad`, `label_mapping=frequency` | `pad_frequency` (a comparison " \
+           "defined with its row) | no |" in report.b_accuracy_rows()
+
+    # the time reference is a row's own flag: moved to recipe_fast, the reading names recipe_fast
+    assert ", pad_frequency " in cpu.split("Time to accuracy:")[1].split("\n")[0]
+    moved = [dataclasses.replace(r, time_reference=r.name == "recipe_fast") for r in acc.ROWS]
+    monkeypatch.setattr(acc, "ROWS", moved)
+    s = acc.summarize(doc["rows"])
+    fast = next(r for r in doc["rows"] if r["method"] == "recipe_fast")
+    assert s["time_reference"] == "recipe_fast" and s["time_reference_steps_to_target"] == fast["steps_to_target"]
+    line = report.b_accuracy_reading().split("- GPU")[0].split("Time to accuracy:")[1].split("\n")[0]
+    assert f", recipe_fast at step {fast['steps_to_target']} (" in line and "pad_frequency" not in line
+
+
+def test_rows_that_cannot_be_run_or_compared_are_refused(report):
+    acc = report._accuracy_module()
+    fine = list(acc.ROWS)
+    acc.check_rows(fine)
+    bad = [(acc.Row("x", "prompt", "x", compared_with=(("no_such_row", "x vs nothing"),)), "no_such_row"),
+           (acc.Row("x", "prompt", "x", {"no_such_setting": 1}), "no_such_setting"),
+           (acc.Row("x", "prompt", "x", recipe="no_such_recipe"), "no_such_recipe"),
+           (acc.Row("x", "prompt", "x", time_reference=True), "time reference"),
+           (fine[0], "defined twice")]
+    for row, says in bad:
+        with pytest.raises(ValueError, match=says):
+            acc.check_rows(fine + [row])
+
+
+def test_no_readme_shows_a_path_of_the_machine_that_ran_a_command(report):
+    """A command a results file recorded shows `--out DIR`, not the temporary folder its run wrote to (the GPU speed
+    run recorded `--out /tmp/tmp.OzJtVYiGlO`): when a tool records it, and when a file recorded before is shown."""
+    import shlex
+
+    import _bench  # report.py put benchmarks/ on the path
+    for rel in report.READMES:
+        for cmd in re.findall(r"python benchmarks/[^`\n]*", (ROOT / rel).read_text()):
+            assert not [w for w in shlex.split(cmd) if w.startswith(("/", "~"))], (rel, cmd)
+    assert _bench.provenance("accuracy.py", ["--out", "/tmp/tmp.x1", "--rows", "a,b", "--runs-dir=/var/r"],
+                             "cpu")["command"] == "python benchmarks/accuracy.py --out DIR --rows a,b --runs-dir=DIR"
+    recorded = "python benchmarks/accuracy.py --merge-from /w/a.json ../b.json --out benchmarks/results/gpu"
+    assert _bench.portable_command(recorded) == \
+        "python benchmarks/accuracy.py --merge-from JSON JSON --out benchmarks/results/gpu"  # a repo path stays
+    assert report.command({"command": "python benchmarks/speed.py --out /tmp/t --steps 2"}) == \
+        "python benchmarks/speed.py --out DIR --steps 2"
+
+
+def test_every_front_shows_a_fraction_with_one_formatter():
+    """utils.percent is the one formatter of the CLI, the app, the model card and the reports; each front keeps its
+    own look through its arguments."""
+    from visual_prompting import cli
+    from visual_prompting.utils import percent
+
+    assert percent(0.85003) == "85.0%" and percent(0.85003, 2) == "85.00%" and percent(1) == "100.0%"
+    assert percent(None) == "-" and percent(float("nan"), missing="n/a") == "n/a" and percent("0.5") == "-"
+    assert cli._pct(0.659) == " 65.9%" and cli._pct(None) == "  n/a " and len(cli._pct(None)) == len(cli._pct(0.5))
