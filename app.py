@@ -8,17 +8,18 @@ matter); on a ZeroGPU Space (the ``spaces`` package is there) the training funct
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 
 import gradio as gr
 import pandas as pd
 
 from visual_prompting import VPError
 from visual_prompting.app_files import atomic_gradio_cache_writes
-from visual_prompting.backbones import backbone_examples
-from visual_prompting.recipes import RECIPES
-from visual_prompting.ui import OWN_BACKBONE, TRAIN_FORM_FIELDS, VPApp, choice_info, train_choices, unexpected_error
+from visual_prompting.train_form import component_args
+from visual_prompting.ui import OWN_BACKBONE, VPApp, unexpected_error
 
 try:  # ZeroGPU Spaces: the decorated function gets a GPU while it runs
     import spaces
@@ -26,6 +27,8 @@ except ImportError:
     spaces = None
 
 CURVE_COLUMNS = ["step", "value", "series"]
+# the Train tab's field kinds (visual_prompting.train_form) as Gradio components
+COMPONENTS = {"dropdown": gr.Dropdown, "radio": gr.Radio, "number": gr.Number, "file": gr.File}
 # small images (28 px Fashion-MNIST, 96 px model inputs) are shown enlarged with sharp pixels; the PNG that is
 # downloaded stays the exact model input
 CSS = """
@@ -99,11 +102,12 @@ def curves(records: list[dict]) -> tuple[pd.DataFrame | None, pd.DataFrame | Non
             acc if (acc["series"] == "val accuracy (prompt)").any() else None)
 
 
-def build_app(vp: VPApp | None = None) -> gr.Blocks:
-    """The page: a header and four tabs, each built (components and events) by its own function below."""
+def build_app(vp: VPApp | None = None, delete_cache: tuple[int, int] | None = None) -> gr.Blocks:
+    """The page: a header and four tabs, each built (components and events) by its own function below.
+    ``delete_cache``: Gradio's ``(every, age)`` in seconds for the files it stores (see :func:`serve`)."""
     atomic_gradio_cache_writes()  # many users, same image: Gradio's cache files are replaced whole, never rewritten
     vp = vp or VPApp()
-    with gr.Blocks(title="Visual prompting") as demo:
+    with gr.Blocks(title="Visual prompting", delete_cache=delete_cache) as demo:
         gr.Markdown(HEADER)
         gr.Markdown(f"Running on **{vp.device.type.upper()}**. " + (
             "Prompts and training work offline with EfficientNet-Lite0 and the bundled Fashion-MNIST subset; CLIP "
@@ -119,7 +123,7 @@ def build_app(vp: VPApp | None = None) -> gr.Blocks:
                           api_name=False)
 
         def cleanup(request: gr.Request):  # the browser session ended: forget its files
-            vp.cleanup_session(request.session_hash)
+            vp.workspace.cleanup_session(request.session_hash)
 
         demo.unload(cleanup)
     return demo
@@ -175,15 +179,10 @@ def try_tab(vp: VPApp) -> gr.Dropdown:
 def train_tab(vp: VPApp):
     """Tab 2: train a prompt live, add it to the user's zoo, push it to the Hub. Returns the "added to the zoo"
     event (the page then refreshes the other tabs' prompt lists)."""
-    defaults = vp.train_defaults()
 
-    def train(model, dataset, upload, prompter, size, steps, batch, lr, mapping, clamp, seed, optimizer, augment,
-              capture, request: gr.Request):
+    def train(request: gr.Request, **form):  # form: every field of vp.form the API takes, by name
         with user_errors():
-            cfg = vp.train_config(request.session_hash, model=model, dataset=dataset, upload=upload,
-                                  prompter=prompter, prompt_size=size, steps=steps, batch_size=batch, lr=lr,
-                                  label_mapping=mapping, clamp=clamp, seed=seed, optimizer=optimizer,
-                                  augment=augment, capture=capture)
+            cfg = vp.train_config(request.session_hash, **form)
             for u in vp.train_stream(cfg, request.session_hash):
                 loss, acc = curves(u.curves)
                 yield (progress_bar(u.fraction), u.status, u.accuracy, loss, acc, u.prompt, u.result_path,
@@ -196,88 +195,97 @@ def train_tab(vp: VPApp):
         with user_errors():
             gr.Info(vp.stop(request.session_hash))
 
+    recipe_fields = [f for f in vp.form if f.recipe]
+
+    def use_recipe(name):
+        with user_errors():
+            defaults = vp.train_defaults(name)
+            return [getattr(defaults, f.name) for f in recipe_fields]
+
+    with gr.Tab("Train a prompt", id="train"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                fields = form_components(vp)
+                with gr.Row():
+                    start = gr.Button("Train", variant="primary", elem_id="train")
+                    stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
+            with gr.Column(scale=2):
+                outputs, added = train_outputs(vp)
+
+    fields["recipe"].change(use_recipe, fields["recipe"], [fields[f.name] for f in recipe_fields], api_name=False)
+    start.click(train, inputs_kwargs={f.name: fields[f.name] for f in vp.form if f.api}, outputs=outputs,
+                api_name="train", concurrency_limit=vp.cfg.max_runs, concurrency_id="train", show_progress="hidden")
+    stop_button.click(stop, None, None, api_name="stop", concurrency_limit=None)  # never waits behind a run
+    return added
+
+
+def form_components(vp: VPApp) -> dict[str, gr.components.Component]:
+    """The Train tab's fields (``vp.form``, see visual_prompting/train_form.py), made in the list's order: the main
+    ones, then a row of numbers, then "More settings". ``{name: component}``."""
+    made = {}
+    args = component_args(vp.form, vp.train_defaults())  # read now: kinds registered after import are offered too
+
+    def make(place: str):
+        for f, kwargs in args:
+            if f.place == place:
+                made[f.name] = COMPONENTS[f.kind](**kwargs)
+
+    make("main")
+    with gr.Row():
+        make("row")
+    with gr.Accordion("More settings", open=False):
+        make("more")
+    return made
+
+
+def train_outputs(vp: VPApp) -> tuple[list, object]:
+    """The Train tab's right column: the training handler's outputs in the order it yields them (progress, status,
+    accuracy, the two curves, the prompt, the result file and its path), and the "added to the zoo" event."""
+    progress = gr.HTML(progress_bar(0), label="Progress")
+    status = gr.Markdown("Press **Train** to start.", elem_id="train-status")
+    accuracy = gr.Markdown()
+    with gr.Row():
+        loss_plot = gr.LinePlot(None, x="step", y="value", color="series", title="Training loss", height=220)
+        acc_plot = gr.LinePlot(None, x="step", y="value", color="series", title="Accuracy", y_lim=[0, 1],
+                               height=220)
+    with gr.Row():
+        prompt_pic = gr.Image(label="The prompt as it trains (grey = 0)", interactive=False, height=256)
+        with gr.Column():
+            result_file = gr.File(label="Best prompt (chosen on validation)", interactive=False)
+            result_path = gr.State(None)
+            added = zoo_box(vp, result_path)
+    hub_box(vp, result_path)
+    return [progress, status, accuracy, loss_plot, acc_plot, prompt_pic, result_file, result_path], added
+
+
+def zoo_box(vp: VPApp, result_path: gr.State):
+    """Add the trained prompt to the user's zoo; the "added" event."""
+
     def add_to_zoo(path, name):
         with user_errors():
             return vp.add_to_zoo(path, name)
+
+    zoo_name = gr.Textbox(label="Name in your zoo", placeholder="my-fashion-pad")
+    add = gr.Button("Add to my zoo")
+    added = gr.Markdown()
+    return add.click(add_to_zoo, [result_path, zoo_name], added, api_name=False)
+
+
+def hub_box(vp: VPApp, result_path: gr.State) -> None:
+    """Push the trained prompt to the Hugging Face Hub with a token typed for this upload only."""
 
     def push(path, repo_id, token, private):
         with user_errors():
             return vp.push(path, repo_id, token, private)
 
-    with gr.Tab("Train a prompt", id="train"):
+    with gr.Accordion("Share on the Hugging Face Hub", open=False):
         with gr.Row():
-            with gr.Column(scale=1):
-                model = gr.Dropdown(backbone_examples(), value=defaults.model, label="Backbone",
-                                    allow_custom_value=True, elem_id="train-model",
-                                    info="effnet-lite0 works offline; @96 = 96 px input")
-                dataset = gr.Dropdown(vp.dataset_choices(), value="fashion_mnist_subset", label="Dataset")
-                archive = gr.File(label="Dataset .zip (one folder of images per class)", file_types=[".zip"])
-                choices = train_choices()  # read now: kinds registered after import are offered too
-                recipe = gr.Dropdown(list(RECIPES), value=defaults.recipe, label="Recipe", elem_id="train-recipe",
-                                     info=choice_info("recipe") + " - sets the fields below")
-                prompter = gr.Radio(choices["prompter"], value=defaults.prompter, label="Prompt kind",
-                                    info=choice_info("prompter"))
-                size = gr.Number(0, precision=0, label="Prompt size, px (0 = default: 30 px at 224)")
-                with gr.Row():
-                    steps = gr.Number(defaults.steps, precision=0, label="Steps", minimum=1, elem_id="train-steps")
-                    batch = gr.Number(defaults.batch_size, precision=0, label="Batch size", minimum=1,
-                                      elem_id="train-batch")
-                    lr = gr.Number(defaults.lr, label="Learning rate (paper: 40 with sgd)")
-                with gr.Accordion("More settings", open=False):
-                    optimizer = gr.Radio(choices["optimizer"], value=defaults.optimizer, label="Optimiser",
-                                         info=choice_info("optimizer"))
-                    mapping = gr.Radio(choices["label_mapping"], value=defaults.label_mapping,
-                                       label="Label mapping (vision models)", info=choice_info("label_mapping"))
-                    augment = gr.Radio(choices["augment"], value=defaults.augment, label="Input diversity (before "
-                                       "the prompt)", info=choice_info("augment"))
-                    capture = gr.Radio(choices["capture"], value=defaults.capture, label="Capture simulation (after "
-                                       "the prompt)", info=choice_info("capture"))
-                    clamp = gr.Radio(choices["clamp"], value=defaults.clamp, label="Clamp the prompted image",
-                                     info=choice_info("clamp"))
-                    seed = gr.Number(0, precision=0, label="Seed")
-                with gr.Row():
-                    start = gr.Button("Train", variant="primary", elem_id="train")
-                    stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
-            with gr.Column(scale=2):
-                progress = gr.HTML(progress_bar(0), label="Progress")
-                status = gr.Markdown("Press **Train** to start.", elem_id="train-status")
-                accuracy = gr.Markdown()
-                with gr.Row():
-                    loss_plot = gr.LinePlot(None, x="step", y="value", color="series", title="Training loss",
-                                            height=220)
-                    acc_plot = gr.LinePlot(None, x="step", y="value", color="series", title="Accuracy",
-                                           y_lim=[0, 1], height=220)
-                with gr.Row():
-                    prompt_pic = gr.Image(label="The prompt as it trains (grey = 0)", interactive=False, height=256)
-                    with gr.Column():
-                        result_file = gr.File(label="Best prompt (chosen on validation)", interactive=False)
-                        result_path = gr.State(None)
-                        zoo_name = gr.Textbox(label="Name in your zoo", placeholder="my-fashion-pad")
-                        add = gr.Button("Add to my zoo")
-                        added = gr.Markdown()
-                with gr.Accordion("Share on the Hugging Face Hub", open=False):
-                    with gr.Row():
-                        repo = gr.Textbox(label="Repo id", placeholder="USER/NAME")
-                        token = gr.Textbox(label="Token (write access; used for this upload only)", type="password")
-                        private = gr.Checkbox(label="Private")
-                    push_button = gr.Button("Push to the Hub")
-                    pushed = gr.Markdown()
-
-    recipe_fields = [prompter, lr, mapping, clamp, optimizer, augment, capture]  # in TRAIN_FORM_FIELDS' order
-
-    def use_recipe(name):
-        with user_errors():
-            d = vp.train_defaults(name).settings
-            return [d[f] for f in TRAIN_FORM_FIELDS]
-
-    recipe.change(use_recipe, recipe, recipe_fields, api_name=False)
-    start.click(train, [model, dataset, archive, prompter, size, steps, batch, lr, mapping, clamp, seed, optimizer,
-                        augment, capture],
-                [progress, status, accuracy, loss_plot, acc_plot, prompt_pic, result_file, result_path],
-                api_name="train", concurrency_limit=vp.cfg.max_runs, concurrency_id="train", show_progress="hidden")
-    stop_button.click(stop, None, None, api_name="stop", concurrency_limit=None)  # never waits behind a run
+            repo = gr.Textbox(label="Repo id", placeholder="USER/NAME")
+            token = gr.Textbox(label="Token (write access; used for this upload only)", type="password")
+            private = gr.Checkbox(label="Private")
+        push_button = gr.Button("Push to the Hub")
+        pushed = gr.Markdown()
     push_button.click(push, [result_path, repo, token, private], pushed, api_name=False)
-    return add.click(add_to_zoo, [result_path, zoo_name], added, api_name=False)
 
 
 def inspect_tab(vp: VPApp) -> gr.Dropdown:
@@ -332,11 +340,51 @@ def zoo_tab(vp: VPApp):
     return button.click(refresh, hub, [gallery, table], api_name=False)
 
 
+def page_files(demo: gr.Blocks) -> set[str]:
+    """The files in Gradio's cache that the page itself serves (examples, default values): never swept."""
+    return set(demo.keep_in_cache).union(*(getattr(b, "keep_in_cache", ()) for b in demo.blocks.values()))
+
+
+def cache_sweeper(vp: VPApp, demo: gr.Blocks):
+    """A lifespan for Gradio's server: while it serves, ``vp.workspace.sweep_cache`` keeps Gradio's cache folder
+    (its uploads folder) within ``VP_MAX_GRADIO_CACHE_MB``, at start and then every ``cfg.cache_sweep_s`` seconds,
+    in a worker thread."""
+
+    @asynccontextmanager
+    async def lifespan(server):
+        async def sweep_forever():
+            while True:
+                try:
+                    await asyncio.to_thread(vp.workspace.sweep_cache, server.uploaded_file_dir, page_files(demo))
+                except Exception:  # noqa: BLE001 - a failed sweep is logged; the next one tries again
+                    logging.getLogger("visual_prompting.app").exception("sweeping Gradio's cache failed")
+                await asyncio.sleep(vp.cfg.cache_sweep_s)
+
+        task = asyncio.create_task(sweep_forever())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    return lifespan
+
+
+def serve(vp: VPApp | None = None, **launch) -> gr.Blocks:
+    """Build the app and serve it as ``python app.py`` does, with its disk bounded: Gradio refuses an upload over
+    ``VP_MAX_UPLOAD_MB``, deletes the files it stored once they are ``VP_RUN_TTL_HOURS`` old (all of them when the
+    server stops), and its cache folder is swept to ``VP_MAX_GRADIO_CACHE_MB`` (:func:`cache_sweeper`). ``launch``:
+    more of ``Blocks.launch``'s arguments."""
+    vp = vp or VPApp()  # its limits: AppConfig's defaults, or VP_* environment variables (README, "Limits")
+    ttl = max(1, int(vp.cfg.run_ttl_hours * 3600))
+    demo = build_app(vp, delete_cache=(min(ttl, 3600), ttl))
+    launch = {"css": CSS, "max_file_size": int(vp.cfg.max_upload_mb * 2**20),
+              "app_kwargs": {"lifespan": cache_sweeper(vp, demo)}, **launch}
+    demo.queue(default_concurrency_limit=2).launch(**launch)
+    return demo
+
+
 def main() -> None:
-    vp = VPApp()  # its limits: AppConfig's defaults, or VP_* environment variables (README, "Limits")
-    build_app(vp).queue(default_concurrency_limit=2).launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), css=CSS,
-        max_file_size=int(vp.cfg.max_upload_mb * 2**20))
+    serve(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from PIL import Image
 
 from visual_prompting import VPError
 from visual_prompting.data import extract_zip_dataset
-from visual_prompting.ui import UPLOADED_DATASET, AppConfig, VPApp, disk_usage, limits_table
+from visual_prompting.ui import UPLOADED_DATASET, AppConfig, VPApp, limits_table
+from visual_prompting.workspace import disk_usage
 
 from conftest import EFFNET
 
@@ -157,9 +158,9 @@ def test_concurrent_runs_in_total_and_per_user(tmp_path):
     with pytest.raises(VPError, match=r"1 training run\(s\) are going now, the most this app runs at once"):
         next(b)
     assert not Path(cfg_b.out_dir).exists()  # the refused run's folder is gone
-    assert vp.active_runs() == ["a"]
+    assert vp.workspace.active_runs() == ["a"]
     a.close()  # a's user left: the run stops
-    assert vp.active_runs() == []
+    assert vp.workspace.active_runs() == []
     _, b = _start(vp, "b", data)
     assert list(b)[-1].status.startswith("Done.")
 
@@ -179,7 +180,7 @@ def test_run_folders_are_removed_after_the_time_limit_and_the_work_folder_stays_
     recent = [run("u2", f"run-{i}", 0.5 - i * 0.1, 15000) for i in range(4)]  # 60 kB: over the bound
     going = run("u3", "run-going", 5, 100)
     (work / "u3" / "RUNNING").touch()  # u3 trains right now: nothing of u3 is touched
-    removed = vp.sweep(now)
+    removed = vp.workspace.sweep(now)
     assert str(old) in removed and not old.exists()  # past the time limit
     assert not recent[0].exists() and all(r.exists() for r in recent[1:])  # the oldest, until under the bound
     assert going.exists() and disk_usage(work) <= 0.05 * 2**20

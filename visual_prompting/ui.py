@@ -30,7 +30,7 @@ from .model import PromptedModel
 from .recipes import DEFAULT_RECIPE, recipe_settings
 from .prompt_file import check_backbone, load_prompt, read_metadata
 from .train_config import TrainConfig, TrainEvent, TrainResult, default_lr, history_record
-from .train_form import (  # noqa: F401 - choice_info, train_choices: the app's names, also read from here
+from .train_form import (  # noqa: F401 - TRAIN_FORM_FIELDS, choice_info, train_choices: also read from here
     TRAIN_FORM,
     TRAIN_FORM_FIELDS,
     UPLOADED_DATASET,
@@ -324,7 +324,7 @@ class VPApp:
         run on a CPU shows progress within seconds and ends in a minute or two; the paper's batch size on a GPU.
         What these defaults reach is measured by ``benchmarks/app_defaults.py`` (numbers in README.md)."""
         base = TrainConfig()
-        settings = {**{name: getattr(base, name) for name in TRAIN_FORM_FIELDS}, **recipe_settings(recipe)}
+        settings = {**{f.name: getattr(base, f.name) for f in self.form if f.recipe}, **recipe_settings(recipe)}
         if settings["lr"] is None:
             settings["lr"] = default_lr(settings["optimizer"])
         if self.device.type == "cuda":
@@ -406,6 +406,7 @@ class VPApp:
     @staticmethod
     def examples() -> list[str]:
         return sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
+
 
 def unexpected_error(e: BaseException, action: str = "doing this") -> str:
     """The sentence a user sees for an error that is not theirs (a bug, a full disk): what happened in words, while
