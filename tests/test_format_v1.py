@@ -44,10 +44,12 @@ def test_old_files_load(name):
 
 @pytest.mark.parametrize("name", list(make.RUNS))
 def test_resume_from_old_files_ends_where_an_uninterrupted_run_ends(tmp_path, splits, cache, name):
-    ref = Trainer(make.config(name, str(tmp_path / "ref")), splits=splits, cache=cache).run()
+    # the backbone run as it was built, as when the files were written (Adam's steps follow the sign of tiny
+    # gradients, so the fast backbone's equal-within-rounding gradients could move a few numbers by a step)
+    ref = Trainer(make.config(name, str(tmp_path / "ref"), fast_backbone=False), splits=splits, cache=cache).run()
     out = tmp_path / "old"
     shutil.copytree(FIXTURES / name, out)
-    again = Trainer(make.config(name, str(out), resume=True), splits=splits, cache=cache).run()
+    again = Trainer(make.config(name, str(out), resume=True, fast_backbone=False), splits=splits, cache=cache).run()
     assert again.steps_done == ref.steps_done == 8
     a, b = load_prompt(ref.last_path), load_prompt(again.last_path)
     for p, q in zip(a.prompter.parameters(), b.prompter.parameters()):

@@ -92,6 +92,9 @@ class TrainConfig:
     seed: int = setting(0, "(default: %(default)s)", label="Seed")
     device: str = setting("auto", "auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
     amp: bool = setting(True, "disable mixed precision on CUDA", flag="--no-amp")
+    fast_backbone: bool = setting(True, "run a classifier backbone as loaded, without folding its BatchNorms into "
+                                  "its convolutions and without channels_last (the same results, slower)",
+                                  flag="--no-fast-backbone")
     out_dir: str = setting("runs/latest", "where best.safetensors, last.safetensors and history.json go "
                            "(default: %(default)s)")
     resume: bool = setting(False, "continue from OUT_DIR/last.safetensors")

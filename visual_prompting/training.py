@@ -228,8 +228,8 @@ class Trainer:
         """The frozen backbone and the data, downloaded once per machine (not raced by the ranks)."""
         cfg = self.cfg
         with local_leader_first(self.ranks):
-            self.backbone: Backbone = (cache.get(cfg.model, self.device) if cache
-                                       else load_backbone(cfg.model, self.device))
+            self.backbone: Backbone = (cache.get(cfg.model, self.device, cfg.fast_backbone) if cache
+                                       else load_backbone(cfg.model, self.device, cfg.fast_backbone))
             self.splits = splits or load_splits(
                 cfg.dataset, image_size=self.backbone.image_size, root=cfg.data_root, download=cfg.download,
                 val_fraction=cfg.val_fraction, num_workers=cfg.num_workers, max_cache_bytes=int(cfg.cache_gib * 2**30))

@@ -1,0 +1,100 @@
+"""Frozen-model execution for speed (visual_prompting/execution.py): a classifier backbone loaded for prompting has
+its BatchNorms folded into its convolutions and runs in channels_last, and computes what the plain model computes:
+the same logits and the same input gradients (the prompt's gradient), for every classifier family."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from visual_prompting.backbones import load_backbone
+from visual_prompting.execution import PLAIN, conv_bn_pairs, fold_batchnorm, speed_up
+
+
+def _randomise_batchnorms(net: nn.Module, seed: int = 0) -> int:
+    """Random running statistics and affine numbers (random-weight models have the trivial 0 / 1 ones, which any
+    folding would keep)."""
+    g = torch.Generator().manual_seed(seed)
+    n = 0
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+                n += 1
+    return n
+
+
+def _logits_and_input_grad(backbone, x):
+    x = x.clone().requires_grad_(True)
+    y = backbone(x)
+    y.float().logsumexp(1).sum().backward()
+    return y.detach().float(), x.grad
+
+
+SPECS = ["effnet-lite0@64", "torchvision:resnet18/random@64", "timm:resnet18/random@64"]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_the_fast_backbone_computes_what_the_plain_one_does(spec):
+    plain = load_backbone(spec, fast=False)
+    fast = load_backbone(spec, fast=False)
+    if not spec.startswith("effnet"):  # random weights: make the BatchNorms do something
+        assert _randomise_batchnorms(plain.net) == _randomise_batchnorms(fast.net) > 0
+    bns = sum(isinstance(m, nn.BatchNorm2d) for m in plain.net.modules())
+    fast.execution = speed_up(fast, torch.device("cpu"))
+    assert fast.execution["fold_batchnorm"] == bns  # every BatchNorm of these nets follows a convolution
+    assert fast.execution["channels_last"] and not any(isinstance(m, nn.BatchNorm2d) for m in fast.net.modules())
+    assert plain.execution == {} and fast.describe()["execution"] == fast.execution
+    assert not any(p.requires_grad for p in fast.parameters())  # still frozen
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    y0, g0 = _logits_and_input_grad(plain, x)
+    y1, g1 = _logits_and_input_grad(fast, x)
+    assert torch.allclose(y1, y0, rtol=1e-4, atol=1e-4 * float(y0.abs().max())), (y1 - y0).abs().max()
+    # input gradients: equal to float rounding, except where a ReLU's input sits exactly on its kink in one form
+    # and a rounding error away in the other (a different, equally valid subgradient there): a few elements
+    rel = float((g1 - g0).norm() / g0.norm())
+    off = float(((g1 - g0).abs() > 1e-3 * g0.abs().max()).float().mean())
+    assert rel < 1e-2 and off < 1e-2, (rel, off)
+
+
+def test_a_convolution_read_twice_is_not_folded():
+    """Folding a BatchNorm into a convolution whose output is also read elsewhere would change that other reader."""
+
+    class TwoReaders(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.conv2, self.bn2 = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            c = self.conv(x)
+            y = self.bn2(self.conv2(torch.relu(self.bn(c))))
+            return (y + c).mean((2, 3))  # c is read by bn and by the sum
+
+    net = TwoReaders().eval().requires_grad_(False)
+    _randomise_batchnorms(net)
+    x = torch.rand(2, 3, 8, 8)
+    before = net(x)
+    assert conv_bn_pairs(net, x) == [("conv2", "bn2")]
+    assert fold_batchnorm(net, x) == 1
+    assert isinstance(net.bn, nn.BatchNorm2d) and isinstance(net.bn2, nn.Identity)
+    assert torch.allclose(net(x), before, atol=1e-5)
+
+
+def test_the_switch_turns_it_off_and_clip_is_left_as_it_is(tiny_clip):
+    assert load_backbone("effnet-lite0@32", fast=False).execution == {}
+    assert "execution" not in load_backbone("effnet-lite0@32", fast=False).describe()
+    fast = load_backbone("effnet-lite0@32")
+    assert fast.execution["fold_batchnorm"] == 49 and fast.execution.keys() == PLAIN.keys()
+    assert tiny_clip.execution == {}  # a CLIP tower has no BatchNorm to fold; it is run as built
+
+
+@pytest.mark.parametrize("spec", ["torchvision:resnet18/random@32", "timm:resnet18/random@32"])
+def test_random_weights_are_the_same_model_every_time(spec):
+    """'/random' backbones are seeded: a prompt trained on one means the same on the next load (torchvision's were
+    drawn from the process's RNG, a different model at every load)."""
+    a, b = load_backbone(spec, fast=False), load_backbone(spec, fast=False)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
