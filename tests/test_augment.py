@@ -19,6 +19,15 @@ def test_every_augmentation_keeps_shape_range_and_is_seedable(name):
     c = build_augment(name)(x)
     torch.manual_seed(5)
     assert torch.equal(c, build_augment(name)(x))  # the global RNG works too
+    aug, state = build_augment(name), torch.get_rng_state()  # what a checkpoint saves: a resumed run draws the same
+    first = aug(x)
+    torch.set_rng_state(state)
+    assert torch.equal(aug(x), first)
+    torch.manual_seed(7)  # with a generator, the global RNG is left as it was
+    build_augment(name, generator=torch.Generator().manual_seed(1))(x)
+    after = torch.rand(4)
+    torch.manual_seed(7)
+    assert torch.equal(after, torch.rand(4))
     if name == "none":
         assert torch.equal(a, x)
     else:  # each image gets its own draw: a batch of one image repeated comes out varied
@@ -48,6 +57,16 @@ def test_flip_crop_zooms_in():
     x[:, :, 15:25, 15:25] = 1.0
     out = FlipCrop(scale=(0.6, 0.6), ratio=(1, 1), flip=0.0, generator=torch.Generator().manual_seed(0))(x)
     assert float(out.mean()) > float(x.mean()) * 1.3
+
+
+def test_flip_crop_crops_the_area_asked_for():
+    # an image whose value is its column: a crop of a quarter of the area (half the side) spans half the columns
+    ramp = torch.linspace(0, 1, 64).expand(8, 3, 64, 64).contiguous()
+    out = FlipCrop(scale=(0.25, 0.25), ratio=(1, 1), flip=0.0, generator=torch.Generator().manual_seed(0))(ramp)
+    span = out[..., 32, -1] - out[..., 32, 0]
+    assert torch.allclose(span, torch.full_like(span, 0.5), atol=0.05)
+    flipped = FlipCrop(scale=(1, 1), ratio=(1, 1), flip=1.0)(ramp)
+    assert bool((flipped[..., 0] > flipped[..., -1]).all())  # a flip runs the ramp the other way
 
 
 def _forced(op, level, n=3):
@@ -83,6 +102,20 @@ def test_trivial_translate_shifts_by_32px_at_224():
     out = _forced("TranslateX", 1.0)(x)
     assert torch.allclose(out[..., 32:], x[..., :-32], atol=1e-4) or torch.allclose(out[..., :-32], x[..., 32:], atol=1e-4)
     assert float(out[..., :32].abs().max()) < 1e-4 or float(out[..., -32:].abs().max()) < 1e-4  # zero fill
+
+
+def test_trivial_rotate_and_shear_magnitudes():
+    x = torch.rand(2, 3, 33, 33)
+    quarter = _forced("Rotate", 90 / 135)(x)  # 90 degrees is 2/3 of the 135-degree range
+    assert any(torch.allclose(quarter, x.rot90(k, (-2, -1)), atol=1e-4) for k in (1, 3))
+    # ShearX moves each row sideways in proportion to its distance from the middle row: a column becomes a slant
+    col = torch.zeros(1, 3, 33, 33)
+    col[..., 16] = 1.0
+    m = 0.5
+    sheared = _forced("ShearX", m / TRIVIAL_OPS["ShearX"][0])(col)
+    assert torch.allclose(sheared[..., 16, :], col[..., 16, :], atol=1e-5)  # the middle row stays
+    top = int(sheared[0, 0, 0].argmax())
+    assert abs(top - 16) == 8  # 16 rows up, moved by 0.5 * 16 columns
 
 
 def test_trivial_mixes_ops_in_one_batch():

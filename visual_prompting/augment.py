@@ -1,9 +1,10 @@
 """Input diversity: augmentation of the image *before* the prompt, during training only.
 
 Every augmentation takes a float batch in [0, 1] of shape (B, 3, S, S) on any device and returns one of the same
-shape, dtype and device. Whole batches are transformed on the device (no PIL, no Python loop over images); the
-per-image random choices are a few numbers drawn on the CPU - from ``generator`` when one is given, else from the
-global RNG, so ``torch.manual_seed`` makes a run repeatable - and copied to the device in one go.
+shape, dtype and device. Whole batches are transformed on the device by kornia (no PIL, no Python loop over
+images), each image with its own random parameters. The random choices are drawn on the CPU, from torch's global
+RNG (which a training checkpoint saves, so a resumed run continues the same draws) or, when ``generator`` is
+given, from that ``torch.Generator``.
 
 ``AUGMENTATIONS`` is the registry: name -> :class:`AugmentEntry` (description + factory); :func:`build_augment`
 makes one. The trainer applies it to the clean images of a training batch, before ``PromptedModel`` adds the
@@ -11,23 +12,26 @@ prompt; evaluation never augments.
 
 ``none``        the images unchanged (the paper).
 ``flip_crop``   EVP's input diversity: a random resized crop of each image (area 0.6..1 of the image, aspect
-                3/4..4/3) resized back to S, and a horizontal flip with probability 1/2; one ``grid_sample`` for the
-                whole batch.
+                3/4..4/3) resized back to S, and a horizontal flip with probability 1/2 (kornia's
+                ``RandomResizedCrop``, one batched warp, and ``RandomHorizontalFlip``).
 ``trivial``     TrivialAugment Wide (Mueller & Hutter 2021; ACAVP's augmentation for visual prompting): each image
                 gets one operation drawn uniformly from 14, with a magnitude drawn uniformly from 31 bins (signed
                 ops flip sign with probability 1/2). The batch is grouped by operation: the geometric ones share
-                one ``grid_sample`` with a per-image affine matrix, the colour ones are per-image blends with the
-                degenerate image torchvision's functionals give (so each image has its own factor).
+                one kornia ``warp_affine`` with a per-image matrix, posterize and solarize are kornia's with per-image
+                bits and thresholds, the colour ones are per-image blends with the degenerate image torchvision's
+                functionals give (so each image has its own factor). kornia's own ``auto.TrivialAugment`` is not
+                used: it applies one operation to the whole batch per call, from a different (not Wide) space.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import kornia.augmentation as KA
 import torch
-import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
+from kornia.enhance import posterize, solarize
+from kornia.geometry.transform import get_affine_matrix2d, warp_affine
 from torch import nn
 
 from .errors import VPError
@@ -38,27 +42,15 @@ def _check(x: torch.Tensor) -> None:
         raise VPError(f"Augmentations take float image batches of shape (B, 3, S, S); got {tuple(x.shape)} {x.dtype}.")
 
 
-def _uniform(n: int, lo: float, hi: float, generator: torch.Generator | None) -> torch.Tensor:
-    """``n`` numbers uniform in [lo, hi), drawn on the CPU (from ``generator`` or the global RNG)."""
-    return torch.rand(n, generator=generator) * (hi - lo) + lo
-
-
-def _warp(x: torch.Tensor, theta: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
-    """Resample every image of ``x`` through its own 2x3 affine ``theta`` (output coords -> input coords, in
-    ``affine_grid``'s [-1, 1] units), bilinear."""
-    theta = theta.to(device=x.device, dtype=x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
-
-
 class Identity(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
 
 class FlipCrop(nn.Module):
-    """Random resized crop (area ``scale``, aspect ``ratio``) back to the full size, plus a random horizontal flip,
-    as one affine resampling of the whole batch."""
+    """Random resized crop (area ``scale``, aspect ``ratio``) back to the full size, plus a random horizontal flip
+    with probability ``flip``: kornia's ``RandomResizedCrop`` (one bilinear warp of the whole batch, a crop per
+    image) and ``RandomHorizontalFlip``."""
 
     def __init__(self, scale: tuple[float, float] = (0.6, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
                  flip: float = 0.5, generator: torch.Generator | None = None):
@@ -66,25 +58,21 @@ class FlipCrop(nn.Module):
         if not (0 < scale[0] <= scale[1] <= 1) or not (0 < ratio[0] <= ratio[1]) or not (0 <= flip <= 1):
             raise VPError(f"flip_crop needs 0 < scale <= 1, a positive ratio range and 0 <= flip <= 1 "
                           f"(got scale={scale}, ratio={ratio}, flip={flip}).")
-        self.scale, self.ratio, self.flip, self.generator = scale, ratio, flip, generator
-
-    def theta(self, n: int) -> torch.Tensor:
-        g = self.generator
-        area = _uniform(n, *self.scale, g)
-        log_r = _uniform(n, math.log(self.ratio[0]), math.log(self.ratio[1]), g)
-        w = (area * log_r.exp()).sqrt().clamp(max=1.0)  # crop width / image width
-        h = (area / log_r.exp()).sqrt().clamp(max=1.0)
-        cx = (torch.rand(n, generator=g) * 2 - 1) * (1 - w)  # crop centre, the crop stays inside the image
-        cy = (torch.rand(n, generator=g) * 2 - 1) * (1 - h)
-        sign = torch.where(torch.rand(n, generator=g) < self.flip, -1.0, 1.0)
-        theta = torch.zeros(n, 2, 3)
-        theta[:, 0, 0], theta[:, 0, 2] = w * sign, cx
-        theta[:, 1, 1], theta[:, 1, 2] = h, cy
-        return theta
+        self.scale, self.ratio, self.generator = scale, ratio, generator
+        self.crops = nn.ModuleDict()  # kornia's crop is made for one output size: one per size seen
+        self.hflip = KA.RandomHorizontalFlip(p=flip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check(x)
-        return _warp(x, self.theta(len(x)), padding_mode="border")
+        key = "x".join(map(str, x.shape[-2:]))
+        if key not in self.crops:
+            self.crops[key] = KA.RandomResizedCrop(tuple(x.shape[-2:]), scale=self.scale, ratio=self.ratio,
+                                                   cropping_mode="resample", align_corners=False)
+        if self.generator is None:  # kornia draws on the CPU from the global RNG
+            return self.hflip(self.crops[key](x))
+        with torch.random.fork_rng(devices=[]):  # from a stream the generator seeds; the global RNG is untouched
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
+            return self.hflip(self.crops[key](x))
 
 
 # TrivialAugment Wide's space (torchvision.transforms.v2.TrivialAugmentWide): name -> (max magnitude, signed).
@@ -114,6 +102,7 @@ class TrivialAugment(nn.Module):
         if num_magnitude_bins < 2:
             raise VPError(f"trivial needs at least 2 magnitude bins (got {num_magnitude_bins}).")
         self.bins, self.generator = num_magnitude_bins, generator
+        self._geometric_ids = torch.tensor([self.ops.index(k) for k in _GEOMETRIC])
 
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(op index, bin index / (bins-1) with its sign) for ``n`` images, on the CPU."""
@@ -123,49 +112,41 @@ class TrivialAugment(nn.Module):
         sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
         return op, level * sign
 
+    def _geometric(self, x: torch.Tensor, op: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """The shear / translate / rotate images, each through its own matrix (kornia), in one warp."""
+        n, (h, w) = len(op), x.shape[-2:]
+
+        def amount(k: str) -> torch.Tensor:  # each image's magnitude for op k, 0 where its op is another one
+            return torch.where(op == self.ops.index(k), level * TRIVIAL_OPS[k][0], 0.0)
+
+        matrix = get_affine_matrix2d(
+            translations=torch.stack([amount("TranslateX") * w, amount("TranslateY") * h], 1),
+            center=torch.tensor([[(w - 1) / 2, (h - 1) / 2]]).expand(n, 2), scale=torch.ones(n, 2),
+            angle=amount("Rotate"), sx=amount("ShearX").atan(), sy=amount("ShearY").atan())
+        return warp_affine(x, matrix[:, :2].to(x.device, x.dtype), (h, w))  # zero fill, as torchvision's default
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check(x)
         op, level = self.sample(len(x))
         out = x.clone()
-        geo = [self.ops.index(k) for k in _GEOMETRIC]
-        idx = torch.nonzero(torch.isin(op, torch.tensor(geo))).flatten()
-        if len(idx):
-            theta = torch.zeros(len(idx), 2, 3)
-            theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-            for k in _GEOMETRIC:
-                sel = op[idx] == self.ops.index(k)
-                m = level[idx][sel] * TRIVIAL_OPS[k][0]
-                if k == "ShearX":
-                    theta[sel, 0, 1] = m
-                elif k == "ShearY":
-                    theta[sel, 1, 0] = m
-                elif k == "TranslateX":
-                    theta[sel, 0, 2] = 2 * m
-                elif k == "TranslateY":
-                    theta[sel, 1, 2] = 2 * m
-                else:  # Rotate (degrees)
-                    a = torch.deg2rad(m)
-                    theta[sel, 0, 0], theta[sel, 0, 1] = a.cos(), -a.sin()
-                    theta[sel, 1, 0], theta[sel, 1, 1] = a.sin(), a.cos()
-            d = idx.to(x.device)
-            out[d] = _warp(x[d], theta)  # zero fill, as torchvision's default
-        for k in ("Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize"):
-            sel = torch.nonzero(op == self.ops.index(k)).flatten()
+        for k in ("geometric", "Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize",
+                  "AutoContrast", "Equalize"):
+            on = torch.isin(op, self._geometric_ids) if k == "geometric" else op == self.ops.index(k)
+            sel = torch.nonzero(on).flatten()
             if not len(sel):
                 continue
             d = sel.to(x.device)
-            xs = x[d]
-            if k in _BLENDS:
-                f = (1.0 + level[sel] * TRIVIAL_OPS[k][0]).to(x.device, x.dtype).view(-1, 1, 1, 1)
+            xs, m = x[d], level[sel]
+            if k == "geometric":
+                out[d] = self._geometric(xs, op[sel], m)
+            elif k in _BLENDS:
+                f = (1.0 + m * TRIVIAL_OPS[k][0]).to(x.device, x.dtype).view(-1, 1, 1, 1)
                 deg = _BLENDS[k](xs)
                 out[d] = (deg + f * (xs - deg)).clamp(0.0, 1.0)
             elif k == "Posterize":  # bits 8 .. 2 over the bins (torchvision's linspace), per image
-                bits = (8 - level[sel].abs() * 6).round()
-                step = (2.0 ** (8 - bits)).to(x.device, x.dtype).view(-1, 1, 1, 1)
-                out[d] = torch.floor(torch.floor(xs * 255) / step) * step / 255
+                out[d] = posterize(xs, (8 - m.abs() * 6).round().int())
             elif k == "Solarize":  # threshold 1 .. 0 over the bins: invert the pixels at or above it
-                t = (1.0 - level[sel].abs()).to(x.device, x.dtype).view(-1, 1, 1, 1)
-                out[d] = torch.where(xs >= t, 1.0 - xs, xs)
+                out[d] = solarize(xs, (1.0 - m.abs()).to(x.device, x.dtype))
             elif k == "AutoContrast":
                 out[d] = TF.autocontrast(xs)
             else:  # Equalize (per image and channel)
