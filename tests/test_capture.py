@@ -94,6 +94,28 @@ def test_capture_augment_is_differentiable_seedable_and_degrades():
     assert 0 < _mad(shifted, x) < 0.5 * _mad(x.roll(1, 0), x)  # a small shift, not a different image
 
 
+def test_capture_shift_is_per_image_sub_pixel_and_bounded():
+    # a horizontal ramp of 4 levels per pixel: a shift of dx pixels changes the interior by -dx * 4 levels
+    ramp = (torch.arange(64.0) * 4 / 255).expand(16, 3, 64, 64).contiguous()
+    out = CaptureAugment(p=1.0, max_shift=2.0, resize=(1, 1), quality=(100, 100),
+                         generator=torch.Generator().manual_seed(0))(ramp)
+    dx = -((out - ramp)[..., 8:-8, 8:-8] * 255 / 4).mean(dim=(1, 2, 3))
+    assert float(dx.abs().max()) <= 2.1  # at most max_shift pixels
+    assert len({round(v, 1) for v in dx.tolist()}) > 8  # each image its own shift
+    assert any(0.1 < abs(v - round(v)) < 0.4 for v in dx.tolist())  # sub-pixel
+
+
+def test_capture_draws_from_the_global_rng_when_resumed():
+    x = _natural(n=8, s=32)
+    aug = CaptureAugment()
+    torch.manual_seed(0)
+    aug(x)
+    state = torch.get_rng_state()  # what a checkpoint saves
+    first = aug(x)
+    torch.set_rng_state(state)
+    assert torch.equal(aug(x), first)
+
+
 def test_capture_registry_and_errors():
     assert set(CAPTURE_AUGMENTATIONS) == {"none", "capture"}
     assert all(e.description for e in CAPTURE_AUGMENTATIONS.values())

@@ -14,13 +14,14 @@ Evaluation transforms (:data:`EVAL_TRANSFORMS`, real operations on the 8-bit ima
 
 Training transform (:data:`CAPTURE_AUGMENTATIONS`, expectation over transformation): :class:`CaptureAugment`
 applies, after the prompt and on the device, per image and each with probability ``p``: a small random shift
-(sub-pixel bilinear, a few pixels), a random down-and-up resize (scale 0.6..1), and a differentiable JPEG
-(:func:`diff_jpeg`: YCbCr, 4:2:0 chroma, 8x8 block DCT quantised with the standard tables at a random quality
-50..95). The JPEG is simulated rather than run for real because a real encoder runs on the CPU, one image at a
-time, so on a GPU every step would wait for a copy to the host and back; the simulation is batched tensor maths on
-the device and its forward pass is JPEG's own lossy step (quantisation of the DCT coefficients; the rounding is
-straight-through in the backward pass), so the prompt is trained on what JPEG really keeps (the tests check it
-against libjpeg). The output is rounded to 8-bit levels (straight-through), as a captured image would be.
+(sub-pixel bilinear, a few pixels; kornia's ``translate``), a random down-and-up resize (scale 0.6..1), and a
+differentiable JPEG (:func:`diff_jpeg`: YCbCr, 4:2:0 chroma, 8x8 block DCT quantised with the standard tables at a
+random quality 50..95). The JPEG is simulated rather than run for real because a real encoder runs on the CPU, one
+image at a time, so on a GPU every step would wait for a copy to the host and back; the simulation is batched
+tensor maths on the device and its forward pass is JPEG's own lossy step (quantisation of the DCT coefficients; the
+rounding is straight-through in the backward pass), so the prompt is trained on what JPEG really keeps (the tests
+check it against libjpeg). The output is rounded to 8-bit levels (straight-through), as a captured image would be.
+The random choices are drawn on the CPU, from ``generator`` or torch's global RNG (which a checkpoint saves).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from kornia.geometry.transform import translate
 from torch import nn
 from torchvision.io import decode_jpeg, encode_jpeg
 
@@ -231,14 +233,9 @@ class CaptureAugment(nn.Module):
         # 1. shift (only the images drawn for it are resampled)
         on = self._rand(b) < self.p
         shift = (self._rand(2 * b).view(b, 2) * 2 - 1) * self.max_shift
-        if self.max_shift > 0:
-            def move(xs, sel):
-                theta = torch.zeros(len(sel), 2, 3)
-                theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-                theta[:, :, 2] = -2 * shift[sel] / s  # output pixel u reads input u - shift
-                grid = F.affine_grid(theta.to(xs.device, xs.dtype), list(xs.shape), align_corners=False)
-                return F.grid_sample(xs, grid, mode="bilinear", padding_mode="border", align_corners=False)
-            x = _apply_to(x, on, move)
+        if self.max_shift > 0:  # output pixel u reads input u - shift; edge pixels repeated
+            x = _apply_to(x, on, lambda xs, sel: translate(xs, shift[sel].to(xs.device, xs.dtype),
+                                                           padding_mode="border", align_corners=False))
         # 2. down-and-up resize, one scale per chunk
         chunks = []
         for part in x.chunk(self.groups):
