@@ -10,11 +10,14 @@ import importlib.util
 import json
 import math
 import os
+import statistics
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from visual_prompting.utils import percent
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPTS = ("accuracy", "speed", "scaling", "app_latency")
@@ -149,17 +152,65 @@ def test_speed_smoke_merges_models_and_measures_memory(tmp_path):
     assert set(doc["results"]) == {"clip:vp-tiny", "effnet-lite0@32"}
     for model, per_device in doc["results"].items():
         r = per_device["cpu"]
-        for k in ("library_img_s", "limit_img_s", "reference_img_s", "ratio_vs_limit", "ratio_vs_reference"):
+        for k in ("library_img_s", "eager_img_s", "best_execution_img_s", "reference_img_s", "ratio_vs_eager",
+                  "ratio_vs_best_execution", "ratio_vs_reference", "flops_per_image", "flop_utilisation",
+                  "best_execution_flop_utilisation", "eager_flop_utilisation"):
             assert is_num(r[k]) and r[k] > 0, (model, k)
-        assert r["ratio_vs_limit"] == pytest.approx(r["library_img_s"] / r["limit_img_s"])
+        # the ratios are the quotients of the measured images/s
+        assert r["ratio_vs_eager"] == pytest.approx(r["library_img_s"] / r["eager_img_s"])
+        assert r["ratio_vs_best_execution"] == pytest.approx(r["library_img_s"] / r["best_execution_img_s"])
         assert r["ratio_vs_reference"] == pytest.approx(r["library_img_s"] / r["reference_img_s"])
-        for v in ("library", "limit", "reference"):
+        # the best execution is the fastest candidate measured, the eager loop among them
+        ex = r["executions_img_s"]
+        assert ex["eager"] == r["eager_img_s"] and r["best_execution_img_s"] == ex[r["best_execution"]] == max(ex.values())
+        assert r["per_repeat_img_s"].keys() >= {"library", "reference", *ex}
+        # utilisation: FLOPs per image x images/s over the matmul peak measured in the same repeats, within (0, 1]
+        peak = r["matmul_peak"]
+        assert is_num(peak["flop_s"], 1e6) and len(peak["per_repeat_flop_s"]) == r["repeats"]
+        assert peak["flop_s"] == pytest.approx(statistics.median(peak["per_repeat_flop_s"]))
+        for v in ("", "best_execution_", "eager_"):
+            u = r[f"{v}flop_utilisation"]
+            assert 0 < u <= 1, (model, v, u)
+            assert u == pytest.approx(r["flops_per_image"] * r[f"{v or 'library_'}img_s"] / peak["flop_s"])
+        assert r["goals"][f"ratio_vs_best_execution>={speed.GOAL_VS_BEST}"] is (r["ratio_vs_best_execution"] >= 0.95)
+        for v in ("library", "eager", "reference"):
             key = f"{v}_peak_mem_mib"
             assert key in r
             if model.startswith("effnet"):
                 assert is_num(r[key]) and r[key] > 0, (key, r["memory_kind"])
             else:
                 assert r[key] is None
+    clip, effnet = (doc["results"][m]["cpu"] for m in ("clip:vp-tiny", "effnet-lite0@32"))
+    # load_backbone rewrites classifiers only: CLIP runs as built, EfficientNet has every candidate
+    assert list(clip["executions_img_s"]) == ["eager"] and clip["executions_check"] == {}
+    assert list(effnet["executions_img_s"]) == ["eager", "channels_last", "fold", "fast_backbone", "same_padding"]
+    assert effnet["fast_backbone_execution"]["channels_last"] and effnet["fast_backbone_execution"]["fold_batchnorm"] > 0
+    # every candidate computed what the eager model computes, on the timed batch
+    assert set(effnet["executions_check"]) == set(effnet["executions_img_s"]) - {"eager"}
+    for n, c in effnet["executions_check"].items():
+        assert c["logits_max_rel_diff"] < 1e-3 and c["input_grad_rel_diff"] < 1e-2, (n, c)
+    # an entry written before the candidate executions (eager loop as 'limit') reads under the current keys
+    old = {k: v for k, v in effnet.items() if not k.startswith(("eager", "best_execution", "ratio_vs_eager",
+                                                                   "ratio_vs_best"))}
+    old.update(limit_img_s=effnet["eager_img_s"], ratio_vs_limit=effnet["ratio_vs_eager"])
+    read = speed.entry(old)
+    assert read["eager_img_s"] == effnet["eager_img_s"] and read["ratio_vs_eager"] == effnet["ratio_vs_eager"]
+    assert read["best_execution"] is None and read["eager_loop_only"] and speed.entry(effnet) is effnet
+    # what the README shows of a row: the best execution by name, the utilisation, and no "limit"
+    line = load("report").speed_line(speed, "effnet-lite0@32", "cpu", effnet)
+    assert f"best: {effnet['best_execution']}" in line and percent(effnet["flop_utilisation"]) in line
+    assert "limit" not in line and "limit" not in (tmp_path / "speed.md").read_text()
+    assert "the limit" in load("report").speed_line(speed, "effnet-lite0@32", "cpu", read)  # says what it was called
+
+
+def test_speed_refuses_an_execution_that_computes_something_else():
+    speed = load("speed")
+    g = torch.Generator().manual_seed(0)
+    logits, grad = torch.randn(4, 10, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    ok = speed.same_function({"eager": (logits, grad), "same": (logits + 1e-7, grad)}, amp=False)
+    assert ok["same"]["logits_max_rel_diff"] < 1e-6 and ok["same"]["input_grad_rel_diff"] == 0
+    with pytest.raises(RuntimeError, match="'off'"):
+        speed.same_function({"eager": (logits, grad), "off": (logits, grad * 1.1)}, amp=False)
 
 
 def test_scaling_smoke(tmp_path, monkeypatch):
