@@ -102,7 +102,8 @@ def test_training_trains_the_layer_and_the_prompt_file_holds_it(run, small, cach
     assert (w - start).abs().max() > 1e-3 and pf.head["bias"].abs().max() > 0  # the layer moved off its start
     prompt_numbers = sum(p.numel() for p in t.prompter.parameters())
     assert t.trainable_numbers() == prompt_numbers + 10_010
-    assert f"{prompt_numbers + 10_010:,} trainable numbers" in events[0].message
+    start = next(e for e in events if e.kind == "start")
+    assert f"{prompt_numbers + 10_010:,} trainable numbers" in start.message
     # the file alone rebuilds the trained model: the same test accuracy as the run measured
     model, _ = PromptedModel.from_prompt_file(res.best_path, cache=cache)
     assert evaluate(model, small.test, True, 50).top1 == res.metrics["test_top1"]
@@ -123,12 +124,9 @@ def test_the_head_lr_reaches_the_layer(tmp_path, small, cache):
 
 def test_resume_restores_the_layer_and_its_optimiser_state(tmp_path, small, cache):
     ref = trainer(tmp_path / "ref", small, cache).run()
-    n = {"k": 0}
-
-    def stop():
-        n["k"] += 1
-        return n["k"] > 4  # stop after 4 steps (an evaluation and a checkpoint at step 3)
-    first = trainer(tmp_path / "r", small, cache, should_stop=stop).run()
+    # stopped after 4 steps (an evaluation and a checkpoint at step 3)
+    t = trainer(tmp_path / "r", small, cache, should_stop=lambda: t.step >= 4)
+    first = t.run()
     assert first.interrupted and first.steps_done == 4
     again = trainer(tmp_path / "r", small, cache, resume=True).run()
     a, b = load_prompt(ref.last_path), load_prompt(again.last_path)

@@ -16,7 +16,9 @@ def test_short_real_training_beats_no_prompt_on_held_out_data(trained):
     assert m["test_top1"] > m["test_top1_no_prompt"] + 0.05
     assert not result.interrupted and result.steps_done == 120
     kinds = [e.kind for e in events]
-    assert kinds[0] == "start" and kinds[-1] == "end"
+    # preparing (the label mapping is counted) is shown before the run starts
+    assert kinds[0] == "prepare" and "training images" in events[0].message
+    assert kinds[1] == "start" and kinds[-1] == "end"
     assert "mapping" in kinds  # iterative mapping recomputed at epoch boundaries
     assert sum(k == "step" for k in kinds) == 120
 
@@ -110,13 +112,8 @@ def test_ctrl_c_and_stop_flag_keep_the_best_prompt(tmp_path, tiny_splits):
 
     res = Trainer(_tiny_cfg(tmp_path / "a"), callbacks=[ctrl_c], splits=tiny_splits).run()
     assert res.interrupted and res.steps_done == 4 and os.path.isfile(res.best_path)  # events come one step late
-    flag = {"n": 0}
-
-    def should_stop():
-        flag["n"] += 1
-        return flag["n"] > 7
-
-    res = Trainer(_tiny_cfg(tmp_path / "b"), should_stop=should_stop, splits=tiny_splits).run()
+    t = Trainer(_tiny_cfg(tmp_path / "b"), should_stop=lambda: t.step >= 7, splits=tiny_splits)
+    res = t.run()
     assert res.interrupted and res.steps_done == 7 and os.path.isfile(res.best_path)
 
 

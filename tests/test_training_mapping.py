@@ -103,13 +103,8 @@ def test_resume_across_an_epoch_boundary_with_a_label_mapping_head(tmp_path, sma
     whole_events = []
     whole = run(tmp_path / "whole", small, cache, whole_events, **kw)
 
-    calls = {"n": 0}
-
-    def stop_after_3():
-        calls["n"] += 1
-        return calls["n"] > 3
-
-    cut = run(tmp_path / "cut", small, cache, should_stop=stop_after_3, **kw)
+    t = Trainer(cfg(tmp_path / "cut", **kw), should_stop=lambda: t.step >= 3, cache=cache, splits=small)
+    cut = t.run()
     assert cut.interrupted and cut.steps_done == 3
     resumed = run(tmp_path / "cut", small, cache, resume=True, **kw)
     assert resumed.steps_done == whole.steps_done == 2 * STEPS_PER_EPOCH + 1

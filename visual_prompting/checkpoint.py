@@ -80,6 +80,7 @@ class Resumed:
     best_val: float | None
     zero_shot_val: float | None
     history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0  # steps and validations so far (a time budget counts them)
 
 
 class RunFiles:
@@ -119,7 +120,8 @@ class RunFiles:
                            head=head.state_tensors())
 
     def save_last(self, prompter, head, optimizer, params: list[torch.Tensor], *, step: int,
-                  best_val: float | None, zero_shot_val: float | None, history: list[dict]) -> None:
+                  best_val: float | None, zero_shot_val: float | None, history: list[dict],
+                  train_seconds: float = 0.0) -> None:
         """The checkpoint to resume from. Every rank calls it (each rank's RNG is gathered); rank 0 writes.
 
         Two files, each written atomically, and a kill can land between them: the history goes first and the
@@ -135,7 +137,7 @@ class RunFiles:
             return
         self._write_text(self.history_path, json.dumps(history))
         metrics = {"step": step, "best_val_top1": best_val, "zero_shot_val_top1": zero_shot_val,
-                   "history_len": len(history)}
+                   "history_len": len(history), "train_seconds": train_seconds}
         self._write_prompt(self.last_path, prompter, self.metadata(prompter, head, metrics), state=state,
                            head=head.state_tensors())
 
@@ -143,6 +145,14 @@ class RunFiles:
         """The best prompt again, its metrics now with the test numbers (the end of a run)."""
         if self.ranks.is_main:
             self._write_prompt(self.best_path, pf.prompter, {**pf.meta, "metrics": metrics}, head=pf.head)
+
+    def discard(self) -> None:
+        """A run that kept nothing: its folder goes if it is empty (files from before are never touched)."""
+        if self.ranks.is_main:
+            try:
+                os.rmdir(self.out_dir)
+            except OSError:
+                pass  # not empty (an earlier run's files) or already gone
 
     # -- reading (rank 0 reads; every rank gets what it read) ---------------------------------------------------
     def has_best(self) -> bool:
@@ -194,4 +204,4 @@ class RunFiles:
         # the records up to this checkpoint (a later checkpoint's history may be on disk)
         history = json.loads(text.decode("utf-8"))[:m.get("history_len")] if text is not None else []
         return Resumed(step, None if best is None or best < 0 else float(best),  # -1.0: "none yet" in old files
-                       m.get("zero_shot_val_top1"), history)
+                       m.get("zero_shot_val_top1"), history, float(m.get("train_seconds") or 0.0))

@@ -123,22 +123,31 @@ def cmd_train(a) -> int:
     from .training import train
 
     cfg = from_args(TrainConfig, a)
-    bar = None
+    bar, zero = None, None
+
+    def say(msg: str) -> None:
+        (bar.write(msg) if bar is not None else print(msg, file=sys.stderr))
 
     def progress(ev):
-        nonlocal bar
-        if ev.kind == "start":
-            print(f"zero-shot (no prompt) val top-1: {_pct(ev.zero_shot_val_top1)}  |  {ev.message}", file=sys.stderr)
+        nonlocal bar, zero
+        if ev.kind == "prepare":
+            say(f"{ev.message} ...")
+        elif ev.kind == "start":
+            say(ev.message)
             if not a.quiet:
                 from tqdm import tqdm
 
                 bar = tqdm(total=ev.total_steps, initial=ev.step, unit="step", dynamic_ncols=True)
         elif ev.kind == "step" and bar is not None:
+            if bar.total != ev.total_steps:  # a time budget: the estimate of the steps that fit
+                bar.total = ev.total_steps
             bar.update(ev.step - bar.n)
             bar.set_postfix(loss=f"{ev.loss:.3f}", lr=f"{ev.lr:.3g}", img_s=f"{ev.images_per_s:.0f}")
         elif ev.kind == "eval":
-            msg = f"step {ev.step}: val top-1 {_pct(ev.val_top1)} (best {_pct(ev.best_val_top1)})"
-            (bar.write(msg) if bar is not None else print(msg, file=sys.stderr))
+            if zero is None and ev.zero_shot_val_top1 is not None:  # measured at the first evaluation
+                zero = ev.zero_shot_val_top1
+                say(f"zero-shot (no prompt) val top-1: {_pct(zero)}")
+            say(f"step {ev.step}: val top-1 {_pct(ev.val_top1)} (best {_pct(ev.best_val_top1)})")
         elif ev.kind == "end" and bar is not None:
             bar.close()
 
@@ -150,6 +159,8 @@ def cmd_train(a) -> int:
     m = res.metrics
     if res.interrupted:
         print(res.stop_reason)
+    if res.best_path is None:  # stopped before the first step
+        return 130
     print(f"best prompt: {res.best_path}  (last: {res.last_path})")
     print(f"test top-1   no prompt {_pct(m.get('test_top1_no_prompt'))}   prompted {_pct(m['test_top1'])}   "
           f"({m['test_n']} images)")

@@ -68,13 +68,7 @@ def evaluate(model: PromptedModel, data: ImageSet, use_prompt: bool = True, batc
     return EvalResult(correct1 / max(n, 1), correct5 / max(n, 1), loss_sum / max(n, 1), n, per_class)
 
 
-def test_metrics(model: PromptedModel, test: ImageSet, batch_size: int, amp: bool, sum_across_ranks: bool = False,
-                 without_prompt: bool = True) -> dict:
-    """A trained prompt's test numbers as a run records them: top-1, top-5 and per class with the prompt, and
-    (``without_prompt``) top-1 and top-5 without it (one more pass over the test set)."""
-    with_p = evaluate(model, test, True, batch_size, amp, sum_across_ranks=sum_across_ranks)
-    out = {"test_top1": with_p.top1, "test_top5": with_p.top5, "test_per_class": with_p.per_class, "test_n": with_p.n}
-    if without_prompt:
-        without = evaluate(model, test, False, batch_size, amp, sum_across_ranks=sum_across_ranks)
-        out.update(test_top1_no_prompt=without.top1, test_top5_no_prompt=without.top5)
-    return out
+def test_metrics(model: PromptedModel, test: ImageSet, batch_size: int, amp: bool, sum_across_ranks: bool = False) -> dict:
+    """A trained prompt's test numbers as a run records them: top-1, top-5 and per class, with the prompt."""
+    r = evaluate(model, test, True, batch_size, amp, sum_across_ranks=sum_across_ranks)
+    return {"test_top1": r.top1, "test_top5": r.top5, "test_per_class": r.per_class, "test_n": r.n}

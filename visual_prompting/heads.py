@@ -104,6 +104,11 @@ class Head(nn.Module):
     def describe(self) -> dict:
         return {"kind": self.kind}
 
+    def without_prompt(self) -> dict:
+        """What decides this head's answers for unprompted inputs (a key of
+        :class:`~visual_prompting.baselines.BaselineCache`)."""
+        return self.describe()
+
     @staticmethod
     def text(meta: dict) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -150,6 +155,9 @@ class ClipTextHead(Head):
 
     def describe(self) -> dict:
         return {"kind": self.kind, "templates": self.templates}
+
+    def without_prompt(self) -> dict:
+        return {"kind": self.kind, "templates": self.templates, "class_names": self.class_names}
 
     @staticmethod
     def text(meta: dict) -> str:
@@ -218,6 +226,10 @@ class LabelMappingHead(Head):
             return source_logits[:, mapping].float().mean(-1)
         return source_logits[:, mapping].float()
 
+    def without_prompt(self) -> dict:
+        """Unprompted inputs read the baseline mapping (the prompt's own until one is fitted)."""
+        return {"kind": "label_mapping", "reads": (self.baseline if self.baseline is not None else self.mapping).tolist()}
+
     def describe(self) -> dict:
         """The method and mapping, and (once fitted) the no-prompt baseline mapping under its own key."""
         d = {"kind": self.kind, "method": self.method, "mapping": self.mapping.tolist(), "num_source": self.num_source}
@@ -283,6 +295,11 @@ class FullyMapHead(LabelMappingHead):
                     raise VPError(f"The fully_map head needs a tensor 'head.{k}' of shape {tuple(p.shape)} "
                                   f"(got {None if t is None else tuple(t.shape)}).")
                 p.copy_(t.to(p.device))
+
+    def without_prompt(self) -> dict:
+        if self.baseline is None:  # unprompted inputs go through this run's own layer: nothing to share
+            return {"kind": self.kind, "layer": id(self.linear)}
+        return super().without_prompt()
 
     def forward(self, source_logits: torch.Tensor, use_prompt: bool = True) -> torch.Tensor:
         if not use_prompt and self.baseline is not None:

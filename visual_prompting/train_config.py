@@ -68,7 +68,12 @@ class TrainConfig:
                                                 "the model (expectation over transformation): ", CAPTURE_AUGMENTATIONS),
                            choices=lambda: CAPTURE_AUGMENTATIONS)
     epochs: int = setting(1000, "epochs (default: %(default)s, as the paper)", low=1, label="Epochs")
-    steps: int | None = setting(None, "a step budget instead of epochs", low=1, label="Steps")
+    steps: int | None = setting(None, "a step budget instead of epochs (with --time-budget: the most steps)", low=1,
+                                label="Steps")
+    time_budget: float | None = setting(None, "train for this many seconds instead (steps and validations; the number "
+                                        "of steps and the lr schedule are fitted to it from the measured step times, "
+                                        "corrected as the run goes, so a faster machine trains more steps)", low=0,
+                                        low_open=True, label="The time budget")
     batch_size: int | None = setting(None, "default: 256 for CLIP, 128 for vision models", low=1,
                                      label="Batch size")
     optimizer: str = setting("sgd", _choice_help("optimiser / step rule: ", OPTIMIZERS), choices=lambda: OPTIMIZERS)
@@ -123,7 +128,8 @@ class TrainConfig:
 
 @dataclass
 class TrainEvent:
-    """What a callback receives. ``kind`` is start | step | eval | mapping | end."""
+    """What a callback receives. ``kind`` is prepare (before the first step: what is being done, in ``message``) |
+    start | step | eval | mapping | end. With a time budget ``total_steps`` is the current estimate."""
 
     kind: str
     step: int
@@ -143,8 +149,8 @@ class TrainEvent:
 
 @dataclass
 class TrainResult:
-    best_path: str
-    last_path: str
+    best_path: str | None  # None: stopped before the first step, nothing was kept
+    last_path: str | None
     metrics: dict
     history: list[dict] = field(default_factory=list)
     interrupted: bool = False

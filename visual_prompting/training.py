@@ -23,7 +23,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from .augment import build_augment
 from .backbones import Backbone, BackboneCache, ClipBackbone, load_backbone
 from .capture import build_capture
+from .baselines import BaselineCache, fingerprint, key_of
 from .checkpoint import RunFiles
 from .data import DataSplits, StreamImageSet, canonical_name, load_splits, to_model_input
 from .distributed import (Ranks, all_reduce_sum, check_divisible, global_batches, init_from_env, local_leader_first,
@@ -73,33 +73,88 @@ def templates_for(cfg: TrainConfig, dataset_key: str) -> list[str]:
     return _templates_for(cfg.templates, dataset_key)
 
 
-@dataclass(frozen=True)
-class StepPlan:
-    """How a run's steps are laid out: the global batch (over all ranks) and each rank's part of it, steps per
-    epoch and in all, warm-up steps, evaluation interval."""
+def run_optimizer(cfg: TrainConfig, prompter, head, is_clip: bool) -> tuple[torch.optim.Optimizer, float | None]:
+    """The run's optimiser and a trained head's lr: the prompt in one group, a trained head's layer (fully_map) in
+    its own at head_lr (its own units; None when the head trains nothing)."""
+    head_lr = (cfg.head_lr or DEFAULT_HEAD_LR) if head.trainable_parameters() else None
+    if cfg.head_lr is not None and head_lr is None:
+        raise VPError(f"--head-lr applies to a trained head (label mapping 'fully_map'), not to "
+                      f"{'CLIP' if is_clip else repr(cfg.label_mapping)}.")
+    groups = [{"params": list(prompter.parameters()), "lr_factor": 1.0}]
+    if head_lr is not None:
+        groups.append({"params": head.trainable_parameters(), "lr_factor": head_lr / cfg.lr})
+    return build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.weight_decay), head_lr
 
-    batch_size: int
-    rank_batch: int
-    steps_per_epoch: int
-    total_steps: int
-    warmup: int
-    eval_every: int
 
+class Schedule:
+    """When a run's steps happen: the global batch (over all ranks) and each rank's part of it, steps per epoch, the
+    total, warm-up, the evaluation interval and the lr at each step.
 
-def plan_steps(cfg: TrainConfig, n_train: int, is_clip: bool, ranks: Ranks) -> StepPlan:
-    batch = cfg.batch_size or (256 if is_clip else 128)
-    rank_batch = check_divisible(batch, ranks)
-    if n_train == 0:
-        raise VPError("The training split is empty.")
-    per_epoch = global_batches(n_train, batch, ranks.world_size)
-    if per_epoch < 1:
-        raise VPError(f"{n_train} training images cannot be shared by {ranks.world_size} processes; use fewer "
-                      "processes.")
-    total = cfg.steps or cfg.epochs * per_epoch
-    if total < 1:
-        raise VPError("Nothing to train: steps (or epochs) must be at least 1.")
-    return StepPlan(batch, rank_batch, per_epoch, total, warmup=max(1, min(cfg.warmup_steps, total // 10)),
-                    eval_every=cfg.eval_every or max(1, min(per_epoch, total // 10)))
+    A step budget (``steps``, or ``epochs``) fixes the total. A time budget (``time_budget`` seconds of steps and
+    validations) estimates it: after every step and evaluation the total becomes the steps done plus those that fit
+    in the time left at the measured pace (a step's time, and each evaluation's spread over the steps between two),
+    keeping time for a last evaluation, at most ``steps`` when that is given. The warm-up, the evaluation interval and
+    the cosine decay follow the estimate, so the lr reaches 0 as the budget runs out and the run ends on time."""
+
+    def __init__(self, cfg: TrainConfig, n_train: int, is_clip: bool, ranks: Ranks, n_val: int = 0):
+        self.cfg = cfg
+        self.batch_size = cfg.batch_size or (256 if is_clip else 128)
+        self.rank_batch = check_divisible(self.batch_size, ranks)
+        if n_train == 0:
+            raise VPError("The training split is empty.")
+        self.steps_per_epoch = global_batches(n_train, self.batch_size, ranks.world_size)
+        if self.steps_per_epoch < 1:
+            raise VPError(f"{n_train} training images cannot be shared by {ranks.world_size} processes; use fewer "
+                          "processes.")
+        self.budget = cfg.time_budget
+        self.total = cfg.steps or cfg.epochs * self.steps_per_epoch
+        if self.budget is not None:
+            self.total = min(self.total, 100) if cfg.steps else 100  # a first guess, corrected after the first step
+        if self.total < 1:
+            raise VPError("Nothing to train: steps (or epochs) must be at least 1.")
+        self.n_val = n_val
+        self.seconds = 0.0  # time spent so far in steps and validations (carried over by a resume)
+        self._steps: list[float] = []
+        self._evals: list[float] = []
+
+    @property
+    def warmup(self) -> int:
+        return max(1, min(self.cfg.warmup_steps, self.total // 10))
+
+    @property
+    def eval_every(self) -> int:
+        return self.cfg.eval_every or max(1, min(self.steps_per_epoch, self.total // 10))
+
+    def lr(self, step: int) -> float:
+        return cosine_lr(step, self.total, self.cfg.lr, self.warmup)
+
+    def is_eval_step(self, step: int) -> bool:
+        return step % self.eval_every == 0 or step >= self.total
+
+    def step_taken(self, step: int, seconds: float) -> None:
+        self.seconds += seconds
+        self._steps.append(seconds)
+        self._estimate(step)
+
+    def evaluated(self, step: int, seconds: float) -> None:
+        self.seconds += seconds
+        self._evals.append(seconds)
+        self._estimate(step)
+
+    def _estimate(self, step: int) -> None:
+        if self.budget is None or not self._steps:
+            return
+        recent = self._steps[1:][-20:] or self._steps  # the first step also pays for one-time set-up
+        t_step = sum(recent) / len(recent)
+        # an evaluation: as measured, or (none yet) its forward passes at a third of a training step per batch
+        t_eval = (sum(self._evals) / len(self._evals) if self._evals
+                  else t_step * max(1, self.n_val / self.batch_size) / 3)
+        left = self.budget - self.seconds - t_eval  # keep time for the last evaluation
+        total = step
+        for _ in range(2):  # the interval depends on the total: settle it
+            every = self.cfg.eval_every or max(1, min(self.steps_per_epoch, max(total, 10) // 10))
+            total = step + max(0, int(left / (t_step + t_eval / every)))
+        self.total = max(step, min(total, self.cfg.steps or total))
 
 
 class RunEvents:
@@ -159,6 +214,70 @@ class RunEvents:
         self.emit(TrainEvent("step", step, total, epoch=epoch, loss=loss, lr=lr, train_acc=acc, images_per_s=n / dt))
 
 
+class RunMeasures:
+    """What a run measures on its data: prediction counts on the mapping images (label mappings), validation and test
+    accuracy. A number without the prompt does not depend on the prompt: with a baseline cache it is computed once
+    and shared (keyed by the backbone as it is run, the head's answer to unprompted inputs and the images, see
+    :mod:`visual_prompting.baselines`). ``stop_if_asked`` is called between the batches of a count."""
+
+    def __init__(self, model: PromptedModel, mapping_set, val_set, batch_size: int, amp: bool, ranks: Ranks,
+                 baselines: BaselineCache | None, stop_if_asked: Callable[[], None]):
+        self.model, self.mapping_set, self.val_set = model, mapping_set, val_set
+        self.batch_size, self.amp, self.ranks, self.baselines = batch_size, amp, ranks, baselines
+        self.stop_if_asked = stop_if_asked
+
+    def shared(self, what: str, data, compute: Callable, head=None):
+        """``compute()`` through the baseline cache when there is one (one process: ranks see parts of the sets)."""
+        if self.baselines is None or self.ranks.distributed:
+            return compute()
+        fp = fingerprint(data)
+        reads = None if what == "counts" else (head or self.model.head).without_prompt()
+        key = None if fp is None else key_of(what, self.model.backbone.describe(), self.model.device.type, self.amp,
+                                             reads, fp)
+        return self.baselines.get(key, compute)
+
+    def counts(self, use_prompt: bool) -> torch.Tensor:
+        """How often each source class is the backbone's top-1 for each target class, on the mapping images."""
+        if not use_prompt:
+            return self.shared("counts", self.mapping_set, lambda: self._count(False))
+        return self._count(True)
+
+    def _count(self, use_prompt: bool) -> torch.Tensor:
+        counts = torch.zeros(len(self.model.backbone.source_classes), len(self.model.class_names), dtype=torch.long)
+        for logits, labels in logits_over(self.model, self.mapping_set, use_prompt, self.batch_size, self.amp,
+                                          source=True):
+            counts += prediction_counts(logits, labels, len(self.model.class_names))
+            self.stop_if_asked()
+        return all_reduce_sum(counts) if self.ranks.distributed else counts
+
+    def validate(self, use_prompt: bool = True) -> float:
+        """Validation top-1. Without the prompt it is the number every prompt is compared with: for a classifier it
+        reads the mapping found *without* a prompt, whatever mapping the prompt trains with (with the hard-coded
+        first-k mapping an unprompted model is at chance, which would flatter any prompt)."""
+        run = lambda: evaluate(self.model, self.val_set, use_prompt, self.batch_size, self.amp,  # noqa: E731
+                               sum_across_ranks=self.ranks.distributed).top1
+        return run() if use_prompt else self.shared("val", self.val_set, run)
+
+    def test_file(self, pf, test, without_prompt: bool) -> dict:
+        """The test numbers of a saved prompt (the best one), with this run's backbone and a copy of its head
+        restored to what the file holds (the text features are not encoded again; the live head keeps the last
+        step's state, which a resume needs)."""
+        head = copy.deepcopy(self.model.head)
+        head.restore(pf.meta["head"], tensors=pf.head)
+        m = self.model
+        return self.test(PromptedModel(m.backbone, head, pf.prompter.to(m.device), m.class_names), test, without_prompt)
+
+    def test(self, model: PromptedModel, test, without_prompt: bool) -> dict:
+        """The test numbers of ``model`` (a trained prompt), and without its prompt (shared through the cache)."""
+        summed = self.ranks.distributed
+        metrics = test_metrics(model, test, self.batch_size, self.amp, summed)
+        if without_prompt:
+            r = self.shared("test", test, lambda: evaluate(model, test, False, self.batch_size, self.amp,
+                                                           sum_across_ranks=summed), model.head)
+            metrics.update(test_top1_no_prompt=r.top1, test_top5_no_prompt=r.top5)
+        return metrics
+
+
 class SigintBetweenSteps:
     """In the main thread, Ctrl-C (SIGINT) only sets :attr:`pressed`, and the loop stops at the next step boundary,
     like the app's Stop: a KeyboardInterrupt in the middle of a step could leave the prompt updated but the step not
@@ -188,14 +307,15 @@ class SigintBetweenSteps:
 
 
 class Trainer:
-    """Holds one run: model, data, optimiser, schedule. ``run()`` trains; events go to ``callbacks``
-    (:class:`RunEvents`); ``should_stop()`` is polled every step (the app's Stop button). What the run writes and
-    reads back (best and last prompt, history, resume) is ``files``' business (a
-    :class:`~visual_prompting.checkpoint.RunFiles` in ``cfg.out_dir`` unless one is given)."""
+    """One run: set-up, the loop, stop votes. ``run()`` trains; events go to ``callbacks`` (:class:`RunEvents`);
+    ``should_stop()`` is polled every step and while preparing (the app's Stop). ``files`` write and read the run's
+    files (:class:`~visual_prompting.checkpoint.RunFiles`); ``baselines`` share the numbers without the prompt
+    (:class:`~visual_prompting.baselines.BaselineCache`)."""
 
     def __init__(self, cfg: TrainConfig, callbacks: list[Callable[[TrainEvent], None]] | None = None,
                  should_stop: Callable[[], bool] | None = None, cache: BackboneCache | None = None,
-                 splits: DataSplits | None = None, files: RunFiles | None = None):
+                 splits: DataSplits | None = None, files: RunFiles | None = None,
+                 baselines: BaselineCache | None = None):
         check_config(cfg)
         self.cfg = cfg = cfg.with_defaults()  # the lr used is written into the prompt file
         self.should_stop = should_stop or (lambda: False)
@@ -206,13 +326,19 @@ class Trainer:
         # draws below (a trained head's first weights, augmentation, capture) would depend on the process's past
         seed_everything(cfg.seed)
         self._build_model()
-        self.plan = plan_steps(cfg, len(self.splits.train), self.is_clip, self.ranks)
-        self._build_optimizer()
+        self.schedule = Schedule(cfg, len(self.splits.train), self.is_clip, self.ranks, n_val=len(self.splits.val))
+        self.optimizer, self.head_lr = run_optimizer(cfg, self.prompter, self.model.head, self.is_clip)
+        # per-channel std**2: turns the paper's normalised-space step into the same step in pixel space
+        self.grad_scale = (self.backbone.std.view(3, 1, 1) ** 2).to(self.device)
+        fp16 = cfg.amp and amp_dtype(self.device) == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
+        self.measures = RunMeasures(self.model, self.mapping_set, self.val_set, self.batch_size, cfg.amp, self.ranks,
+                                    baselines, self._stop_if_asked)
         self.files = files or RunFiles(cfg.out_dir)
         self.files.describe_run(
             self.ranks, backbone=self.backbone.describe(), class_names=self.class_names, dataset=self.splits.name,
             train_config=cfg.to_dict(), distributed={"world_size": self.ranks.world_size,
-                                                     "per_rank_batch": self.plan.rank_batch})
+                                                     "per_rank_batch": self.schedule.rank_batch})
         self.events = RunEvents(callbacks or [], self.ranks, self.device, self._diverged_message)
         self.sigint = SigintBetweenSteps()
         self.step = 0
@@ -262,28 +388,11 @@ class Trainer:
             self.mapping_set = self.shard(self.splits.train.subset(idx))
         self.val_set = self.shard(self.splits.val)  # this rank's part of the validation split (all of it in one)
 
-    def _build_optimizer(self) -> None:
-        """The prompt in one group; a trained head's layer (fully_map) in its own, at head_lr (its own units)."""
-        cfg, head = self.cfg, self.model.head
-        self.head_lr = (cfg.head_lr or DEFAULT_HEAD_LR) if head.trainable_parameters() else None
-        if cfg.head_lr is not None and self.head_lr is None:
-            raise VPError(f"--head-lr applies to a trained head (label mapping 'fully_map'), not to "
-                          f"{'CLIP' if self.is_clip else repr(cfg.label_mapping)}.")
-        groups = [{"params": list(self.prompter.parameters()), "lr_factor": 1.0}]
-        if self.head_lr is not None:
-            groups.append({"params": head.trainable_parameters(), "lr_factor": self.head_lr / cfg.lr})
-        self.optimizer = build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.weight_decay)
-        # per-channel std**2: turns the paper's normalised-space step into the same step in pixel space
-        self.grad_scale = (self.backbone.std.view(3, 1, 1) ** 2).to(self.device)
-        dtype = amp_dtype(self.device) if cfg.amp else None
-        self.scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-
-    # the plan's numbers and the files' paths, where they always were
-    batch_size = property(lambda self: self.plan.batch_size)
-    rank_batch = property(lambda self: self.plan.rank_batch)
-    steps_per_epoch = property(lambda self: self.plan.steps_per_epoch)
-    total_steps = property(lambda self: self.plan.total_steps)
-    eval_every = property(lambda self: self.plan.eval_every)
+    # the schedule's numbers and the files' paths, where they always were
+    batch_size = property(lambda self: self.schedule.batch_size)
+    rank_batch = property(lambda self: self.schedule.rank_batch)
+    steps_per_epoch = property(lambda self: self.schedule.steps_per_epoch)
+    total_steps = property(lambda self: self.schedule.total)
     best_path = property(lambda self: self.files.best_path)
     last_path = property(lambda self: self.files.last_path)
     callbacks = property(lambda self: self.events.callbacks)
@@ -310,37 +419,37 @@ class Trainer:
 
     # -- the head fits itself (label mapping) ---------------------------------------------------------------
     def fit_head(self, use_prompt: bool = True, counts: torch.Tensor | None = None) -> torch.Tensor:
-        """Count the backbone's top source class per target class on the mapping images and let the head fit
-        itself (``use_prompt=False``: its no-prompt baseline). ``counts`` given: fit from those instead of
-        counting again. Returns the counts."""
-        if counts is None:
-            counts = torch.zeros(len(self.backbone.source_classes), len(self.class_names), dtype=torch.long)
-            for logits, labels in logits_over(self.model, self.mapping_set, use_prompt, self.batch_size,
-                                              self.cfg.amp, source=True):
-                counts += prediction_counts(logits, labels, len(self.class_names))
-            if self.ranks.distributed:
-                counts = all_reduce_sum(counts)
+        """Let the head fit itself from prediction counts (``use_prompt=False``: its no-prompt baseline, counted once
+        for every run that shares the baseline cache). ``counts`` given: fit from those. Returns the counts."""
+        counts = self.measures.counts(use_prompt) if counts is None else counts
         self.model.head.fit(counts, baseline=not use_prompt)
         return counts
 
-    def _validate(self, use_prompt: bool = True) -> float:
-        """Validation top-1. Without the prompt it is the number every prompt is compared with: for a classifier it
-        reads the mapping found *without* a prompt, whatever mapping the prompt trains with (with the hard-coded
-        first-k mapping an unprompted model is at chance, which would flatter any prompt)."""
-        return evaluate(self.model, self.val_set, use_prompt, self.batch_size, self.cfg.amp,
-                        sum_across_ranks=self.ranks.distributed).top1
+    def _stop_if_asked(self) -> None:
+        """One process stops at once when asked, also while preparing and counting (distributed runs agree on stops
+        in the steps' all-reduce, see :meth:`_check_stop`)."""
+        if self.ranks.distributed:
+            return
+        if self.sigint.pressed:
+            raise KeyboardInterrupt
+        if self.should_stop():
+            raise StopTraining
 
     def _prepare(self) -> None:
-        """Before the first step (not on a resume): the head's no-prompt baseline, its validation accuracy, and the
-        mapping the prompt starts from."""
+        """Before the first step (not on a resume): the head's no-prompt baseline mapping and the mapping the prompt
+        starts from, counted on the mapping images (at most ``mapping_samples``). The no-prompt validation waits for
+        the first evaluation (:meth:`eval_and_checkpoint`), so it does not hold the first step up."""
         head = self.model.head
-        baseline_counts = self.fit_head(use_prompt=False) if head.needs_counts else None
-        self.zero_shot_val = self._validate(use_prompt=False)
+        self._stop_if_asked()
+        if not head.needs_counts:
+            return
+        self.events.emit(TrainEvent("prepare", 0, self.total_steps, message=(
+            f"Fitting the label mapping: the backbone's predictions on {len(self.mapping_set)} training images")))
+        baseline_counts = self.fit_head(use_prompt=False)
         if head.fits_from_data:
             # a prompt that changes no pixel yet (an additive one at zero) sees what the baseline saw: its counts are
             # the baseline's, so the mapping images need not be read a second time
-            same = baseline_counts is not None and self.prompter.is_identity()
-            self.fit_head(counts=baseline_counts if same else None)
+            self.fit_head(counts=baseline_counts if self.prompter.is_identity() else None)
 
     # -- checkpoints (the files are RunFiles' business) ----------------------------------------------------
     def save_best(self, val_top1: float) -> None:
@@ -352,7 +461,7 @@ class Trainer:
             return
         self.files.save_last(self.prompter, self.model.head, self.optimizer, self.trained_parameters(),
                              step=self.step, best_val=self.best_val, zero_shot_val=self.zero_shot_val,
-                             history=self.history)
+                             history=self.history, train_seconds=self.schedule.seconds)
 
     def try_resume(self) -> bool:
         got = self.cfg.resume and self.files.resume(self.prompter, self.model.head, self.optimizer,
@@ -360,6 +469,7 @@ class Trainer:
         if got:
             self.step, self.best_val, self.zero_shot_val = got.step, got.best_val, got.zero_shot_val
             self.events.history[:] = got.history
+            self.schedule.seconds = got.train_seconds  # a time budget counts the time trained before
         return bool(got)
 
     # -- the run ------------------------------------------------------------------------------------------
@@ -368,48 +478,60 @@ class Trainer:
             return self._run()
 
     def _run(self) -> TrainResult:
-        if not self.try_resume():
-            self._prepare()
-        on = (f"; {self.ranks.world_size} processes, {self.rank_batch} images each per step"
-              if self.ranks.distributed else "")
-        self.events.emit(TrainEvent("start", self.step, self.total_steps, zero_shot_val_top1=self.zero_shot_val,
-                                    message=f"{self.trainable_numbers():,} trainable numbers; "
-                                            f"{len(self.splits.train)} train / {len(self.splits.val)} val images{on}"))
-        interrupted, reason = False, None
         try:
-            self._loop()
-        except (KeyboardInterrupt, StopTraining) as e:
-            if self.sigint.torn and self.ranks.distributed:  # a second Ctrl-C: leave now (torchrun ends the others)
-                raise
-            interrupted = True
-            reason = (f"Stopped{' (Ctrl-C)' if isinstance(e, KeyboardInterrupt) else ''} at step {self.step}; the "
-                      "best prompt so far is kept.")
-            try:
-                self.events.flush()  # the last step taken still gets its event
-            except (KeyboardInterrupt, StopTraining, Diverged):
-                pass
-        except Diverged:
-            interrupted = True
-        except BaseException:
-            if self.ranks.distributed:  # an error on this rank alone: no collective now (the others would wait
-                self.sigint.torn = True  # for ever); torchrun ends them, the last checkpoint on disk stays
-            raise
-        finally:
-            self.save_last()  # writes nothing once the prompt is non-finite: the last good checkpoint stays
+            if not self.try_resume():
+                self._prepare()
+            on = (f"; {self.ranks.world_size} processes, {self.rank_batch} images each per step"
+                  if self.ranks.distributed else "")
+            self.events.emit(TrainEvent("start", self.step, self.total_steps, zero_shot_val_top1=self.zero_shot_val,
+                                        message=f"{self.trainable_numbers():,} trainable numbers; {len(self.splits.train)}"
+                                                f" train / {len(self.splits.val)} val images{on}"))
+            interrupted, reason = self._train()
+        except (KeyboardInterrupt, StopTraining):  # before the first step of a new run (see _train)
+            reason = "Stopped before the first step: nothing was trained, and nothing was kept."
+            self.files.discard()
+            self.events.emit(TrainEvent("end", 0, self.total_steps, message=reason))
+            return TrainResult(None, None, {}, self.history, True, 0, reason)
         if self.diverged:
             reason = self.diverged
             if not self.files.has_best():
                 raise VPError(f"{self.diverged} Nothing was evaluated before it, so there is no prompt to keep.")
         elif not self.files.has_best():  # stopped before the first evaluation: keep what there is
-            self.save_best(self._validate())
+            self._zero_shot()
+            self.save_best(self.measures.validate())
         metrics = self.finish()
         self.events.emit(TrainEvent("end", self.step, self.total_steps, best_val_top1=self.best_val,
                                     zero_shot_val_top1=self.zero_shot_val, message=reason if interrupted else "done"))
         self.save_last()
         return TrainResult(self.best_path, self.last_path, metrics, self.history, interrupted, self.step, reason)
 
+    def _train(self) -> tuple[bool, str | None]:
+        """The loop, and how it ended: ``(interrupted, why)``; a stop before any step is raised (nothing to keep)."""
+        try:
+            self._loop()
+            return False, None
+        except (KeyboardInterrupt, StopTraining) as e:
+            if (self.sigint.torn and self.ranks.distributed) or self.step == 0:  # a second Ctrl-C (torchrun ends the
+                raise                                                             # others), or nothing trained
+            try:
+                self.events.flush()  # the last step taken still gets its event
+            except (KeyboardInterrupt, StopTraining, Diverged):
+                pass
+            return True, (f"Stopped{' (Ctrl-C)' if isinstance(e, KeyboardInterrupt) else ''} at step {self.step}; the "
+                          "best prompt so far is kept.")
+        except Diverged:
+            return True, self.diverged
+        except BaseException:
+            if self.ranks.distributed:  # an error on this rank alone: no collective now (the others would wait
+                self.sigint.torn = True  # for ever); torchrun ends them, the last checkpoint on disk stays
+            raise
+        finally:
+            if self.step > 0:
+                self.save_last()  # writes nothing once the prompt is non-finite: the last good checkpoint stays
+
     def _loop(self) -> None:
         cfg, model, S = self.cfg, self.model, self.backbone.image_size
+        self._mark = time.perf_counter()  # the schedule's clock: each step's and evaluation's time
         while self.step < self.total_steps:
             epoch, skip = divmod(self.step, self.steps_per_epoch)
             if model.head.needs_refit_each_epoch and skip == 0 and epoch > 0:
@@ -427,7 +549,7 @@ class Trainer:
                 if self.device.type == "cuda":  # a copy from pageable memory would wait for the queued steps
                     images, labels = images.pin_memory(), labels.pin_memory()
                 self.advance(to_model_input(images.to(self.device, non_blocking=True), S), labels, epoch)
-                if self.step % self.eval_every == 0 or self.step == self.total_steps:
+                if self.schedule.is_eval_step(self.step):
                     self.events.flush()
                     self.eval_and_checkpoint(epoch)
         self.events.flush()
@@ -439,6 +561,7 @@ class Trainer:
         loss, acc, lr = self.train_step(x, y)
         self.step += 1
         self.events.step_taken(self.step, self.total_steps, epoch, loss, acc, lr, len(y), start)
+        self._tick(self.schedule.step_taken)
 
     # -- stop votes ---------------------------------------------------------------------------------------
     def _check_stop(self) -> None:
@@ -446,14 +569,8 @@ class Trainer:
         every rank stops at the same step: each step's all-reduce sums the ranks' votes
         (:meth:`reduce_across_ranks`), and they are read two steps late, so reading them never waits for the step
         just queued on the device."""
-        if not self.ranks.distributed:
-            if self.sigint.pressed:
-                raise KeyboardInterrupt
-            if self.should_stop():
-                raise StopTraining
-            return
-        if len(self._votes) < 2:
-            return
+        if not self.ranks.distributed or len(self._votes) < 2:
+            return self._stop_if_asked()
         ctrl_c, stop = HostReadback.read(self._votes.pop(0))
         if ctrl_c:
             raise KeyboardInterrupt
@@ -477,7 +594,7 @@ class Trainer:
         device (reading them waits for the device: :meth:`advance` does that one step late) and the lr."""
         cfg = self.cfg
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        lr = cosine_lr(self.step, self.total_steps, cfg.lr, self.plan.warmup)
+        lr = self.schedule.lr(self.step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr * g["lr_factor"]
         self.model.train()
@@ -497,16 +614,24 @@ class Trainer:
             for p in self.prompter.parameters():
                 if p.grad is not None and p.ndim == 3 and p.shape[0] == 3:
                     p.grad.mul_(self.grad_scale)
+        self.scaler.step(self.optimizer) if self.scaler is not None else self.optimizer.step()
         if self.scaler is not None:
-            self.scaler.step(self.optimizer)
             self.scaler.update()
-        else:
-            self.optimizer.step()
         self.prompter.project_()
         return loss, acc, lr
 
+    def _tick(self, record: Callable[[int, float], None]) -> None:  # the schedule's clock: time since the last tick
+        now = time.perf_counter()
+        record(self.step, now - getattr(self, "_mark", now))
+        self._mark = now
+
+    def _zero_shot(self) -> None:  # measured once, at the first evaluation (not before the first step)
+        if self.zero_shot_val is None:
+            self.zero_shot_val = self.measures.validate(use_prompt=False)
+
     def eval_and_checkpoint(self, epoch: int) -> None:
-        val = self._validate()
+        self._zero_shot()
+        val = self.measures.validate()
         is_best = self.best_val is None or val > self.best_val
         if is_best:
             self.best_val = val
@@ -515,22 +640,18 @@ class Trainer:
                                     best_val_top1=self.best_val, zero_shot_val_top1=self.zero_shot_val,
                                     is_best=is_best, prompt=self.prompter.delta().detach().cpu().clone()))
         self.save_last()
+        self._tick(self.schedule.evaluated)
 
     def finish(self) -> dict:
         """Test numbers for the best prompt (chosen on validation), with and without the prompt, written into its
-        file. Reuses this run's backbone and a copy of its head (the text features are not encoded again; the live
-        head keeps the last step's state, which save_last writes after this for a resume)."""
+        file."""
         pf = self.files.read_best()
-        head = copy.deepcopy(self.model.head)
-        head.restore(pf.meta["head"], tensors=pf.head)
-        best = PromptedModel(self.backbone, head, pf.prompter.to(self.device), self.class_names)
-        metrics = {**pf.meta["metrics"], **test_metrics(best, self.shard(self.splits.test), self.batch_size,
-                                                        self.cfg.amp, self.ranks.distributed,
-                                                        self.cfg.test_without_prompt),
+        metrics = {**pf.meta["metrics"], **self.measures.test_file(pf, self.shard(self.splits.test),
+                                                                   self.cfg.test_without_prompt),
                    # stopped before the first evaluation: the kept prompt's own validation number (the run's
                    # best_val stays None, so a resume's first evaluation is its best as in an uninterrupted run)
                    "best_val_top1": self.best_val if self.best_val is not None else pf.meta["metrics"].get("val_top1"),
-                   "steps": self.step}
+                   "steps": self.step, "train_seconds": round(self.schedule.seconds, 3)}
         self.files.save_tested(pf, metrics)
         return metrics
 

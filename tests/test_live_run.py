@@ -1,0 +1,103 @@
+"""The live run: what happens before the first step, a time budget, numbers without the prompt shared by runs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from visual_prompting import BackboneCache, TrainConfig
+from visual_prompting.baselines import BaselineCache, fingerprint
+from visual_prompting.training import Trainer
+
+
+@pytest.fixture(scope="module")
+def cache():
+    return BackboneCache()
+
+
+def _cfg(out, **kw):
+    base = dict(model="effnet-lite0@32", dataset="fashion_mnist_subset", batch_size=32, steps=6, eval_every=3,
+                device="cpu", seed=0, out_dir=str(out), num_workers=0, label_mapping="frequency")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_stop_before_the_first_step_trains_nothing_and_leaves_nothing(tmp_path, small, cache):
+    events = []
+    out = tmp_path / "run"
+    res = Trainer(_cfg(out), splits=small, cache=cache, callbacks=[events.append], should_stop=lambda: True).run()
+    assert res.interrupted and res.steps_done == 0 and res.best_path is None and res.last_path is None
+    assert res.stop_reason.startswith("Stopped before the first step: nothing was trained")
+    assert not out.exists()  # the run's folder is gone with nothing in it
+    assert [e.kind for e in events][-1] == "end" and "step" not in [e.kind for e in events]
+
+
+def test_stop_while_the_mapping_is_counted_stops_before_the_first_step(tmp_path, small, cache):
+    """Stop pressed while preparing is taken between the batches of the count, not after it."""
+    polls = []
+    res = Trainer(_cfg(tmp_path / "run", batch_size=20), splits=small, cache=cache,
+                  should_stop=lambda: polls.append(1) or len(polls) > 2).run()
+    assert res.steps_done == 0 and res.best_path is None
+    assert len(polls) == 3  # the count of 200 images in batches of 20 was left after 3 batches
+
+
+def test_the_no_prompt_numbers_are_computed_once_for_runs_that_share_them(tmp_path, small, cache, monkeypatch):
+    import visual_prompting.evaluation as ev
+    import visual_prompting.training as tr
+
+    passes = []
+    orig_over, orig_eval = tr.logits_over, ev.evaluate
+    monkeypatch.setattr(tr, "logits_over", lambda m, d, use_prompt, *a, **k: passes.append(("count", use_prompt))
+                        or orig_over(m, d, use_prompt, *a, **k))
+    monkeypatch.setattr(tr, "evaluate", lambda m, d, use_prompt, *a, **k: passes.append(("eval", use_prompt))
+                        or orig_eval(m, d, use_prompt, *a, **k))
+    shared = BaselineCache()
+    first = Trainer(_cfg(tmp_path / "a"), splits=small, cache=cache, baselines=shared).run()
+    assert passes.count(("count", False)) == 1 and passes.count(("eval", False)) == 2  # validation and test
+    assert len(shared) == 3
+    passes.clear()
+    second = Trainer(_cfg(tmp_path / "b", lr=0.5 * 40), splits=small, cache=cache, baselines=shared).run()
+    assert ("count", False) not in passes and ("eval", False) not in passes  # all three came from the cache
+    for k in ("test_top1_no_prompt", "test_top5_no_prompt", "zero_shot_val_top1"):
+        assert second.metrics[k] == first.metrics[k]
+    # another mapping sample (another seed) is other images: counted again; a plain backbone is another key
+    passes.clear()
+    Trainer(_cfg(tmp_path / "c", seed=1), splits=small, cache=cache, baselines=shared).run()
+    assert passes.count(("count", False)) == 1
+    passes.clear()
+    Trainer(_cfg(tmp_path / "d", fast_backbone=False), splits=small, cache=cache, baselines=shared).run()
+    assert passes.count(("count", False)) == 1 and passes.count(("eval", False)) == 2
+
+
+def test_a_fingerprint_sees_one_pixel():
+    from visual_prompting.data import TensorImageSet
+
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    a = TensorImageSet(images, torch.tensor([0, 1, 0, 1]), ["a", "b"], "x")
+    b = TensorImageSet(images.clone(), torch.tensor([0, 1, 0, 1]), ["a", "b"], "x")
+    assert fingerprint(a) == fingerprint(b)
+    b.images[2, 1, 3, 3] ^= 1
+    assert fingerprint(a) != fingerprint(b)
+    assert fingerprint(TensorImageSet(images, torch.tensor([0, 1, 1, 1]), ["a", "b"], "x")) != fingerprint(a)
+
+
+@pytest.mark.parametrize("budget", [4.0, 8.0])
+def test_a_time_budget_ends_on_time_with_a_best_prompt(tmp_path, small, cache, budget):
+    """The schedule spans the budget: the run's steps and validations take about the budget, whatever the machine,
+    the lr decays to ~0 at the last step, and the best prompt is kept. (--steps is not given: it is a cap.)"""
+    events = []
+    cfg = _cfg(tmp_path / "run", steps=None, eval_every=None, time_budget=budget, optimizer="adam")
+    res = Trainer(cfg, splits=small, cache=cache, callbacks=[events.append]).run()
+    steps = [e for e in events if e.kind == "step"]
+    step_time = budget / max(1, len(steps))
+    seconds = res.metrics["train_seconds"]
+    print(f"budget {budget} s: {seconds:.2f} s in steps and validations, {len(steps)} steps")
+    assert not res.interrupted and res.best_path and res.steps_done == len(steps) >= 4
+    # within a few steps (and one validation) of the budget
+    assert abs(seconds - budget) < max(0.15 * budget, 5 * step_time), (seconds, budget, len(steps))
+    assert steps[-1].lr < 0.1 * cfg.with_defaults().lr  # the cosine reached its end with the budget
+    assert steps[-1].total_steps == res.steps_done  # the estimate settled on the steps that fitted
+    assert sum(e.kind == "eval" for e in events) >= 5  # about ten evaluations spread over the run
+
+
+def test_a_time_budget_caps_at_steps(tmp_path, small, cache):
+    res = Trainer(_cfg(tmp_path / "run", steps=5, eval_every=None, time_budget=60.0), splits=small, cache=cache).run()
+    assert res.steps_done == 5 and res.metrics["train_seconds"] < 60
