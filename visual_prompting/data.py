@@ -23,7 +23,8 @@ import os
 import re
 from struct import error as struct_error
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,38 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_ROOT = os.environ.get("VP_DATA", os.path.join(os.path.expanduser("~"), ".cache", "visual_prompting", "data"))
 SPLIT_SEED = 0
 IMAGE_EXTS = (*IMG_EXTENSIONS, ".gif")  # torchvision's ImageFolder extensions, and GIF
+
+
+# -- paths in messages ---------------------------------------------------------------------------------------
+
+def rename_paths(text: str, names: dict) -> str:
+    """``text`` with each path of ``names`` (a file or folder on this machine) written as its name there, the
+    longest path first (a folder's files before the folder), each found as given and as its real path. A folder
+    given with a trailing separator and the name "" leaves what is inside it: with ``{"/tmp/r/data/": ""}``,
+    ``/tmp/r/data/set/c0/0.png`` reads ``set/c0/0.png``."""
+    pairs: dict[str, str] = {}
+    for path, name in names.items():
+        path = os.fspath(path)
+        tail = os.sep if path.endswith(os.sep) else ""
+        for p in (path, os.path.realpath(path) + tail):
+            pairs.setdefault(p, name)
+    for p in sorted(pairs, key=len, reverse=True):
+        text = text.replace(p, pairs[p])
+    return text
+
+
+@contextmanager
+def named_as(names: dict) -> Iterator[None]:
+    """A :class:`VPError` raised within whose message holds a path of ``names`` is raised again with those paths
+    written as their names (:func:`rename_paths`): a file the reader knows by another name than its place on this
+    machine, e.g. an upload's temporary copy by the upload's own name, an unpacked archive by the places inside it."""
+    try:
+        yield
+    except VPError as e:
+        text = rename_paths(str(e), names)
+        if text == str(e):
+            raise
+        raise VPError(text) from e
 
 
 # -- images ---------------------------------------------------------------------------------------------------
@@ -424,7 +457,8 @@ def _load_zip(name: str, o: SourceOptions):
 
     with tempfile.TemporaryDirectory(prefix="vp-zip-") as tmp:  # decoded into memory, so the copy can go
         folder = extract_zip_dataset(name, tmp)
-        train, test = _image_folder(folder, o.image_size, 1 << 62, o.num_workers)  # never streamed from tmp
+        with named_as({tmp + os.sep: "", tmp: name}):  # the unpacked copy's files by their places in the archive
+            train, test = _image_folder(folder, o.image_size, 1 << 62, o.num_workers)  # never streamed from tmp
     label = Path(folder).name if Path(folder) != Path(tmp) else Path(name).stem
     return train, test, label
 
@@ -604,7 +638,7 @@ def _image_folder(path: str, image_size: int, max_bytes: int, workers: int) -> t
         if len(items) * 3 * image_size**2 > max_bytes:  # too large to hold decoded: read as it is used
             labels = torch.tensor([y for _, y in items], dtype=torch.long)
             return StreamImageSet(_FolderFiles(items), labels, names, label, image_size, workers)
-        return _decode_items(items, names, label, image_size)
+        return _decode_items(items, names, label, image_size, folder)
 
     return load(train_items), load(test_items)
 
@@ -624,18 +658,20 @@ class _FolderFiles(torch.utils.data.Dataset):
         return open_image(path), y
 
 
-def _decode_items(items, names, label, image_size) -> TensorImageSet:
+def _decode_items(items, names, label, image_size, folder: Path) -> TensorImageSet:
+    """Decode every image of the dataset ``folder``; unreadable ones are skipped with a warning that names them from
+    the folder's own name on (``set/c0/0.png``, as inside an uploaded archive, not where this machine unpacked it)."""
     imgs, labels, bad = [], [], []
     for p, y in items:
         try:
             imgs.append(pil_to_uint8(open_image(p), image_size))
             labels.append(y)
         except VPError:
-            bad.append(str(p))
+            bad.append(os.path.relpath(p, folder.parent))
     if bad:
         warnings.warn(f"Skipped {len(bad)} unreadable image(s): {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
     if not imgs:
-        raise VPError(f"None of the images of {label} could be read.")
+        raise VPError(f"None of the images of {folder} could be read.")
     return TensorImageSet(torch.stack(imgs), torch.tensor(labels), names, label)
 
 

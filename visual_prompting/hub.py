@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 from .backbones import backbone_family, base_model_for, parse_spec
+from .data import named_as
 from .errors import VPError
 from .heads import head_text
 from .network import hf_endpoint, host_reachable
@@ -179,7 +180,8 @@ def _first_line(e: Exception) -> str:
 
 def _validated(path: str, where: str) -> str:
     try:
-        load_prompt(path)
+        with named_as({path: Path(path).name}):  # the file by its name in the repo, not its place in the cache
+            load_prompt(path)
     except VPError as e:
         raise VPError(f"{where} is not a usable visual-prompting prompt: {e}") from e
     return path
