@@ -149,13 +149,47 @@ def _open(path, with_tensors: bool = False):
     if version < 1 or version > FORMAT_VERSION:
         raise VPError(f"{path}: prompt format version {header.get('format_version')!r} is not supported "
                       f"(this version reads 1..{FORMAT_VERSION}); upgrade visual-prompting.")
-    try:
-        meta = json.loads(header.get("metadata", ""))
-    except json.JSONDecodeError as e:
-        raise VPError(f"{path}: the metadata is not valid JSON ({e}).") from e
+    meta = parse_json(header.get("metadata", ""), f"{path}: the metadata")
     meta = upgrade_metadata(meta)
     validate_metadata(meta, source=path)
-    return meta, tensors
+    # the prompter config with the defaults of the keys a file left out written in, as the prompter is built
+    return {**meta, "prompter": PrompterConfig(**meta["prompter"]).to_dict()}, tensors
+
+
+MAX_JSON_DEPTH = 32  # metadata this version writes nests 3 deep; a file's JSON nested deeper is refused
+
+
+def parse_json(text: str, what: str):
+    """JSON from a file someone else may have made (``what`` names it in a message: "x.safetensors: the
+    metadata"): every way it can be wrong is a :class:`VPError`, never Python's own error. That includes nesting
+    deeper than :data:`MAX_JSON_DEPTH` (Python's parser runs out of stack on a few thousand ``[``, and whatever
+    walks the document afterwards would too) and numbers too long to convert."""
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        doc = None  # nested thousands deep: refused below, as any document deeper than the limit
+        depth = MAX_JSON_DEPTH + 1
+    except ValueError as e:  # JSONDecodeError; a number with more digits than Python converts
+        raise VPError(f"{what} is not valid JSON ({e}).") from e
+    else:
+        depth = json_depth(doc, MAX_JSON_DEPTH + 1)
+    if depth > MAX_JSON_DEPTH:
+        raise VPError(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep; refused.")
+    return doc
+
+
+def json_depth(doc, stop: int | None = None) -> int:
+    """How deep ``doc``'s lists and objects nest (0 for a plain value), walked without recursion; the walk ends
+    as soon as the depth reaches ``stop``."""
+    deepest, todo = 0, [(doc, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, depth)
+            if stop is not None and deepest >= stop:
+                break
+            todo.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
 
 
 def upgrade_metadata(meta):
@@ -201,13 +235,15 @@ def validate_metadata(meta: dict, source: str = "metadata") -> None:
         m = head.get("mapping")
         # one source index per class, or (multi-source methods) one equally long list of them per class
         rows = [r if isinstance(r, list) else [r] for r in m] if isinstance(m, list) else None
-        if (rows is None or len(rows) != len(names) or len({len(r) for r in rows}) != 1
-                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for r in rows for i in r)):
+        if (rows is None or len(rows) != len(names) or len({len(r) for r in rows}) != 1 or not rows[0]
+                or not all(_is_int(i) and 0 <= i < MAX_SOURCE_CLASSES for r in rows for i in r)):
             raise VPError(f"{source}: 'mapping' must list one source-class index (or one list of them) per class "
                           f"({len(names)}).")
         flat = [i for r in rows for i in r]
         if len(set(flat)) != len(flat):
             raise VPError(f"{source}: 'mapping' maps two classes onto the same source class.")
+        if not isinstance(head.get("method", ""), str):
+            raise VPError(f"{source}: the head's 'method' must name a label mapping, not {head['method']!r:.80}.")
         ns = head.get("num_source")
         if ns is not None and (not _is_int(ns) or max(flat) >= ns):
             raise VPError(f"{source}: 'mapping' points outside the {ns!r} source classes ('num_source').")
@@ -226,18 +262,43 @@ def validate_metadata(meta: dict, source: str = "metadata") -> None:
                 raise VPError(f"{source}: a fully_map head needs an integer 'num_source' above every index of its "
                               "one-to-one starting 'mapping'.")
     else:
-        raise VPError(f"{source}: 'head.kind' must be 'clip_text', 'label_mapping' or 'fully_map', not {kind!r}.")
+        raise VPError(f"{source}: 'head.kind' must be 'clip_text', 'label_mapping' or 'fully_map', not {kind!r:.80}.")
+    _check_extras(meta, source)
+
+
+# what the fronts read besides the fields above, checked by type when present (a hostile file could put a list where
+# a name goes, a text where a number goes)
+EXTRAS = {"dataset": str, "train_config": dict, "metrics": dict, "distributed": dict}
+METRIC_COUNTS = ("step", "steps", "test_n", "history_len")
+METRIC_NUMBERS = ("val_top1", "best_val_top1", "zero_shot_val_top1", "test_top1", "test_top5", "test_top1_no_prompt",
+                  "test_top5_no_prompt")
+
+
+def _check_extras(meta: dict, source: str) -> None:
+    for key, kind in EXTRAS.items():
+        if key in meta and not isinstance(meta[key], kind):
+            raise VPError(f"{source}: {key!r} must be {'a text' if kind is str else 'a JSON object'}, not "
+                          f"{meta[key]!r:.80}.")
+    metrics = meta.get("metrics", {})
+    for key in METRIC_COUNTS + METRIC_NUMBERS:
+        value = metrics.get(key)
+        if value is not None and not (_is_int(value) if key in METRIC_COUNTS else _is_number(value, finite=False)):
+            raise VPError(f"{source}: metrics.{key} must be {'a whole number' if key in METRIC_COUNTS else 'a number'}"
+                          f", not {value!r:.80}.")
+    if not _is_int(meta.get("distributed", {}).get("world_size", 1)):
+        raise VPError(f"{source}: distributed.world_size must be a whole number.")
 
 
 MAX_IMAGE_SIZE = 2048  # no backbone takes larger inputs; a prompt file that claims more is refused before allocating
+MAX_SOURCE_CLASSES = 2**31  # a label mapping's indices: source classes of a backbone (ImageNet-21k has 21,841)
 
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+def _is_number(x, finite: bool = True) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and (not finite or math.isfinite(x))
 
 
 def _check_prompter_config(pc: dict, source: str) -> None:
@@ -245,8 +306,8 @@ def _check_prompter_config(pc: dict, source: str) -> None:
     ask for a 10^9 px prompt, or a string where a number goes)."""
     from .prompters import CLAMP_MODES, INITS, PROMPTERS
 
-    if pc.get("kind") not in PROMPTERS:
-        raise VPError(f"{source}: unknown prompter kind {pc.get('kind')!r}; this version knows "
+    if not isinstance(pc.get("kind"), str) or pc["kind"] not in PROMPTERS:
+        raise VPError(f"{source}: unknown prompter kind {pc.get('kind')!r:.80}; this version knows "
                       f"{', '.join(PROMPTERS)}.")
     image_size, size = pc.get("image_size", 224), pc.get("size", 30)
     if not _is_int(image_size) or not 1 <= image_size <= MAX_IMAGE_SIZE:
@@ -255,11 +316,14 @@ def _check_prompter_config(pc: dict, source: str) -> None:
     if not _is_int(size) or not 1 <= size <= image_size:
         raise VPError(f"{source}: the prompter's size must be a whole number from 1 to its image_size "
                       f"({image_size}), not {size!r}.")
-    if pc.get("clamp", "straight-through") not in CLAMP_MODES or pc.get("init", "zeros") not in INITS:
-        raise VPError(f"{source}: the prompter's clamp ({pc.get('clamp')!r}) or init ({pc.get('init')!r}) is not one "
+    clamp, init = pc.get("clamp", "straight-through"), pc.get("init", "zeros")
+    if not isinstance(clamp, str) or not isinstance(init, str) or clamp not in CLAMP_MODES or init not in INITS:
+        raise VPError(f"{source}: the prompter's clamp ({clamp!r:.80}) or init ({init!r:.80}) is not one "
                       f"this version knows ({', '.join(CLAMP_MODES)}; {', '.join(INITS)}).")
-    if not _is_number(pc.get("init_std", 0.0)) or not _is_int(pc.get("seed", 0)):
-        raise VPError(f"{source}: the prompter's init_std must be a number and its seed a whole number.")
+    seed = pc.get("seed", 0)
+    if not _is_number(pc.get("init_std", 0.0)) or not _is_int(seed) or not -(2**63) <= seed < 2**64:
+        raise VPError(f"{source}: the prompter's init_std must be a number and its seed a whole number "
+                      "(64 bits).")
     scale = pc.get("scale")
     if scale is not None and (not _is_number(scale) or not 0 < scale <= 1):
         raise VPError(f"{source}: the prompter's scale must be a number above 0 and at most 1, not {scale!r}.")

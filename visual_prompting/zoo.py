@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from .errors import VPError
-from .prompt_file import read_metadata
+from .prompt_file import parse_json, read_metadata
 from .utils import write_text_atomic
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "prompts_zoo"
@@ -30,16 +30,23 @@ def load_index(folder: str | Path = ZOO_DIR) -> list[dict]:
     if not path.is_file():
         return []
     try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise VPError(f"{path} is not valid JSON ({e}).") from e
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise VPError(f"{path} cannot be read as text ({e}).") from e
+    doc = parse_json(text, str(path))
     entries = doc.get("prompts") if isinstance(doc, dict) else None
     if not isinstance(entries, list):
         raise VPError(f"{path} must be {{\"version\": 1, \"prompts\": [...]}}.")
     for e in entries:
-        if not isinstance(e, dict) or not e.get("name") or not (e.get("path") or e.get("repo_id")):
-            raise VPError(f"{path}: every entry needs a 'name' and a 'path' or 'repo_id' ({e!r}).")
+        if (not isinstance(e, dict) or not _text(e.get("name")) or not (_text(e.get("path")) or _text(e.get("repo_id")))
+                or not all(e.get(k) is None or _text(e[k]) for k in ("path", "repo_id", "filename", "revision"))):
+            raise VPError(f"{path}: every entry needs a 'name' and a 'path' or 'repo_id', each a text "
+                          f"({e!r:.200}).")
     return entries
+
+
+def _text(value) -> bool:
+    return isinstance(value, str) and bool(value)
 
 
 def list_prompts(folder: str | Path = ZOO_DIR, include_hub: bool = False,
