@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .backbones import BackboneCache, parse_spec
-from .data import dataset_names, open_image, to_rgb
+from .data import dataset_names, named_as, open_image, rename_paths, to_rgb
 from .errors import VPError
 from .model import PromptedModel
 from .recipes import DEFAULT_RECIPE, recipe_settings
@@ -154,15 +154,20 @@ class VPApp:
         or Hub entries that were skipped go to ``warn`` (the app: a toast for the user who asked), else are
         issued as warnings."""
         entries, skipped = {}, []
-        for e in list_prompts(self.cfg.zoo_dir, include_hub=include_hub, skipped=skipped):
-            entries[e["name"]] = {**e, "source": "hub" if (e["index"] or {}).get("repo_id") else "zoo"}
-        if Path(self.cfg.user_zoo_dir).is_dir():
-            for e in list_prompts(self.cfg.user_zoo_dir, skipped=skipped):
-                entries[f"my/{e['name']}"] = {**e, "source": "yours"}
+        with named_as(self._zoo_names()):
+            for e in list_prompts(self.cfg.zoo_dir, include_hub=include_hub, skipped=skipped):
+                entries[e["name"]] = {**e, "source": "hub" if (e["index"] or {}).get("repo_id") else "zoo"}
+            if Path(self.cfg.user_zoo_dir).is_dir():
+                for e in list_prompts(self.cfg.user_zoo_dir, skipped=skipped):
+                    entries[f"my/{e['name']}"] = {**e, "source": "yours"}
         self.entries = entries
         for msg in skipped:
-            (warn or warnings.warn)(msg)
+            (warn or warnings.warn)(rename_paths(msg, self._zoo_names()))
         return list(entries)
+
+    def _zoo_names(self) -> dict:
+        """The zoo folders as messages name them: as the prompt lists do (``my/NAME``), not by their place here."""
+        return {self.cfg.zoo_dir: "prompts_zoo", self.cfg.user_zoo_dir: "my"}
 
     def zoo_rows(self) -> list[list]:
         """One row per prompt: name, source, backbone, dataset, prompt, classes, test top-1 (with / without)."""
@@ -199,7 +204,8 @@ class VPApp:
         :func:`hub.resolve_prompt` understands (``USER/NAME``, ``hf://...``) typed into the box."""
         if upload:
             path = self.workspace.check_upload(upload, "prompt file")
-            load_prompt(path)  # a clear message for a file that is not a prompt, or a broken one (an upload is small)
+            with named_as({path: Path(path).name}):  # Gradio keeps the user's own file name, in a folder of its own
+                load_prompt(path)  # a clear message for a file that is not a prompt, or a broken one (an upload is small)
             return path
         if not choice:
             raise VPError("Pick a prompt from the zoo, type a Hub repo id (USER/NAME), or upload a prompt file.")
@@ -280,8 +286,8 @@ class VPApp:
             except VPError as e:  # the path is a temporary upload name: say what is wrong, not where
                 name = Path(path).name
                 if e.__cause__ is None:  # our own check (too many pixels, none): its message is the answer
-                    raise VPError(str(e).replace(path, name)) from e
-                cause = f" ({e.__cause__})".replace(path, name)
+                    raise VPError(rename_paths(str(e), {path: name})) from e
+                cause = rename_paths(f" ({e.__cause__})", {path: name})
                 raise VPError(f"The image {name} cannot be read{cause}. Try a PNG or JPEG.") from e
         if hasattr(image, "shape"):
             import numpy as np
@@ -376,8 +382,10 @@ class VPApp:
         finally:
             run.close()
             self.workspace.drop_data(cfg.out_dir, cfg.dataset)  # decoded into memory when the run started
+        data = Path(cfg.out_dir) / "data"  # an unpacked upload: its folders and files as the user's .zip has them
         try:
-            result = run.result()
+            with named_as({f"{data}{os.sep}": "", data: "the uploaded .zip", cfg.out_dir: "the run's folder"}):
+                result = run.result()
         except BaseException:
             self.workspace.remove_failed(cfg.out_dir)
             raise
@@ -388,9 +396,10 @@ class VPApp:
         if not path or not os.path.isfile(path):
             raise VPError("Train a prompt first (or wait until the run has saved one).")
         name = (name or "").strip()
-        entry = add_prompt(path, name, self.cfg.user_zoo_dir, source="trained in the app")
+        with named_as(self._zoo_names()):
+            entry = add_prompt(path, name, self.cfg.user_zoo_dir, source="trained in the app")
         self.refresh_zoo()
-        return f"Added as `my/{entry['name']}` to your zoo ({self.cfg.user_zoo_dir})."
+        return f"Added as `my/{entry['name']}` to your zoo."
 
     def push(self, path: str | None, repo_id: str, token: str | None, private: bool = False) -> str:
         """Upload a trained prompt to the Hub (prompt, config.json, model card, picture); the repo URL."""
