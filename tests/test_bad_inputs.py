@@ -10,8 +10,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import struct
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -30,8 +32,8 @@ from visual_prompting.ui import UPLOADED_DATASET, AppConfig, VPApp
 from conftest import EFFNET
 
 EXAMPLE = str(Path(__file__).resolve().parent.parent / "assets" / "examples" / "7_sneaker.png")
-# a traceback, or Gradio's generic text, is never an answer
-NOT_WORDS = re.compile(r"Traceback|raised an exception|File \".*\", line \d+")
+# a traceback, Gradio's generic text or the app's own for a bug, is never an answer
+NOT_WORDS = re.compile(r"Traceback|raised an exception|File \".*\", line \d+|Something went wrong")
 
 
 # -- making the inputs ------------------------------------------------------------------------------------------
@@ -60,14 +62,18 @@ def _png(path: Path, w: int, h: int, bit_depth: int, color_type: int, raw: bytes
 def img_mode(mode):
     def make(tmp):
         base = Image.fromarray(_rgb())
-        if mode == "P_transparent":
+        if mode == "P_transparent":  # palette index 0 transparent: the left half, and no other pixel, uses it
             img = base.convert("P")
-            img.info["transparency"] = 0
-            return _save(img, tmp / "p.png", transparency=0)
-        if mode == "RGBA":
-            return _save(base.convert("RGBA"), tmp / "rgba.png")
-        if mode == "LA":
-            return _save(base.convert("LA"), tmp / "la.png")
+            index = np.asarray(img).copy()
+            assert not (index == 0).any()
+            index[:, :20] = 0
+            transparent = Image.fromarray(index, "P")
+            transparent.putpalette(img.getpalette())
+            return _save(transparent, tmp / "p.png", transparency=0)
+        if mode in ("RGBA", "LA"):  # the left half transparent
+            img = base.convert(mode)
+            img.putalpha(Image.fromarray(np.where(np.arange(40) < 20, 0, 255).astype(np.uint8)[None].repeat(30, 0)))
+            return _save(img, tmp / f"{mode.lower()}.png")
         if mode in ("1", "L"):
             return _save(base.convert(mode), tmp / f"{mode}.png")
         if mode == "I;16":
@@ -86,6 +92,33 @@ def img_mode(mode):
             return _save(base.convert("YCbCr"), tmp / "ycbcr.jpg")
         raise AssertionError(mode)
     return make
+
+
+def transparent_is_white(path, rgb):
+    """What a viewer shows: transparent pixels white, the others their own colours (a break: black behind them)."""
+    rgba = np.asarray(Image.open(path).convert("RGBA"))
+    clear, solid = rgba[..., 3] == 0, rgba[..., 3] == 255
+    assert clear.any() and solid.any() and (clear | solid).all()
+    assert (rgb[clear] == 255).all(), rgb[clear][:3]
+    assert np.array_equal(rgb[solid], rgba[..., :3][solid])
+
+
+def stretched(path, rgb):
+    """16-bit, 32-bit and float pixels stretched from their smallest to their largest value onto 0..255 in grey (NaN
+    counts as 0), not clipped to 0..255."""
+    values = np.nan_to_num(np.asarray(Image.open(path), dtype=np.float64))
+    expected = 255 * (values - values.min()) / (values.max() - values.min())
+    assert rgb.min() == 0 and rgb.max() == 255 and (rgb == rgb[..., :1]).all()
+    assert np.abs(rgb[..., 0] - expected).max() <= 1, np.abs(rgb[..., 0] - expected).max()
+
+
+def as_pil_shows(path, rgb):
+    assert np.array_equal(rgb, np.asarray(Image.open(path).convert("RGB")))
+
+
+MODE_CHECKS = {"P_transparent": transparent_is_white, "RGBA": transparent_is_white, "LA": transparent_is_white,
+               "I;16": stretched, "I": stretched, "F": stretched, "1": as_pil_shows, "L": as_pil_shows,
+               "CMYK": as_pil_shows, "YCbCr": as_pil_shows}
 
 
 def png16(tmp):
@@ -185,6 +218,20 @@ def _header(header, **kw):
     header.update(kw)
 
 
+def _deep(depth):
+    """A change that adds a key to the metadata's JSON text holding a list ``depth`` lists deep."""
+    def change(header, meta, tensors):
+        header["metadata"] = json.dumps(meta)[:-1] + ', "notes": ' + "[" * depth + "]" * depth + "}"
+    return change
+
+
+def _nested(depth):
+    value = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def _nan(tensors):
     k = next(iter(tensors))
     tensors[k] = tensors[k].clone()
@@ -256,11 +303,13 @@ class Case:
     kind: str  # image | prompt | zip | setting | zoo | cli
     make: object  # builds the input in a tmp folder (or the settings / argv)
     error: str | None = None  # a words-level regex the message must match; None: the input is fine
+    check: object = None  # a fine image: check(path, its RGB pixels as the app reads them)
+    warning: str | None = None  # a fine dataset: a regex the warnings of its run must match (all of them together)
 
 
 CASES = [
     # odd but valid images: they predict
-    *[Case(f"image-mode-{m}", "image", img_mode(m)) for m in
+    *[Case(f"image-mode-{m}", "image", img_mode(m), check=MODE_CHECKS[m]) for m in
       ("1", "L", "P_transparent", "RGBA", "LA", "I;16", "I", "F", "CMYK", "YCbCr")],
     Case("image-png-16-bit-rgb", "image", png16),
     Case("image-animated-gif", "image", animated_gif),
@@ -334,6 +383,32 @@ CASES = [
          r"fully_map head needs the tensors head.weight and head.bias"),
     Case("prompt-head-tensors-on-a-mapping-head", "prompt",
          prompt_file(lambda h, m, t: t.update({"head.weight": torch.zeros(2)})), r"has no trained tensors"),
+    # metadata that Python's own parser, or a walk over it, cannot take; values of the wrong type (issue 28, item 7)
+    Case("prompt-metadata-nested-100000-deep", "prompt", prompt_file(_deep(100_000)),
+         r"^p\.safetensors: the metadata is nested more than 32 levels deep"),
+    Case("prompt-metadata-nested-40-deep", "prompt", prompt_file(lambda h, m, t: m["metrics"].update(x=_nested(40))),
+         r"^p\.safetensors: the metadata is nested more than 32 levels deep"),
+    Case("prompt-metadata-number-of-5000-digits", "prompt",
+         prompt_file(lambda h, m, t: _header(h, metadata=json.dumps(m)[:-1] + ', "n": ' + "9" * 5000 + "}")),
+         r"the metadata is not valid JSON \(Exceeds the limit"),
+    Case("prompt-kind-a-list", "prompt", prompt_file(lambda h, m, t: m["prompter"].update(kind=["pad"])),
+         r"unknown prompter kind \['pad'\]"),
+    Case("prompt-clamp-a-dict", "prompt", prompt_file(lambda h, m, t: m["prompter"].update(clamp={"a": 1})),
+         r"the prompter's clamp \(\{'a': 1\}\) or init"),
+    Case("prompt-seed-past-64-bits", "prompt", prompt_file(lambda h, m, t: m["prompter"].update(seed=2**64)),
+         r"seed a whole number \(64 bits\)"),
+    Case("prompt-mapping-of-empty-lists", "prompt", prompt_file(lambda h, m, t: m["head"].update(
+        mapping=[[] for _ in m["class_names"]])), r"'mapping' must list one source-class index"),
+    Case("prompt-mapping-method-a-list", "prompt", prompt_file(lambda h, m, t: m["head"].update(method=["x"])),
+         r"the head's 'method' must name a label mapping, not \['x'\]"),
+    Case("prompt-metrics-a-text", "prompt", prompt_file(lambda h, m, t: _set(m, metrics="great")),
+         r"'metrics' must be a JSON object, not 'great'"),
+    Case("prompt-test-accuracy-a-text", "prompt", prompt_file(lambda h, m, t: m["metrics"].update(test_top1="high")),
+         r"metrics\.test_top1 must be a number, not 'high'"),
+    Case("prompt-dataset-a-number", "prompt", prompt_file(lambda h, m, t: _set(m, dataset=-1)),
+         r"'dataset' must be a text, not -1"),
+    Case("prompt-train-config-a-list", "prompt", prompt_file(lambda h, m, t: _set(m, train_config=[1])),
+         r"'train_config' must be a JSON object"),
     # broken and hostile dataset zips (training: train_config, then the run)
     Case("zip-not-a-zip", "zip", lambda tmp: _write(tmp, b"PK but not really", "data.zip"), r"not a readable \.zip file"),
     Case("zip-zero-bytes", "zip", lambda tmp: _write(tmp, b"", "data.zip"), r"not a readable \.zip file"),
@@ -345,7 +420,13 @@ CASES = [
          r"would be written outside the dataset folder"),
     Case("zip-absolute-path", "zip", lambda tmp: _zip(tmp, {**good_members(), "/tmp/evil.png": b"x"}),
          r"would be written outside the dataset folder"),
-    Case("zip-symlink-member", "zip", symlink_zip, None),  # written as a plain (unreadable) file: trains on the rest
+    Case("zip-symlink-member", "zip", symlink_zip,  # written as a plain (unreadable) file: trains on the rest
+         warning=r"^Skipped 1 unreadable image\(s\): set/c0/link\.png$"),
+    Case("zip-some-unreadable-images", "zip", lambda tmp: _zip(tmp, {**good_members(), "set/c1/broken.png": b"no"}),
+         warning=r"^Skipped 1 unreadable image\(s\): set/c1/broken\.png$"),  # named as inside the .zip
+    Case("zip-classes-at-its-root-none-readable", "zip",
+         lambda tmp: _zip(tmp, {f"c{c}/{i}.png": b"not a png" for c in range(2) for i in range(4)}),
+         r"^None of the images of the uploaded \.zip could be read"),
     Case("zip-empty", "zip", lambda tmp: _zip(tmp, {}), r"needs at least two class folders"),
     Case("zip-single-class", "zip", lambda tmp: _zip(tmp, good_members(1)), r"needs at least two class folders"),
     Case("zip-non-image-files-only", "zip",
@@ -390,6 +471,9 @@ CASES = [
     Case("cli-predict-zero-bytes", "cli", ["predict", "{empty}", "--prompt", "{prompt}"], r"Cannot read .*empty\.png"),
     Case("cli-predict-text-png", "cli", ["predict", "{text}", "--prompt", "{prompt}"], r"Cannot read .*notes\.png"),
     Case("cli-info-pickle", "cli", ["info", "{pickle}"], r"is not a safetensors prompt file"),
+    Case("cli-info-metadata-nested-100000-deep", "cli", ["info", "{deep}"], r"the metadata is nested more than 32"),
+    Case("cli-predict-metadata-nested-100000-deep", "cli", ["predict", EXAMPLE, "--prompt", "{deep}"],
+         r"the metadata is nested more than 32"),
     Case("cli-predict-fully-map-nan", "cli", ["predict", EXAMPLE, "--prompt", "{nan_head}"],
          r"head.weight holds NaN"),
 ]
@@ -430,11 +514,22 @@ def _words(msg: str, pattern: str) -> None:
     assert not NOT_WORDS.search(msg), msg
 
 
-def _train(vp, session, upload=None, **settings):
+def _no_server_paths(msg: str, vp, *more) -> None:
+    """A message the app shows names no place on the server (the upload's temporary folder, the run's folders,
+    the zoo's or the code's): the user knows their files by their own names."""
+    for place in (vp.cfg.work_dir, vp.cfg.zoo_dir, vp.cfg.user_zoo_dir, Path(EXAMPLE).parents[2], *more):
+        for p in {str(place), os.path.realpath(place)}:
+            assert p not in msg, (p, msg)
+
+
+def _form(upload=None, **settings):
     form = dict(model=EFFNET, dataset=UPLOADED_DATASET if upload else "fashion_mnist_subset", upload=upload,
                 prompter="pad", steps=2, batch_size=16, lr=40.0)
-    form.update(settings)
-    cfg = vp.train_config(session, **form)
+    return {**form, **settings}
+
+
+def _train(vp, session, upload=None, **settings):
+    cfg = vp.train_config(session, **_form(upload, **settings))
     updates = list(vp.train_stream(cfg, session, min_interval=0))
     return cfg, updates[-1]
 
@@ -448,7 +543,14 @@ def test_images(case, vp, name, tmp_path):
     image = str(image) if isinstance(image, Path) else image
     if case.error is None:
         _, zero, prompted = vp.predict(name, None, image)
-        assert len(zero) == len(prompted) == 5 and abs(sum(prompted.values()) - 1) < 1  # probabilities
+        assert len(zero) == len(prompted) == 5
+        # the five shown are the top of probabilities over all the prompt's classes that sum to 1
+        model = vp.model(vp.prompt_path(name))[0]
+        full = model.predict_both([vp.read_image(image)], len(model.class_names))[1][0]
+        assert abs(sum(p for _, p in full) - 1) < 1e-5, full
+        assert [c for c, _ in full[:5]] == list(prompted) and all(abs(prompted[c] - p) < 1e-6 for c, p in full[:5])
+        if case.check is not None:
+            case.check(image, np.asarray(vp.read_image(image)))
         if case.id == "image-exif-rotated-jpeg":  # shown (and classified) the way a viewer shows it
             assert vp.read_image(image).size == (20, 60)
         if case.id in INSPECTED:  # Inspect reads images through the same VPApp.read_image as Try: a few suffice
@@ -457,7 +559,7 @@ def test_images(case, vp, name, tmp_path):
         with pytest.raises(VPError) as e:
             vp.predict(name, None, image)
         _words(str(e.value), case.error)
-        assert str(tmp_path) not in str(e.value)  # the upload's temporary folder is not the user's business
+        _no_server_paths(str(e.value), vp, tmp_path)  # the upload's temporary folder is not the user's business
         if image is not None:  # (Inspect without an image shows the prompt alone)
             with pytest.raises(VPError):
                 vp.inspect(name, None, image)
@@ -470,11 +572,14 @@ def test_prompt_files(case, vp, name, tmp_path):
     with pytest.raises(VPError) as e:
         vp.predict(None, path, EXAMPLE)
     _words(str(e.value), case.error)
-    with pytest.raises(VPError):
+    with pytest.raises(VPError) as again:
         vp.inspect(None, path)
     text, choices = vp.prompt_summary(None, path)  # the Try tab's line about an uploaded prompt says it at once
     assert text.startswith("**Cannot use this prompt:**") and len(choices) == 1
-    assert re.search(case.error, text, re.S)
+    assert re.search(case.error, text.removeprefix("**Cannot use this prompt:** "), re.S)
+    for msg in (str(e.value), str(again.value), text):  # the upload by its own name, never its temporary place
+        assert "p.safetensors" in msg
+        _no_server_paths(msg, vp, tmp_path)
     still_works(vp, name)
 
 
@@ -483,14 +588,22 @@ def test_dataset_zips(case, vp, name, tmp_path):
     archive = str(case.make(tmp_path))
     session = re.sub(r"\W", "-", case.id)
     if case.error is None:
-        cfg, last = _train(vp, session, archive)
+        with warnings.catch_warnings(record=True) as caught:  # (the run's thread warns too)
+            warnings.simplefilter("always")
+            cfg = vp.train_config(session, **_form(archive))
+            unpacked = Path(cfg.out_dir) / "data"  # as unpacked, before training reads (and removes) it
+            assert unpacked.is_dir() and not any(p.is_symlink() for p in unpacked.rglob("*"))
+            last = list(vp.train_stream(cfg, session, min_interval=0))[-1]
         assert last.done and last.status.startswith("Done.")
-        assert not any(p.is_symlink() for p in Path(cfg.out_dir).rglob("*"))
-        assert not (Path(cfg.out_dir) / "data").exists()  # decoded into memory: the unpacked copy is gone
+        assert not unpacked.exists()  # decoded into memory: the unpacked copy is gone
+        told = "\n".join(str(w.message) for w in caught if "unreadable" in str(w.message))
+        assert re.search(case.warning, told, re.MULTILINE) if case.warning else not told, told
+        _no_server_paths(told, vp, tmp_path)
     else:
         with pytest.raises(VPError) as e:
             _train(vp, session, archive)
         _words(str(e.value), case.error)
+        _no_server_paths(str(e.value), vp, tmp_path)
         runs = list((Path(vp.cfg.work_dir) / session).glob("run-*"))
         assert runs == []  # a failed run leaves nothing on disk
         assert not (Path(vp.cfg.work_dir).parent / "evil.png").exists() and not Path("/tmp/evil.png").exists()
@@ -503,6 +616,7 @@ def test_impossible_settings(case, vp, name):
     with pytest.raises(VPError) as e:
         _train(vp, session, **case.make)
     _words(str(e.value), case.error)
+    _no_server_paths(str(e.value), vp)
     assert list((Path(vp.cfg.work_dir) / session).glob("run-*")) == []
     still_works(vp, name)
 
@@ -525,6 +639,7 @@ def test_zoo_and_sharing(case, vp, name):
         else:
             vp.push(path, text, None if action == "push-no-token" else "hf_not_a_real_token")
     _words(str(e.value), case.error)
+    _no_server_paths(str(e.value), vp)
     assert not any(Path(vp.cfg.user_zoo_dir).parent.rglob("evil*"))
     still_works(vp, name)
 
@@ -534,9 +649,10 @@ def cli_files(tmp_path_factory, vp):
     tmp = tmp_path_factory.mktemp("cli")
     nan_head = prompt_file(lambda h, m, t: _fully_map(m, t, (10, 1000), math.nan))
     (tmp / "nan").mkdir()
+    (tmp / "deep").mkdir()
     return {"bomb": str(bomb(tmp)), "empty": str(zero_bytes(tmp)), "text": str(text_png(tmp)),
             "pickle": str(_write(tmp, b"\x80\x04\x95" + b"\0" * 64, "evil.safetensors")),
-            "nan_head": str(nan_head(tmp / "nan", vp)),
+            "nan_head": str(nan_head(tmp / "nan", vp)), "deep": str(prompt_file(_deep(100_000))(tmp / "deep", vp)),
             "prompt": next(e["path"] for e in vp.entries.values())}
 
 
@@ -555,6 +671,29 @@ def test_cli(case, cli_files, capsys, tmp_path):
     assert "error:" in err
     assert cli_main(["predict", EXAMPLE, "--prompt", cli_files["prompt"], "--device", "cpu"]) == 0  # still works
     assert "sneaker" in capsys.readouterr().out
+
+
+def test_broken_files_in_a_zoo_are_named_as_the_prompt_lists_name_them(tmp_path, vp):
+    """The Zoo tab's toast for a file it skipped, or the message for a zoo index it cannot read, names the file as
+    the prompt lists do (my/NAME), never by its folder on the server."""
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    _write(zoo, b"not a prompt", "broken.safetensors")
+    prompt_file(_deep(100_000))(zoo, vp).rename(zoo / "deep.safetensors")
+    with pytest.warns(UserWarning, match="^Skipping my/"):  # (the app's first look, without a toast to show)
+        mine = VPApp(AppConfig(user_zoo_dir=zoo, work_dir=tmp_path / "work", device="cpu"))
+    told = []
+    assert not any(n.startswith("my/") for n in mine.refresh_zoo(warn=told.append))
+    assert len(told) == 2, told
+    assert re.fullmatch(r"Skipping my/broken\.safetensors: my/broken\.safetensors is not a safetensors prompt file "
+                        r"\(.+\)\.", told[0]), told
+    assert told[1] == ("Skipping my/deep.safetensors: my/deep.safetensors: the metadata is nested more than 32 "
+                       "levels deep; refused."), told
+    for msg in told:
+        _no_server_paths(msg, mine, tmp_path)
+    (zoo / "index.json").write_text('{"version": 1, "prompts": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(VPError, match=r"^my/index\.json is nested more than 32 levels deep; refused\.$"):
+        mine.refresh_zoo()
 
 
 # -- through Gradio ------------------------------------------------------------------------------------------------
@@ -615,5 +754,15 @@ def test_hostile_uploads_through_the_served_app(vp, name, tmp_path):
                 client.predict(name, handle_file(str(make(tmp_path))), api_name="/predict")
             _words(str(e.value), words)
             assert client.predict(name, handle_file(EXAMPLE), api_name="/predict")[2]["label"]
+        # a prompt whose metadata is nested 100,000 deep: its own name and what is wrong, not a generic error, and
+        # not Gradio's upload folder (a hash-named folder in its cache)
+        (tmp_path / "mine").mkdir()
+        deep = prompt_file(_deep(100_000))(tmp_path / "mine", vp).rename(tmp_path / "mine" / "my prompt.safetensors")
+        with pytest.raises(AppError) as e:
+            client.predict(None, handle_file(EXAMPLE), handle_file(str(deep)), api_name="/predict")
+        _words(str(e.value), r"^my prompt\.safetensors: the metadata is nested more than 32 levels deep; refused\.$")
+        _no_server_paths(str(e.value), vp, tmp_path, demo.GRADIO_CACHE)
+        assert not re.search(r"[0-9a-f]{32}", str(e.value)), str(e.value)
+        assert client.predict(name, handle_file(EXAMPLE), api_name="/predict")[2]["label"]
     finally:
         demo.close()
