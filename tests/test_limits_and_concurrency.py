@@ -212,8 +212,16 @@ def test_limits_come_from_the_environment_and_are_all_in_the_readme(tmp_path):
     for bad in ("many", "0", "-1", "nan"):
         with pytest.raises(VPError, match=r"VP_MAX_STEPS=.* is not a valid limit"):
             AppConfig.from_env({"VP_MAX_STEPS": bad})
+    # the README's Limits table, cell by cell: one row per limit (its variable, its default, what it bounds)
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    for name, var, default, _ in limits_table():
-        row = re.search(rf"^\| `{var}` \| ([^|]+) \|", readme, re.M)
-        assert row, f"README.md has no row for {var}"
-        assert re.sub(r"[ ,_]", "", str(default)) in re.sub(r"[ ,_]", "", row.group(1)), (var, row.group(1))
+    table = readme.split("### Limits", 1)[1].split("\n\n| Variable | Default | Bounds |\n|---|---|---|\n", 1)[1]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.split("\n\n", 1)[0].splitlines()]
+    assert all(len(r) == 3 for r in rows), rows
+    cells = {var: (value, what) for var, value, what in rows}
+    limits = limits_table()
+    assert len(cells) == len(rows) and sorted(cells) == sorted(f"`{var}`" for _, var, _, _ in limits), sorted(cells)
+    for _, var, default, what in limits:
+        value, bounds = cells[f"`{var}`"]
+        assert re.fullmatch(r"\d{1,3}(,\d{3})*(\.\d+)?|\d+(\.\d+)?", value), (var, value)
+        assert float(value.replace(",", "")) == default, (var, value, default)
+        assert bounds == what, (var, bounds, what)
