@@ -11,35 +11,50 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from visual_prompting.app_files import _atomic, atomic_gradio_cache_writes
+from visual_prompting.app_files import (
+    _MARK,
+    GRADIO_CACHE_WRITERS,
+    _atomic,
+    atomic_gradio_cache_writes,
+)
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "examples" / "3_dress.png"
 
 
-def race(write, read, seconds: float = 1.0) -> tuple[int, list[str]]:
-    """Two threads write while two read, for ``seconds``: (reads, failures of the reads)."""
+def race(write, read, seconds: float = 1.0) -> tuple[int, list[str], list[str]]:
+    """Two threads write while two read, for ``seconds``: (reads, failures of the reads, failures of the writes).
+    A writer that fails goes on writing (a crashed writer would leave the readers an old, complete file)."""
     stop = time.monotonic() + seconds
-    reads, failures = [0], []
+    reads, failures, write_failures = [0], [], []
 
-    def writer():
-        while time.monotonic() < stop:
-            write()
-
-    def reader():
+    def loop(step, failed):
         while time.monotonic() < stop:
             try:
-                read()
-                reads[0] += 1
-            except Exception as e:  # noqa: BLE001 - a failed read is what this counts
-                failures.append(repr(e))
+                step()
+            except Exception as e:  # noqa: BLE001 - a failure is what this counts
+                failed.append(repr(e))
 
-    threads = [threading.Thread(target=f) for f in (writer, writer, reader, reader)]
+    def read_once():
+        read()
+        reads[0] += 1
+
+    threads = [threading.Thread(target=loop, args=args) for args in
+               ((write, write_failures), (write, write_failures), (read_once, failures), (read_once, failures))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return reads[0], failures
+    return reads[0], failures, write_failures
+
+
+def wrap_depth(fn) -> int:
+    """How many times ``fn`` is our atomic wrapper around Gradio's writer (the chain of ``__wrapped__``)."""
+    depth = 0
+    while fn is not None:
+        depth += bool(getattr(fn, _MARK, False))
+        fn = getattr(fn, "__wrapped__", None)
+    return depth
 
 
 def test_a_writer_made_atomic_is_never_seen_half_written(tmp_path):
@@ -62,14 +77,15 @@ def test_a_writer_made_atomic_is_never_seen_half_written(tmp_path):
             raise ValueError("partial file")
 
     raw = save_in_place(data, str(tmp_path / "raw"))
-    _, failures = race(lambda: save_in_place(data, str(tmp_path / "raw")), lambda: check(raw))
+    _, failures, write_failures = race(lambda: save_in_place(data, str(tmp_path / "raw")), lambda: check(raw))
     assert failures, "the in-place writer should be caught half way (else this test shows nothing)"
+    assert not write_failures, write_failures[:3]
 
     atomic = _atomic(save_in_place)
     path = atomic(data, cache_dir=str(tmp_path / "safe"))
     assert path == str((tmp_path / "safe" / "same" / "file.bin").resolve())
-    reads, failures = race(lambda: atomic(data, str(tmp_path / "safe")), lambda: check(path))
-    assert reads > 0 and not failures, failures[:3]
+    reads, failures, write_failures = race(lambda: atomic(data, str(tmp_path / "safe")), lambda: check(path))
+    assert reads > 0 and not failures and not write_failures, (failures[:3], write_failures[:3])
     assert [p.name for p in (tmp_path / "safe").iterdir()] == ["same"]  # no staging folder left behind
 
 
@@ -79,7 +95,12 @@ def test_gradio_image_cache_writes_are_atomic_with_the_same_path_and_bytes(tmp_p
     from gradio import processing_utils
 
     assert "save_pil_to_cache" in atomic_gradio_cache_writes()
+    installed = {name: getattr(processing_utils, name, None) for name in GRADIO_CACHE_WRITERS}
     assert atomic_gradio_cache_writes() == atomic_gradio_cache_writes()  # idempotent: wrapped once
+    for name, fn in installed.items():
+        if fn is not None:
+            assert getattr(processing_utils, name) is fn, f"{name} was wrapped again"
+            assert wrap_depth(fn) == 1, (name, wrap_depth(fn))
     img = Image.open(EXAMPLE).convert("RGB")
     original = processing_utils.save_pil_to_cache.__wrapped__
     mine = processing_utils.save_pil_to_cache(img, str(tmp_path / "a"), name="3_dress", format="png")
@@ -91,9 +112,10 @@ def test_gradio_image_cache_writes_are_atomic_with_the_same_path_and_bytes(tmp_p
         with Image.open(mine) as im:
             im.load()
 
-    reads, failures = race(lambda: processing_utils.save_pil_to_cache(img, str(tmp_path / "a"), name="3_dress",
-                                                                      format="png"), read)
-    assert reads > 0 and not failures, failures[:3]
+    reads, failures, write_failures = race(lambda: processing_utils.save_pil_to_cache(img, str(tmp_path / "a"),
+                                                                                      name="3_dress", format="png"),
+                                           read)
+    assert reads > 0 and not failures and not write_failures, (failures[:3], write_failures[:3])
 
 
 def test_load_several_users_same_files_while_one_trains(tmp_path):
