@@ -42,11 +42,55 @@ def test_model_input_is_rgb_float_at_the_right_size():
     assert torch.equal(x[:, 0], x[:, 1])
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "I;16", "CMYK", "1"])
+def _halves(mode, left, right, size=(40, 20)):
+    """An image of ``mode``: ``left`` on its left half, ``right`` on its right half."""
+    img = Image.new(mode, size, right)
+    img.paste(left, (0, 0, size[0] // 2, size[1]))
+    return img
+
+
+def _transparent_p():
+    img = _halves("P", 1, 0)
+    img.putpalette([0, 0, 0, 200, 30, 10] + [0] * 762)
+    img.info["transparency"] = 0  # palette index 0 (the right half) is transparent
+    return img
+
+
+# an odd image, and the RGB colours its left and right halves must become: transparency over white (as a viewer
+# shows it), 16-bit and float values stretched from their smallest to their largest onto 0..255 (not clipped)
+ODD = {
+    "RGBA": (lambda: _halves("RGBA", (200, 30, 10, 255), (200, 30, 10, 0)), (200, 30, 10), (255, 255, 255)),
+    "LA": (lambda: _halves("LA", (70, 255), (70, 0)), (70, 70, 70), (255, 255, 255)),
+    "P": (_transparent_p, (200, 30, 10), (255, 255, 255)),
+    "L": (lambda: _halves("L", 70, 180), (70, 70, 70), (180, 180, 180)),
+    "1": (lambda: _halves("1", 1, 0), (255, 255, 255), (0, 0, 0)),
+    "CMYK": (lambda: _halves("CMYK", (0, 255, 255, 0), (0, 0, 0, 0)), (255, 0, 0), (255, 255, 255)),
+    "I;16": (lambda: Image.fromarray(np.where(np.arange(40) < 20, 1000, 3000).astype(np.uint16)[None].repeat(20, 0),
+                                     "I;16"), (0, 0, 0), (255, 255, 255)),  # (PIL pastes a number into I;16 wrongly)
+    "I": (lambda: _halves("I", -70000, -20000), (0, 0, 0), (255, 255, 255)),
+    "F": (lambda: _halves("F", 0.25, 0.5), (0, 0, 0), (255, 255, 255)),
+}
+
+
+@pytest.mark.parametrize("mode", list(ODD))
 def test_odd_images_become_rgb(mode):
-    img = Image.new(mode, (40, 20))
+    make, left, right = ODD[mode]
+    img = make()
+    assert img.mode == mode
     t = pil_to_uint8(img, 16)
     assert t.shape == (3, 16, 16) and t.dtype == torch.uint8
+    wide = pil_to_uint8(img, None)  # no resizing: the exact colours
+    assert wide.shape == (3, 20, 40)
+    assert (wide[:, :, :20] == torch.tensor(left, dtype=torch.uint8)[:, None, None]).all(), wide[:, 0, 0]
+    assert (wide[:, :, 20:] == torch.tensor(right, dtype=torch.uint8)[:, None, None]).all(), wide[:, 0, -1]
+
+
+def test_wide_range_images_are_stretched_not_clipped():
+    ramp = np.linspace(0, 60000, 256).astype(np.uint16)[None].repeat(4, 0)
+    for img in (Image.fromarray(ramp, "I;16"), Image.fromarray(ramp.astype(np.float32) / 60000, "F")):
+        grey = pil_to_uint8(img, None)[0, 0].numpy().astype(int)
+        assert grey[0] == 0 and grey[-1] == 255 and (np.diff(grey) >= 0).all()
+        assert np.abs(grey - np.arange(256)).max() <= 1, grey  # evenly spread, as the values are
 
 
 def test_broken_image_is_a_clear_error(tmp_path):

@@ -59,6 +59,43 @@ def test_saliency_explains_the_top_prompted_class_without_touching_the_weights(e
     assert np.asarray(overlay).std() > 0
 
 
+class HalfMeans(torch.nn.Module):
+    """A toy classifier whose source class 0 is carried by the left half of the image alone (its mean brightness
+    plus a bias) and class 1 by the right half alone."""
+
+    def __init__(self, bias):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.tensor(bias))
+
+    def forward(self, x):
+        half = x.shape[-1] // 2
+        return torch.stack([x[..., :half].mean((1, 2, 3)), x[..., half:].mean((1, 2, 3))], 1) + self.bias
+
+
+def test_saliency_is_bright_where_the_top_class_is_carried():
+    """On a flat grey image (so the dimmed copy under the heat map is flat too), the overlay is bright on the half
+    of the image that carries the top class and dark on the other half; the class whose logit is explained follows
+    the top class when the bias moves it."""
+    from PIL import Image
+
+    from visual_prompting.backbones import ClassifierBackbone
+
+    img = Image.new("RGB", (32, 32), (128, 128, 128))
+    for bias, top, carried in (([1.0, 0.0], "left", slice(0, 16)), ([0.0, 1.0], "right", slice(16, 32))):
+        net = HalfMeans(bias)
+        backbone = ClassifierBackbone("toy@32", net, 32, (0.5,) * 3, (0.25,) * 3, ["source 0", "source 1"])
+        names = ["left", "right"]
+        model = PromptedModel(backbone, create_head(backbone, names), create_prompter(kind="pad", image_size=32,
+                                                                                       size=4), names)
+        overlay, cls = saliency(model, img, min_size=32)
+        assert cls == top == model.predict([img], 1)[0][0][0]
+        brightness = np.asarray(overlay).astype(float).sum(-1)
+        other = np.ones(32, bool)
+        other[carried] = False
+        assert brightness[:, carried].min() > brightness[:, other].max() + 300, (top, brightness[0])
+        assert net.bias.grad is None
+
+
 def test_metadata_rows_and_curve_records():
     rows = dict(metadata_rows({"a": {"b": 1.23456, "c": None}, "classes": list(range(20))}))
     assert rows["a.b"] == "1.235" and rows["a.c"] == "" and rows["classes"].endswith("(20 in all)")
