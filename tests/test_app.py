@@ -1,6 +1,7 @@
 """The app's handlers (visual_prompting.ui.VPApp), called directly: real prompts from prompts_zoo/, real example
 images, real (short) training runs on the bundled data, and a clear VPError for every kind of bad input."""
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,6 +192,25 @@ def test_stop_ends_the_run_and_keeps_the_best_prompt(vp, shapes):
     pf = load_prompt(last.result_path)
     assert pf.meta["metrics"]["steps"] < 400
     assert last.fraction == pf.meta["metrics"]["steps"] / 400  # the bar shows how far it got
+
+
+def test_stop_while_preparing_says_nothing_was_trained_and_leaves_nothing(vp, shapes, monkeypatch):
+    """Stop pressed before the first step (here: while the label mapping is counted): the run ends at once, says
+    that nothing was trained, offers no prompt, and its folder (with the unpacked upload) is gone."""
+    from visual_prompting.training import Trainer
+
+    prepare = Trainer._prepare
+
+    def press_stop_then_prepare(self):
+        vp.stop("s-early")
+        prepare(self)
+    monkeypatch.setattr(Trainer, "_prepare", press_stop_then_prepare)
+    cfg = train_cfg(vp, "s-early", steps=400, dataset=UPLOADED_DATASET, upload=shapes, batch_size=4)
+    assert Path(cfg.out_dir).is_dir()
+    last = list(vp.train_stream(cfg, "s-early", min_interval=0.0))[-1]
+    assert last.done and last.result_path is None and last.fraction == 0.0
+    assert last.status.startswith("Stopped before the first step: nothing was trained")
+    assert not Path(cfg.out_dir).exists()
 
 
 def test_closing_the_stream_stops_training_and_keeps_the_prompt_on_disk(vp, shapes):

@@ -54,7 +54,7 @@ def test_concurrent_loads_of_one_backbone_load_it_once(monkeypatch):
 
     calls = []
 
-    def slow_load(spec, device="cpu"):
+    def slow_load(spec, device="cpu", fast=True):
         calls.append(spec)
         time.sleep(0.3)  # long enough for every thread to ask while the first load runs
         return object()

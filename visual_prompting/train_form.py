@@ -74,8 +74,10 @@ TRAIN_FORM: tuple[FormField, ...] = (  # in this order on the page (per place) a
     FormField("prompter", "radio", "Prompt kind", recipe=True, info="{choices}"),
     FormField("prompt_size", "number", "Prompt size, px (0 = default: 30 px at 224)", blank=(None, 0),
               options=_WHOLE),
-    FormField("steps", "number", "Steps", place="row", required=True, high="max_steps",
-              options={**_WHOLE, "minimum": 1, "elem_id": "train-steps"}),
+    FormField("time_budget", "number", "Training time, s (0 = train all the steps)", place="row", blank=(None, 0),
+              high="max_train_seconds", options={"minimum": 0, "elem_id": "train-seconds"}),
+    FormField("steps", "number", "Steps (the most, with a training time)", place="row", required=True,
+              high="max_steps", options={**_WHOLE, "minimum": 1, "elem_id": "train-steps"}),
     FormField("batch_size", "number", "Batch size", place="row", required=True, high="max_batch_size",
               options={**_WHOLE, "minimum": 1, "elem_id": "train-batch"}),
     FormField("lr", "number", "Learning rate (paper: 40 with sgd)", place="row", recipe=True, high=10_000),
@@ -142,6 +144,7 @@ class TrainDefaults:
     batch_size: int
     recipe: str
     settings: dict
+    time_budget: float | None = None  # seconds of training (steps then the most); None: train the steps
 
     def __getattr__(self, name):
         settings = self.__dict__.get("settings", {})

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .backbones import BackboneCache, parse_spec
+from .baselines import BaselineCache
 from .data import dataset_names, named_as, open_image, rename_paths, to_rgb
 from .errors import VPError
 from .model import PromptedModel
@@ -80,6 +81,7 @@ class AppConfig:
                                         "anything is written)")
     max_dataset_files: int = _limit(20_000, "files in one uploaded dataset")
     max_steps: int = _limit(100_000, "training steps of one run")
+    max_train_seconds: float = _limit(3600, "training time of one run (the Train tab's time budget)")
     max_batch_size: int = _limit(1024, "batch size of one run")
     max_runs: int = _limit(2, "training runs going at once, all users together (each user: one at a time)")
     max_user_disk_mb: float = _limit(1000, "one user's run folders (prompts, unpacked data) on disk")
@@ -132,6 +134,10 @@ class TrainUpdate:
     done: bool = False
 
 
+CPU_TRAIN_SECONDS = 60.0  # the Train tab's first training time on a CPU (benchmarks/app_defaults.py measures it)
+CPU_MAX_STEPS = 1000
+
+
 class VPApp:
     """The app's logic. ``form``: the Train tab's fields (:data:`~visual_prompting.train_form.TRAIN_FORM`);
     ``workspace``: its disk (:class:`~visual_prompting.workspace.Workspace`)."""
@@ -142,6 +148,7 @@ class VPApp:
         self.workspace = Workspace(self.cfg)
         self.device = pick_device(self.cfg.device)
         self.cache = BackboneCache()
+        self.baselines = BaselineCache()  # numbers without a prompt: computed once for every user's runs
         self._models: OrderedDict[tuple[str, float, str], tuple[PromptedModel, dict, str | None]] = OrderedDict()
         self._lock = threading.Lock()
         self.entries: dict[str, dict] = {}
@@ -335,7 +342,8 @@ class VPApp:
             settings["lr"] = default_lr(settings["optimizer"])
         if self.device.type == "cuda":
             return TrainDefaults("effnet-lite0", 1000, 128, recipe, settings)
-        return TrainDefaults("effnet-lite0@96", 100, 64, recipe, settings)
+        # a CPU: a budget of training time (so a faster machine trains more steps in the same wait), steps a cap
+        return TrainDefaults("effnet-lite0@96", CPU_MAX_STEPS, 64, recipe, settings, time_budget=CPU_TRAIN_SECONDS)
 
     def train_config(self, session: str, **form) -> TrainConfig:
         """The Train tab's values (keywords: the names of :attr:`form`'s fields; one left out is its setting's
@@ -366,7 +374,7 @@ class VPApp:
         from .training import Trainer  # the loop, imported when a run starts
 
         run = _BackgroundRun(lambda callback, should_stop: Trainer(cfg, callbacks=[callback], should_stop=should_stop,
-                                                                   cache=self.cache).run(),
+                                                                   cache=self.cache, baselines=self.baselines).run(),
                              stop_file, busy, name=f"train-{session}")
         view = _LiveView()
         last_yield = 0.0
@@ -389,6 +397,8 @@ class VPApp:
         except BaseException:
             self.workspace.remove_failed(cfg.out_dir)
             raise
+        if result.best_path is None:  # stopped before the first step: nothing to keep
+            self.workspace.remove_failed(cfg.out_dir)
         yield view.final(result, time.perf_counter() - run.t0)
 
     def add_to_zoo(self, path: str | None, name: str) -> str:
@@ -515,6 +525,8 @@ class _LiveView:
                            self.prompt_pic, _accuracy(self.zero, self.val, self.best))
 
     def final(self, res: TrainResult, elapsed: float) -> TrainUpdate:
+        if res.best_path is None:  # stopped before the first step
+            return TrainUpdate(0.0, f"{res.stop_reason} ({elapsed:.0f} s)", self.records, None, "", None, True)
         m = res.metrics
         head = res.stop_reason if res.interrupted else "Done."
         status = (f"{head} {res.steps_done} steps in {elapsed:.0f} s. Test top-1 "
