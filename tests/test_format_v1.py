@@ -61,3 +61,15 @@ def test_resume_from_old_files_ends_where_an_uninterrupted_run_ends(tmp_path, sp
         assert torch.allclose(v, b.head[k], rtol=1e-3, atol=1e-4)
     steps = lambda h: [r["step"] for r in h if r.get("kind") == "eval"]  # noqa: E731
     assert steps(again.history) == steps(ref.history) == [4, 8]
+
+
+@pytest.mark.parametrize("history, message", [("[" * 100_000, "nested more than"), ('{"a": 1}', "not a run history"),
+                                              ("[1, 2]", "not a run history"), ("{", "not valid JSON")])
+def test_a_broken_history_is_a_plain_error_on_resume(tmp_path, splits, cache, history, message):
+    from visual_prompting import VPError
+
+    out = tmp_path / "old"
+    shutil.copytree(FIXTURES / "effnet_iterative_sgd", out)
+    (out / "history.json").write_text(history)
+    with pytest.raises(VPError, match=message):
+        Trainer(make.config("effnet_iterative_sgd", str(out), resume=True), splits=splits, cache=cache).run()

@@ -31,7 +31,7 @@ import torch
 
 from .distributed import SINGLE, Ranks, main_has, rank_seed, read_on_main, rng_states
 from .errors import VPError
-from .prompt_file import PromptFile, build_metadata, load_prompt, save_prompt
+from .prompt_file import PromptFile, build_metadata, load_prompt, parse_json, save_prompt
 from .utils import write_text_atomic
 
 BEST, LAST, HISTORY = "best.safetensors", "last.safetensors", "history.json"
@@ -174,6 +174,16 @@ class RunFiles:
     def read_best(self) -> PromptFile | None:
         return self.read(self.best_path)
 
+    def _history(self, text: bytes | None, length) -> list[dict]:
+        """history.json's records up to a checkpoint (its own ``length`` of them); a file that is not a list of
+        records (broken by hand, or nested absurdly) is a plain error, never Python's own."""
+        if text is None:
+            return []
+        history = parse_json(text.decode("utf-8", "replace"), self.history_path)
+        if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+            raise VPError(f"{self.history_path} is not a run history (a list of records); use a new --out-dir.")
+        return history[:length] if isinstance(length, int) else history
+
     def resume(self, prompter, head, optimizer, params: list[torch.Tensor], backbone_spec: str) -> Resumed | None:
         """Load the last checkpoint into ``prompter``, ``head``, ``optimizer`` and this process's RNG; where the run
         picks up, or None when there is no checkpoint yet."""
@@ -202,6 +212,6 @@ class RunFiles:
         best = m.get("best_val_top1")
         text = read_on_main(self.history_path, ranks)
         # the records up to this checkpoint (a later checkpoint's history may be on disk)
-        history = json.loads(text.decode("utf-8"))[:m.get("history_len")] if text is not None else []
+        history = self._history(text, m.get("history_len"))
         return Resumed(step, None if best is None or best < 0 else float(best),  # -1.0: "none yet" in old files
                        m.get("zero_shot_val_top1"), history, float(m.get("train_seconds") or 0.0))
