@@ -214,3 +214,12 @@ def test_timm_pretrained_weights_offline_fail_fast_and_bad_names_are_clear(monke
         load_backbone("timm:resnet18x/random")
     with pytest.raises(VPError, match="Unknown pretrained tag 'nope'.*a1_in1k"):
         load_backbone("timm:resnet18/nope")
+
+
+def test_the_imagenet_class_names_are_torchvisions():
+    """Written out in visual_prompting/imagenet_classes.py (so loading a classifier does not import torchvision)."""
+    from torchvision.models import ResNet50_Weights
+
+    from visual_prompting.backbones import imagenet_classes
+
+    assert imagenet_classes() == list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])

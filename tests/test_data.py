@@ -202,3 +202,12 @@ def test_torchvision_eurosat_path_decodes_and_holds_out_a_test_split(tmp_path):
     assert s.class_names[0] == "annual crop land" and len(s.class_names) == 10
     assert len(s.train) + len(s.val) + len(s.test) == 30 and len(s.test) == 6
     assert s.train.images.shape[1:] == (3, 24, 24)
+
+
+def test_image_extensions_are_torchvisions_and_gif():
+    """Written out in data.py (reading data does not import torchvision)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from visual_prompting.data import IMAGE_EXTS
+
+    assert IMAGE_EXTS == (*IMG_EXTENSIONS, ".gif")

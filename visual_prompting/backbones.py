@@ -385,9 +385,9 @@ def _cached_open_clip_file(pcfg: dict) -> str | None:
 
 def imagenet_classes() -> list[str]:
     """The 1000 ImageNet-1k class names (torchvision's, unique: 'crane bird' and 'crane' are told apart)."""
-    from torchvision.models import ResNet50_Weights
+    from .imagenet_classes import IMAGENET_CLASSES
 
-    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    return list(IMAGENET_CLASSES)
 
 
 @register_backbone_family(

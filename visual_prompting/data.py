@@ -32,7 +32,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .classnames import CLASSNAMES
 from .distributed import ShardedBatchSampler, batch_indices
@@ -43,7 +42,9 @@ BUNDLED_SUBSET = ASSETS / "fashion_mnist_subset.safetensors"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_ROOT = os.environ.get("VP_DATA", os.path.join(os.path.expanduser("~"), ".cache", "visual_prompting", "data"))
 SPLIT_SEED = 0
-IMAGE_EXTS = (*IMG_EXTENSIONS, ".gif")  # torchvision's ImageFolder extensions, and GIF
+# torchvision's ImageFolder extensions (datasets.folder.IMG_EXTENSIONS; written out so that reading data does not
+# import torchvision, seconds of start-up; tests/test_data.py checks they still agree), and GIF
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
 # -- paths in messages ---------------------------------------------------------------------------------------
