@@ -10,6 +10,8 @@ from visual_prompting.heads import (ClipTextHead, LabelMappingHead, create_head,
                                     frequency_mapping, prediction_counts)
 from visual_prompting.model import PromptedModel
 
+from conftest import EFFNET
+
 
 def test_spec_parsing():
     assert parse_spec("clip:ViT-B-32/openai") == ("clip", "ViT-B-32", "openai", None)
