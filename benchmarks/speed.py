@@ -7,10 +7,9 @@ next to
 * the **candidate executions** of that same forward + backward, each computing the same logits and input gradients
   (``tests/test_execution.py``): ``channels_last`` (weights and input in NHWC), ``fold`` (eval BatchNorms folded into
   the convolutions, :func:`visual_prompting.execution.fold_batchnorm`), ``fast_backbone`` (what ``load_backbone``
-  does by default and the library trains with: today both; its ``execution`` record is kept in the result),
-  ``same_padding`` (that, with EfficientNet-Lite's symmetric "same" paddings moved into the convolutions),
-  ``inplace_act`` (that, with activations in place where nothing else reads their input) and, with
-  ``--compile``, ``compile`` (``torch.compile`` of the fast backbone: its first step, compilation included, is timed
+  does by default and the library trains with: those two, plus EfficientNet-Lite's symmetric "same" paddings moved
+  into the convolutions and activations in place where nothing else reads their input; its ``execution`` record is
+  kept in the result) and, with ``--compile``, ``compile`` (``torch.compile`` of the fast backbone: its first step, compilation included, is timed
   as ``compile_warmup_s``, and it competes with its throughput over ``--compile-horizon`` steps *including* that
   warm-up, so it is the best execution only where it pays for its compilation). A CLIP backbone is run as built
   (``load_backbone`` rewrites classifiers only): ``eager`` is its only candidate without ``--compile``.
@@ -80,7 +79,6 @@ from torch import nn  # noqa: E402
 from visual_prompting import BackboneCache, TrainConfig, load_backbone  # noqa: E402
 from visual_prompting.backbones import ClassifierBackbone, ClipBackbone  # noqa: E402
 from visual_prompting.execution import PLAIN as PLAIN_EXECUTION  # noqa: E402
-from visual_prompting.execution import _consumers as _graph_consumers  # noqa: E402
 from visual_prompting.execution import fold_batchnorm, is_convnet  # noqa: E402
 from visual_prompting.classnames import CLASSNAMES, PAPER_TEMPLATE  # noqa: E402
 from visual_prompting.data import DataSplits, TensorImageSet  # noqa: E402
@@ -197,85 +195,26 @@ def same_function(outputs: dict, amp: bool) -> dict:
     return out
 
 
-def fold_same_padding(net: nn.Module) -> int:
-    """Move each symmetric static "same" padding into its convolution's own padding; how many. EfficientNet-Lite's
-    convolutions (``Conv2dStaticSamePadding``, from efficientnet_pytorch) hold TensorFlow's "same" padding as a
-    ``static_padding`` ``ZeroPad2d`` applied before ``F.conv2d(x, ..., self.padding, ...)``: a padded copy of the
-    activation forward and a slice of it backward. Where that padding is the same on both sides (the stride-1
-    convolutions) the convolution pads by itself, the same zeros; a stride-2 convolution's padding is one-sided and
-    stays."""
-    n = 0
-    for m in net.modules():
-        pad = getattr(m, "static_padding", None)
-        if isinstance(m, nn.Conv2d) and isinstance(pad, nn.ZeroPad2d) and tuple(m.padding) == (0, 0):
-            left, right, top, bottom = pad.padding
-            if left == right and top == bottom:
-                m.padding, m.static_padding = (top, left), nn.Identity()
-                n += 1
-    return n
-
-
-def inplace_activations(net: nn.Module, example: torch.Tensor) -> int:
-    """Make each ReLU / ReLU6 / Hardtanh module in-place where, at every call in one traced forward pass, nothing but
-    the activation reads its input (its autograd node has one consumer: a convolution's output feeding it, which the
-    convolution's backward does not need); how many. In place, the activation writes over its input instead of
-    allocating and filling another image-sized tensor; its backward reads its output, which holds the same
-    information for these functions."""
-    calls: dict[nn.Module, list] = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, i: calls.setdefault(mod, []).append(i[0]))
-             for m in net.modules() if type(m) in (nn.ReLU, nn.ReLU6, nn.Hardtanh) and not m.inplace]
-    try:
-        with torch.enable_grad():
-            out = net(example.detach().clone().requires_grad_(True))
-    finally:
-        for h in hooks:
-            h.remove()
-    consumers = _graph_consumers(out[0] if isinstance(out, (tuple, list)) else out)
-    n = 0
-    for m, inputs in calls.items():
-        if all(t.grad_fn is not None and consumers[t.grad_fn] == 1 for t in inputs):
-            m.inplace = True
-            n += 1
-    return n
-
-
 def execution_names(backbone, compile_: bool) -> list[str]:
     """The candidate executions of a backbone, as built (``eager`` always; the rewrites ``load_backbone`` knows apply
-    to classifiers; ``same_padding`` and ``inplace_act`` where the network has something they change; ``compile``
-    when asked)."""
+    to classifiers; ``compile`` when asked)."""
     names = ["eager"]
     if isinstance(backbone, ClassifierBackbone):
         names += [n for n in EXECUTIONS if n != "channels_last" or is_convnet(backbone.net)]
-        net = copy.deepcopy(backbone.net)
-        if fold_same_padding(net):
-            names.append("same_padding")
-        example = backbone.normalize(torch.rand(1, 3, backbone.image_size, backbone.image_size,
-                                                device=backbone.mean.device))
-        if inplace_activations(net, example):
-            names.append("inplace_act")
     return names + (["compile"] if compile_ else [])
 
 
 def execution_backbone(name: str, spec: str, device, cache: BackboneCache):
     """The frozen backbone run the way ``name`` says: ``eager`` as built, ``fast_backbone`` as ``load_backbone`` gives
     it by default (the library's), ``fold`` / ``channels_last`` one of its rewrites alone (recorded in
-    ``backbone.execution``, which its forward reads), ``same_padding`` the fast backbone with its symmetric "same"
-    paddings moved into the convolutions (:func:`fold_same_padding`), ``inplace_act`` that with its activations in
-    place (:func:`inplace_activations`), ``compile`` the fast backbone under ``torch.compile``. The last three are
-    not in the library."""
+    ``backbone.execution``, which its forward reads), ``compile`` the fast backbone under ``torch.compile`` (not in
+    the library)."""
     if name == "eager":
         return cache.get(spec, device, fast=False)
     if name == "fast_backbone":
         return cache.get(spec, device)
     if name == "compile":
         return torch.compile(cache.get(spec, device))
-    if name in ("same_padding", "inplace_act"):
-        bb = load_backbone(spec, device)
-        bb.execution = {**bb.execution, "same_padding": fold_same_padding(bb.net)}
-        if name == "inplace_act":
-            example = bb.normalize(torch.rand(1, 3, bb.image_size, bb.image_size, device=device))
-            bb.execution["inplace_act"] = inplace_activations(bb.net, example)
-        return bb
     bb = load_backbone(spec, device, fast=False)
     if name == "fold":
         example = bb.normalize(torch.rand(1, 3, bb.image_size, bb.image_size, device=device))
@@ -395,7 +334,7 @@ def build_variant(name, spec, device, batch, amp, mode, cache, library=None):
     if name == "reference":  # its own copy of the weights: these require grad
         bb = copy.deepcopy(cache.get(spec, device, fast=False)) if cache is not None else load_backbone(spec, device, fast=False)
         return ReferenceStep(bb, device, amp, mode)
-    if name in ("eager", *EXECUTIONS, "same_padding", "inplace_act", "compile"):
+    if name in ("eager", *EXECUTIONS, "compile"):
         bb = execution_backbone(name, spec, device, cache)
         head = library.trainer.model.head if library is not None else create_head(getattr(bb, "_orig_mod", bb), CLASS_NAMES)
         return ForwardBackward(bb, head, device, amp)

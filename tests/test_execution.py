@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from visual_prompting.backbones import load_backbone
-from visual_prompting.execution import PLAIN, conv_bn_pairs, fold_batchnorm, speed_up
+from visual_prompting.execution import PLAIN, conv_bn_pairs, fold_batchnorm, inplace_activations, speed_up
 
 
 def _randomise_batchnorms(net: nn.Module, seed: int = 0) -> int:
@@ -48,6 +48,8 @@ def test_the_fast_backbone_computes_what_the_plain_one_does(spec):
     fast.execution = speed_up(fast, torch.device("cpu"))
     assert fast.execution["fold_batchnorm"] == bns  # every BatchNorm of these nets follows a convolution
     assert fast.execution["channels_last"] and not any(isinstance(m, nn.BatchNorm2d) for m in fast.net.modules())
+    if spec.startswith("effnet"):  # its stride-1 "same" paddings and its ReLU6s (others' ReLUs are in place already)
+        assert fast.execution["same_padding"] == 12 and fast.execution["inplace_act"] > 0
     assert plain.execution == {} and fast.describe()["execution"] == fast.execution
     assert not any(p.requires_grad for p in fast.parameters())  # still frozen
     x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
@@ -98,3 +100,21 @@ def test_random_weights_are_the_same_model_every_time(spec):
     drawn from the process's RNG, a different model at every load)."""
     a, b = load_backbone(spec, fast=False), load_backbone(spec, fast=False)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_an_activation_whose_input_is_read_elsewhere_stays_out_of_place():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.act, self.conv2, self.act2 = nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 1), nn.ReLU6()
+
+        def forward(self, x):
+            c = self.conv(x)
+            return (self.act(c) + c).sum((2, 3)) + self.act2(self.conv2(x)).sum((2, 3))  # c is read twice
+
+    net = Residual().eval().requires_grad_(False)
+    x = torch.randn(2, 3, 8, 8)
+    before = net(x)
+    assert inplace_activations(net, x) == 1
+    assert not net.act.inplace and net.act2.inplace
+    assert torch.allclose(net(x), before)

@@ -13,6 +13,12 @@ it is loaded, into a faster form that computes the same logits and the same inpu
   ``BatchNormAct2d`` applies its activation inside) are left alone.
 * **channels_last memory format** for the weights and the input of convolutional networks: on the CPUs this project
   runs on (oneDNN) and on CUDA GPUs (cuDNN, with bf16 autocast) convolutions run faster in NHWC.
+* **"Same" padding inside the convolution** (:func:`fold_same_padding`): EfficientNet-Lite's convolutions pad a copy
+  of their input (TensorFlow's "same") before convolving; where that padding is the same on both sides the
+  convolution pads by itself, with the same zeros and no copy.
+* **Activations in place** (:func:`inplace_activations`): a ReLU / ReLU6 whose input nothing else reads (one
+  autograd consumer at every call, in one traced pass) overwrites it instead of filling a new tensor; its backward
+  reads its output, which holds the same information.
 
 :func:`speed_up` applies what suits the backbone and device and returns what it did (recorded in the backbone's
 description, so in every prompt file and benchmark result). ``TrainConfig.fast_backbone=False`` (``--no-fast-backbone``)
@@ -27,10 +33,10 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-PLAIN = {"fold_batchnorm": 0, "channels_last": False}
+PLAIN = {"fold_batchnorm": 0, "channels_last": False, "same_padding": 0, "inplace_act": 0}
 
 
-def _consumers(root: torch.Tensor) -> Counter:
+def consumers(root: torch.Tensor) -> Counter:
     """How many autograd nodes read each node's output, over the graph that produced ``root``."""
     count: Counter = Counter()
     seen, stack = set(), [root.grad_fn]
@@ -65,12 +71,12 @@ def conv_bn_pairs(net: nn.Module, example: torch.Tensor) -> list[tuple[str, str]
         for h in hooks:
             h.remove()
     out = out[0] if isinstance(out, (tuple, list)) else out
-    consumers = _consumers(out)
+    readers = consumers(out)
     by_output = {id(outs[0]): conv for conv, outs in conv_out.items() if len(outs) == 1}
     pairs = []
     for bn, ins in bn_in.items():
         conv = by_output.get(id(ins[0])) if len(ins) == 1 else None
-        if conv is not None and consumers[conv_out[conv][0].grad_fn] == 1:
+        if conv is not None and readers[conv_out[conv][0].grad_fn] == 1:
             pairs.append((conv, bn))
     return pairs
 
@@ -102,14 +108,55 @@ def is_convnet(net: nn.Module) -> bool:
     return sum(isinstance(m, nn.Conv2d) for m in net.modules()) >= 3
 
 
+def fold_same_padding(net: nn.Module) -> int:
+    """Move each symmetric static "same" padding into its convolution's own padding; how many. EfficientNet-Lite's
+    convolutions (``Conv2dStaticSamePadding``) hold TensorFlow's "same" padding as a ``static_padding`` ``ZeroPad2d``
+    applied before ``F.conv2d(x, ..., self.padding, ...)``: a padded copy of the activation forward and a slice of it
+    backward. Where that padding is the same on both sides (the stride-1 convolutions) the convolution pads by
+    itself, the same zeros; a stride-2 convolution's padding is one-sided and stays."""
+    n = 0
+    for m in net.modules():
+        pad = getattr(m, "static_padding", None)
+        if isinstance(m, nn.Conv2d) and isinstance(pad, nn.ZeroPad2d) and tuple(m.padding) == (0, 0):
+            left, right, top, bottom = pad.padding
+            if left == right and top == bottom:
+                m.padding, m.static_padding = (top, left), nn.Identity()
+                n += 1
+    return n
+
+
+def inplace_activations(net: nn.Module, example: torch.Tensor) -> int:
+    """Make each ReLU / ReLU6 / Hardtanh module in place where, at every call in one traced forward pass, nothing but
+    the activation reads its input (its autograd node has one consumer); how many. (Were a producer to need its output
+    for its backward, autograd would refuse the in-place write at once, never compute something else.)"""
+    calls: dict[nn.Module, list] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, i: calls.setdefault(mod, []).append(i[0]))
+             for m in net.modules() if type(m) in (nn.ReLU, nn.ReLU6, nn.Hardtanh) and not m.inplace]
+    try:
+        with torch.enable_grad():
+            out = net(example.detach().clone().requires_grad_(True))
+    finally:
+        for h in hooks:
+            h.remove()
+    readers = consumers(out[0] if isinstance(out, (tuple, list)) else out)
+    n = 0
+    for m, inputs in calls.items():
+        if all(t.grad_fn is not None and readers[t.grad_fn] == 1 for t in inputs):
+            m.inplace = True
+            n += 1
+    return n
+
+
 def speed_up(backbone, device: torch.device) -> dict:
     """Rewrite a frozen classifier backbone's network in place for speed (see the module docstring); what was done:
-    ``{"fold_batchnorm": N folded, "channels_last": bool}``."""
+    the number of BatchNorms folded, paddings moved, activations made in place, and whether it runs channels_last."""
     net = backbone.net
     S = backbone.image_size
-    example = torch.rand(1, 3, S, S, device=device)
+    example = backbone.normalize(torch.rand(1, 3, S, S, device=device))
     done = dict(PLAIN)
-    done["fold_batchnorm"] = fold_batchnorm(net, backbone.normalize(example))
+    done["fold_batchnorm"] = fold_batchnorm(net, example)
+    done["same_padding"] = fold_same_padding(net)
+    done["inplace_act"] = inplace_activations(net, example)
     if is_convnet(net) and device.type in ("cpu", "cuda"):
         net.to(memory_format=torch.channels_last)
         done["channels_last"] = True
