@@ -66,7 +66,9 @@ fi
   timeout "${ACC_S:-280}" python3 benchmarks/accuracy.py --device "$dev" --out "$tmp/acc" "${acc_args[@]}"
   cp "$tmp/acc/accuracy.json" "$OUT/"
   OUT="$OUT" timeout "${CHECK_S:-80}" python3 scripts/gpu_check.py "${check_args[@]}"
-  # the NCCL path of torchrun with one process (issue 29.6): a short CLI run, its exit code and last lines
+  # torchrun with one process on CUDA (issue 29.6): a short CLI run, its exit code and last lines. With
+  # WORLD_SIZE=1 distributed.init_from_env forms no process group (one process runs as it always has), so this
+  # checks torchrun's launch path on the GPU; NCCL collectives need two GPUs (tests/test_distributed.py runs gloo)
   if [ "$dev" = cuda ]; then
     timeout "${NCCL_S:-60}" torchrun --standalone --nproc_per_node=1 -m visual_prompting train --device cuda \
       --model effnet-lite0@96 --dataset fashion_mnist_subset --steps 20 --batch-size 64 --quiet \
