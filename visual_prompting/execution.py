@@ -52,6 +52,18 @@ def consumers(root: torch.Tensor) -> Counter:
     return count
 
 
+def traced_readers(net: nn.Module, example: torch.Tensor, hooks: list) -> Counter:
+    """Run ``net`` once on ``example`` with autograd on (``hooks``, the handles of the hooks that watch the pass, are
+    removed afterwards): how many autograd nodes read each node's output (:func:`consumers`)."""
+    try:
+        with torch.enable_grad():
+            out = net(example.detach().clone().requires_grad_(True))
+    finally:
+        for h in hooks:
+            h.remove()
+    return consumers(out[0] if isinstance(out, (tuple, list)) else out)
+
+
 def conv_bn_pairs(net: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
     """``(conv name, batchnorm name)`` for every plain BatchNorm2d whose only input is a Conv2d's output that nothing
     else reads, found by running ``net`` once on ``example`` (each module called once)."""
@@ -64,14 +76,7 @@ def conv_bn_pairs(net: nn.Module, example: torch.Tensor) -> list[tuple[str, str]
             hooks.append(m.register_forward_hook(lambda mod, i, o: conv_out.setdefault(names[mod], []).append(o)))
         elif type(m) is nn.BatchNorm2d:
             hooks.append(m.register_forward_pre_hook(lambda mod, i: bn_in.setdefault(names[mod], []).append(i[0])))
-    try:
-        with torch.enable_grad():
-            out = net(example.detach().clone().requires_grad_(True))
-    finally:
-        for h in hooks:
-            h.remove()
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    readers = consumers(out)
+    readers = traced_readers(net, example, hooks)
     by_output = {id(outs[0]): conv for conv, outs in conv_out.items() if len(outs) == 1}
     pairs = []
     for bn, ins in bn_in.items():
@@ -132,13 +137,7 @@ def inplace_activations(net: nn.Module, example: torch.Tensor) -> int:
     calls: dict[nn.Module, list] = {}
     hooks = [m.register_forward_pre_hook(lambda mod, i: calls.setdefault(mod, []).append(i[0]))
              for m in net.modules() if type(m) in (nn.ReLU, nn.ReLU6, nn.Hardtanh) and not m.inplace]
-    try:
-        with torch.enable_grad():
-            out = net(example.detach().clone().requires_grad_(True))
-    finally:
-        for h in hooks:
-            h.remove()
-    readers = consumers(out[0] if isinstance(out, (tuple, list)) else out)
+    readers = traced_readers(net, example, hooks)
     n = 0
     for m, inputs in calls.items():
         if all(t.grad_fn is not None and readers[t.grad_fn] == 1 for t in inputs):
