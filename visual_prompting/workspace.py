@@ -30,13 +30,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .data import extract_zip_dataset, mib, zip_size
 from .errors import VPError
-
-if TYPE_CHECKING:
-    from .ui import AppConfig
 
 MIB = 2**20
 SESSION_ID = re.compile(r"[\w-]{1,128}")
@@ -45,7 +41,7 @@ SESSION_ID = re.compile(r"[\w-]{1,128}")
 class Workspace:
     """Per-session folders, run slots, uploads and clean-up within ``cfg``'s limits (see the module's text)."""
 
-    def __init__(self, cfg: AppConfig):
+    def __init__(self, cfg):  # an AppConfig (ui.py, the layer above: not imported here, not even for the type)
         self.cfg = cfg
         self._lock = threading.Lock()  # run slots: the check and the claim are one step
 
