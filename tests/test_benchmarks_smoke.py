@@ -20,7 +20,7 @@ import torch
 from visual_prompting.utils import percent
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-SCRIPTS = ("accuracy", "speed", "scaling", "app_latency")
+SCRIPTS = ("accuracy", "speed", "scaling", "app_latency", "app_defaults", "readme_train")
 
 
 def load(name: str):
@@ -265,6 +265,67 @@ def test_app_latency_smoke(tmp_path, monkeypatch):
     assert doc["launch_to_first_prediction_s"] >= doc["launch_to_page_s"]
     assert doc["ratio"] == pytest.approx(doc["prediction_s"] / doc["bare_forward_s"])
     assert len(doc["prompted_top5_example"]) == 5
+
+
+def test_app_defaults_smoke_times_the_apps_own_path_cold_and_warm(tmp_path, monkeypatch):
+    """The app's defaults as the page shows them; three clicks in one fresh app (the default recipe, again, then
+    paper) with the smoke form; each timed from the click to its first step shown and to its result."""
+    from visual_prompting.train_config import TrainEvent
+    from visual_prompting.ui import AppConfig, VPApp, _status
+
+    mod = load("app_defaults")
+    # the step a live status line shows, read as the app writes it: none while loading and preparing
+    prepare = TrainEvent("prepare", 0, 100, message="Fitting the label mapping: ... on 2700 training images")
+    assert mod.shown_step(_status(prepare, 1.0)) == 0 and mod.shown_step("Loading `effnet-lite0@96` ...") == 0
+    assert mod.shown_step(_status(TrainEvent("step", 1, 140, loss=2.0, images_per_s=50.0), 3.0)) == 1
+    assert mod.shown_step(_status(TrainEvent("step", 12, 140, loss=2.0), 9.0)) == 12
+    order = load_read_before(mod, monkeypatch, "click")
+    doc = mod.main(["--smoke", "--out", str(tmp_path), "--threads", "1"])
+    assert order[:2] == ["load", "run"]
+    assert read(tmp_path / "app_defaults.json") == json.loads(json.dumps(doc))
+    check_provenance(doc["provenance"], "app_defaults")
+    vp = VPApp(AppConfig(work_dir=tmp_path / "work", user_zoo_dir=tmp_path / "zoo", device="cpu"))
+    d = vp.train_defaults()
+    assert doc["defaults"] == {"model": d.model, "steps": d.steps, "batch_size": d.batch_size,
+                               "time_budget": d.time_budget, "recipe": d.recipe, "dataset": "fashion_mnist_subset",
+                               "seed": 0}
+    runs = doc["runs"]
+    assert [(r["recipe"], r["caches"], r["again"], r["app_run"]) for r in runs] == [
+        (d.recipe, "cold", False, 1), (d.recipe, "warm", True, 2), ("paper", "warm", False, 3)]
+    assert runs[0]["settings"] == runs[1]["settings"] == d.settings
+    assert runs[2]["settings"] == vp.train_defaults("paper").settings
+    for r in runs:
+        assert (r["model"], r["steps"], r["batch_size"], r["time_budget"]) == ("effnet-lite0@32", 3, 16, None)
+        assert r["steps_done"] == 3 and r["test_n"] == 1000
+        assert 0 <= r["test_top1"] <= 1 and 0 <= r["test_top1_no_prompt"] <= 1
+        assert 0 < r["seconds_to_first_step"] < r["seconds"] and 0 < r["train_seconds"] < r["seconds"]
+        assert r["status"].startswith("Done. 3 steps") and percent(r["test_top1"]) in r["status"]
+    # the later click finds the backbone loaded and the numbers without a prompt cached: its first step comes sooner
+    assert runs[1]["seconds_to_first_step"] < runs[0]["seconds_to_first_step"]
+    assert runs[0]["goal_met"] == {"test_top1": runs[0]["test_top1"] >= 0.80, "seconds": runs[0]["seconds"] <= 90,
+                                   "seconds_to_first_step": runs[0]["seconds_to_first_step"] <= 5}
+    assert "goal_met" not in runs[1]
+    assert doc["total_seconds"] > sum(r["seconds"] for r in runs) - 0.02  # each rounded to 0.01 s
+
+
+def test_readme_train_smoke_times_the_first_step_on_the_bar(tmp_path):
+    mod = load("readme_train")
+    # the first step is the bar's first count of one or more: "0/3" is not one, and the clock starts at the launch
+    bar = ("import sys, time; w = sys.stderr.write; w('Fitting ...\\n\\r  0%|  | 0/3 [00:00<?]'); sys.stderr.flush(); "
+           "time.sleep(1.0); w('\\r 33%|# | 1/3 [00:01<00:02]'); sys.stderr.flush(); time.sleep(1.0); print('done')")
+    proc, seconds, first = mod.run_timed([sys.executable, "-c", bar], dict(os.environ))
+    assert proc.returncode == 0 and proc.stdout == "done\n" and "1/3" in proc.stderr
+    assert 1.0 <= first <= seconds - 0.9
+    assert mod.run_timed([sys.executable, "-c", "print('no bar')"], dict(os.environ))[2] is None
+
+    doc = mod.main(["--smoke", "--out", str(tmp_path), "--threads", "1"])
+    assert read(tmp_path / "readme_train.json") == json.loads(json.dumps(doc))
+    check_provenance(doc["provenance"], "readme_train")
+    assert doc["smoke"] and doc["readme_command"] == "python -m visual_prompting train " + " ".join(mod.SMOKE_ARGS)
+    assert 0 < doc["seconds_to_first_step"] < doc["wall_seconds"]
+    lines = doc["output_lines"]  # the zero-shot line (printed at the first evaluation now) and the test/val lines
+    assert [next(q for q in mod.QUOTED if ln.startswith(q)) for ln in lines] == list(mod.QUOTED)
+    assert lines[0].startswith("zero-shot (no prompt) val top-1:") and lines[1].endswith("(1000 images)")
 
 
 def test_accuracy_seeds_and_rows_merge(tmp_path, monkeypatch):
