@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -52,6 +53,8 @@ class MappingMethod:
     refit_each_epoch: bool = False  # and again at every epoch
     sources: int = 1  # source classes per new class (their logits are averaged)
     trains: bool = False  # a trained output layer (:class:`FullyMapHead`): not an input-only method
+    bayesian: bool = False  # every class a weighted sum of all source logits (:class:`BayesianMappingHead`)
+    top_k_ratio: float = 0.0  # BLM+: counts are the top-k softmax probabilities, k = ratio x the new classes
 
 
 MAPPINGS: dict[str, MappingMethod] = {}
@@ -70,6 +73,12 @@ register_mapping(MappingMethod("multi_frequency", "each class reads the mean of 
 register_mapping(MappingMethod("fully_map", "a trained linear layer from all source logits, started from the "
                                "frequency mapping (AutoVP's FullyMap; trains 10k+ numbers besides the prompt, so "
                                "not input-only)", fits_from_data=True, trains=True))
+register_mapping(MappingMethod("blm", "Bayesian-guided (BLM): each class a weighted sum of every source logit, the "
+                               "weights P(class | source) from the prompted top-1 predictions, recomputed every epoch",
+                               fits_from_data=True, refit_each_epoch=True, bayesian=True))
+register_mapping(MappingMethod("blm_plus", "BLM+: BLM counting the top-k softmax probabilities (k = 15% of the classes, "
+                               "at least 1) instead of the top-1", fits_from_data=True, refit_each_epoch=True,
+                               bayesian=True, top_k_ratio=0.15))
 
 
 # -- heads ------------------------------------------------------------------------------------------------------
@@ -86,6 +95,20 @@ class Head(nn.Module):
 
     def fit(self, counts: torch.Tensor, baseline: bool = False) -> None:
         """Fit from a (num_source, num_target) count matrix; ``baseline``: counts taken without a prompt."""
+
+    def summary(self) -> str:
+        """What the head maps to, in a line (a run's "label mapping recomputed" event)."""
+        return self.kind
+
+    def count(self, source_logits: torch.Tensor, labels: torch.Tensor, num_target: int) -> torch.Tensor:
+        """What :meth:`fit` takes, for one batch (summed over batches): how often each source class is the top
+        prediction for each target class."""
+        return prediction_counts(source_logits, labels, num_target)
+
+    @property
+    def counting(self) -> str:
+        """How :meth:`count` counts (batches counted one way are not counts of another)."""
+        return "top1"
 
     def baseline_indices(self) -> list[int] | None:
         return None
@@ -215,6 +238,9 @@ class LabelMappingHead(Head):
     def baseline_indices(self) -> list[int] | None:
         return None if self.baseline is None else self.baseline.tolist()
 
+    def summary(self) -> str:
+        return str(self.mapping.tolist())
+
     def restore(self, head_meta: dict, tensors: dict | None = None) -> None:
         self.set_mapping(head_meta["mapping"])
         if head_meta.get("baseline_mapping"):
@@ -316,6 +342,104 @@ class FullyMapHead(LabelMappingHead):
                 f"backbone's {meta.get('num_source', '?')} class logits")
 
 
+@register_head
+class BayesianMappingHead(Head):
+    """BLM and BLM+ (Bayesian-guided label mapping, Cai et al., NeurIPS 2024): every new class reads a weighted sum of
+    *all* the source logits, ``logits = source_logits @ w``. From ``N[s, t]``, how the backbone's predictions on the
+    mapping images co-occur with the new labels, ``w[s, t] = N[s, t] / (sum_t' N[s, t'] + lambda)`` (an estimate of
+    P(t | s), Laplace-smoothed, lambda = 1), then each column ``t`` is normalised over the sources. ``N`` counts the
+    top-1 predictions (BLM) or sums the top-k softmax probabilities, k = 15% of the new classes and at least 1 (BLM+;
+    ``top_k_ratio`` 0.15 and lambda 1 as in tmlr-group/BayesianLM's configuration). Fitted with the prompt before
+    training and again every epoch (as iterative mapping); its no-prompt baseline is the same estimate without the
+    prompt. Nothing in it is trained: the prompt stays the only trained thing. Its weights are fitted numbers, stored
+    in a prompt file as ``head.weight`` and ``head.baseline`` (:meth:`state_tensors`)."""
+
+    kind = "bayesian_mapping"
+    needs_counts = True
+    fits_from_data = True
+    needs_refit_each_epoch = True
+
+    def __init__(self, num_source: int, num_target: int, method: str = "blm", lam: float = 1.0):
+        super().__init__()
+        if method not in MAPPINGS or not MAPPINGS[method].bayesian:
+            raise VPError(f"{method!r} is not a Bayesian label mapping; choose one of "
+                          f"{', '.join(k for k, m in MAPPINGS.items() if m.bayesian)}.")
+        self.method, self.num_source, self.num_target, self.lam = method, int(num_source), int(num_target), float(lam)
+        self.register_buffer("weight", torch.full((num_source, num_target), 1.0 / num_source), persistent=False)
+        self.baseline: torch.Tensor | None = None  # the weights found without a prompt, when known
+
+    @property
+    def top_k(self) -> int:
+        ratio = MAPPINGS[self.method].top_k_ratio
+        return max(1, int(ratio * self.num_target)) if ratio else 0
+
+    @property
+    def counting(self) -> str:
+        return f"top{self.top_k}_probabilities" if self.top_k else "top1"
+
+    def count(self, source_logits: torch.Tensor, labels: torch.Tensor, num_target: int) -> torch.Tensor:
+        if not self.top_k:
+            return prediction_counts(source_logits, labels, num_target)
+        probs = source_logits.float().softmax(dim=1)
+        top = probs.topk(self.top_k, dim=1)
+        kept = torch.zeros_like(probs).scatter_(1, top.indices, top.values).double().cpu()
+        return torch.zeros(num_target, probs.shape[1], dtype=torch.float64).index_add_(0, labels.cpu().long(), kept).t()
+
+    def fit(self, counts: torch.Tensor, baseline: bool = False) -> None:
+        w = blm_weights(counts, self.lam).to(self.weight.device)
+        if baseline:
+            self.baseline = w
+        else:
+            self.weight = w
+
+    def forward(self, source_logits: torch.Tensor, use_prompt: bool = True) -> torch.Tensor:
+        w = self.weight if use_prompt or self.baseline is None else self.baseline
+        return source_logits.float() @ w.to(source_logits.device)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {"weight": self.weight.detach().float().cpu().contiguous()}
+        if self.baseline is not None:
+            out["baseline"] = self.baseline.detach().float().cpu().contiguous()
+        return out
+
+    def restore(self, head_meta: dict, tensors: dict | None = None) -> None:
+        for k, t in (tensors or {}).items():
+            if k in ("weight", "baseline"):
+                if tuple(t.shape) != (self.num_source, self.num_target):
+                    raise VPError(f"The Bayesian label mapping needs head.{k} of shape "
+                                  f"{(self.num_source, self.num_target)}, not {tuple(t.shape)}.")
+                setattr(self, k, t.float().to(self.weight.device))
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "method": self.method, "num_source": self.num_source, "lambda": self.lam,
+                "top_k": self.top_k}
+
+    def summary(self) -> str:
+        return f"{self.method} weights; the heaviest source per class {self.weight.argmax(dim=0).tolist()}"
+
+    def without_prompt(self) -> dict:
+        w = self.baseline if self.baseline is not None else self.weight
+        digest = hashlib.blake2b(w.detach().float().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+        return {"kind": self.kind, "reads": digest}
+
+    @staticmethod
+    def text(meta: dict) -> str:
+        plus = meta.get("method") == "blm_plus"
+        return (f"Bayesian-guided label mapping ({'BLM+, top-' + str(meta.get('top_k', '?')) if plus else 'BLM'}): "
+                f"every class a weighted sum of the backbone's {meta.get('num_source', '?')} class logits")
+
+
+def blm_weights(counts: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
+    """BLM's weights from a (num_source, num_target) count matrix: ``counts[s, t] / (sum_t counts[s, t] + lam)``,
+    each column then normalised to sum 1 over the sources (a class with no counts at all reads every source
+    equally)."""
+    c = counts.double()
+    w = c / (c.sum(dim=1, keepdim=True) + lam)
+    col = w.sum(dim=0, keepdim=True)
+    w = torch.where(col > 0, w / col.clamp_min(1e-300), torch.full_like(w, 1.0 / w.shape[0]))
+    return w.float()
+
+
 def first_k_mapping(num_target: int, num_source: int) -> torch.Tensor:
     """The paper's mapping: new class i reads source logit i."""
     if num_target > num_source:
@@ -384,5 +508,7 @@ def create_head(backbone: Backbone, class_names: list[str], *, templates: list[s
         raise VPError(f"The label mapping has {len(mapping_indices)} entries but there are {len(class_names)} classes.")
     if mapping not in MAPPINGS:
         raise VPError(f"Unknown label mapping {mapping!r}; choose one of {', '.join(MAPPINGS)}.")
+    if MAPPINGS[mapping].bayesian:
+        return BayesianMappingHead(num_source, len(class_names), mapping).to(device)
     cls = FullyMapHead if MAPPINGS[mapping].trains else LabelMappingHead
     return cls(mapping_indices, num_source, mapping).to(device)

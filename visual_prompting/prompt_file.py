@@ -113,6 +113,15 @@ def load_prompt(path) -> PromptFile:
 def _check_head_tensors(path, meta: dict, head: dict[str, torch.Tensor]) -> None:
     """A fully_map head's ``head.weight`` (classes x source) and ``head.bias`` (classes), finite; other heads none."""
     h = meta["head"]
+    if h["kind"] == "bayesian_mapping":  # fitted weights (sources x classes): head.weight, and head.baseline
+        want = (h["num_source"], len(meta["class_names"]))
+        if "weight" not in head or set(head) - {"weight", "baseline"}:
+            raise VPError(f"{path}: a Bayesian label mapping needs head.weight (and may have head.baseline) "
+                          f"(found: {', '.join('head.' + k for k in sorted(head)) or 'none'}).")
+        for k, t in head.items():
+            if tuple(t.shape) != want or not torch.isfinite(t).all() or bool((t < 0).any()):
+                raise VPError(f"{path}: head.{k} must be {want[0]} x {want[1]} finite weights of at least 0.")
+        return
     if h["kind"] != "fully_map":
         if head:
             raise VPError(f"{path}: a {h['kind']} head has no trained tensors, but the file holds "
@@ -261,8 +270,19 @@ def validate_metadata(meta: dict, source: str = "metadata") -> None:
                     or not all(isinstance(r, int) for r in m)):
                 raise VPError(f"{source}: a fully_map head needs an integer 'num_source' above every index of its "
                               "one-to-one starting 'mapping'.")
+    elif kind == "bayesian_mapping":
+        from .heads import MAPPINGS
+
+        method, ns = head.get("method"), head.get("num_source")
+        if not (isinstance(method, str) and method in MAPPINGS and MAPPINGS[method].bayesian):
+            raise VPError(f"{source}: a Bayesian label mapping's 'method' must be one of "
+                          f"{', '.join(k for k, m in MAPPINGS.items() if m.bayesian)}, not {method!r:.80}.")
+        if not (_is_int(ns) and 0 < ns <= MAX_SOURCE_CLASSES) or not _is_number(head.get("lambda", 1.0)):
+            raise VPError(f"{source}: a Bayesian label mapping needs a whole 'num_source' from 1 to "
+                          f"{MAX_SOURCE_CLASSES} and a number 'lambda'.")
     else:
-        raise VPError(f"{source}: 'head.kind' must be 'clip_text', 'label_mapping' or 'fully_map', not {kind!r:.80}.")
+        raise VPError(f"{source}: 'head.kind' must be 'clip_text', 'label_mapping', 'fully_map' or 'bayesian_mapping', "
+                      f"not {kind!r:.80}.")
     _check_extras(meta, source)
 
 

@@ -37,7 +37,7 @@ from .distributed import (Ranks, all_reduce_sum, check_divisible, global_batches
                           rank_seed, reduce_step, shard_indices)
 from .errors import VPError
 from .evaluation import evaluate, logits_over, test_metrics
-from .heads import create_head, prediction_counts
+from .heads import create_head
 from .heads import templates_for as _templates_for
 from .model import PromptedModel
 from .optim import build_optimizer
@@ -231,7 +231,8 @@ class RunMeasures:
         if self.baselines is None or self.ranks.distributed:
             return compute()
         fp = fingerprint(data)
-        reads = None if what == "counts" else (head or self.model.head).without_prompt()
+        head = head or self.model.head
+        reads = head.counting if what == "counts" else head.without_prompt()
         key = None if fp is None else key_of(what, self.model.backbone.describe(), self.model.device.type, self.amp,
                                              reads, fp)
         return self.baselines.get(key, compute)
@@ -243,10 +244,11 @@ class RunMeasures:
         return self._count(True)
 
     def _count(self, use_prompt: bool) -> torch.Tensor:
-        counts = torch.zeros(len(self.model.backbone.source_classes), len(self.model.class_names), dtype=torch.long)
+        head, counts = self.model.head, None
         for logits, labels in logits_over(self.model, self.mapping_set, use_prompt, self.batch_size, self.amp,
                                           source=True):
-            counts += prediction_counts(logits, labels, len(self.model.class_names))
+            c = head.count(logits, labels, len(self.model.class_names))
+            counts = c if counts is None else counts + c
             self.stop_if_asked()
         return all_reduce_sum(counts) if self.ranks.distributed else counts
 
@@ -537,7 +539,7 @@ class Trainer:
             if model.head.needs_refit_each_epoch and skip == 0 and epoch > 0:
                 self.fit_head()
                 self.events.emit(TrainEvent("mapping", self.step, self.total_steps, epoch=epoch,
-                                            message=f"label mapping recomputed: {model.head.mapping.tolist()}"))
+                                            message=f"label mapping recomputed: {model.head.summary()}"))
             gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
             # the global batch order is the same on every rank; each takes its own slice of each global batch
             shard = (self.ranks.rank, self.ranks.world_size) if self.ranks.distributed else None
