@@ -101,3 +101,34 @@ def test_a_time_budget_ends_on_time_with_a_best_prompt(tmp_path, small, cache, b
 def test_a_time_budget_caps_at_steps(tmp_path, small, cache):
     res = Trainer(_cfg(tmp_path / "run", steps=5, eval_every=None, time_budget=60.0), splits=small, cache=cache).run()
     assert res.steps_done == 5 and res.metrics["train_seconds"] < 60
+
+
+def test_a_run_starts_from_a_bounded_sample_and_ends_with_the_full_one(tmp_path, small, cache, monkeypatch):
+    """Before the first step the mapping is counted on the first start_samples mapping images only; at the first
+    evaluation the no-prompt baseline is counted on all of them and a mapping fitted once takes it over (a prompt that
+    started as no change): the run then reports and keeps what counting all of them first gives."""
+    import visual_prompting.training as tr
+
+    sizes = []
+    orig = tr.logits_over
+    monkeypatch.setattr(tr, "logits_over", lambda m, d, use_prompt, *a, **k: sizes.append((len(d), use_prompt))
+                        or orig(m, d, use_prompt, *a, **k))
+    events = []
+    bounded = Trainer(_cfg(tmp_path / "a", start_samples=50), splits=small, cache=cache, callbacks=[events.append])
+    res = bounded.run()
+    assert sizes[0] == (50, False)  # the only count before the first step
+    assert "50 training images" in events[0].message and events[0].kind == "prepare"
+    first_step = next(i for i, e in enumerate(events) if e.kind == "step")
+    assert first_step < next(i for i, e in enumerate(events) if e.kind == "eval")
+    assert (200, False) in sizes  # all of them, at the first evaluation
+    full = Trainer(_cfg(tmp_path / "b", start_samples=500), splits=small, cache=cache).run()
+    a, b = (load(r.best_path).meta["head"] for r in (res, full))
+    assert a["baseline_mapping"] == b["baseline_mapping"] and a["mapping"] == b["mapping"] == b["baseline_mapping"]
+    assert res.metrics["zero_shot_val_top1"] == full.metrics["zero_shot_val_top1"]
+    assert res.metrics["test_top1_no_prompt"] == full.metrics["test_top1_no_prompt"]
+
+
+def load(path):
+    from visual_prompting.prompt_file import load_prompt
+
+    return load_prompt(path)

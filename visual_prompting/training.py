@@ -86,6 +86,23 @@ def run_optimizer(cfg: TrainConfig, prompter, head, is_clip: bool) -> tuple[torc
     return build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.weight_decay), head_lr
 
 
+def load_inputs(cfg: TrainConfig, device: torch.device, ranks: Ranks, cache: BackboneCache | None = None,
+                splits: DataSplits | None = None) -> tuple[Backbone, DataSplits]:
+    """A run's frozen backbone (from ``cache`` when given) and its data (``splits`` when given), downloaded once per
+    machine (not raced by the ranks)."""
+    with local_leader_first(ranks):
+        backbone = (cache.get(cfg.model, device, cfg.fast_backbone) if cache
+                    else load_backbone(cfg.model, device, cfg.fast_backbone))
+        splits = splits or load_splits(
+            cfg.dataset, image_size=backbone.image_size, root=cfg.data_root, download=cfg.download,
+            val_fraction=cfg.val_fraction, num_workers=cfg.num_workers, max_cache_bytes=int(cfg.cache_gib * 2**30))
+    if device.type == "cuda":  # streamed batches in page-locked memory: an asynchronous copy to the GPU
+        for part in (splits.train, splits.val, splits.test):
+            if isinstance(part, StreamImageSet):
+                part.pin_memory = True
+    return backbone, splits
+
+
 class Schedule:
     """When a run's steps happen: the global batch (over all ranks) and each rank's part of it, steps per epoch, the
     total, warm-up, the evaluation interval and the lr at each step.
@@ -237,16 +254,19 @@ class RunMeasures:
                                              reads, fp)
         return self.baselines.get(key, compute)
 
-    def counts(self, use_prompt: bool) -> torch.Tensor:
-        """How often each source class is the backbone's top-1 for each target class, on the mapping images."""
+    def counts(self, use_prompt: bool, first: int | None = None) -> torch.Tensor:
+        """How often each source class is the backbone's top-1 for each target class, on the mapping images (the
+        ``first`` so many of them: this process's, in a distributed run)."""
+        data = self.mapping_set
+        if first is not None and first < len(data):
+            data = data.subset(torch.arange(first))
         if not use_prompt:
-            return self.shared("counts", self.mapping_set, lambda: self._count(False))
-        return self._count(True)
+            return self.shared("counts", data, lambda: self._count(data, False))
+        return self._count(data, True)
 
-    def _count(self, use_prompt: bool) -> torch.Tensor:
+    def _count(self, data, use_prompt: bool) -> torch.Tensor:
         head, counts = self.model.head, None
-        for logits, labels in logits_over(self.model, self.mapping_set, use_prompt, self.batch_size, self.amp,
-                                          source=True):
+        for logits, labels in logits_over(self.model, data, use_prompt, self.batch_size, self.amp, source=True):
             c = head.count(logits, labels, len(self.model.class_names))
             counts = c if counts is None else counts + c
             self.stop_if_asked()
@@ -353,18 +373,7 @@ class Trainer:
 
     # -- set-up -------------------------------------------------------------------------------------------
     def _load(self, cache: BackboneCache | None, splits: DataSplits | None) -> None:
-        """The frozen backbone and the data, downloaded once per machine (not raced by the ranks)."""
-        cfg = self.cfg
-        with local_leader_first(self.ranks):
-            self.backbone: Backbone = (cache.get(cfg.model, self.device, cfg.fast_backbone) if cache
-                                       else load_backbone(cfg.model, self.device, cfg.fast_backbone))
-            self.splits = splits or load_splits(
-                cfg.dataset, image_size=self.backbone.image_size, root=cfg.data_root, download=cfg.download,
-                val_fraction=cfg.val_fraction, num_workers=cfg.num_workers, max_cache_bytes=int(cfg.cache_gib * 2**30))
-        if self.device.type == "cuda":  # streamed batches in page-locked memory: an asynchronous copy to the GPU
-            for part in (self.splits.train, self.splits.val, self.splits.test):
-                if isinstance(part, StreamImageSet):
-                    part.pin_memory = True
+        self.backbone, self.splits = load_inputs(self.cfg, self.device, self.ranks, cache, splits)
         self.class_names = self.splits.class_names
         self.is_clip = isinstance(self.backbone, ClipBackbone)
 
@@ -420,10 +429,10 @@ class Trainer:
                 f"{self.best_path}). Try a lower learning rate (now {self.cfg.lr:g}).")
 
     # -- the head fits itself (label mapping) ---------------------------------------------------------------
-    def fit_head(self, use_prompt: bool = True, counts: torch.Tensor | None = None) -> torch.Tensor:
-        """Let the head fit itself from prediction counts (``use_prompt=False``: its no-prompt baseline, counted once
-        for every run that shares the baseline cache). ``counts`` given: fit from those. Returns the counts."""
-        counts = self.measures.counts(use_prompt) if counts is None else counts
+    def fit_head(self, use_prompt: bool = True, counts: torch.Tensor | None = None, first: int | None = None):
+        """Let the head fit itself from prediction counts on the (``first``) mapping images (``use_prompt=False``: its
+        no-prompt baseline, shared through the baseline cache). ``counts`` given: fit from those. Returns them."""
+        counts = self.measures.counts(use_prompt, first) if counts is None else counts
         self.model.head.fit(counts, baseline=not use_prompt)
         return counts
 
@@ -439,19 +448,20 @@ class Trainer:
 
     def _prepare(self) -> None:
         """Before the first step (not on a resume): the head's no-prompt baseline mapping and the mapping the prompt
-        starts from, counted on the mapping images (at most ``mapping_samples``). The no-prompt validation waits for
-        the first evaluation (:meth:`eval_and_checkpoint`), so it does not hold the first step up."""
-        head = self.model.head
+        starts from, counted on the first ``start_samples`` mapping images (all of them count at the first evaluation,
+        :meth:`_zero_shot`, with the no-prompt validation: neither holds the first step up)."""
+        head, first = self.model.head, self.cfg.start_samples
         self._stop_if_asked()
         if not head.needs_counts:
             return
         self.events.emit(TrainEvent("prepare", 0, self.total_steps, message=(
-            f"Fitting the label mapping: the backbone's predictions on {len(self.mapping_set)} training images")))
-        baseline_counts = self.fit_head(use_prompt=False)
+            f"Fitting the label mapping: the backbone's predictions on {min(first, len(self.mapping_set))} training "
+            "images")))
+        baseline_counts = self.fit_head(use_prompt=False, first=first)
         if head.fits_from_data:
             # a prompt that changes no pixel yet (an additive one at zero) sees what the baseline saw: its counts are
             # the baseline's, so the mapping images need not be read a second time
-            self.fit_head(counts=baseline_counts if self.prompter.is_identity() else None)
+            self.fit_head(counts=baseline_counts if self.prompter.is_identity() else None, first=first)
 
     # -- checkpoints (the files are RunFiles' business) ----------------------------------------------------
     def save_best(self, val_top1: float) -> None:
@@ -627,9 +637,19 @@ class Trainer:
         record(self.step, now - getattr(self, "_mark", now))
         self._mark = now
 
-    def _zero_shot(self) -> None:  # measured once, at the first evaluation (not before the first step)
-        if self.zero_shot_val is None:
-            self.zero_shot_val = self.measures.validate(use_prompt=False)
+    def _zero_shot(self) -> None:
+        """At the first evaluation (not before the first step): a run that started from fewer mapping images counts
+        the no-prompt baseline on all of them, and a mapping fitted once (not trained) of a prompt that started as no
+        change becomes that one (what counting all of them first would have given); then the no-prompt validation."""
+        if self.zero_shot_val is not None:
+            return
+        head = self.model.head
+        if head.needs_counts and self.cfg.start_samples < len(self.mapping_set):
+            full = self.fit_head(use_prompt=False)
+            if (head.fits_from_data and not head.needs_refit_each_epoch and not head.trainable_parameters()
+                    and create_prompter(self.prompter.cfg).is_identity()):
+                self.fit_head(counts=full)
+        self.zero_shot_val = self.measures.validate(use_prompt=False)
 
     def eval_and_checkpoint(self, epoch: int) -> None:
         self._zero_shot()
