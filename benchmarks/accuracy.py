@@ -192,6 +192,9 @@ MEASURES = [
     "visual_prompting/data.py",
     "visual_prompting/evaluation.py",
     "visual_prompting/model.py",
+    "visual_prompting/augment.py",  # the input diversity of the rows that use it
+    "visual_prompting/capture.py",  # recipe_robust's capture simulation, and every row's JPEG-75 / resize numbers
+    "visual_prompting/execution.py",  # how the frozen backbone is run
 ]
 
 def build_splits(dataset: str, image_size: int, train_size: int, val_size: int, test_size: int | None,

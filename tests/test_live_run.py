@@ -132,3 +132,16 @@ def load(path):
     from visual_prompting.prompt_file import load_prompt
 
     return load_prompt(path)
+
+
+def test_starting_a_run_does_not_import_torchvision():
+    """torchvision pulls in torch._dynamo and sympy: seconds before a CLI run's first step. The trainer, the CLI and
+    the app's logic import it only where it is used (torchvision datasets and backbones, JPEG round trips)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import visual_prompting.training, visual_prompting.cli, visual_prompting.ui; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    assert out.stdout.strip() == "[]", out.stdout[:500]

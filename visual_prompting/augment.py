@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import kornia.augmentation as KA
 import torch
-import torchvision.transforms.v2.functional as TF
 from kornia.enhance import posterize, solarize
 from kornia.geometry.transform import get_affine_matrix2d, warp_affine
 from torch import nn
@@ -83,12 +82,20 @@ TRIVIAL_OPS: dict[str, tuple[float, bool]] = {
     "Contrast": (0.99, True), "Sharpness": (0.99, True), "Posterize": (0.0, False), "Solarize": (0.0, False),
     "AutoContrast": (0.0, False), "Equalize": (0.0, False),
 }
+def _tf():
+    """torchvision's functional transforms, imported when first used (importing torchvision costs seconds of a run's
+    start-up)."""
+    import torchvision.transforms.v2.functional as tf
+
+    return tf
+
+
 _GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 _BLENDS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {  # op -> its degenerate image (factor 0)
     "Brightness": torch.zeros_like,
-    "Color": lambda x: TF.adjust_saturation(x, 0.0),
-    "Contrast": lambda x: TF.adjust_contrast(x, 0.0),
-    "Sharpness": lambda x: TF.adjust_sharpness(x, 0.0),
+    "Color": lambda x: _tf().adjust_saturation(x, 0.0),
+    "Contrast": lambda x: _tf().adjust_contrast(x, 0.0),
+    "Sharpness": lambda x: _tf().adjust_sharpness(x, 0.0),
 }
 
 
@@ -148,9 +155,9 @@ class TrivialAugment(nn.Module):
             elif k == "Solarize":  # threshold 1 .. 0 over the bins: invert the pixels at or above it
                 out[d] = solarize(xs, (1.0 - m.abs()).to(x.device, x.dtype))
             elif k == "AutoContrast":
-                out[d] = TF.autocontrast(xs)
+                out[d] = _tf().autocontrast(xs)
             else:  # Equalize (per image and channel)
-                out[d] = TF.equalize(xs)
+                out[d] = _tf().equalize(xs)
         return out
 
 

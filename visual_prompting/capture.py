@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 from kornia.geometry.transform import translate
 from torch import nn
-from torchvision.io import decode_jpeg, encode_jpeg
 
 from .errors import VPError
 from .prompters import straight_through_clamp, to_8bit
@@ -60,6 +59,8 @@ def jpeg_roundtrip(x: torch.Tensor, quality: int = 75) -> torch.Tensor:
     _check(x)
     if not 1 <= int(quality) <= 100:
         raise VPError(f"JPEG quality must be between 1 and 100 (got {quality}).")
+    from torchvision.io import decode_jpeg, encode_jpeg  # here: importing torchvision costs seconds of start-up
+
     u8 = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
     decoded = decode_jpeg(encode_jpeg(list(u8), quality=int(quality)))
     return (torch.stack(decoded).float() / 255).to(x.device, x.dtype)

@@ -46,7 +46,7 @@ from .settings import check_config
 # the run's settings, events and result have their own module; imported here too, where they always were
 from .train_config import (DEFAULT_HEAD_LR, StopTraining, TrainConfig, TrainEvent, TrainResult,  # noqa: F401
                            history_record)
-from .utils import HostReadback, amp_dtype, autocast, pick_device, seed_everything
+from .utils import HostReadback, amp_dtype, autocast, import_in_background, pick_device, seed_everything
 
 
 class Diverged(Exception):
@@ -73,17 +73,21 @@ def templates_for(cfg: TrainConfig, dataset_key: str) -> list[str]:
     return _templates_for(cfg.templates, dataset_key)
 
 
-def run_optimizer(cfg: TrainConfig, prompter, head, is_clip: bool) -> tuple[torch.optim.Optimizer, float | None]:
-    """The run's optimiser and a trained head's lr: the prompt in one group, a trained head's layer (fully_map) in
-    its own at head_lr (its own units; None when the head trains nothing)."""
+def head_lr_for(cfg: TrainConfig, head, is_clip: bool) -> float | None:
+    """A trained head's lr (its own units; fully_map's layer), None when the head trains nothing."""
     head_lr = (cfg.head_lr or DEFAULT_HEAD_LR) if head.trainable_parameters() else None
     if cfg.head_lr is not None and head_lr is None:
         raise VPError(f"--head-lr applies to a trained head (label mapping 'fully_map'), not to "
                       f"{'CLIP' if is_clip else repr(cfg.label_mapping)}.")
+    return head_lr
+
+
+def run_optimizer(cfg: TrainConfig, prompter, head, head_lr: float | None) -> torch.optim.Optimizer:
+    """The run's optimiser: the prompt in one group, a trained head's layer in its own at ``head_lr``."""
     groups = [{"params": list(prompter.parameters()), "lr_factor": 1.0}]
     if head_lr is not None:
         groups.append({"params": head.trainable_parameters(), "lr_factor": head_lr / cfg.lr})
-    return build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.weight_decay), head_lr
+    return build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.weight_decay)
 
 
 def load_inputs(cfg: TrainConfig, device: torch.device, ranks: Ranks, cache: BackboneCache | None = None,
@@ -339,17 +343,21 @@ class Trainer:
                  splits: DataSplits | None = None, files: RunFiles | None = None,
                  baselines: BaselineCache | None = None):
         check_config(cfg)
+        # torch.optim imports torch._dynamo with the first optimiser (seconds): started now, in the background, it is
+        # done while the data loads and the mapping is counted; the optimiser itself is built when first used
+        self._optimizer, self._imports = None, import_in_background("torch._dynamo")
         self.cfg = cfg = cfg.with_defaults()  # the lr used is written into the prompt file
         self.should_stop = should_stop or (lambda: False)
         # under torchrun: join the other processes (one process: SINGLE, nothing changes; cuda -> cuda:LOCAL_RANK)
         self.ranks, self.device = init_from_env(pick_device(cfg.device))
-        self._load(cache, splits)
+        self.backbone, self.splits = load_inputs(cfg, self.device, self.ranks, cache, splits)
+        self.class_names, self.is_clip = self.splits.class_names, isinstance(self.backbone, ClipBackbone)
         # seeded after the load: building a model may draw from the global RNG and a cached one does not, so the
         # draws below (a trained head's first weights, augmentation, capture) would depend on the process's past
         seed_everything(cfg.seed)
         self._build_model()
         self.schedule = Schedule(cfg, len(self.splits.train), self.is_clip, self.ranks, n_val=len(self.splits.val))
-        self.optimizer, self.head_lr = run_optimizer(cfg, self.prompter, self.model.head, self.is_clip)
+        self.head_lr = head_lr_for(cfg, self.model.head, self.is_clip)
         # per-channel std**2: turns the paper's normalised-space step into the same step in pixel space
         self.grad_scale = (self.backbone.std.view(3, 1, 1) ** 2).to(self.device)
         fp16 = cfg.amp and amp_dtype(self.device) == torch.float16
@@ -361,7 +369,9 @@ class Trainer:
             self.ranks, backbone=self.backbone.describe(), class_names=self.class_names, dataset=self.splits.name,
             train_config=cfg.to_dict(), distributed={"world_size": self.ranks.world_size,
                                                      "per_rank_batch": self.schedule.rank_batch})
-        self.events = RunEvents(callbacks or [], self.ranks, self.device, self._diverged_message)
+        self.events = RunEvents(callbacks or [], self.ranks, self.device, lambda step, loss: (
+            f"The loss became {loss} at step {step}: training stopped and the last good prompt is kept (best: "
+            f"{self.best_path}). Try a lower learning rate (now {self.cfg.lr:g})."))
         self.sigint = SigintBetweenSteps()
         self.step = 0
         self.best_val: float | None = None  # the best validation top-1 of an evaluation so far (None: none yet)
@@ -372,11 +382,6 @@ class Trainer:
             torch.manual_seed(rank_seed(cfg.seed, self.ranks.rank))  # its own augmentation draws from here on
 
     # -- set-up -------------------------------------------------------------------------------------------
-    def _load(self, cache: BackboneCache | None, splits: DataSplits | None) -> None:
-        self.backbone, self.splits = load_inputs(self.cfg, self.device, self.ranks, cache, splits)
-        self.class_names = self.splits.class_names
-        self.is_clip = isinstance(self.backbone, ClipBackbone)
-
     def _build_model(self) -> None:
         """The prompter (the only thing trained, with a fully_map head's layer), the model around it, the
         augmentation before it and the capture simulation after it."""
@@ -398,6 +403,12 @@ class Trainer:
             idx = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))[:cfg.mapping_samples]
             self.mapping_set = self.shard(self.splits.train.subset(idx))
         self.val_set = self.shard(self.splits.val)  # this rank's part of the validation split (all of it in one)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        if self._optimizer is None:
+            self._optimizer = run_optimizer(self.cfg, self.prompter, self.model.head, self.head_lr)
+        return self._optimizer
 
     # the schedule's numbers and the files' paths, where they always were
     batch_size = property(lambda self: self.schedule.batch_size)
@@ -423,10 +434,6 @@ class Trainer:
     def trainable_numbers(self) -> int:
         """The prompt's numbers plus a trained head's (an input-only run: the prompt's alone)."""
         return sum(p.numel() for p in self.trained_parameters())
-
-    def _diverged_message(self, step: int, loss: float) -> str:
-        return (f"The loss became {loss} at step {step}: training stopped and the last good prompt is kept (best: "
-                f"{self.best_path}). Try a lower learning rate (now {self.cfg.lr:g}).")
 
     # -- the head fits itself (label mapping) ---------------------------------------------------------------
     def fit_head(self, use_prompt: bool = True, counts: torch.Tensor | None = None, first: int | None = None):

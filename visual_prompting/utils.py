@@ -115,3 +115,21 @@ def write_text_atomic(path, text: str) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def import_in_background(*modules: str):
+    """Start importing ``modules`` in a daemon thread and return it: module imports are thread-safe (a thread that
+    needs one meanwhile waits for it), and much of an import's time can overlap work that runs outside Python
+    (a model's forward passes). A module that fails to import here raises where it is imported for use."""
+    import importlib
+    import threading
+
+    def work():
+        for m in modules:
+            try:
+                importlib.import_module(m)
+            except Exception:  # noqa: BLE001 - the import that needs the module reports it
+                pass
+    t = threading.Thread(target=work, name="vp-imports", daemon=True)
+    t.start()
+    return t
