@@ -427,12 +427,10 @@ class Trainer:
             return data
         return data.subset(shard_indices(torch.arange(len(data)), self.ranks.rank, self.ranks.world_size))
 
-    def trained_parameters(self) -> list[torch.Tensor]:
-        """Everything the optimiser updates, in a fixed order (the checkpoint's optimiser state is keyed by it)."""
+    def trained_parameters(self) -> list[torch.Tensor]:  # all the optimiser updates, in the order its state is saved
         return [*self.prompter.parameters(), *self.model.head.trainable_parameters()]
 
-    def trainable_numbers(self) -> int:
-        """The prompt's numbers plus a trained head's (an input-only run: the prompt's alone)."""
+    def trainable_numbers(self) -> int:  # the prompt's numbers plus a trained head's (input-only: the prompt's alone)
         return sum(p.numel() for p in self.trained_parameters())
 
     # -- the head fits itself (label mapping) ---------------------------------------------------------------
