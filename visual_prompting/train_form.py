@@ -74,8 +74,6 @@ TRAIN_FORM: tuple[FormField, ...] = (  # in this order on the page (per place) a
     FormField("prompter", "radio", "Prompt kind", recipe=True, info="{choices}"),
     FormField("prompt_size", "number", "Prompt size, px (0 = default: 30 px at 224)", blank=(None, 0),
               options=_WHOLE),
-    FormField("time_budget", "number", "Training time, s (0 = train all the steps)", place="row", blank=(None, 0),
-              high="max_train_seconds", options={"minimum": 0, "elem_id": "train-seconds"}),
     FormField("steps", "number", "Steps (the most, with a training time)", place="row", required=True,
               high="max_steps", options={**_WHOLE, "minimum": 1, "elem_id": "train-steps"}),
     FormField("batch_size", "number", "Batch size", place="row", required=True, high="max_batch_size",
@@ -90,6 +88,9 @@ TRAIN_FORM: tuple[FormField, ...] = (  # in this order on the page (per place) a
               info="{choices}"),
     FormField("capture", "radio", "Capture simulation (after the prompt)", place="more", recipe=True,
               info="{choices}"),
+    # last in the API (positional callers of /train keep their order), beside Steps on the page
+    FormField("time_budget", "number", "Training time, s (0 = train all the steps)", place="row", blank=(None, 0),
+              high="max_train_seconds", options={"minimum": 0, "elem_id": "train-seconds"}),
 )
 # the settings a recipe may set (the form shows each)
 TRAIN_FORM_FIELDS = tuple(f.name for f in TRAIN_FORM if f.recipe)
