@@ -153,7 +153,7 @@ def test_app_form_follows_a_recipe(tmp_path):
     vp = VPApp()
     d = vp.train_defaults()  # on a CPU: the recipe for a short live run, a minute of training
     assert d.recipe == "live" and d.prompter == "full" and d.optimizer == "adam" and d.lr == 0.03
-    assert RECIPES["live"].settings == {**RECIPES["fast"].settings, "lr": 0.03} and d.time_budget == 60
+    assert RECIPES["live"].settings == {**RECIPES["fast"].settings, "lr": 0.03} and d.time_budget == 65
     assert vp.train_defaults("fast").lr == 0.01
     assert vp.train_defaults("paper").settings == {f: getattr(TrainConfig(), f) if f != "lr" else 40.0
                                                    for f in TRAIN_FORM_FIELDS}

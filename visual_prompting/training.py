@@ -352,8 +352,7 @@ class Trainer:
         self.ranks, self.device = init_from_env(pick_device(cfg.device))
         self.backbone, self.splits = load_inputs(cfg, self.device, self.ranks, cache, splits)
         self.class_names, self.is_clip = self.splits.class_names, isinstance(self.backbone, ClipBackbone)
-        # seeded after the load: building a model may draw from the global RNG and a cached one does not, so the
-        # draws below (a trained head's first weights, augmentation, capture) would depend on the process's past
+        # seeded after the load (building a model may draw from the RNG, a cached one does not): the draws below
         seed_everything(cfg.seed)
         self._build_model()
         self.schedule = Schedule(cfg, len(self.splits.train), self.is_clip, self.ranks, n_val=len(self.splits.val))
@@ -643,9 +642,9 @@ class Trainer:
         self._mark = now
 
     def _zero_shot(self) -> None:
-        """At the first evaluation (not before the first step): a run that started from fewer mapping images counts
-        the no-prompt baseline on all of them, and a mapping fitted once (not trained) of a prompt that started as no
-        change becomes that one (what counting all of them first would have given); then the no-prompt validation."""
+        """At the first evaluation: the no-prompt baseline on all the mapping images if the run started from fewer (a
+        mapping fitted once, not trained, of a prompt that started as no change, takes it over), then the no-prompt
+        validation. Measured once, not before the first step, and not training: off the time budget's clock."""
         if self.zero_shot_val is not None:
             return
         head = self.model.head
@@ -655,6 +654,7 @@ class Trainer:
                     and create_prompter(self.prompter.cfg).is_identity()):
                 self.fit_head(counts=full)
         self.zero_shot_val = self.measures.validate(use_prompt=False)
+        self._mark = time.perf_counter()
 
     def eval_and_checkpoint(self, epoch: int) -> None:
         self._zero_shot()
