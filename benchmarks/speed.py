@@ -323,7 +323,7 @@ class LibraryStepStreamSync(LibraryStep):
 
     def __init__(self, *a):
         super().__init__(*a)
-        self.trainer.readback.cuda = False  # values stay on the device; read() then syncs the stream
+        self.trainer.events.readback.cuda = False  # values stay on the device; read() then syncs the stream
 
 
 def build_variant(name, spec, device, batch, amp, mode, cache, library=None):
