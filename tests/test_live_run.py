@@ -94,7 +94,10 @@ def test_a_time_budget_ends_on_time_with_a_best_prompt(tmp_path, small, cache, b
     # within a few steps (and one validation) of the budget
     assert abs(seconds - budget) < max(0.15 * budget, 5 * step_time), (seconds, budget, len(steps))
     assert steps[-1].lr < 0.1 * cfg.with_defaults().lr  # the cosine reached its end with the budget
-    assert steps[-1].total_steps == res.steps_done  # the estimate settled on the steps that fitted
+    # the estimate settled on the steps that fitted (the last step's event may still carry the estimate made before
+    # the last evaluation, one step off)
+    end = next(e for e in events if e.kind == "end")
+    assert end.total_steps == res.steps_done and abs(steps[-1].total_steps - res.steps_done) <= 1
     assert sum(e.kind == "eval" for e in events) >= 5  # about ten evaluations spread over the run
 
 
