@@ -93,7 +93,9 @@ def test_a_time_budget_ends_on_time_with_a_best_prompt(tmp_path, small, cache, b
     assert not res.interrupted and res.best_path and res.steps_done == len(steps) >= 4
     # within a few steps (and one validation) of the budget
     assert abs(seconds - budget) < max(0.15 * budget, 5 * step_time), (seconds, budget, len(steps))
-    assert steps[-1].lr < 0.1 * cfg.with_defaults().lr  # the cosine reached its end with the budget
+    # the cosine reached (near) its end with the budget: under load the estimate can still shrink by a step or two at
+    # the end, which leaves the last lr a little above 0
+    assert steps[-1].lr < 0.25 * cfg.with_defaults().lr, [(e.step, e.total_steps, e.lr) for e in steps[-5:]]
     # the estimate settled on the steps that fitted (the last step's event may still carry the estimate made before
     # the last evaluation, one step off)
     end = next(e for e in events if e.kind == "end")
