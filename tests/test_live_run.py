@@ -150,3 +150,16 @@ def test_starting_a_run_does_not_import_torchvision():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))
     assert out.stdout.strip() == "[]", out.stdout[:500]
+
+
+def test_the_baseline_cache_keeps_the_most_recently_used_values_only():
+    cache, computed = BaselineCache(max_entries=2), []
+
+    def value(k):
+        return lambda: computed.append(k) or k.upper()
+
+    assert [cache.get(k, value(k)) for k in ("a", "b", "a", "c")] == ["A", "B", "A", "C"]
+    assert computed == ["a", "b", "c"] and len(cache) == 2  # "b", the least recently used, went
+    assert cache.get("a", value("a")) == "A" and cache.get("b", value("b")) == "B"
+    assert computed == ["a", "b", "c", "b"]
+    assert cache.get(None, value("x")) == "X" and len(cache) == 2  # no key: computed, never kept

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -46,10 +47,13 @@ def key_of(*parts) -> str:
 
 class BaselineCache:
     """Thread-safe ``key -> value`` store: :meth:`get` computes a missing value once, while other callers with the same
-    key wait for it (two users starting the same run at once count once)."""
+    key wait for it (two users starting the same run at once count once). It keeps the ``max_entries`` most recently
+    used values (an app that serves many uploaded datasets does not grow without bound; an entry is a count matrix
+    or a few numbers, ~100 KB at most)."""
 
-    def __init__(self):
-        self._values: dict[str, object] = {}
+    def __init__(self, max_entries: int = 512):
+        self.max_entries = max_entries
+        self._values: OrderedDict[str, object] = OrderedDict()
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -59,9 +63,17 @@ class BaselineCache:
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
-            if key not in self._values:
-                self._values[key] = compute()
-            return self._values[key]
+            with self._guard:
+                if key in self._values:
+                    self._values.move_to_end(key)
+                    return self._values[key]
+            value = compute()
+            with self._guard:
+                self._values[key] = value
+                while len(self._values) > self.max_entries:
+                    old, _ = self._values.popitem(last=False)
+                    self._locks.pop(old, None)
+            return value
 
     def __len__(self) -> int:
         return len(self._values)
