@@ -90,7 +90,7 @@ def test_a_time_budget_ends_on_time_with_a_best_prompt(tmp_path, small, cache, b
     step_time = budget / max(1, len(steps))
     seconds = res.metrics["train_seconds"]
     print(f"budget {budget} s: {seconds:.2f} s in steps and validations, {len(steps)} steps")
-    assert not res.interrupted and res.best_path and res.steps_done == len(steps) >= 4
+    assert not res.interrupted and res.best_path and res.steps_done == len(steps) >= 4, (res.steps_done, seconds)
     # within a few steps (and one validation) of the budget
     assert abs(seconds - budget) < max(0.15 * budget, 5 * step_time), (seconds, budget, len(steps))
     # the cosine reached (near) its end with the budget: under load the estimate can still shrink by a step or two at
@@ -100,7 +100,8 @@ def test_a_time_budget_ends_on_time_with_a_best_prompt(tmp_path, small, cache, b
     # the last evaluation, one step off)
     end = next(e for e in events if e.kind == "end")
     assert end.total_steps == res.steps_done and abs(steps[-1].total_steps - res.steps_done) <= 1
-    assert sum(e.kind == "eval" for e in events) >= 5  # about ten evaluations spread over the run
+    evals = [e.step for e in events if e.kind == "eval"]
+    assert len(evals) >= 5, (evals, res.steps_done)  # about ten evaluations spread over the run
 
 
 def test_a_time_budget_caps_at_steps(tmp_path, small, cache):
