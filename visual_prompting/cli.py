@@ -12,6 +12,7 @@ import sys
 from .data import DEFAULT_MAX_IMAGE_PIXELS
 from .errors import VPError
 from .utils import percent
+from .transforms import stack_text
 
 EPILOG_TRAIN = """examples:
   python -m visual_prompting train --model effnet-lite0@96 --dataset fashion_mnist_subset --steps 200 --batch-size 64
@@ -246,8 +247,10 @@ def cmd_info(a) -> int:
         return 0
     pc, head = m["prompter"], m["head"]
     print(f"prompt file   {a.prompt}")
-    print(f"prompter      {pc['kind']}, size {pc['size']} at {pc['image_size']}px, clamp {pc['clamp']}, "
-          f"{pf.prompter.num_parameters():,} numbers")
+    print(f"prompter      {pc['kind']}, size {pc['size']} at {pc['image_size']}px{stack_text(pc)}, clamp "
+          f"{pc['clamp']}, {pf.prompter.num_parameters():,} numbers")
+    for t in pf.prompter.transforms:
+        print(f"              {t.summary()}")
     print(f"backbone      {m['backbone']['spec']}")
     print(f"dataset       {m.get('dataset', '')}")
     print(f"classes       {len(m['class_names'])}: {', '.join(m['class_names'][:10])}{' ...' if len(m['class_names']) > 10 else ''}")

@@ -36,6 +36,7 @@ from .network import is_offline as _is_offline
 from .prompt_file import load_prompt, save_shareable
 from .utils import percent
 
+from .transforms import stack_text
 PROMPT_FILENAME = "prompt.safetensors"
 UPLOAD_FILES = (PROMPT_FILENAME, "config.json", "README.md", "prompt.png")
 LIBRARY_NAME = "visual-prompting"
@@ -384,8 +385,8 @@ def _accuracy_section(meta: dict) -> str:
 def _details(meta: dict, base: str | None) -> str:
     pc, spec, m = meta["prompter"], meta["backbone"]["spec"], meta.get("metrics") or {}
     tc, classes = meta.get("train_config") or {}, meta["class_names"]
-    details = [f"- prompter: `{pc['kind']}`, size {pc['size']} at {pc['image_size']} px, clamp `{pc.get('clamp')}`, "
-               f"init `{pc.get('init')}`",
+    details = [f"- prompter: `{pc['kind']}`, size {pc['size']} at {pc['image_size']} px{stack_text(pc)}, clamp "
+               f"`{pc.get('clamp')}`, init `{pc.get('init')}`",
                f"- backbone: `{spec}`" + (f" (weights: [{base}](https://huggingface.co/{base}))" if base else ""),
                f"- head: {head_text(meta['head'])}"]
     picked = {k: tc[k] for k in ("epochs", "steps", "batch_size", "lr", "momentum", "weight_decay", "warmup_steps",

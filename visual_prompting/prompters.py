@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import VPError
+from .transforms import build_transforms
 
 INITS: dict[str, str] = {"zeros": "no change at the start", "randn": "Gaussian noise, the reference code's"}
 
@@ -44,14 +45,23 @@ class PrompterConfig:
     init_std: float = 0.0  # std of the "randn" init, in pixel units (the paper's randn in normalised space * std)
     seed: int = 0  # random_patch: where the patch sits at evaluation
     scale: float | None = None  # scale_pad kinds: the image's scale on the canvas (None: (S - 2*size) / S)
+    # learned input transforms applied in this order before the kind acts (:mod:`visual_prompting.transforms`)
+    transforms: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        self.transforms = tuple(self.transforms)  # a JSON list from a file, or a tuple
 
     def to_dict(self) -> dict:
-        """The config as stored in prompt files. ``scale`` is left out while it is None, so every prompter that
-        does not use it writes exactly the metadata it wrote before the field existed (and old files, which lack
-        it, compare equal on resume)."""
+        """The config as stored in prompt files. ``scale`` is left out while it is None and ``transforms`` while it
+        is empty, so every prompter that does not use them writes exactly the metadata it wrote before the fields
+        existed (and old files, which lack them, compare equal on resume)."""
         d = asdict(self)
         if d["scale"] is None:
             del d["scale"]
+        if d["transforms"]:
+            d["transforms"] = list(d["transforms"])  # as JSON reads it back
+        else:
+            del d["transforms"]
         return d
 
 
@@ -139,6 +149,7 @@ class Prompter(nn.Module):
         if cfg.image_size < 1 or cfg.size < 1:
             raise VPError(f"Prompt size and image size must be positive (got size={cfg.size}, image={cfg.image_size}).")
         self.cfg = cfg
+        self.transforms = build_transforms(cfg.transforms, cfg.image_size)  # applied first, in order
 
     # -- parameters ---------------------------------------------------------------------------------------
     def _param(self, *shape: int) -> nn.Parameter:
@@ -150,11 +161,23 @@ class Prompter(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def own_parameters(self) -> list[nn.Parameter]:
+        """The kind's own tensors (the additive prompt), without its input transforms'."""
+        inside = {id(p) for p in self.transforms.parameters()}
+        return [p for p in self.parameters() if id(p) not in inside]
+
     @torch.no_grad()
     def project_(self) -> None:
-        """Keep the prompt where it can still act: [-1, 1] when the output is clamped."""
+        """Keep the prompt where it can still act: [-1, 1] when the output is clamped (each input transform
+        keeps its own bounds)."""
+        for t in self.transforms:
+            t.project_()
+        self._project_prompt()
+
+    @torch.no_grad()
+    def _project_prompt(self) -> None:
         if CLAMP_MODES[self.cfg.clamp].projects:
-            for p in self.parameters():
+            for p in self.own_parameters():
                 p.clamp_(-1.0, 1.0)
 
     # -- applying -----------------------------------------------------------------------------------------
@@ -170,6 +193,8 @@ class Prompter(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self._check(images)
+        for t in self.transforms:
+            images = t(images)
         return self._finish(self._prompt(images))
 
     def _prompt(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
@@ -190,7 +215,12 @@ class Prompter(nn.Module):
     def is_identity(self) -> bool:
         """True when the prompt leaves every [0, 1] 8-bit image unchanged (an additive prompt that is all zero):
         then a prompted pass gives exactly the unprompted one."""
-        return self.additive and bool((self.delta() == 0).all())
+        return (self.additive and all(t.is_identity() for t in self.transforms)
+                and bool((self.delta() == 0).all()))
+
+    def transforms_summary(self) -> str:
+        """What the input transforms do now ("" when there are none)."""
+        return "; ".join(t.summary() for t in self.transforms)
 
 
 PROMPTERS: dict[str, type[Prompter]] = {}
@@ -402,7 +432,7 @@ class LowRankPrompter(Prompter):
         return images + self.delta().to(images.dtype)
 
     @torch.no_grad()
-    def project_(self) -> None:
+    def _project_prompt(self) -> None:
         if self.cfg.clamp == "none":
             return
         row_max = torch.bmm(self.lr_b, self.lr_a).abs().amax(dim=2, keepdim=True)  # (3, S, 1)
@@ -545,6 +575,6 @@ class LearnedScalePadPrompter(ScalePadPrompter):
         return canvas * inside + self.base * (1 - inside) + self.prompt.to(images.dtype)
 
     @torch.no_grad()
-    def project_(self) -> None:
+    def _project_prompt(self) -> None:
         if self.cfg.clamp != "none":
             self.prompt.clamp_(-1.0, 1.0)

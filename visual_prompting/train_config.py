@@ -18,6 +18,7 @@ from .heads import MAPPINGS, TEMPLATE_SETS
 from .optim import OPTIMIZERS
 from .prompters import CLAMP_MODES, INITS, PROMPTERS
 from .settings import listing, setting
+from .transforms import TRANSFORMS, stack_choices
 
 
 def _pct(text: str) -> str:
@@ -55,6 +56,9 @@ class TrainConfig:
     image_scale: float | None = setting(None, "scale_pad / learned_scale_pad: the image's scale on the canvas, in "
                                         "(0, 1] (the start for learned_scale_pad; default (S - 2 * prompt size) / S, "
                                         "shrink_pad's)", low=0, low_open=True, high=1, label="Image scale")
+    transforms: str = setting("none", lambda: "learned input transforms applied before the prompt, in order (ACAVP): "
+                              f"{_pct(listing(TRANSFORMS))}; e.g. affine+colour (default: %(default)s)",
+                              choices=stack_choices)
     clamp: str = setting("straight-through", _choice_help("keep prompted images in [0,1]: ", CLAMP_MODES, "{name} ({description})"),
                          choices=lambda: CLAMP_MODES)
     init: str = setting("zeros", _choice_help("prompt initialisation: ", INITS, "{name} ({description})"), choices=lambda: INITS)

@@ -88,9 +88,12 @@ TRAIN_FORM: tuple[FormField, ...] = (  # in this order on the page (per place) a
               info="{choices}"),
     FormField("capture", "radio", "Capture simulation (after the prompt)", place="more", recipe=True,
               info="{choices}"),
-    # last in the API (positional callers of /train keep their order), beside Steps on the page
+    # last in the API (positional callers of /train keep their order; fields added later go after it), beside
+    # Steps on the page
     FormField("time_budget", "number", "Training time, s (0 = train all the steps)", place="row", blank=(None, 0),
               high="max_train_seconds", options={"minimum": 0, "elem_id": "train-seconds"}),
+    FormField("transforms", "dropdown", "Learned input transforms (before the prompt, in order)", place="more",
+              recipe=True, info="ACAVP's affine (a warp) and colour (a 3 x 3 colour matrix and bias); adam only"),
 )
 # the settings a recipe may set (the form shows each)
 TRAIN_FORM_FIELDS = tuple(f.name for f in TRAIN_FORM if f.recipe)

@@ -42,6 +42,7 @@ from .heads import templates_for as _templates_for
 from .model import PromptedModel
 from .optim import build_optimizer
 from .prompters import PROMPTERS, PrompterConfig, create_prompter
+from .transforms import split_stack
 from .settings import check_config
 # the run's settings, events and result have their own module; imported here too, where they always were
 from .train_config import (DEFAULT_HEAD_LR, StopTraining, TrainConfig, TrainEvent, TrainResult,  # noqa: F401
@@ -82,9 +83,21 @@ def head_lr_for(cfg: TrainConfig, head, is_clip: bool) -> float | None:
     return head_lr
 
 
+def check_prompt_settings(cfg: TrainConfig) -> None:
+    """Settings that only go together: an image scale with the scale_pad kinds, input transforms with adam."""
+    if cfg.image_scale is not None and not hasattr(PROMPTERS[cfg.prompter], "learn_scale"):
+        raise VPError(f"An image scale applies to the scale_pad kinds only, not to {cfg.prompter!r}.")
+    if split_stack(cfg.transforms) and cfg.optimizer != "adam":
+        raise VPError(f"Input transforms ({cfg.transforms}) are trained with the adam optimiser only (each is a few "
+                      f"numbers that move the whole image: {cfg.optimizer}'s pixel-unit steps would throw them far "
+                      "off at once).")
+
+
 def run_optimizer(cfg: TrainConfig, prompter, head, head_lr: float | None) -> torch.optim.Optimizer:
-    """The run's optimiser: the prompt in one group, a trained head's layer in its own at ``head_lr``."""
-    groups = [{"params": list(prompter.parameters()), "lr_factor": 1.0}]
+    """The run's optimiser: the prompt in one group, each input transform in its own at its ``lr_factor`` of the
+    prompt's lr, a trained head's layer in its own at ``head_lr``."""
+    groups = [{"params": prompter.own_parameters(), "lr_factor": 1.0}]
+    groups += [{"params": list(t.parameters()), "lr_factor": t.lr_factor} for t in prompter.transforms]
     if head_lr is not None:
         groups.append({"params": head.trainable_parameters(), "lr_factor": head_lr / cfg.lr})
     return build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.weight_decay)
@@ -386,12 +399,11 @@ class Trainer:
         augmentation before it and the capture simulation after it."""
         cfg, S = self.cfg, self.backbone.image_size
         templates = templates_for(cfg, canonical_name(self.splits.name)) if self.is_clip else None
-        if cfg.image_scale is not None and not hasattr(PROMPTERS[cfg.prompter], "learn_scale"):
-            raise VPError(f"An image scale applies to the scale_pad kinds only, not to {cfg.prompter!r}.")
+        check_prompt_settings(cfg)
         self.prompter = create_prompter(PrompterConfig(
             kind=cfg.prompter, image_size=S, size=cfg.prompt_size or default_prompt_size(cfg.prompter, S),
             clamp=cfg.clamp, init=cfg.init, init_std=float(self.backbone.std.mean()) if cfg.init == "randn" else 0.0,
-            seed=cfg.seed, scale=cfg.image_scale)).to(self.device)
+            seed=cfg.seed, scale=cfg.image_scale, transforms=split_stack(cfg.transforms))).to(self.device)
         head = create_head(self.backbone, self.class_names, templates=templates, mapping=cfg.label_mapping)
         self.model = PromptedModel(self.backbone, head, self.prompter, self.class_names)
         self.augment = build_augment(cfg.augment)  # draws from the global RNG: resumable

@@ -41,6 +41,7 @@ from .train_form import (  # noqa: F401 - TRAIN_FORM_FIELDS, choice_info, train_
     form_settings,
     train_choices,
 )
+from .transforms import stack_text
 from .utils import percent, pick_device
 from .visualization import (
     amplitude,
@@ -237,7 +238,7 @@ class VPApp:
                f"without" + (f" ({met['test_n']} images)" if met.get("test_n") else "")
                if met.get("test_top1") is not None else "no test numbers stored")
         p, spec = meta["prompter"], meta["backbone"]["spec"]
-        text = (f"**{p['kind']}** prompt ({p['size']} px at {p['image_size']} px) for `{spec}` "
+        text = (f"**{p['kind']}** prompt ({p['size']} px at {p['image_size']} px{stack_text(p)}) for `{spec}` "
                 f"on **{meta.get('dataset') or '?'}**, {len(meta['class_names'])} classes: {acc}")
         size = p["image_size"]
         others = [f"effnet-lite0@{size}" if size != 224 else "effnet-lite0", f"torchvision:resnet18@{size}"]
@@ -325,7 +326,8 @@ class VPApp:
         amp, channels = amplitude(pf.prompter)
         out = {"prompt": prompt_image(pf.prompter), "amplitude": amp, "channels": channels,
                "spectrum": spectrum(pf.prompter), "saliency": None, "saliency_class": "",
-               "metadata": metadata_rows(pf.meta)}
+               "metadata": metadata_rows(pf.meta) + [[f"input transform {i}", t.summary()]
+                                                     for i, t in enumerate(pf.prompter.transforms)]}
         if image is not None:
             model, _, _ = self.model(path)
             out["saliency"], out["saliency_class"] = saliency(model, self.read_image(image))
