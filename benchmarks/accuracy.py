@@ -290,9 +290,13 @@ def run_prompt(spec: str, settings: dict, splits: DataSplits, cache: BackboneCac
                   test_without_prompt=False)  # the no_prompt rows measure that once for all rows
     cfg = TrainConfig(**{**settings, **budget})
 
+    t0, eval_seconds = time.perf_counter(), []
+
     def progress(ev):
-        if ev.kind == "eval" and not args.quiet:
-            print(f"    step {ev.step}/{ev.total_steps}  val top-1 {ev.val_top1:.3f}", flush=True)
+        if ev.kind == "eval":  # the wall time from the run's start (set-up, training, evaluations) to this one
+            eval_seconds.append([ev.step, round(time.perf_counter() - t0, 1)])
+            if not args.quiet:
+                print(f"    step {ev.step}/{ev.total_steps}  val top-1 {ev.val_top1:.3f}", flush=True)
 
     trainer = Trainer(cfg, callbacks=[progress], cache=cache, splits=splits)
     result = trainer.run()
@@ -315,7 +319,7 @@ def run_prompt(spec: str, settings: dict, splits: DataSplits, cache: BackboneCac
             "prompt_size": trainer.prompter.cfg.size, "steps": result.steps_done,
             "train_acc_last_10pct": sum(tail) / len(tail) if tail else None,
             "best_val_step": best_step, "still_improving_at_end": bool(evals) and best_step == evals[-1][0],
-            "val_curve": [[s, round(v, 4)] for s, v in evals]}
+            "val_curve": [[s, round(v, 4)] for s, v in evals], "eval_seconds": eval_seconds}
 
 
 def steps_to_target(evals: list, target: float) -> int | None:
@@ -467,6 +471,8 @@ def summarize(rows: list[dict]) -> dict:
                 f"{percent(r['test_top1'], 2)} test top-1 (linear probe {percent(probe['test_top1'], 2)}, "
                 f"{probe['trainable_params']:,} numbers)" for r in every_prompt if not r.get("input_only", True)]
     out.update(time_to_target(by, prompts))
+    if probe and probe.get("val_top1") is not None:
+        out["time_to_probe"] = {r["method"]: to_probe(r, probe["val_top1"]) for r in prompts}
     robust = [r for r in prompts if r.get("test_top1_jpeg75") is not None]
     if robust:
         out["capture_drop_points"] = {r["method"]: {
@@ -508,6 +514,23 @@ def time_to_target(by: dict[str, dict], prompts: list[dict]) -> dict:
     return out
 
 
+def to_probe(r: dict, probe_val: float) -> dict:
+    """When a prompt row first reached the linear probe's validation top-1 (its C was chosen on the same validation
+    images): the slowest seed's evaluation step and the wall seconds from its run's start to that evaluation (None
+    when some seed never got there), and how many seeds got there."""
+    runs = r.get("per_seed") or [r]
+    hits = []
+    for ps in runs:
+        step = steps_to_target(ps.get("val_curve") or [], probe_val)
+        secs = dict(map(tuple, ps.get("eval_seconds") or [])).get(step) if step is not None else None
+        hits.append((step, secs))
+    done = [h for h in hits if h[0] is not None]
+    every = len(done) == len(hits)
+    return {"probe_val_top1": probe_val, "seeds_reached": len(done), "seeds": len(hits),
+            "steps": max(h[0] for h in done) if every else None,
+            "seconds": (max(h[1] for h in done) if every and all(h[1] is not None for h in done) else None)}
+
+
 def table(rows: list[dict]) -> str:
     def seeds(r):
         return "-" if r["kind"] != "prompt" else ",".join(map(str, r.get("seeds") or ["?"]))
@@ -525,10 +548,20 @@ def table(rows: list[dict]) -> str:
         n = row_steps_to_target(r)
         return "not reached" if n is None else n
 
+    probe = next((r for r in rows if r["kind"] == "linear_probe" and r.get("val_top1") is not None), None)
+
+    def t2p(r):  # steps and seconds to the probe's validation top-1 (the slowest seed's)
+        if r["kind"] != "prompt" or probe is None or not any(ps.get("eval_seconds") for ps in r.get("per_seed") or [r]):
+            return "-"
+        t = to_probe(r, probe["val_top1"])
+        return (f"{t['steps']} / {t['seconds']:.0f} s" if t["steps"] is not None and t["seconds"] is not None
+                else f"not reached ({t['seeds_reached']}/{t['seeds']} seeds)")
+
     return markdown_table(
-        ["method", "test top-1 % (mean)", "seeds", "test top-1 % min-max", "steps to 79% val", "JPEG-75 %",
-         "resize 0.75 %", "trainable params", "input only", "seconds", "val top-1 %", "what"],
-        [[r["method"], number(r, "test_top1"), seeds(r), spread(r), s2t(r), number(r, "test_top1_jpeg75"),
+        ["method", "test top-1 % (mean)", "seeds", "test top-1 % min-max", "steps to 79% val",
+         "steps / s to the probe's val", "JPEG-75 %", "resize 0.75 %", "trainable params", "input only", "seconds",
+         "val top-1 %", "what"],
+        [[r["method"], number(r, "test_top1"), seeds(r), spread(r), s2t(r), t2p(r), number(r, "test_top1_jpeg75"),
           number(r, "test_top1_resize075"), r["trainable_params"],
           {True: "yes", False: "no"}.get(r.get("input_only", r["kind"] != "linear_probe")),
           round(r["seconds"], 1), number(r, "val_top1"), r["description"]] for r in rows])

@@ -130,6 +130,24 @@ def test_accuracy_smoke(tmp_path):
         {"straight-through", "none"}
     assert doc["status"] == "complete" and "gap_points" in doc["summary"]
     assert (doc["settings"]["val_size"], doc["settings"]["test_size"]) == (40, 64)
+    for ps in (ps for r in trained for ps in r["per_seed"]):  # each evaluation's wall time: time to the probe
+        secs = [t for _, t in ps["eval_seconds"]]
+        assert [s for s, _ in ps["eval_seconds"]] == [s for s, _ in ps["val_curve"]] and secs == sorted(secs)
+    assert set(doc["summary"]["time_to_probe"]) == {r["method"] for r in trained if r["input_only"]}
+    assert "steps / s to the probe's val" in (tmp_path / "accuracy.md").read_text()
+
+
+def test_time_to_the_probe_is_the_slowest_seeds_step_and_seconds():
+    acc = load("accuracy")
+    row = {"per_seed": [{"val_curve": [[200, 0.80], [400, 0.86], [600, 0.88]], "eval_seconds": [[200, 90.0], [400, 180.5],
+                                                                                                 [600, 270.0]]},
+                        {"val_curve": [[200, 0.85], [400, 0.87]], "eval_seconds": [[200, 95.0], [400, 185.0]]}]}
+    assert acc.to_probe(row, 0.86) == {"probe_val_top1": 0.86, "seeds_reached": 2, "seeds": 2, "steps": 400,
+                                       "seconds": 185.0}
+    assert acc.to_probe(row, 0.875)["steps"] is None and acc.to_probe(row, 0.875)["seeds_reached"] == 1
+    old = {"val_curve": [[200, 0.9]]}  # recorded before eval_seconds: the step, no seconds
+    assert acc.to_probe(old, 0.86) == {"probe_val_top1": 0.86, "seeds_reached": 1, "seeds": 1, "steps": 200,
+                                       "seconds": None}
 
 
 def test_accuracy_titles_its_table_with_the_dataset_it_measured(tmp_path):
