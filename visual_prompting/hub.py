@@ -26,6 +26,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 from .backbones import backbone_family, base_model_for, parse_spec
 from .data import named_as
@@ -52,7 +53,8 @@ def _endpoint(endpoint: str | None) -> str:
     return (endpoint or hf_endpoint()).rstrip("/")
 
 
-def _check_repo_id(repo_id: str) -> None:
+def check_repo_id(repo_id: str) -> None:
+    """A :class:`VPError` unless ``repo_id`` is a valid Hub repo id (USER/NAME)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if not isinstance(repo_id, str) or repo_id.count("/") != 1:
@@ -73,17 +75,19 @@ def _library_version() -> str:
 
 def pull_prompt(repo_id: str, filename: str | None = None, revision: str | None = None, cache_dir=None,
                 timeout: float = DEFAULT_TIMEOUT, *, token: str | bool | None = None, endpoint: str | None = None,
-                repo_type: str | None = None) -> str:
+                repo_type: str | None = None, reachable: bool | None = None) -> str:
     """Download a prompt file from a Hub repo into the Hugging Face cache and return its local path.
 
     ``filename`` defaults to ``prompt.safetensors``; ``revision`` to ``main``; ``cache_dir`` to the Hugging Face
     cache (``$HF_HUB_CACHE``); ``endpoint`` to ``$HF_ENDPOINT`` or huggingface.co. With ``HF_HUB_OFFLINE=1``, or when
     the endpoint does not answer within ``timeout`` seconds, the cached copy is used. The file is validated as a
     prompt. Every failure is a :class:`VPError` with a plain message, raised within seconds (no retry loops).
+    ``reachable``: what a probe of the endpoint the caller has just made said (one probe for many pulls, e.g. the
+    zoo's Hub entries); None probes now.
     """
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     filename = filename or PROMPT_FILENAME
     endpoint = _endpoint(endpoint)
     where = f"{repo_id}/{filename}" + (f" (revision {revision})" if revision else "")
@@ -96,7 +100,7 @@ def pull_prompt(repo_id: str, filename: str | None = None, revision: str | None 
                           "Hugging Face cache. Unset HF_HUB_OFFLINE and connect once, or use a local prompt file.")
         return _validated(path, where)
 
-    if not host_reachable(endpoint, timeout=timeout):
+    if not (host_reachable(endpoint, timeout=timeout) if reachable is None else reachable):
         path = _from_cache(**kw)
         if path is None:
             raise VPError(f"Cannot download {where}: {endpoint} is unreachable and it is not in the local Hugging Face "
@@ -424,10 +428,28 @@ def _kind_text(pc: dict) -> str:
 
 # -- push ------------------------------------------------------------------------------------------------------
 
+class Pushed(NamedTuple):
+    """Where :func:`push_prompt_commit` put a prompt: the repo's URL and id, the commit the upload made (None when the
+    Hub did not say) and the prompt's file name in the repo."""
+    url: str
+    repo_id: str
+    revision: str | None
+    filename: str
+
+
 def push_prompt(prompt_path, repo_id: str, token: str | None = None, private: bool = False,
                 commit_message: str | None = None, *, endpoint: str | None = None,
                 timeout: float = DEFAULT_TIMEOUT) -> str:
-    """Upload a prompt to the Hub model repo ``repo_id`` (created if missing) and return the repo URL.
+    """Upload a prompt to the Hub model repo ``repo_id`` (created if missing) and return the repo URL
+    (:func:`push_prompt_commit` also says which commit the upload made)."""
+    return push_prompt_commit(prompt_path, repo_id, token, private, commit_message, endpoint=endpoint,
+                              timeout=timeout).url
+
+
+def push_prompt_commit(prompt_path, repo_id: str, token: str | None = None, private: bool = False,
+                       commit_message: str | None = None, *, endpoint: str | None = None,
+                       timeout: float = DEFAULT_TIMEOUT) -> Pushed:
+    """Upload a prompt to the Hub model repo ``repo_id`` (created if missing); :class:`Pushed` says where it went.
 
     The upload is the folder :func:`prepare_upload` writes. ``private=True`` makes a *new* repo private (otherwise the
     Hub's default applies; an existing repo keeps its visibility). ``token`` defaults to the logged-in token /
@@ -435,7 +457,7 @@ def push_prompt(prompt_path, repo_id: str, token: str | None = None, private: bo
     """
     from huggingface_hub import HfApi
 
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     pf = load_prompt(prompt_path)  # a bad file fails before any network call
     endpoint = _endpoint(endpoint)
     if _is_offline():
@@ -450,10 +472,12 @@ def push_prompt(prompt_path, repo_id: str, token: str | None = None, private: bo
         api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY_NAME, library_version=_library_version())
         try:
             url = api.create_repo(repo_id, private=True if private else None, exist_ok=True, repo_type="model")
-            api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=message, repo_type="model")
+            commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=message,
+                                       repo_type="model")
         except Exception as e:  # every failure becomes one readable VPError
             raise VPError(_push_error(e, repo_id, endpoint)) from e
-    return str(url)
+    oid = getattr(commit, "oid", None)  # huggingface_hub's CommitInfo
+    return Pushed(str(url), repo_id, oid if isinstance(oid, str) and oid else None, PROMPT_FILENAME)
 
 
 def _push_error(e: Exception, repo_id: str, endpoint: str) -> str:
