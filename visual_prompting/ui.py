@@ -164,7 +164,7 @@ class VPApp:
         entries, skipped = {}, []
         with named_as(self._zoo_names()):
             for e in list_prompts(self.cfg.zoo_dir, include_hub=include_hub, skipped=skipped):
-                entries[e["name"]] = {**e, "source": "hub" if (e["index"] or {}).get("repo_id") else "zoo"}
+                entries[e["name"]] = {**e, "source": "hub" if e.get("hub") else "zoo"}
             if Path(self.cfg.user_zoo_dir).is_dir():
                 for e in list_prompts(self.cfg.user_zoo_dir, skipped=skipped):
                     entries[f"my/{e['name']}"] = {**e, "source": "yours"}

@@ -3,8 +3,9 @@
 ``prompts_zoo/index.json`` is ``{"version": 1, "prompts": [entry, ...]}``; an entry names a prompt by ``path``
 (relative to the zoo folder) or ``repo_id`` (a Hugging Face Hub repo, optionally ``filename``/``revision``),
 with its ``backbone``, ``dataset``, ``classes``, ``prompter`` and ``metrics`` (and, for prompts made here, the
-exact ``command`` that made them). ``scripts/build_zoo.py`` writes it; tests check that every entry exists and
-still measures what it lists.
+exact ``command`` that made them). A local prompt that was published also has ``hub``: ``{"repo_id", "revision",
+"filename"}`` (where ``scripts/build_zoo.py --push-to`` uploaded it). ``scripts/build_zoo.py`` writes it; tests
+check that every entry exists and still measures what it lists.
 """
 from __future__ import annotations
 
@@ -42,7 +43,40 @@ def load_index(folder: str | Path = ZOO_DIR) -> list[dict]:
                 or not all(e.get(k) is None or _text(e[k]) for k in ("path", "repo_id", "filename", "revision"))):
             raise VPError(f"{path}: every entry needs a 'name' and a 'path' or 'repo_id', each a text "
                           f"({e!r:.200}).")
+        problem = _hub_problem(e)
+        if problem:
+            raise VPError(f"{path}: entry {e['name']!r:.100}: {problem}")
     return entries
+
+
+_REPO_ID = re.compile(r"[\w.-]{1,96}/[\w.-]{1,96}")
+_HUB_KEYS = ("repo_id", "revision", "filename")
+
+
+def _hub_problem(e: dict) -> str | None:
+    """Why the entry's Hub fields (``hub``, or the older top-level ``repo_id``/``filename``/``revision``) cannot be
+    used, else None. The Hub library checks them again when they are pulled; this keeps a hostile index from
+    reaching it (a file name outside the repo, a value that is not a text)."""
+    hub = e.get("hub")
+    if hub is not None:
+        if not isinstance(hub, dict) or not _text(hub.get("repo_id")):
+            return f"'hub' must be {{\"repo_id\": \"USER/NAME\", \"revision\": ..., \"filename\": ...}}, not {hub!r:.200}."
+        extra = sorted(str(k) for k in hub if k not in _HUB_KEYS)
+        if extra:
+            return f"'hub' has unknown fields ({', '.join(extra)[:200]}); it takes {', '.join(_HUB_KEYS)}."
+        if not all(hub.get(k) is None or _text(hub[k]) for k in _HUB_KEYS):
+            return f"'hub' fields repo_id, revision and filename must be texts ({hub!r:.200})."
+    for where in (hub or {}, e):
+        if where.get("repo_id") is not None and not _REPO_ID.fullmatch(where["repo_id"]):
+            return f"{where['repo_id']!r:.100} is not a Hub repo id (USER/NAME)."
+        name = where.get("filename")
+        if name is not None and (len(name) > 500 or name.startswith("/") or "\\" in name
+                                 or ".." in name.split("/") or not name.isprintable()):
+            return f"{name!r:.100} is not a file name inside a Hub repo."
+        rev = where.get("revision")
+        if rev is not None and (len(rev) > 200 or not rev.isprintable()):
+            return f"{rev!r:.100} is not a Hub revision."
+    return None
 
 
 def _text(value) -> bool:
@@ -52,12 +86,15 @@ def _text(value) -> bool:
 def list_prompts(folder: str | Path = ZOO_DIR, include_hub: bool = False,
                  skipped: list[str] | None = None) -> list[dict]:
     """``[{"name", "path", "meta", "index"}]``: every readable prompt file in ``folder`` (with its index entry, if
-    any), plus, with ``include_hub``, the index's Hub entries that can be pulled now. Unreadable files and Hub
-    entries that cannot be reached are skipped with a message that says why: appended to ``skipped`` when it is
-    given (a caller that shows them itself, e.g. the app, per user), else issued as a warning."""
+    any), plus, with ``include_hub``, the Hub copies the index names that can be pulled now (these also have
+    ``"hub": {"repo_id", "revision", "filename"}``): an entry with a ``hub`` field as ``NAME (Hub)``, an entry that
+    is only a ``repo_id`` as ``NAME``. Unreadable files and Hub copies that cannot be reached are skipped with a
+    message that says why: appended to ``skipped`` when it is given (a caller that shows them itself, e.g. the app,
+    per user), else issued as a warning. The Hub's endpoint is probed once for all entries."""
     folder = Path(folder)
     skip = skipped.append if skipped is not None else warnings.warn
-    by_path = {e["path"]: e for e in load_index(folder) if e.get("path")}
+    index = load_index(folder)
+    by_path = {e["path"]: e for e in index if e.get("path")}
     out = []
     for path in sorted(folder.glob("**/*.safetensors")):
         rel = str(path.relative_to(folder))
@@ -69,19 +106,29 @@ def list_prompts(folder: str | Path = ZOO_DIR, include_hub: bool = False,
         entry = by_path.get(rel)
         out.append({"name": entry["name"] if entry else str(Path(rel).with_suffix("")), "path": str(path),
                     "meta": meta, "index": entry})
-    if include_hub:
-        from .hub import pull_prompt
+    remote = [(e, hub_copy(e)) for e in index] if include_hub else []
+    remote = [(e, h) for e, h in remote if h]
+    if remote:
+        from .hub import DEFAULT_TIMEOUT, pull_prompt
+        from .network import hf_endpoint, host_reachable, is_offline
 
-        for e in load_index(folder):
-            if not e.get("repo_id"):
-                continue
+        reachable = False if is_offline() else host_reachable(hf_endpoint(), timeout=DEFAULT_TIMEOUT)
+        for e, h in remote:
+            name = f"{e['name']} (Hub)" if e.get("path") else e["name"]
             try:
-                path = pull_prompt(e["repo_id"], e.get("filename"), e.get("revision"))
+                path = pull_prompt(h["repo_id"], h["filename"], h["revision"], reachable=reachable)
             except VPError as err:
-                skip(f"Skipping Hub prompt {e['name']}: {err}")
+                skip(f"Skipping Hub prompt {name}: {err}")
                 continue
-            out.append({"name": e["name"], "path": path, "meta": read_metadata(path), "index": e})
+            out.append({"name": name, "path": path, "meta": read_metadata(path), "index": e, "hub": h})
     return out
+
+
+def hub_copy(entry: dict) -> dict | None:
+    """``{"repo_id", "revision", "filename"}`` of an index entry's Hub copy (its ``hub`` field, or the older
+    top-level ``repo_id``/``revision``/``filename``), or None when it has none."""
+    hub = entry.get("hub") or (entry if entry.get("repo_id") else None)
+    return {k: hub.get(k) for k in _HUB_KEYS} if hub else None
 
 
 def index_entry(name: str, path: str, meta: dict, **extra) -> dict:
