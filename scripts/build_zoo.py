@@ -8,6 +8,7 @@ full 10,000-image test set and on the bundled subset's 1,000 test images (which 
     python scripts/build_zoo.py --kinds pad      # only some
     python scripts/build_zoo.py --index-only     # rewrite the index from the prompts already in prompts_zoo/
     python scripts/build_zoo.py --verify         # evaluate every entry again on its full test set, compare
+    python scripts/build_zoo.py --push-to OWNER  # upload every entry to the Hub repo OWNER/<name>, record it
 """
 from __future__ import annotations
 
@@ -106,6 +107,43 @@ def verify(argv: list[str]) -> int:
     return 0 if worst <= TOLERANCE else 1
 
 
+def push_zoo(owner: str, folder: str | Path = ZOO_DIR, *, token: str | None = None, endpoint: str | None = None,
+             log=print) -> list[dict]:
+    """Upload every index entry with a local ``path`` to the Hub repo ``OWNER/<entry name>`` (the folder
+    ``hub.prepare_upload`` writes: prompt, config, model card, picture) and record where it went in the entry's
+    ``hub`` field: ``{"repo_id", "revision" (the commit the upload made), "filename"}``. ``folder/index.json`` is
+    rewritten atomically after each upload, every other field kept, so a failure leaves the uploads before it
+    recorded and nothing half-written. Every repo id is checked before the first upload. Returns the pushed
+    entries; a failure is a VPError that says which entry and how many were recorded before it."""
+    from visual_prompting.errors import VPError
+    from visual_prompting.hub import check_repo_id, push_prompt_commit
+    from visual_prompting.utils import write_text_atomic
+    from visual_prompting.zoo import load_index
+
+    folder = Path(folder)
+    index = folder / "index.json"
+    load_index(folder)  # a malformed index fails here, before any upload
+    doc = json.loads(index.read_text(encoding="utf-8"))
+    todo = [e for e in doc["prompts"] if e.get("path")]
+    for e in todo:
+        check_repo_id(f"{owner}/{e['name']}")
+    done = []
+    for e in todo:
+        repo_id = f"{owner}/{e['name']}"
+        try:
+            pushed = push_prompt_commit(folder / e["path"], repo_id, token=token, endpoint=endpoint)
+        except VPError as err:
+            raise VPError(f"{e['name']}: {err} ({len(done)} of {len(todo)} entries were pushed and recorded in "
+                          f"{index} before it.)") from err
+        e["hub"] = {"repo_id": pushed.repo_id, "revision": pushed.revision, "filename": pushed.filename}
+        if pushed.revision is None:
+            del e["hub"]["revision"]
+        write_text_atomic(index, json.dumps(doc, indent=2) + "\n")
+        done.append(e)
+        log(f"pushed {e['path']} -> {pushed.url} (revision {pushed.revision})")
+    return done
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
@@ -114,9 +152,19 @@ def main() -> None:
     ap.add_argument("--index-only", action="store_true")
     ap.add_argument("--verify", action="store_true", help="re-evaluate every index entry on its dataset's test "
                     "split and fail if any differs from the listed test top-1 by more than 0.5 points")
+    ap.add_argument("--push-to", metavar="OWNER", help="upload every index entry to the Hub repo OWNER/<name> and "
+                    "record it in the index (no training; with --index-only the index is rewritten first)")
+    ap.add_argument("--token", help="Hub token for --push-to (default: the logged-in token or HF_TOKEN)")
+    ap.add_argument("--endpoint", help="Hub endpoint for --push-to (default: HF_ENDPOINT or huggingface.co)")
+    ap.add_argument("--zoo-dir", type=Path, default=ZOO_DIR, help="the zoo folder --push-to pushes (its "
+                    "index.json; default prompts_zoo/)")
     a = ap.parse_args()
     if a.verify:
         sys.exit(verify(sys.argv[1:]))
+    if a.zoo_dir != ZOO_DIR and not (a.push_to and not a.index_only):
+        ap.error("--zoo-dir only goes with --push-to (training and --index-only write prompts_zoo/)")
+    if a.push_to and not a.index_only:
+        sys.exit(push(a))
     prov = provenance("scripts/build_zoo.py", sys.argv[1:])  # before training: its load average, commit, machine
     old_doc = json.loads(INDEX.read_text()) if INDEX.is_file() else {}
     old = {e["path"]: e for e in old_doc.get("prompts", [])}
@@ -133,6 +181,8 @@ def main() -> None:
     for path in sorted(ZOO_DIR.glob("*.safetensors")):
         prev = old.get(str(path.relative_to(ZOO_DIR)), {})
         entries.append(entry(path, prev.get("command"), prev.get("train_seconds"), prev.get("provenance")))
+        if prev.get("hub"):  # pushed before and not retrained now: the Hub copy is still this file
+            entries[-1]["hub"] = prev["hub"]
         print(json.dumps({k: entries[-1][k] for k in ("name", "metrics")}))
     # the index's own provenance: this run (the metrics of every entry are measured again by it); an entry's
     # training run keeps its own, or the note of an older index that recorded none
@@ -143,6 +193,21 @@ def main() -> None:
             doc["training_provenance"] = untraced
     INDEX.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {INDEX} ({len(entries)} prompts)")
+    if a.push_to:
+        sys.exit(push(a))
+
+
+def push(a) -> int:
+    """``--push-to``: 0 when every entry was pushed, else 1 with the reason on one line."""
+    from visual_prompting.errors import VPError
+
+    try:
+        done = push_zoo(a.push_to, a.zoo_dir, token=a.token, endpoint=a.endpoint)
+    except VPError as e:
+        print(f"build_zoo.py --push-to: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    print(f"pushed {len(done)} prompts; {a.zoo_dir / 'index.json'} records where")
+    return 0
 
 
 if __name__ == "__main__":
