@@ -84,6 +84,34 @@ def isolated_hf_cache(tmp_path, monkeypatch):
     return cache
 
 
+@pytest.fixture
+def isolated_hf(tmp_path, monkeypatch):
+    """Own Hugging Face cache, online mode, no proxy for 127.0.0.1 and a Hub that cannot be reached (a test that
+    needs one asks for ``hub``): nothing can reach the real Hub."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens there
+    return cache
+
+
+@pytest.fixture
+def hub(isolated_hf, monkeypatch):
+    """The stand-in Hub (``tests/_fake_hub.py``) on 127.0.0.1, as ``HF_ENDPOINT``."""
+    from _fake_hub import FakeHub
+
+    fake = FakeHub().start()
+    monkeypatch.setenv("HF_ENDPOINT", fake.url)
+    yield fake
+    fake.stop()
+
+
 # pytest-xdist hands each worker whole files in collection order: the longest files first (they would otherwise
 # finish last, alone), and the files that only read the shared trained run last (by then it is written, and no
 # worker waits on its lock)

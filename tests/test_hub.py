@@ -1,15 +1,11 @@
 """Hub sharing without the internet: the upload folder and model card, local sources, and the real
-``huggingface_hub.hf_hub_download`` path against a tiny fake Hub served on 127.0.0.1."""
+``huggingface_hub.hf_hub_download`` path against a tiny fake Hub served on 127.0.0.1 (``tests/_fake_hub.py``, the
+``hub`` fixture of ``conftest.py``)."""
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import huggingface_hub
 import pytest
@@ -23,7 +19,6 @@ from visual_prompting.prompt_file import build_metadata, read_metadata
 
 METRICS = {"val_top1": 0.61, "best_val_top1": 0.61, "zero_shot_val_top1": 0.42, "test_top1": 0.639,
            "test_top5": 0.94, "test_top1_no_prompt": 0.408, "test_top5_no_prompt": 0.839, "test_n": 1000}
-UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
 
 def _prompter():
@@ -45,18 +40,7 @@ def _same_prompt(a, b) -> None:
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
-@pytest.fixture(autouse=True)
-def isolated_hf(tmp_path, monkeypatch):
-    """Own Hugging Face cache, online mode, no proxy for 127.0.0.1: nothing here can reach the real Hub."""
-    cache = tmp_path / "hf-cache"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("HF_ENDPOINT", UNREACHABLE)  # a test that needs a Hub starts the fake one
-    return cache
+pytestmark = pytest.mark.usefixtures("isolated_hf")  # conftest: own cache, no real Hub
 
 
 @pytest.fixture
@@ -68,98 +52,6 @@ def prompt_file(tmp_path):
 @pytest.fixture
 def upload_folder(prompt_file, tmp_path):
     return prepare_upload(prompt_file, tmp_path / "upload", repo_id="alice/vp-test")
-
-
-# -- the fake Hub ------------------------------------------------------------------------------------------------
-
-class FakeHub:
-    """The two requests ``hf_hub_download`` makes, as the Hub answers them:
-
-    HEAD/GET ``/{repo_id}/resolve/{revision}/{filename}`` -> 200 with ``X-Repo-Commit`` (required, else
-    FileMetadataError), ``ETag`` (the cache's blob name; ``X-Linked-Etag`` would win if present), ``Content-Length``
-    (the expected size; ``X-Linked-Size`` would win) and, for GET, the bytes. No ``X-Xet-*`` headers, so it is a plain
-    HTTP download. Errors: 404 + ``X-Error-Code: RepoNotFound | RevisionNotFound | EntryNotFound`` (mapped by
-    ``hf_raise_for_status``), and 503 for repos marked down.
-    """
-
-    ROUTE = re.compile(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
-
-    def __init__(self):
-        self.repos: dict[str, dict] = {}
-        self.down: set[str] = set()
-        self.requests: list[tuple[str, str]] = []
-        self.url = ""
-        self._server = None
-
-    def add_folder(self, repo_id: str, folder) -> str:
-        files = {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
-        commit = hashlib.sha1(repr(sorted((k, hashlib.sha256(v).hexdigest()) for k, v in files.items()))
-                              .encode()).hexdigest()
-        self.repos[repo_id] = {"commit": commit, "files": files}
-        return commit
-
-    def answer(self, method: str, raw_path: str):
-        self.requests.append((method, raw_path))
-        m = self.ROUTE.match(urlsplit(raw_path).path)
-        if not m:
-            return 404, {}, b"not found"
-        repo_id, revision, filename = unquote(m[1]), unquote(m[2]), unquote(m[3])
-        if repo_id in self.down:
-            return 503, {}, b"service unavailable"
-        repo = self.repos.get(repo_id)
-        if repo is None:
-            return 404, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"}, b"no repo"
-        if revision not in ("main", repo["commit"]):
-            return 404, {"X-Error-Code": "RevisionNotFound", "X-Error-Message": "Invalid rev id"}, b"no revision"
-        head = {"X-Repo-Commit": repo["commit"]}
-        if filename not in repo["files"]:
-            return 404, {**head, "X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found"}, b"no file"
-        body = repo["files"][filename]
-        return 200, {**head, "ETag": f'"{hashlib.sha256(body).hexdigest()}"',
-                     "Content-Type": "application/octet-stream"}, body
-
-    def start(self) -> "FakeHub":
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _reply(self, with_body: bool):
-                status, headers, body = hub.answer(self.command, self.path)
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if with_body:
-                    self.wfile.write(body)
-
-            def do_HEAD(self):  # noqa: N802
-                self._reply(False)
-
-            def do_GET(self):  # noqa: N802
-                self._reply(True)
-
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    fake = FakeHub().start()
-    monkeypatch.setenv("HF_ENDPOINT", fake.url)
-    yield fake
-    fake.stop()
 
 
 # -- the upload folder ---------------------------------------------------------------------------------------------
