@@ -35,9 +35,9 @@ from .heads import head_text
 from .network import hf_endpoint, host_reachable
 from .network import is_offline as _is_offline
 from .prompt_file import load_prompt, save_shareable
+from .transforms import stack_text
 from .utils import percent
 
-from .transforms import stack_text
 PROMPT_FILENAME = "prompt.safetensors"
 UPLOAD_FILES = (PROMPT_FILENAME, "config.json", "README.md", "prompt.png")
 LIBRARY_NAME = "visual-prompting"
