@@ -130,8 +130,7 @@ def build_app(vp: VPApp | None = None, delete_cache: tuple[int, int] | None = No
 
 
 def _zoo_names(vp: VPApp) -> tuple[list[str], str | None]:
-    names = list(vp.entries)
-    return names, (names[0] if names else None)
+    return list(vp.entries), vp.best_prompt()  # the tabs open on the zoo's best prompt
 
 
 def try_tab(vp: VPApp) -> gr.Dropdown:

@@ -1,5 +1,6 @@
 """The app's handlers (visual_prompting.ui.VPApp), called directly: real prompts from prompts_zoo/, real example
 images, real (short) training runs on the bundled data, and a clear VPError for every kind of bad input."""
+import json
 import zipfile
 from pathlib import Path
 
@@ -366,3 +367,26 @@ def test_two_sessions_train_at_once_and_a_stop_stops_only_its_own(vp, shapes):
     assert load_prompt(ua[-1].result_path).meta["train_config"]["seed"] == 0
     assert load_prompt(ua[-1].result_path).meta["metrics"]["steps"] == 60  # the other session's Stop did not end it
     assert load_prompt(ub[-1].result_path).meta["metrics"]["steps"] < 400  # its own Stop did
+
+
+def test_the_tabs_open_on_the_zoos_best_prompt(tmp_path, trained):
+    """Try and Inspect open on the shipped zoo's prompt with the highest listed test top-1, not on the first."""
+    import shutil
+
+    import app
+
+    zoo = tmp_path / "shipped"
+    zoo.mkdir()
+    entries = []
+    for name, top1 in (("a_first", 0.61), ("b_best", 0.87), ("c_last", 0.70)):
+        shutil.copyfile(trained[0].best_path, zoo / f"{name}.safetensors")
+        entries.append({"name": name, "path": f"{name}.safetensors", "metrics": {"test_top1": top1}})
+    (zoo / "index.json").write_text(json.dumps({"version": 1, "prompts": entries}))
+    vp = VPApp(AppConfig(zoo_dir=zoo, user_zoo_dir=tmp_path / "mine", work_dir=tmp_path / "work", device="cpu"))
+    assert list(vp.entries)[0] == "a_first" and vp.best_prompt() == "b_best"
+    demo = app.build_app(vp)
+    dropdowns = [b for b in demo.blocks.values() if type(b).__name__ == "Dropdown" and b.label == "Prompt"]
+    assert len(dropdowns) == 2 and all(d.value == "b_best" for d in dropdowns)
+    (zoo / "index.json").write_text(json.dumps({"version": 1, "prompts": []}))  # nothing measured: the first
+    vp.refresh_zoo()
+    assert vp.best_prompt() == "a_first"

@@ -173,6 +173,14 @@ class VPApp:
             (warn or warnings.warn)(rename_paths(msg, self._zoo_names()))
         return list(entries)
 
+    def best_prompt(self) -> str | None:
+        """The shipped zoo's prompt with the highest listed test top-1 (what the Try and Inspect tabs open on), else
+        the first prompt listed (None: no prompts)."""
+        listed = [(e["index"]["metrics"]["test_top1"], name) for name, e in self.entries.items()
+                  if e["source"] == "zoo" and isinstance(((e.get("index") or {}).get("metrics") or {}).get("test_top1"),
+                                                          float)]
+        return max(listed, key=lambda t: t[0])[1] if listed else next(iter(self.entries), None)
+
     def _zoo_names(self) -> dict:
         """The zoo folders as messages name them: as the prompt lists do (``my/NAME``), not by their place here."""
         return {self.cfg.zoo_dir: "prompts_zoo", self.cfg.user_zoo_dir: "my"}
