@@ -218,3 +218,18 @@ def test_a_prompt_that_changes_nothing_yet_reuses_the_baseline_counts(tmp_path, 
     t = Trainer(_cfg(tmp_path / "b", steps=1, label_mapping="frequency", init="randn"), splits=small32)
     t.run()
     assert passes == [False, True]  # a random start changes pixels: counted again with the prompt
+
+
+def test_a_prompt_size_as_a_share_of_the_side_scales_with_the_image(tmp_path, splits32):
+    from visual_prompting.training import prompt_size_for
+
+    assert prompt_size_for(TrainConfig(prompter="pad", prompt_fraction=0.25), 96) == 24
+    assert prompt_size_for(TrainConfig(prompter="pad", prompt_fraction=0.25), 224) == 56
+    assert prompt_size_for(TrainConfig(prompter="pad", prompt_fraction=0.25, prompt_size=5), 96) == 5  # px win
+    assert prompt_size_for(TrainConfig(prompter="pad"), 224) == 30  # neither: the kind's own
+    t = Trainer(_cfg(tmp_path, prompter="pad", prompt_fraction=0.25, steps=1), splits=splits32)
+    assert t.prompter.cfg.size == 8  # a quarter of 32 px
+    with pytest.raises(VPError, match="share of the side must be between 0 and 0.5"):
+        config_from_recipe("fast", prompt_fraction=0.6)
+    a = build_parser().parse_args(["train", "--prompt-fraction", "0.25"])
+    assert a.prompt_fraction == 0.25

@@ -53,6 +53,10 @@ class TrainConfig:
     prompt_size: int | None = setting(None, "pad width or patch side in pixels (default: the kind's own: 30 at "
                                       "224px scaled to the input size for pads, a quarter of the side for patches)",
                                       low=1, label="Prompt size")
+    prompt_fraction: float | None = setting(None, "pad width or patch side as a share of the image side, used when "
+                                            "--prompt-size is not given (a recipe's frame is then the same at any "
+                                            "resolution: 0.25 at 96 px is 24 px, at 224 px 56 px)", low=0,
+                                            low_open=True, high=0.5, label="Prompt size as a share of the side")
     image_scale: float | None = setting(None, "scale_pad / learned_scale_pad: the image's scale on the canvas, in "
                                         "(0, 1] (the start for learned_scale_pad; default (S - 2 * prompt size) / S, "
                                         "shrink_pad's)", low=0, low_open=True, high=1, label="Image scale")

@@ -72,8 +72,8 @@ TRAIN_FORM: tuple[FormField, ...] = (  # in this order on the page (per place) a
     FormField("recipe", "dropdown", "Recipe", fills_setting=False, api=False, choices="recipes",
               info="{choices} - sets the fields below", options={"elem_id": "train-recipe"}),
     FormField("prompter", "radio", "Prompt kind", recipe=True, info="{choices}"),
-    FormField("prompt_size", "number", "Prompt size, px (0 = default: 30 px at 224)", blank=(None, 0),
-              options=_WHOLE),
+    FormField("prompt_size", "number", "Prompt size, px (0 = the share below, else the kind's default: 30 px at "
+              "224)", blank=(None, 0), options=_WHOLE),
     FormField("steps", "number", "Steps (the most, with a training time)", place="row", required=True,
               high="max_steps", options={**_WHOLE, "minimum": 1, "elem_id": "train-steps"}),
     FormField("batch_size", "number", "Batch size", place="row", required=True, high="max_batch_size",
@@ -92,6 +92,8 @@ TRAIN_FORM: tuple[FormField, ...] = (  # in this order on the page (per place) a
     # Steps on the page
     FormField("time_budget", "number", "Training time, s (0 = train all the steps)", place="row", blank=(None, 0),
               high="max_train_seconds", options={"minimum": 0, "elem_id": "train-seconds"}),
+    FormField("prompt_fraction", "number", "Prompt size as a share of the side (0 = not used)", place="more",
+              recipe=True, blank=(None, 0), options={"minimum": 0, "maximum": 0.5}),
     FormField("transforms", "dropdown", "Learned input transforms (before the prompt, in order)", place="more",
               recipe=True, info="ACAVP's affine (a warp) and colour (a 3 x 3 colour matrix and bias); adam only"),
 )

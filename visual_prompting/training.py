@@ -70,6 +70,15 @@ def default_prompt_size(kind: str, image_size: int) -> int:
     return PROMPTERS[kind].default_size(image_size)
 
 
+def prompt_size_for(cfg: TrainConfig, image_size: int) -> int:
+    """A run's prompt size in pixels: ``prompt_size``, else ``prompt_fraction`` of the side, else the kind's own."""
+    if cfg.prompt_size:
+        return cfg.prompt_size
+    if cfg.prompt_fraction:
+        return max(1, round(cfg.prompt_fraction * image_size))
+    return default_prompt_size(cfg.prompter, image_size)
+
+
 def templates_for(cfg: TrainConfig, dataset_key: str) -> list[str]:
     return _templates_for(cfg.templates, dataset_key)
 
@@ -401,7 +410,7 @@ class Trainer:
         templates = templates_for(cfg, canonical_name(self.splits.name)) if self.is_clip else None
         check_prompt_settings(cfg)
         self.prompter = create_prompter(PrompterConfig(
-            kind=cfg.prompter, image_size=S, size=cfg.prompt_size or default_prompt_size(cfg.prompter, S),
+            kind=cfg.prompter, image_size=S, size=prompt_size_for(cfg, S),
             clamp=cfg.clamp, init=cfg.init, init_std=float(self.backbone.std.mean()) if cfg.init == "randn" else 0.0,
             seed=cfg.seed, scale=cfg.image_scale, transforms=split_stack(cfg.transforms))).to(self.device)
         head = create_head(self.backbone, self.class_names, templates=templates, mapping=cfg.label_mapping)
