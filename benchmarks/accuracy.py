@@ -143,6 +143,18 @@ ROWS = [
         compared_with=(("recipe_fast", "BLM vs 10-source mapping (recipe fast)"),)),
     Row("blm_plus_fast", "prompt", "recipe fast with BLM+ (top-k probabilities)", {"label_mapping": "blm_plus"},
         recipe="fast", compared_with=(("blm_fast", "BLM+ vs BLM (recipe fast)"),)),
+    Row("recipe_live", "prompt", "recipe live: fast with Adam lr 0.03 (the app's CPU default)", recipe="live",
+        compared_with=(("recipe_fast", "lr 0.03 vs 0.01 (recipe fast)"),), default=True),
+    Row("recipe_fast_pad", "prompt", "recipe fast_pad: a pad prompt a quarter of the side wide, Adam lr 0.03, "
+        "10-source mapping", recipe="fast_pad",
+        compared_with=(("pad_fast", "a frame a quarter of the side at lr 0.03 vs 13 px at lr 0.01"),
+                       ("recipe_live", "the frame vs the full-image prompt (lr 0.03)")), default=True),
+    Row("acavp_live", "prompt", "recipe live + learned affine and colour transforms before the prompt (ACAVP)",
+        {"transforms": "affine+colour"}, recipe="live",
+        compared_with=(("recipe_live", "affine + colour transforms vs none (recipe live)"),), default=True),
+    Row("acavp_fast_pad", "prompt", "recipe fast_pad + learned affine and colour transforms (ACAVP)",
+        {"transforms": "affine+colour"}, recipe="fast_pad",
+        compared_with=(("recipe_fast_pad", "affine + colour transforms vs none (recipe fast_pad)"),), default=True),
     Row("fully_map_fast", "prompt",
         "recipe fast's prompt + a trained linear output layer (AutoVP's FullyMap): not input-only",
         {"label_mapping": "fully_map"}, recipe="fast"),
@@ -207,6 +219,7 @@ MEASURES = [
     "visual_prompting/augment.py",  # the input diversity of the rows that use it
     "visual_prompting/capture.py",  # recipe_robust's capture simulation, and every row's JPEG-75 / resize numbers
     "visual_prompting/execution.py",  # how the frozen backbone is run
+    "visual_prompting/transforms.py",  # the acavp rows' affine and colour transforms
 ]
 
 def build_splits(dataset: str, image_size: int, train_size: int, val_size: int, test_size: int | None,
@@ -312,7 +325,8 @@ def run_prompt(spec: str, settings: dict, splits: DataSplits, cache: BackboneCac
             "test_top1_jpeg75": cap["jpeg75"], "test_top1_resize075": cap["resize075"],
             "steps_to_target": steps_to_target(evals, args.target), "target": args.target,
             "settings": {k: getattr(trainer.cfg, k) for k in ("prompter", "optimizer", "lr", "label_mapping",
-                                                              "augment", "capture", "clamp")},
+                                                              "augment", "capture", "clamp", "transforms",
+                                                              "prompt_fraction")},
             "trainable_params": trainer.trainable_numbers(),  # a trained head's numbers too
             # the prompt alone is trained (a fitted label mapping trains nothing); fully_map trains a layer too
             "input_only": not trainer.model.head.trainable_parameters(),

@@ -1,11 +1,13 @@
 """Train the offline zoo prompts and write prompts_zoo/index.json with what each one measured.
 
 Each entry is EfficientNet-Lite0 (real ImageNet weights, 96 px) on the full Fashion-MNIST from Debian's
-dataset-fashion-mnist package, trained with the exact CLI command stored in the index, then evaluated on the
-full 10,000-image test set and on the bundled subset's 1,000 test images (which tests can check offline).
+dataset-fashion-mnist package, trained with a recipe by the exact CLI command stored in the index (with the run's
+provenance: commit, machine, date, load), then evaluated on the full 10,000-image test set and on the bundled
+subset's 1,000 test images (which tests can check offline). The prompts (:data:`PROMPTS`): the best full-image
+prompt, the best padding prompt (a frame), a capture-robust prompt, and the paper's pad prompt as its example.
 
-    python scripts/build_zoo.py                  # all kinds (about half an hour on 2 CPU cores)
-    python scripts/build_zoo.py --kinds pad      # only some
+    python scripts/build_zoo.py                  # every prompt (about 20 minutes each on 2 CPU cores)
+    python scripts/build_zoo.py --prompts pad    # only some
     python scripts/build_zoo.py --index-only     # rewrite the index from the prompts already in prompts_zoo/
     python scripts/build_zoo.py --verify         # evaluate every entry again on its full test set, compare
     python scripts/build_zoo.py --push-to OWNER  # upload every entry to the Hub repo OWNER/<name>, record it
@@ -31,10 +33,17 @@ from visual_prompting import PromptedModel  # noqa: E402
 from visual_prompting.data import load_splits  # noqa: E402
 from visual_prompting.evaluation import evaluate  # noqa: E402
 from visual_prompting.prompt_file import read_metadata  # noqa: E402
+from visual_prompting.utils import write_text_atomic  # noqa: E402
 from visual_prompting.zoo import INDEX, ZOO_DIR, index_entry  # noqa: E402
 
 MODEL = "effnet-lite0@96"
-KINDS = ("pad", "fixed_patch", "random_patch", "shrink_pad")
+# name -> the recipe (and options) it is trained with; the file is effnet-lite0-96_<dataset>_<name>.safetensors
+PROMPTS = {
+    "fast": ["--recipe", "fast"],  # the best full-image prompt
+    "fast_pad": ["--recipe", "fast_pad"],  # the best padding prompt: a frame
+    "robust": ["--recipe", "robust"],  # survives JPEG and resizing
+    "pad": ["--recipe", "paper"],  # the paper's recipe: its pad prompt, the paper's example
+}
 
 
 
@@ -49,11 +58,13 @@ MEASURES = [
     "visual_prompting/data.py",
     "visual_prompting/evaluation.py",
     "visual_prompting/cli.py",
+    "visual_prompting/recipes.py",  # each prompt is trained with a recipe
+    "visual_prompting/transforms.py",
 ]
 
-def command(kind: str, dataset: str, steps: int) -> list[str]:
-    return ["python", "-m", "visual_prompting", "train", "--model", MODEL, "--dataset", dataset, "--prompter", kind,
-            "--steps", str(steps), "--batch-size", "64", "--out-dir", f"runs/zoo/{dataset}-{kind}", "--quiet"]
+def command(name: str, dataset: str, steps: int) -> list[str]:
+    return ["python", "-m", "visual_prompting", "train", "--model", MODEL, "--dataset", dataset, *PROMPTS[name],
+            "--steps", str(steps), "--batch-size", "64", "--out-dir", f"runs/zoo/{dataset}-{name}", "--quiet"]
 
 
 HEAD_N = 200  # the first images of the bundled subset's test split: the tests measure each entry on these again
@@ -146,7 +157,7 @@ def push_zoo(owner: str, folder: str | Path = ZOO_DIR, *, token: str | None = No
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    ap.add_argument("--prompts", nargs="+", default=list(PROMPTS), choices=PROMPTS)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--dataset", default="fashion_mnist")
     ap.add_argument("--index-only", action="store_true")
@@ -166,17 +177,21 @@ def main() -> None:
     if a.push_to and not a.index_only:
         sys.exit(push(a))
     prov = provenance("scripts/build_zoo.py", sys.argv[1:])  # before training: its load average, commit, machine
-    old_doc = json.loads(INDEX.read_text()) if INDEX.is_file() else {}
-    old = {e["path"]: e for e in old_doc.get("prompts", [])}
+    trained = {}
     if not a.index_only:
-        for kind in a.kinds:
-            cmd = command(kind, a.dataset, a.steps)
+        for name in a.prompts:
+            cmd = command(name, a.dataset, a.steps)
+            run_prov = provenance("scripts/build_zoo.py", sys.argv[1:])  # this prompt's run: its date and load
             t0 = time.perf_counter()
             subprocess.run(cmd[:1] and [sys.executable, *cmd[1:]], cwd=ROOT, check=True)
-            dest = ZOO_DIR / f"effnet-lite0-96_{a.dataset.replace('_', '-')}_{kind}.safetensors"
+            dest = ZOO_DIR / f"effnet-lite0-96_{a.dataset.replace('_', '-')}_{name}.safetensors"
             shutil.copyfile(ROOT / cmd[cmd.index("--out-dir") + 1] / "best.safetensors", dest)
-            old[str(dest.relative_to(ZOO_DIR))] = {"command": shlex.join(cmd), "train_seconds": time.perf_counter() - t0,
-                                                   "provenance": prov}
+            trained[str(dest.relative_to(ZOO_DIR))] = {"command": shlex.join(cmd), "provenance": run_prov,
+                                                       "train_seconds": time.perf_counter() - t0}
+    # the index as it is now (another build_zoo.py may have trained other prompts meanwhile), then this run's
+    old_doc = json.loads(INDEX.read_text()) if INDEX.is_file() else {}
+    old = {e["path"]: e for e in old_doc.get("prompts", [])}
+    old.update(trained)
     entries = []
     for path in sorted(ZOO_DIR.glob("*.safetensors")):
         prev = old.get(str(path.relative_to(ZOO_DIR)), {})
@@ -191,7 +206,7 @@ def main() -> None:
         untraced = old_doc.get("training_provenance") or old_doc.get("provenance")
         if isinstance(untraced, dict) and not untraced.get("recorded"):
             doc["training_provenance"] = untraced
-    INDEX.write_text(json.dumps(doc, indent=2) + "\n")
+    write_text_atomic(INDEX, json.dumps(doc, indent=2) + "\n")
     print(f"wrote {INDEX} ({len(entries)} prompts)")
     if a.push_to:
         sys.exit(push(a))
