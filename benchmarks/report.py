@@ -175,11 +175,20 @@ def b_readme_train() -> str:
 
 def zoo_rows() -> tuple[str, dict]:
     d = load("prompts_zoo/index.json")
-    rows = [[f"`{e['path']}`", f"{e['prompter']} ({e['prompt_size']} px)", e["dataset"],
+    def recipe(e):  # the --recipe of the command that trained it
+        words = (e.get("command") or "").split()
+        return f"`{words[words.index('--recipe') + 1]}`" if "--recipe" in words[:-1] else "-"
+
+    def trained(e):  # the training run's commit and date, when it recorded them
+        p = e.get("provenance") or {}
+        return f"{p['date_utc'][:10]}, {p['git_commit'][:10]}" if p.get("recorded") else "not recorded"
+
+    rows = [[f"`{e['path']}`", f"{e['prompter']} ({e['prompt_size']} px)", recipe(e), e["dataset"],
              f"{percent(e['metrics']['test_top1_no_prompt'])} -> {percent(e['metrics']['test_top1'])} ({e['metrics']['test_n']})",
-             f"{round(e['train_seconds'] / 60)} min" if e.get("train_seconds") else "-"] for e in d["prompts"]]
-    return markdown_table(["prompt file", "prompter", "trained on",
-                           "test top-1: no prompt -> prompted (test images)", "train time"], rows), d
+             f"{round(e['train_seconds'] / 60)} min" if e.get("train_seconds") else "-", trained(e)] for e in d["prompts"]]
+    return markdown_table(["prompt file", "prompter", "recipe", "trained on",
+                           "test top-1: no prompt -> prompted (test images)", "train time", "trained (date, commit)"],
+                          rows), d
 
 
 def b_zoo() -> str:

@@ -20,7 +20,7 @@ import torch
 from visual_prompting.utils import percent
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-SCRIPTS = ("accuracy", "speed", "scaling", "app_latency", "app_defaults", "readme_train")
+SCRIPTS = ("accuracy", "speed", "scaling", "app_latency", "app_defaults", "readme_train", "recipe_search")
 
 
 def load(name: str):
@@ -92,6 +92,18 @@ def test_every_script_has_help(name, capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert "--smoke" in text and "--out" in text
+
+
+def test_recipe_search_appends_one_record_with_its_provenance(tmp_path):
+    rs = load("recipe_search")
+    out = tmp_path / "search.jsonl"
+    for seed in (0, 1):
+        rs.main(["pad_live", str(seed), '{"recipe": "live", "prompter": "pad", "prompt_fraction": 0.25}', "--smoke",
+                 "--out", str(out)])
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["seed"] for r in recs] == [0, 1] and all(r["provenance"]["recorded"] for r in recs)
+    assert recs[0]["given"]["prompt_fraction"] == 0.25 and 0 <= recs[0]["test_top1"] <= 1
+    assert [c[0] for c in recs[0]["val_curve"]] == [3]
 
 
 def test_accuracy_smoke(tmp_path):
