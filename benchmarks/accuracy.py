@@ -498,9 +498,13 @@ def summarize(rows: list[dict]) -> dict:
     if probe and prompts:
         best = by[out["best_prompt"]]
         if best.get("train_acc_last_10pct") is not None and probe.get("train_top1") is not None:
+            fits = best["train_acc_last_10pct"] >= probe["train_top1"]
             obs.append(f"train accuracy: best prompt ~{percent(best['train_acc_last_10pct'])} (last 10% of steps) vs "
-                       f"linear probe {percent(probe['train_top1'])}: a prompt that also underfits the train set is "
-                       "limited by capacity/optimisation (steps, prompt size, mapping), not by overfitting")
+                       f"linear probe {percent(probe['train_top1'])}: " + (
+                           "the prompt fits the train set at least as well as the probe, so what it lacks on the test "
+                           "set is generalisation (regularisation, more data), not capacity" if fits else
+                           "a prompt that also underfits the train set is limited by capacity/optimisation (steps, "
+                           "prompt size, mapping), not by overfitting"))
     out["observations"] = obs
     return out
 

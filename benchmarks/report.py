@@ -34,6 +34,7 @@ READMES = ["README.md", "benchmarks/README.md", "prompts_zoo/README.md"]
 SOURCES = [
     ("accuracy", "benchmarks/results/accuracy.json", "benchmarks/accuracy.py"),
     ("accuracy (GPU)", "benchmarks/results/gpu/accuracy.json", "benchmarks/accuracy.py"),
+    ("accuracy (digits)", "benchmarks/results/digits/accuracy.json", "benchmarks/accuracy.py"),
     ("speed", "benchmarks/results/speed.json", "benchmarks/speed.py"),
     ("scaling", "benchmarks/results/scaling.json", "benchmarks/scaling.py"),
     ("app_latency", "benchmarks/results/app_latency.json", "benchmarks/app_latency.py"),
@@ -249,6 +250,11 @@ def b_accuracy_cpu() -> str:
 
 def b_accuracy_gpu() -> str:
     return accuracy_block("benchmarks/results/gpu/accuracy.json", "On a GPU at 224 px")
+
+
+def b_accuracy_digits() -> str:
+    return accuracy_block("benchmarks/results/digits/accuracy.json", "On a second dataset, UCI handwritten digits "
+                          "(`scripts/make_digits.py`), at 96 px")
 
 
 def b_accuracy_budget() -> str:
@@ -542,6 +548,7 @@ BLOCKS = {
     "tests-time": b_tests_time, "app-defaults": b_app_defaults, "app-latency": b_app_latency,
     "readme-train": b_readme_train, "zoo": b_zoo, "benchmarks-table": b_benchmarks_table, "cpu-speed": b_cpu_speed,
     "bench-times": b_bench_times, "accuracy-rows": b_accuracy_rows, "accuracy-cpu": b_accuracy_cpu, "accuracy-gpu": b_accuracy_gpu,
+    "accuracy-digits": b_accuracy_digits,
     "accuracy-budget": b_accuracy_budget, "accuracy-reading": b_accuracy_reading, "speed": b_speed,
     "scaling": b_scaling, "app-latency-table": b_app_latency_table, "gpu-check": b_gpu_check, "load": b_load,
 }
