@@ -39,7 +39,7 @@ from visual_prompting.zoo import INDEX, ZOO_DIR, index_entry  # noqa: E402
 MODEL = "effnet-lite0@96"
 # name -> the recipe (and options) it is trained with; the file is effnet-lite0-96_<dataset>_<name>.safetensors
 PROMPTS = {
-    "fast": ["--recipe", "fast"],  # the best full-image prompt
+    "live": ["--recipe", "live"],  # the best full-image prompt (fast at lr 0.03: 85.8% vs 85.3%, seed 0)
     "fast_pad": ["--recipe", "fast_pad"],  # the best padding prompt: a frame
     "robust": ["--recipe", "robust"],  # survives JPEG and resizing
     "pad": ["--recipe", "paper"],  # the paper's recipe: its pad prompt, the paper's example

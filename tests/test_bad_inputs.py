@@ -240,8 +240,8 @@ def _nan(tensors):
 
 def _fully_map(meta, tensors, weight_shape, bad=None):
     n = len(meta["class_names"])
-    meta["head"] = {"kind": "fully_map", "method": "iterative", "mapping": meta["head"]["mapping"],
-                    "num_source": 1000}
+    # a one-to-one starting mapping (the zoo prompt's own head may be a 10-source one)
+    meta["head"] = {"kind": "fully_map", "method": "iterative", "mapping": list(range(n)), "num_source": 1000}
     w = torch.zeros(weight_shape)
     if bad is not None:
         w.view(-1)[0] = bad

@@ -16,9 +16,26 @@ ENTRIES = load_index()
 def test_index_lists_exactly_the_shipped_prompts():
     files = sorted(str(p.relative_to(ZOO_DIR)) for p in ZOO_DIR.glob("**/*.safetensors"))
     assert files and sorted(e["path"] for e in ENTRIES if e.get("path")) == files
-    kinds = {e["prompter"] for e in ENTRIES if e["backbone"].startswith("effnet-lite0")}
-    assert {"pad", "fixed_patch", "random_patch", "shrink_pad"} <= kinds
     assert all(e.get("command", "").startswith("python -m visual_prompting train") for e in ENTRIES)
+    for e in ENTRIES:  # every prompt says how, where and when it was made
+        p = e.get("provenance") or {}
+        assert p.get("recorded") is True and p.get("git_commit") and p.get("date_utc") and p.get("machine"), e["name"]
+
+
+def _train_config(e):
+    from visual_prompting.prompt_file import read_metadata
+
+    return read_metadata(ZOO_DIR / e["path"])["train_config"]
+
+
+def test_the_zoo_holds_the_best_prompts_of_each_kind_on_the_full_test_set():
+    full = [e for e in ENTRIES if e["dataset"] == "fashion_mnist" and e["metrics"].get("test_n") == 10000]
+    best = lambda es: max((e["metrics"]["test_top1"] for e in es), default=0)  # noqa: E731
+    assert best([e for e in full if e["prompter"] == "full"]) >= 0.84  # the best full-image prompt
+    assert best([e for e in full if e["prompter"] in ("pad", "shrink_pad")]) >= 0.80  # a frame worth inspecting
+    assert any(_train_config(e)["capture"] == "capture" for e in full)  # a capture-robust prompt
+    paper = [e for e in full if _train_config(e)["optimizer"] == "sgd" and e["prompter"] == "pad"]
+    assert paper and all(_train_config(e)["label_mapping"] == "iterative" for e in paper)  # the paper's example
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e["name"] for e in ENTRIES])
