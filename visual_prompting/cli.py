@@ -11,8 +11,8 @@ import sys
 
 from .data import DEFAULT_MAX_IMAGE_PIXELS
 from .errors import VPError
-from .utils import percent
 from .transforms import stack_text
+from .utils import percent
 
 EPILOG_TRAIN = """examples:
   python -m visual_prompting train --model effnet-lite0@96 --dataset fashion_mnist_subset --steps 200 --batch-size 64

@@ -325,7 +325,7 @@ def _check_prompter_config(pc: dict, source: str) -> None:
     """The prompter config's values, by type and range, before anything is built from them (a hostile file could
     ask for a 10^9 px prompt, or a string where a number goes)."""
     from .prompters import CLAMP_MODES, INITS, PROMPTERS
-    from .transforms import TRANSFORMS
+    from .transforms import TRANSFORMS, check_stack
 
     if not isinstance(pc.get("kind"), str) or pc["kind"] not in PROMPTERS:
         raise VPError(f"{source}: unknown prompter kind {pc.get('kind')!r:.80}; this version knows "
@@ -349,10 +349,13 @@ def _check_prompter_config(pc: dict, source: str) -> None:
     if scale is not None and (not _is_number(scale) or not 0 < scale <= 1):
         raise VPError(f"{source}: the prompter's scale must be a number above 0 and at most 1, not {scale!r}.")
     stack = pc.get("transforms", [])
-    if (not isinstance(stack, list) or len(stack) > len(TRANSFORMS) or not all(isinstance(k, str) for k in stack)
-            or len(set(stack)) != len(stack) or not set(stack) <= set(TRANSFORMS)):
+    if not isinstance(stack, list) or len(stack) > len(TRANSFORMS) or not all(isinstance(k, str) for k in stack):
         raise VPError(f"{source}: the prompter's transforms must be a list of distinct kinds of "
                       f"{', '.join(TRANSFORMS)}, not {stack!r:.120}.")
+    try:  # distinct, known kinds: the rule the prompter is built by
+        check_stack(stack)
+    except VPError as e:
+        raise VPError(f"{source}: {e}") from None
 
 
 def check_backbone(meta: dict, spec: str) -> str | None:

@@ -218,10 +218,6 @@ class Prompter(nn.Module):
         return (self.additive and all(t.is_identity() for t in self.transforms)
                 and bool((self.delta() == 0).all()))
 
-    def transforms_summary(self) -> str:
-        """What the input transforms do now ("" when there are none)."""
-        return "; ".join(t.summary() for t in self.transforms)
-
 
 PROMPTERS: dict[str, type[Prompter]] = {}
 

@@ -42,11 +42,11 @@ from .heads import templates_for as _templates_for
 from .model import PromptedModel
 from .optim import build_optimizer
 from .prompters import PROMPTERS, PrompterConfig, create_prompter
-from .transforms import split_stack
 from .settings import check_config
 # the run's settings, events and result have their own module; imported here too, where they always were
 from .train_config import (DEFAULT_HEAD_LR, StopTraining, TrainConfig, TrainEvent, TrainResult,  # noqa: F401
                            history_record)
+from .transforms import split_stack
 from .utils import HostReadback, amp_dtype, autocast, import_in_background, pick_device, seed_everything
 
 
