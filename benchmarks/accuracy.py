@@ -143,7 +143,7 @@ ROWS = [
         compared_with=(("recipe_fast", "BLM vs 10-source mapping (recipe fast)"),)),
     Row("blm_plus_fast", "prompt", "recipe fast with BLM+ (top-k probabilities)", {"label_mapping": "blm_plus"},
         recipe="fast", compared_with=(("blm_fast", "BLM+ vs BLM (recipe fast)"),)),
-    Row("recipe_live", "prompt", "recipe live: fast with Adam lr 0.03 (the app's CPU default)", recipe="live",
+    Row("recipe_live", "prompt", "recipe live: fast with Adam lr 0.03 (the default recipe)", recipe="live",
         compared_with=(("recipe_fast", "lr 0.03 vs 0.01 (recipe fast)"),), default=True),
     Row("recipe_fast_pad", "prompt", "recipe fast_pad: a pad prompt a quarter of the side wide, Adam lr 0.03, "
         "10-source mapping", recipe="fast_pad",

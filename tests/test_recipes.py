@@ -42,11 +42,11 @@ def test_paper_recipe_is_the_config_defaults_exactly():
     assert from_args(TrainConfig, a) == TrainConfig()
 
 
-def test_cli_default_is_the_fast_recipe_and_explicit_options_win():
+def test_cli_default_is_the_live_recipe_and_explicit_options_win():
     a = build_parser().parse_args(["train"])
     cfg = from_args(TrainConfig, a)
-    assert a.recipe == "fast"
-    for k, v in recipe_settings("fast").items():
+    assert a.recipe == "live" and cfg.lr == 0.03
+    for k, v in recipe_settings("live").items():
         assert getattr(cfg, k) == v
     # the recipe is read from the command line itself (main pre-parses it), and an explicit option wins
     from visual_prompting.cli import _recipe_in

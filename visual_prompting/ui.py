@@ -28,7 +28,7 @@ from .baselines import BaselineCache
 from .data import dataset_names, named_as, open_image, rename_paths, to_rgb
 from .errors import VPError
 from .model import PromptedModel
-from .recipes import DEFAULT_RECIPE, LIVE_RECIPE, recipe_settings
+from .recipes import DEFAULT_RECIPE, recipe_settings
 from .prompt_file import check_backbone, load_prompt, read_metadata
 from .train_config import TrainConfig, TrainEvent, TrainResult, default_lr, history_record
 from .train_form import (  # noqa: F401 - TRAIN_FORM_FIELDS, choice_info, train_choices: also read from here
@@ -343,11 +343,11 @@ class VPApp:
 
     # -- Train --------------------------------------------------------------------------------------------
     def train_defaults(self, recipe: str | None = None) -> TrainDefaults:
-        """The Train tab's first values: a recipe's settings (by default the best measured one for this device:
-        ``live`` on a CPU, for about a minute of training; ``fast`` on a GPU), sized so a first run on a CPU shows
-        progress within seconds and ends in a minute and a half; the paper's batch size on a GPU. What these defaults
+        """The Train tab's first values: a recipe's settings (by default
+        :data:`~visual_prompting.recipes.DEFAULT_RECIPE`, ``live``), sized so a first run on a CPU shows progress within
+        seconds and ends in a minute and a half; the paper's batch size on a GPU. What these defaults
         reach is measured by ``benchmarks/app_defaults.py`` (numbers in README.md)."""
-        recipe = recipe or (DEFAULT_RECIPE if self.device.type == "cuda" else LIVE_RECIPE)
+        recipe = recipe or DEFAULT_RECIPE
         base = TrainConfig()
         settings = {**{f.name: getattr(base, f.name) for f in self.form if f.recipe}, **recipe_settings(recipe)}
         if settings["lr"] is None:
