@@ -3,8 +3,9 @@
     python benchmarks/report.py            # rewrite every block between <!-- report:NAME --> and <!-- /report:NAME -->
     python benchmarks/report.py --check    # exit 1 when a README differs from what this would write, or holds a
                                            # figure outside the blocks (what tests/test_report.py runs)
-    python benchmarks/report.py --stale    # list each result whose measured code changed after its commit, and each
-                                           # accuracy row whose seeds ran on different kinds of machine (warning)
+    python benchmarks/report.py --stale    # list each result whose measured code changed after its commit (recipes.py
+                                           # only through the recipes it ran), and each accuracy row whose seeds ran
+                                           # on different kinds of machine (warning)
 
 Every number in those READMEs comes from here: a results file under benchmarks/results/ (or
 prompts_zoo/index.json) read as written by its tool, with its date and commit printed beside each table. Prose
@@ -15,10 +16,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -624,26 +628,82 @@ def git(*args) -> tuple[int, str]:
     return p.returncode, p.stdout.strip()
 
 
-def entries() -> list[tuple[str, str, str, dict]]:
-    """(name, file, script, provenance) of every result, one per speed.json entry."""
+def entries() -> list[tuple[str, str, str, dict, set | None]]:
+    """(name, file, script, provenance, recipes) of every result, one per speed.json entry; ``recipes``: the names
+    of the recipes the result's runs trained with when the result says (accuracy rows, zoo entries), else None."""
     out = []
     for name, rel, script in SOURCES:
         d = load(rel)
         if d is None:
-            out.append((name, rel, script, None))
+            out.append((name, rel, script, None, None))
         elif name.startswith("accuracy") and len(runs := runs_behind(d)) > 1:  # merged: each commit's rows apart
-            out += [(f"{name} [{', '.join(g['rows'])}]", rel, script, g["provenance"]) for g in runs]
+            out += [(f"{name} [{', '.join(g['rows'])}]", rel, script, g["provenance"], rows_recipes(g["rows"]))
+                    for g in runs]
+        elif name.startswith("accuracy"):
+            out.append((name, rel, script, provenance_of(d), rows_recipes([r["method"] for r in d.get("rows") or []])))
         elif name == "speed":
-            out += [(f"speed {m} {dev}", rel, script, provenance_of(r)) for m, per in d["results"].items()
+            out += [(f"speed {m} {dev}", rel, script, provenance_of(r), None) for m, per in d["results"].items()
                     for dev, r in per.items()]
+        elif name.startswith("zoo"):
+            out.append((name, rel, script, provenance_of(d), zoo_recipes()))
         else:
-            out.append((name, rel, script, provenance_of(d)))
+            out.append((name, rel, script, provenance_of(d), None))
     return out
+
+
+RECIPES_PY = "visual_prompting/recipes.py"
+
+
+def rows_recipes(names) -> set | None:
+    """The recipes that accuracy rows ``names`` run (a row without one depends on no recipe); None when a row is
+    not in accuracy.py's ROWS any more."""
+    rows = {r.name: r for r in _accuracy_module().ROWS}
+    if any(n not in rows for n in names):
+        return None
+    return {rows[n].recipe for n in names if rows[n].recipe}
+
+
+def zoo_recipes() -> set | None:
+    """The recipes of the commands that trained the zoo's entries; None when one names none (the default's)."""
+    d = load("prompts_zoo/index.json") or {}
+    names = set()
+    for e in d.get("prompts") or []:
+        words = (e.get("command") or "").split()
+        if "--recipe" not in words[:-1]:
+            return None
+        names.add(words[words.index("--recipe") + 1])
+    return names
+
+
+@functools.lru_cache(maxsize=None)
+def recipes_at(commit: str) -> dict | None:
+    """Each recipe's settings as visual_prompting/recipes.py defines them at ``commit`` ({name: settings}), None
+    when that copy cannot be read. The settings are Python expressions, so that commit's package is imported from
+    a ``git archive`` of it, in a subprocess (our own history, never a downloaded file)."""
+    arch = subprocess.run(["git", "archive", commit, "visual_prompting"], cwd=REPO, capture_output=True)
+    if arch.returncode:
+        return None
+    code = ("import json, visual_prompting.recipes as r; "
+            "print(json.dumps({k: v.settings for k, v in r.RECIPES.items()}, sort_keys=True, default=repr))")
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["tar", "-x", "-C", tmp], input=arch.stdout, check=True)
+        p = subprocess.run([sys.executable, "-c", code], cwd=tmp, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": tmp})
+    return json.loads(p.stdout) if p.returncode == 0 else None
+
+
+def recipes_same(commit: str, names: set) -> bool:
+    """Whether every recipe in ``names`` has the same settings at ``commit`` as at HEAD: then an edit of recipes.py
+    since ``commit`` (another recipe, a description, the default's name) did not change what was measured."""
+    if not names:
+        return True
+    before, now = recipes_at(commit), recipes_at(git("rev-parse", "HEAD")[1])
+    return before is not None and now is not None and all(n in before and before[n] == now.get(n) for n in names)
 
 
 def stale() -> list[str]:
     lines = []
-    for name, rel, script, prov in entries():
+    for name, rel, script, prov, *used in entries():
         if prov is None:
             lines.append(f"MISSING {name}: {rel} not written yet (`python {script}`)")
             continue
@@ -653,13 +713,16 @@ def stale() -> list[str]:
         if declared:  # a lent machine ran a copy of the tree: the commit its launcher declared is what was measured
             commit, measured_dirty = declared.split()[0], "dirty" in declared
         paths = measures(script)
+        if used and used[0] is not None and RECIPES_PY in paths and commit and \
+                git("diff", "--quiet", commit, "HEAD", "--", RECIPES_PY)[0] == 1 and recipes_same(commit, used[0]):
+            paths = [p for p in paths if p != RECIPES_PY]  # recipes.py changed, not in the recipes it ran
         if not commit:
             lines.append(f"STALE?  {name} ({rel}): no commit recorded, cannot tell; rerun `python {script}`")
             continue
         if git("cat-file", "-e", f"{commit}^{{commit}}")[0] != 0:
             lines.append(f"STALE?  {name} ({rel}): commit {commit[:10]} is not in this repository")
             continue
-        _, log = git("log", "--format=%h %cs %s", f"{commit}..HEAD", "--", *paths)
+        _, log = git("log", "--format=%h %cs %s", f"{commit}..HEAD", "--", *paths) if paths else (0, "")
         changed = [ln for ln in log.splitlines() if ln]
         dirty = " (measured on a dirty tree)" if measured_dirty else ""
         if changed:

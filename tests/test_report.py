@@ -72,6 +72,37 @@ def test_stale_lists_results_whose_measured_code_changed(report, monkeypatch):
     assert any(ln.startswith("STALE?  none") for ln in lines) and any(ln.startswith("MISSING missing") for ln in lines)
 
 
+def test_a_recipes_edit_stales_only_the_results_that_ran_a_changed_recipe(report, monkeypatch):
+    """recipes.py holds every recipe: an edit of one (or of a description) leaves a result that ran others current,
+    judged by each recipe's settings at the result's commit and at HEAD; a result whose recipes are unknown is judged
+    by the file, as before."""
+    head, first = head_and_first_commit()
+    prov = {"git_commit": first, "git_dirty": False}  # recipes.py changed since the first commit (it did not exist)
+    fake = [("other", "x.json", "s.py", prov, {"live"}), ("changed", "y.json", "s.py", prov, {"fast_pad"}),
+            ("norecipe", "z.json", "s.py", prov, set()), ("unknown", "w.json", "s.py", prov, None)]
+    settings = {first: {"live": {"lr": 0.03}, "fast_pad": {"prompt_fraction": 0.25}},
+                head: {"live": {"lr": 0.03}, "fast_pad": {"prompt_fraction": 0.3}, "new": {}}}
+    monkeypatch.setattr(report, "entries", lambda: fake)
+    monkeypatch.setattr(report, "measures", lambda script: [report.RECIPES_PY])
+    monkeypatch.setattr(report, "recipes_at", lambda commit: settings[commit])
+    stale = {ln.split()[1] for ln in report.stale() if ln.startswith("STALE")}
+    assert stale == {"changed", "unknown"}
+    settings[first] = None  # the old copy could not be read: the file decides
+    assert {ln.split()[1] for ln in report.stale() if ln.startswith("STALE")} == {"other", "changed", "unknown"}
+
+
+def test_recipes_at_reads_a_commits_recipes(report):
+    from visual_prompting.recipes import RECIPES
+
+    head, _ = head_and_first_commit()
+    got = report.recipes_at(head)
+    committed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", report.RECIPES_PY], cwd=ROOT).returncode == 0
+    if committed:  # the working tree's recipes are HEAD's
+        assert got == json.loads(json.dumps({k: v.settings for k, v in RECIPES.items()}, sort_keys=True))
+    assert got is not None and got["live"]["lr"] == pytest.approx(0.03)
+    assert report.recipes_at("0" * 40) is None  # not a commit
+
+
 def test_a_merged_accuracy_table_is_judged_and_stamped_row_by_row(report, monkeypatch):
     """A table merged from runs at several commits: each commit's rows are judged apart (the file's own provenance
     is only its first run's), and the README names every commit with its rows instead of one run's command."""
