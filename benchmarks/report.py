@@ -3,9 +3,10 @@
     python benchmarks/report.py            # rewrite every block between <!-- report:NAME --> and <!-- /report:NAME -->
     python benchmarks/report.py --check    # exit 1 when a README differs from what this would write, or holds a
                                            # figure outside the blocks (what tests/test_report.py runs)
-    python benchmarks/report.py --stale    # list each result whose measured code changed after its commit (recipes.py
-                                           # only through the recipes it ran), and each accuracy row whose seeds ran
-                                           # on different kinds of machine (warning)
+    python benchmarks/report.py --stale    # list each result whose measured code changed after its commit (not its
+                                           # comments, docstrings or row labels; recipes.py only through the recipes
+                                           # it ran), and each accuracy row whose seeds ran on different kinds of
+                                           # machine (warning)
 
 Every number in those READMEs comes from here: a results file under benchmarks/results/ (or
 prompts_zoo/index.json) read as written by its tool, with its date and commit printed beside each table. Prose
@@ -701,6 +702,49 @@ def recipes_same(commit: str, names: set) -> bool:
     return before is not None and now is not None and all(n in before and before[n] == now.get(n) for n in names)
 
 
+def code_changed(commit: str, paths: list[str], recipes: set | None) -> list[str]:
+    """The measured ``paths`` whose code differs between ``commit`` and HEAD: a file whose syntax tree is the same
+    but for docstrings and an accuracy row's labels (:func:`code_of`) did not change a number, nor did recipes.py
+    when the recipes the result ran (``recipes``; None: unknown) kept their settings (:func:`recipes_same`)."""
+    _, diff = git("diff", "--name-only", commit, "HEAD", "--", *paths)
+    head = git("rev-parse", "HEAD")[1]
+    out = []
+    for path in diff.split():
+        if path.endswith(".py") and code_of(commit, path) is not None and code_of(commit, path) == code_of(head, path):
+            continue
+        if path == RECIPES_PY and recipes is not None and recipes_same(commit, recipes):
+            continue
+        out.append(path)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def code_of(commit: str, path: str) -> str | None:
+    """A Python file at ``commit`` as the stale check compares it (:func:`code_tree`); None when it is missing."""
+    p = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO, capture_output=True, text=True)
+    return code_tree(p.stdout) if p.returncode == 0 else None
+
+
+def code_tree(source: str) -> str | None:
+    """Python source as the stale check compares it: its syntax tree (never its comments) without docstrings, and
+    without what only labels an accuracy row - a ``Row``'s description, the rows it is compared with, whether it runs
+    by default: edits of those change no number. None when it does not parse."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and \
+                isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Row":
+            if len(node.args) > 2:
+                node.args[2] = ast.Constant("")
+            node.keywords = [k for k in node.keywords if k.arg not in ("description", "compared_with", "default")]
+    return ast.dump(tree)
+
+
 def stale() -> list[str]:
     lines = []
     for name, rel, script, prov, *used in entries():
@@ -713,15 +757,13 @@ def stale() -> list[str]:
         if declared:  # a lent machine ran a copy of the tree: the commit its launcher declared is what was measured
             commit, measured_dirty = declared.split()[0], "dirty" in declared
         paths = measures(script)
-        if used and used[0] is not None and RECIPES_PY in paths and commit and \
-                git("diff", "--quiet", commit, "HEAD", "--", RECIPES_PY)[0] == 1 and recipes_same(commit, used[0]):
-            paths = [p for p in paths if p != RECIPES_PY]  # recipes.py changed, not in the recipes it ran
         if not commit:
             lines.append(f"STALE?  {name} ({rel}): no commit recorded, cannot tell; rerun `python {script}`")
             continue
         if git("cat-file", "-e", f"{commit}^{{commit}}")[0] != 0:
             lines.append(f"STALE?  {name} ({rel}): commit {commit[:10]} is not in this repository")
             continue
+        paths = code_changed(commit, paths, used[0] if used else None)
         _, log = git("log", "--format=%h %cs %s", f"{commit}..HEAD", "--", *paths) if paths else (0, "")
         changed = [ln for ln in log.splitlines() if ln]
         dirty = " (measured on a dirty tree)" if measured_dirty else ""

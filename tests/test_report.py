@@ -91,6 +91,31 @@ def test_a_recipes_edit_stales_only_the_results_that_ran_a_changed_recipe(report
     assert {ln.split()[1] for ln in report.stale() if ln.startswith("STALE")} == {"other", "changed", "unknown"}
 
 
+def test_comments_docstrings_and_row_labels_are_not_measured_code(report):
+    base = '''"""Module doc."""
+ROWS = [Row("a", "prompt", "pad prompt, 24 px", {"prompter": "pad"}, recipe="fast_pad", default=True,
+            compared_with=(("b", "a vs b"),))]
+
+
+def f(x):
+    """Doc."""
+    return x + 1  # one
+'''
+    tree = report.code_tree(base)
+    relabelled = (base.replace("Module doc.", "Other doc.").replace("pad prompt, 24 px", "pad prompt, 29 px")
+                  .replace("default=True", "default=False").replace('"a vs b"', '"a against b"')
+                  .replace("# one", "# two").replace('"""Doc."""', '"""Other."""'))
+    assert report.code_tree(relabelled) == tree
+    for changed in (base.replace("x + 1", "x + 2"), base.replace('"prompter": "pad"', '"prompter": "full"'),
+                    base.replace('recipe="fast_pad"', 'recipe="live"'), base.replace('Row("a"', 'Row("c"')):
+        assert report.code_tree(changed) != tree
+    assert report.code_tree("def (:") is None
+    head, _ = head_and_first_commit()
+    assert report.code_of(head, "benchmarks/accuracy.py") == report.code_tree(
+        subprocess.run(["git", "show", "HEAD:benchmarks/accuracy.py"], cwd=ROOT, capture_output=True, text=True).stdout)
+    assert report.code_of(head, "no/such/file.py") is None
+
+
 def test_recipes_at_reads_a_commits_recipes(report):
     from visual_prompting.recipes import RECIPES
 
