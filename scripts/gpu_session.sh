@@ -49,7 +49,7 @@ else
   # bf16 autocast, the library's AMP on these GPUs) and torch.compile, counted with its warm-up (issue 29.6)
   speed_args=(--steps 20 --repeats 7 --profile --compile)
   # the paper's size, 3000 steps of 128 (issue 30.7: the best recipe at or above the probe's 88.75%?): the probe
-  # first (a run cut short has it), the best CPU recipes (live: fast at lr 0.03; fast_pad: the frame a quarter of the
+  # first (a run cut short has it), the best CPU recipes (live: fast at lr 0.03; fast_pad: the frame 0.3 of the
   # side wide), recipe fast for comparison with the earlier GPU row, then the paper's pad prompt. One seed each (3
   # seeds do not fit a 15-minute lease).
   acc_args=(--image-size 224 --steps 3000 --batch-size 128 --rows linear_probe,recipe_live,recipe_fast_pad,recipe_fast,pad_frequency)
