@@ -629,26 +629,28 @@ def git(*args) -> tuple[int, str]:
     return p.returncode, p.stdout.strip()
 
 
-def entries() -> list[tuple[str, str, str, dict, set | None]]:
-    """(name, file, script, provenance, recipes) of every result, one per speed.json entry; ``recipes``: the names
-    of the recipes the result's runs trained with when the result says (accuracy rows, zoo entries), else None."""
+def entries() -> list[tuple[str, str, str, dict, set | None, list | None]]:
+    """(name, file, script, provenance, recipes, rows) of every result, one per speed.json entry; ``recipes``: the
+    names of the recipes the result's runs trained with when the result says (accuracy rows, zoo entries), else None;
+    ``rows``: an accuracy result's rows (None for other results)."""
     out = []
     for name, rel, script in SOURCES:
         d = load(rel)
         if d is None:
-            out.append((name, rel, script, None, None))
+            out.append((name, rel, script, None, None, None))
         elif name.startswith("accuracy") and len(runs := runs_behind(d)) > 1:  # merged: each commit's rows apart
-            out += [(f"{name} [{', '.join(g['rows'])}]", rel, script, g["provenance"], rows_recipes(g["rows"]))
-                    for g in runs]
+            out += [(f"{name} [{', '.join(g['rows'])}]", rel, script, g["provenance"], rows_recipes(g["rows"]),
+                     list(g["rows"])) for g in runs]
         elif name.startswith("accuracy"):
-            out.append((name, rel, script, provenance_of(d), rows_recipes([r["method"] for r in d.get("rows") or []])))
+            methods = [r["method"] for r in d.get("rows") or []]
+            out.append((name, rel, script, provenance_of(d), rows_recipes(methods), methods))
         elif name == "speed":
-            out += [(f"speed {m} {dev}", rel, script, provenance_of(r), None) for m, per in d["results"].items()
+            out += [(f"speed {m} {dev}", rel, script, provenance_of(r), None, None) for m, per in d["results"].items()
                     for dev, r in per.items()]
         elif name.startswith("zoo"):
-            out.append((name, rel, script, provenance_of(d), zoo_recipes()))
+            out.append((name, rel, script, provenance_of(d), zoo_recipes(), None))
         else:
-            out.append((name, rel, script, provenance_of(d), None))
+            out.append((name, rel, script, provenance_of(d), None, None))
     return out
 
 
@@ -702,16 +704,20 @@ def recipes_same(commit: str, names: set) -> bool:
     return before is not None and now is not None and all(n in before and before[n] == now.get(n) for n in names)
 
 
-def code_changed(commit: str, paths: list[str], recipes: set | None) -> list[str]:
-    """The measured ``paths`` whose code differs between ``commit`` and HEAD: a file whose syntax tree is the same
-    but for docstrings and an accuracy row's labels (:func:`code_of`) did not change a number, nor did recipes.py
-    when the recipes the result ran (``recipes``; None: unknown) kept their settings (:func:`recipes_same`)."""
+def code_changed(commit: str, paths: list[str], recipes: set | None, rows: list | None = None) -> list[str]:
+    """The measured ``paths`` whose code differs between ``commit`` and HEAD (:func:`code_parts`): not when only
+    docstrings or accuracy rows' labels changed, nor, for an accuracy result (``rows``: its rows), when only other rows
+    were added, removed or changed; recipes.py not when the recipes the result ran (``recipes``; None: unknown) kept
+    their settings (:func:`recipes_same`)."""
     _, diff = git("diff", "--name-only", commit, "HEAD", "--", *paths)
     head = git("rev-parse", "HEAD")[1]
     out = []
     for path in diff.split():
-        if path.endswith(".py") and code_of(commit, path) is not None and code_of(commit, path) == code_of(head, path):
-            continue
+        before, now = (code_of(commit, path), code_of(head, path)) if path.endswith(".py") else (None, None)
+        if before is not None and now is not None and before[0] == now[0]:
+            names = set(before[1]) | set(now[1]) if rows is None else set(rows)
+            if all(before[1].get(n) is not None and before[1].get(n) == now[1].get(n) for n in names):
+                continue
         if path == RECIPES_PY and recipes is not None and recipes_same(commit, recipes):
             continue
         out.append(path)
@@ -719,16 +725,18 @@ def code_changed(commit: str, paths: list[str], recipes: set | None) -> list[str
 
 
 @functools.lru_cache(maxsize=None)
-def code_of(commit: str, path: str) -> str | None:
-    """A Python file at ``commit`` as the stale check compares it (:func:`code_tree`); None when it is missing."""
+def code_of(commit: str, path: str) -> tuple[str, dict] | None:
+    """A Python file at ``commit`` as the stale check compares it (:func:`code_parts`); None when it is missing."""
     p = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO, capture_output=True, text=True)
-    return code_tree(p.stdout) if p.returncode == 0 else None
+    return code_parts(p.stdout) if p.returncode == 0 else None
 
 
-def code_tree(source: str) -> str | None:
-    """Python source as the stale check compares it: its syntax tree (never its comments) without docstrings, and
-    without what only labels an accuracy row - a ``Row``'s description, the rows it is compared with, whether it runs
-    by default: edits of those change no number. None when it does not parse."""
+def code_parts(source: str) -> tuple[str, dict] | None:
+    """Python source as the stale check compares it: (its syntax tree without the accuracy rows, {row name: that
+    ``Row(...)``'s tree}). Comments are never in a tree; docstrings are left out, and so is what only labels a row - its
+    description, the rows it is compared with, whether it runs by default: edits of those change no number. The rows
+    (the ``Row`` calls in a module-level ``ROWS = [...]``) are apart so that a row is judged by its own definition.
+    None when the source does not parse."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
@@ -742,12 +750,30 @@ def code_tree(source: str) -> str | None:
             if len(node.args) > 2:
                 node.args[2] = ast.Constant("")
             node.keywords = [k for k in node.keywords if k.arg not in ("description", "compared_with", "default")]
-    return ast.dump(tree)
+    rows = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "ROWS" for t in node.targets) and \
+                isinstance(node.value, ast.List):
+            kept = []
+            for e in node.value.elts:
+                if isinstance(e, ast.Call) and getattr(e.func, "id", None) == "Row" and e.args and \
+                        isinstance(e.args[0], ast.Constant):
+                    rows[e.args[0].value] = ast.dump(e)
+                else:
+                    kept.append(e)
+            node.value.elts = kept
+    return ast.dump(tree), rows
+
+
+def code_tree(source: str) -> str | None:
+    """:func:`code_parts` as one text (every row included): what a result that is not judged row by row compares."""
+    parts = code_parts(source)
+    return None if parts is None else parts[0] + json.dumps(parts[1], sort_keys=True)
 
 
 def stale() -> list[str]:
     lines = []
-    for name, rel, script, prov, *used in entries():
+    for name, rel, script, prov, *scope in entries():
         if prov is None:
             lines.append(f"MISSING {name}: {rel} not written yet (`python {script}`)")
             continue
@@ -763,7 +789,7 @@ def stale() -> list[str]:
         if git("cat-file", "-e", f"{commit}^{{commit}}")[0] != 0:
             lines.append(f"STALE?  {name} ({rel}): commit {commit[:10]} is not in this repository")
             continue
-        paths = code_changed(commit, paths, used[0] if used else None)
+        paths = code_changed(commit, paths, *(scope[:2] if scope else (None,)))
         _, log = git("log", "--format=%h %cs %s", f"{commit}..HEAD", "--", *paths) if paths else (0, "")
         changed = [ln for ln in log.splitlines() if ln]
         dirty = " (measured on a dirty tree)" if measured_dirty else ""

@@ -111,9 +111,31 @@ def f(x):
         assert report.code_tree(changed) != tree
     assert report.code_tree("def (:") is None
     head, _ = head_and_first_commit()
-    assert report.code_of(head, "benchmarks/accuracy.py") == report.code_tree(
+    assert report.code_of(head, "benchmarks/accuracy.py") == report.code_parts(
         subprocess.run(["git", "show", "HEAD:benchmarks/accuracy.py"], cwd=ROOT, capture_output=True, text=True).stdout)
+    assert "recipe_live" in report.code_of(head, "benchmarks/accuracy.py")[1]
     assert report.code_of(head, "no/such/file.py") is None
+
+
+def test_an_accuracy_row_is_judged_by_its_own_definition(report, monkeypatch):
+    """Adding, removing or changing another row leaves a row current; changing its own settings, or any other code
+    of the file, does not; a result not judged row by row (rows=None) sees every row."""
+    src = {"old": '''ROWS = [Row("a", "prompt", "x", {"lr": 1}), Row("b", "prompt", "y", {"lr": 2})]
+STEPS = 10
+'''}
+    src["added"] = src["old"].replace('{"lr": 2})]', '{"lr": 2}), Row("c", "prompt", "z")]')
+    src["b_changed"] = src["old"].replace('{"lr": 2}', '{"lr": 3}')
+    src["a_changed"] = src["old"].replace('{"lr": 1}', '{"lr": 9}')
+    src["code"] = src["old"].replace("STEPS = 10", "STEPS = 11")
+    path = "benchmarks/accuracy.py"
+    head = {"now": None}
+    monkeypatch.setattr(report, "git", lambda *a: (0, path) if a[0] == "diff" else (0, head["now"]))
+    monkeypatch.setattr(report, "code_of", lambda commit, p: report.code_parts(src[commit]))
+    for now, stale_for_a, stale_for_all in (("added", False, True), ("b_changed", False, True),
+                                            ("a_changed", True, True), ("code", True, True), ("old", False, False)):
+        head["now"] = now
+        assert (report.code_changed("old", [path], None, ["a"]) == [path]) is stale_for_a, now
+        assert (report.code_changed("old", [path], None, None) == [path]) is stale_for_all, now
 
 
 def test_recipes_at_reads_a_commits_recipes(report):
