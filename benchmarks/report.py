@@ -181,9 +181,9 @@ def b_readme_train() -> str:
 
 def zoo_rows() -> tuple[str, dict]:
     d = load("prompts_zoo/index.json")
-    def recipe(e):  # the --recipe of the command that trained it
-        words = (e.get("command") or "").split()
-        return f"`{words[words.index('--recipe') + 1]}`" if "--recipe" in words[:-1] else "-"
+    def recipe(e):
+        name = command_recipe(e)
+        return f"`{name}`" if name else "-"
 
     def trained(e):  # the training run's commit and date, when it recorded them
         p = e.get("provenance") or {}
@@ -195,6 +195,12 @@ def zoo_rows() -> tuple[str, dict]:
     return markdown_table(["prompt file", "prompter", "recipe", "trained on",
                            "test top-1: no prompt -> prompted (test images)", "train time", "trained (date, commit)"],
                           rows), d
+
+
+def command_recipe(entry: dict) -> str | None:
+    """The ``--recipe`` of the command that trained a zoo entry, None when it names none."""
+    words = (entry.get("command") or "").split()
+    return words[words.index("--recipe") + 1] if "--recipe" in words[:-1] else None
 
 
 def b_zoo() -> str:
@@ -668,14 +674,8 @@ def rows_recipes(names) -> set | None:
 
 def zoo_recipes() -> set | None:
     """The recipes of the commands that trained the zoo's entries; None when one names none (the default's)."""
-    d = load("prompts_zoo/index.json") or {}
-    names = set()
-    for e in d.get("prompts") or []:
-        words = (e.get("command") or "").split()
-        if "--recipe" not in words[:-1]:
-            return None
-        names.add(words[words.index("--recipe") + 1])
-    return names
+    names = {command_recipe(e) for e in (load("prompts_zoo/index.json") or {}).get("prompts") or []}
+    return None if None in names else names
 
 
 @functools.lru_cache(maxsize=None)
@@ -763,12 +763,6 @@ def code_parts(source: str) -> tuple[str, dict] | None:
                     kept.append(e)
             node.value.elts = kept
     return ast.dump(tree), rows
-
-
-def code_tree(source: str) -> str | None:
-    """:func:`code_parts` as one text (every row included): what a result that is not judged row by row compares."""
-    parts = code_parts(source)
-    return None if parts is None else parts[0] + json.dumps(parts[1], sort_keys=True)
 
 
 def stale() -> list[str]:

@@ -101,15 +101,15 @@ def f(x):
     """Doc."""
     return x + 1  # one
 '''
-    tree = report.code_tree(base)
+    tree = report.code_parts(base)
     relabelled = (base.replace("Module doc.", "Other doc.").replace("pad prompt, 24 px", "pad prompt, 29 px")
                   .replace("default=True", "default=False").replace('"a vs b"', '"a against b"')
                   .replace("# one", "# two").replace('"""Doc."""', '"""Other."""'))
-    assert report.code_tree(relabelled) == tree
+    assert report.code_parts(relabelled) == tree
     for changed in (base.replace("x + 1", "x + 2"), base.replace('"prompter": "pad"', '"prompter": "full"'),
                     base.replace('recipe="fast_pad"', 'recipe="live"'), base.replace('Row("a"', 'Row("c"')):
-        assert report.code_tree(changed) != tree
-    assert report.code_tree("def (:") is None
+        assert report.code_parts(changed) != tree
+    assert report.code_parts("def (:") is None
     head, _ = head_and_first_commit()
     assert report.code_of(head, "benchmarks/accuracy.py") == report.code_parts(
         subprocess.run(["git", "show", "HEAD:benchmarks/accuracy.py"], cwd=ROOT, capture_output=True, text=True).stdout)
