@@ -715,7 +715,9 @@ def code_changed(commit: str, paths: list[str], recipes: set | None, rows: list 
     for path in diff.split():
         before, now = (code_of(commit, path), code_of(head, path)) if path.endswith(".py") else (None, None)
         if before is not None and now is not None and before[0] == now[0]:
-            names = set(before[1]) | set(now[1]) if rows is None else set(rows)
+            # a result's own rows where the file defines rows (accuracy.py); every row of a file otherwise (none in
+            # a file without ROWS: its tree alone decides)
+            names = set(rows) if rows is not None and (before[1] or now[1]) else set(before[1]) | set(now[1])
             if all(before[1].get(n) is not None and before[1].get(n) == now[1].get(n) for n in names):
                 continue
         if path == RECIPES_PY and recipes is not None and recipes_same(commit, recipes):

@@ -136,6 +136,14 @@ STEPS = 10
         head["now"] = now
         assert (report.code_changed("old", [path], None, ["a"]) == [path]) is stale_for_a, now
         assert (report.code_changed("old", [path], None, None) == [path]) is stale_for_all, now
+    # a measured file without rows (training.py) whose docstring alone changed: current for every result
+    src.update(doc_old='def f():\n    """doc"""\n    return 1\n', doc_new='def f():\n    """other"""\n    return 1\n',
+               code_new='def f():\n    """doc"""\n    return 2\n')
+    path = "visual_prompting/training.py"
+    for now, stale in (("doc_new", False), ("code_new", True)):
+        head["now"] = now
+        assert (report.code_changed("doc_old", [path], None, ["a"]) == [path]) is stale, now
+        assert (report.code_changed("doc_old", [path], None, None) == [path]) is stale, now
 
 
 def test_recipes_at_reads_a_commits_recipes(report):
