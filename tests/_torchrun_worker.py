@@ -23,6 +23,7 @@ import torch  # noqa: E402
 from visual_prompting import training  # noqa: E402
 from visual_prompting.checkpoint import RunFiles  # noqa: E402
 from visual_prompting.cli import main  # noqa: E402
+from visual_prompting.distributed import end_process  # noqa: E402
 
 
 def _rank() -> str:
@@ -100,4 +101,4 @@ def _install() -> None:
 
 if __name__ == "__main__":
     _install()
-    sys.exit(main(sys.argv[1:]))
+    end_process(main(sys.argv[1:]))  # as python -m visual_prompting ends

@@ -278,3 +278,25 @@ if __name__ == "__main__":  # the fork server's workers import this script again
     pid, alone, ranked = json.loads(r.stdout.strip().splitlines()[-1])
     assert alone == [pid]  # forked by the process itself
     assert len(ranked) == 1 and ranked != [pid]  # by one other process: the fork server
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_the_cli_process_ends_with_its_code_and_its_output_flushed(tmp_path, group):
+    """``python -m visual_prompting`` ends through ``end_process``: outside a process group a plain exit (atexit
+    handlers run); in one (here a 1-process gloo group), the group left and ``os._exit`` with the same code after
+    flushing what was printed - the interpreter's teardown, where a torchrun rank sometimes aborted (SIGABRT) after a
+    good run, is skipped, so an atexit handler does not run."""
+    code = (
+        "import atexit, sys\n"
+        "import torch.distributed as dist\n"
+        "from visual_prompting.distributed import end_process\n"
+        f"if {group}:\n"
+        f"    dist.init_process_group('gloo', init_method='file://{tmp_path / 'store'}', rank=0, world_size=1)\n"
+        "atexit.register(lambda: print('atexit ran', flush=True))\n"
+        "print('unflushed line', end='')\n"
+        "end_process(3)\n"
+        "print('not reached')\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert r.stdout.startswith("unflushed line") and "not reached" not in r.stdout
+    assert ("atexit ran" in r.stdout) is (not group)

@@ -108,6 +108,35 @@ def _destroy() -> None:
         dist.destroy_process_group()
 
 
+def end_process(code: int | None) -> None:
+    """How ``python -m visual_prompting`` ends: ``sys.exit(code)``, and, in a process that joined a torchrun group,
+    first a barrier (no rank leaves while another still talks to it; skipped after an error, when torchrun ends the
+    others), the group left, the output flushed, then ``os._exit(code)``. The interpreter's own teardown is skipped
+    there: under load a rank that had printed its results sometimes aborted in it ("terminate called without an
+    active exception", SIGABRT, in C++ with no Python frame left), and torchrun then failed a good run."""
+    import sys
+
+    import torch.distributed as dist
+
+    code = 0 if code is None else int(code)
+    if not (dist.is_available() and dist.is_initialized()):
+        sys.exit(code)
+    try:
+        if code == 0:
+            dist.barrier()
+        _destroy()
+    finally:
+        import logging
+
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+
 def _comm_device() -> torch.device:
     """Where a tensor must be for the group's backend (NCCL: this process's GPU)."""
     import torch.distributed as dist
