@@ -104,6 +104,28 @@ def test_a_time_budget_ends_on_time_with_a_best_prompt(tmp_path, small, cache, b
     assert len(evals) >= 5, (evals, res.steps_done)  # about ten evaluations spread over the run
 
 
+def test_a_time_budget_estimate_counts_each_evaluation_where_it_falls():
+    """Steps of 0.1 s and evaluations (every 4 steps) of 0.3 s in a 10 s budget: once an evaluation has been timed,
+    the estimated total stays put (an estimate spreading evaluations over the steps dropped after each one, so the
+    last steps' events could promise steps that never came), and the run fills the budget without passing it."""
+    from visual_prompting.distributed import SINGLE
+    from visual_prompting.training import Schedule
+
+    cfg = TrainConfig(steps=None, eval_every=4, time_budget=10.0, batch_size=10)
+    schedule, step, totals, evaluated = Schedule(cfg, n_train=1000, is_clip=False, ranks=SINGLE, n_val=100), 0, [], 0
+    while step < schedule.total:
+        step += 1
+        schedule.step_taken(step, 0.1)
+        totals.append(schedule.total)
+        if schedule.is_eval_step(step):
+            schedule.evaluated(step, 0.3)
+            evaluated += 1
+            totals.append(schedule.total)
+    assert len(set(totals[4:])) == 1, totals  # from the first evaluation (after step 4) on
+    assert step == schedule.total and abs(schedule.seconds - (step * 0.1 + evaluated * 0.3)) < 1e-9
+    assert schedule.seconds <= 10.0 < schedule.seconds + 0.1 + 0.3, (step, schedule.seconds)
+
+
 def test_a_time_budget_caps_at_steps(tmp_path, small, cache):
     res = Trainer(_cfg(tmp_path / "run", steps=5, eval_every=None, time_budget=60.0), splits=small, cache=cache).run()
     assert res.steps_done == 5 and res.metrics["train_seconds"] < 60
@@ -111,8 +133,9 @@ def test_a_time_budget_caps_at_steps(tmp_path, small, cache):
 
 def test_a_run_starts_from_a_bounded_sample_and_ends_with_the_full_one(tmp_path, small, cache, monkeypatch):
     """Before the first step the mapping is counted on the first start_samples mapping images only; at the first
-    evaluation the no-prompt baseline is counted on all of them and a mapping fitted once takes it over (a prompt that
-    started as no change): the run then reports and keeps what counting all of them first gives."""
+    evaluation the no-prompt baseline is counted on all of them and, right after it, a mapping fitted once takes it
+    over (a prompt that started as no change): the run then reports and trains on with what counting all of them
+    first gives."""
     import visual_prompting.training as tr
 
     sizes = []
@@ -128,10 +151,59 @@ def test_a_run_starts_from_a_bounded_sample_and_ends_with_the_full_one(tmp_path,
     assert first_step < next(i for i, e in enumerate(events) if e.kind == "eval")
     assert (200, False) in sizes  # all of them, at the first evaluation
     full = Trainer(_cfg(tmp_path / "b", start_samples=500), splits=small, cache=cache).run()
-    a, b = (load(r.best_path).meta["head"] for r in (res, full))
+    a, b = (load(r.last_path).meta["head"] for r in (res, full))
     assert a["baseline_mapping"] == b["baseline_mapping"] and a["mapping"] == b["mapping"] == b["baseline_mapping"]
     assert res.metrics["zero_shot_val_top1"] == full.metrics["zero_shot_val_top1"]
     assert res.metrics["test_top1_no_prompt"] == full.metrics["test_top1_no_prompt"]
+
+
+def test_a_run_stopped_before_its_first_evaluation_keeps_its_mapping_and_resumes_as_if_never_stopped(
+        tmp_path, small, cache):
+    """Stopped before its first evaluation (a mapping counted on a bounded sample, more mapping images to count), a
+    run keeps a prompt with the mapping it trained with - the stop does not cut the counting of the kept prompt's
+    numbers short - and --resume then takes the mapping over after the first evaluation, as the uninterrupted run
+    does: the same prompt and mapping at the end."""
+    kw = dict(start_samples=8, steps=6, eval_every=3)
+    whole = Trainer(_cfg(tmp_path / "whole", **kw), splits=small, cache=cache).run()
+    start = []
+    t = Trainer(_cfg(tmp_path / "cut", **kw), splits=small, cache=cache, should_stop=lambda: t.step >= 2,
+                callbacks=[lambda e: e.kind == "start" and start.append(t.model.head.mapping.tolist())])
+    cut = t.run()
+    assert cut.interrupted and cut.steps_done == 2 and cut.best_path
+    assert load(cut.best_path).meta["head"]["mapping"] == start[0] != load(whole.last_path).meta["head"]["mapping"]
+    resumed = Trainer(_cfg(tmp_path / "cut", resume=True, **kw), splits=small, cache=cache).run()
+    assert resumed.steps_done == whole.steps_done == 6
+    a, b = load(whole.last_path), load(resumed.last_path)
+    assert a.meta["head"] == b.meta["head"]
+    assert all(torch.equal(p, q) for p, q in zip(a.prompter.parameters(), b.prompter.parameters()))
+    assert resumed.metrics["best_val_top1"] == whole.metrics["best_val_top1"]
+
+
+@pytest.mark.parametrize("evaluations", [1, 2, 0])
+def test_a_prompt_is_validated_and_kept_with_the_mapping_it_trained_with(tmp_path, small, cache, evaluations):
+    """The mapping counted on all the mapping images takes over right *after* the first evaluation, and only when the
+    run goes on: every validation, and the kept prompt, use the mapping the steps before them trained with. With one
+    evaluation (at the end) or none (stopped first), the run keeps its start mapping throughout. (It once switched
+    before that evaluation: a run evaluated only at its end was tested on a mapping it never trained with.)"""
+    seen, at_eval = [], []
+
+    class Spy(Trainer):
+        def train_step(self, x, y):
+            seen.append(self.model.head.mapping.tolist())
+            return super().train_step(x, y)
+
+    cfg = _cfg(tmp_path / "r", start_samples=8, steps=6, eval_every=[6, 6, 3][evaluations])
+    t = Spy(cfg, splits=small, cache=cache, should_stop=(lambda: len(seen) >= 2) if evaluations == 0 else None,
+            callbacks=[lambda e: e.kind == "eval" and at_eval.append((e.step, t.model.head.mapping.tolist()))])
+    res = t.run()
+    start, full = seen[0], t.model.head.baseline.tolist()
+    assert start != full  # the two mappings differ, so the test tells them apart
+    assert len(at_eval) == evaluations and res.steps_done == len(seen)
+    for step, mapping in at_eval:
+        assert mapping == seen[step - 1]  # validated with the mapping its last step trained with
+    assert seen == ([start] * 3 + [full] * 3 if evaluations == 2 else [start] * len(seen))
+    kept = load(res.best_path).meta
+    assert kept["head"]["mapping"] == (seen[kept["metrics"]["step"] - 1] if evaluations else start)
 
 
 def load(path):

@@ -102,8 +102,9 @@ class TrainConfig:
                                   low=0, high=1, label="Validation fraction")
     start_samples: int = setting(500, "the mapping a run starts from is counted on the first this many of the mapping "
                                  "images, so the first step comes within seconds; at the first evaluation the "
-                                 "no-prompt baseline is counted on all of them, and a mapping fitted once, of a prompt "
-                                 "that started as no change, becomes the one all of them give (default: %(default)s)",
+                                 "no-prompt baseline is counted on all of them, and after it (unless it ends the run) "
+                                 "a mapping fitted once, of a prompt that started as no change, becomes the one all of "
+                                 "them give (default: %(default)s)",
                                  low=1, label="Start samples")
     mapping_samples: int = setting(5000, "train images used to compute frequency / iterative mappings (default: "
                                    "%(default)s)", low=1, label="Mapping samples")

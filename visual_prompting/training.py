@@ -177,14 +177,14 @@ class Schedule:
     def step_taken(self, step: int, seconds: float) -> None:
         self.seconds += seconds
         self._steps.append(seconds)
-        self._estimate(step)
+        self._estimate(step, evaluated=False)
 
     def evaluated(self, step: int, seconds: float) -> None:
         self.seconds += seconds
         self._evals.append(seconds)
-        self._estimate(step)
+        self._estimate(step, evaluated=True)
 
-    def _estimate(self, step: int) -> None:
+    def _estimate(self, step: int, evaluated: bool) -> None:
         if self.budget is None or not self._steps:
             return
         recent = self._steps[1:][-20:] or self._steps  # the first step also pays for one-time set-up
@@ -192,11 +192,24 @@ class Schedule:
         # an evaluation: as measured, or (none yet) its forward passes at a third of a training step per batch
         t_eval = (sum(self._evals) / len(self._evals) if self._evals
                   else t_step * max(1, self.n_val / self.batch_size) / 3)
-        left = self.budget - self.seconds - t_eval  # keep time for the last evaluation
+        left = self.budget - self.seconds
+
+        def cost(n: int, every: int) -> float:
+            """n more steps, each evaluation among them and a last one at the end (one at this step if it is due and
+            not taken yet): evaluations are counted where they fall, so the estimate does not drop after each one."""
+            end = step + n
+            evals = end // every - step // every + (end % every != 0) if n else 0
+            evals += not evaluated and (n == 0 or step % every == 0)
+            return n * t_step + evals * t_eval
+
         total = step
         for _ in range(2):  # the interval depends on the total: settle it
             every = self.cfg.eval_every or max(1, min(self.steps_per_epoch, max(total, 10) // 10))
-            total = step + max(0, int(left / (t_step + t_eval / every)))
+            lo, hi = 0, max(0, int(left / max(t_step, 1e-9))) + 1  # the most steps whose cost fits (it grows with n)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if cost(mid, every) <= left else (lo, mid - 1)
+            total = step + lo
         self.total = max(step, min(total, self.cfg.steps or total))
 
 
@@ -397,6 +410,7 @@ class Trainer:
         self.step = 0
         self.best_val: float | None = None  # the best validation top-1 of an evaluation so far (None: none yet)
         self.zero_shot_val: float | None = None
+        self._all_counts: torch.Tensor | None = None  # no-prompt counts on all mapping images, until the takeover
         self._votes: list[tuple] = []  # distributed: each step's summed stop votes, read two steps late
         self._vote_readback = HostReadback(self.device, slots=4)
         if self.ranks.distributed and not self.ranks.is_main:
@@ -474,7 +488,7 @@ class Trainer:
     def _prepare(self) -> None:
         """Before the first step (not on a resume): the head's no-prompt baseline mapping and the mapping the prompt
         starts from, counted on the first ``start_samples`` mapping images (all of them count at the first evaluation,
-        :meth:`_zero_shot`, with the no-prompt validation: neither holds the first step up)."""
+        :meth:`_zero_shot` and :meth:`_take_over_mapping`: they do not hold the first step up)."""
         head, first = self.model.head, self.cfg.start_samples
         self._stop_if_asked()
         if not head.needs_counts:
@@ -534,6 +548,7 @@ class Trainer:
             if not self.files.has_best():
                 raise VPError(f"{self.diverged} Nothing was evaluated before it, so there is no prompt to keep.")
         elif not self.files.has_best():  # stopped before the first evaluation: keep what there is
+            self.measures.stop_if_asked = lambda: None  # the stop was heard: the kept prompt's counts are not stopped
             self._zero_shot()
             self.save_best(self.measures.validate())
         metrics = self.finish()
@@ -597,8 +612,8 @@ class Trainer:
         start = time.perf_counter()
         loss, acc, lr = self.train_step(x, y)
         self.step += 1
+        self._tick(self.schedule.step_taken)  # a time budget's estimate with this step's time: its event carries it
         self.events.step_taken(self.step, self.total_steps, epoch, loss, acc, lr, len(y), start)
-        self._tick(self.schedule.step_taken)
 
     # -- stop votes ---------------------------------------------------------------------------------------
     def _check_stop(self) -> None:
@@ -663,30 +678,45 @@ class Trainer:
         self._mark = now
 
     def _zero_shot(self) -> None:
-        """At the first evaluation: the no-prompt baseline on all the mapping images if the run started from fewer (a
-        mapping fitted once, not trained, of a prompt that started as no change, takes it over), then the no-prompt
-        validation. Measured once, not before the first step, and not training: off the time budget's clock."""
+        """At the first evaluation: the no-prompt baseline on all the mapping images if the run started from fewer,
+        then the no-prompt validation. Measured once, not before the first step, and not training: off the time
+        budget's clock."""
         if self.zero_shot_val is not None:
             return
-        head = self.model.head
-        if head.needs_counts and self.cfg.start_samples < len(self.mapping_set):
-            full = self.fit_head(use_prompt=False)
-            if (head.fits_from_data and not head.needs_refit_each_epoch and not head.trainable_parameters()
-                    and create_prompter(self.prompter.cfg).is_identity()):
-                self.fit_head(counts=full)
+        if self._counts_all_later():
+            self._all_counts = self.fit_head(use_prompt=False)
         self.zero_shot_val = self.measures.validate(use_prompt=False)
         self._mark = time.perf_counter()
+
+    def _counts_all_later(self) -> bool:
+        return self.model.head.needs_counts and self.cfg.start_samples < len(self.mapping_set)
+
+    def _take_over_mapping(self) -> None:
+        """After the first evaluation, unless it ended the run: a mapping fitted once (not trained) of a prompt that
+        started as no change is refitted on all the mapping images' no-prompt counts. That evaluation, and the prompt
+        it kept, used the mapping the steps before it trained with (switching before it lost 10-27 points at 160
+        steps when it was the last)."""
+        head = self.model.head
+        if not (self._counts_all_later() and head.fits_from_data and not head.needs_refit_each_epoch
+                and not head.trainable_parameters() and create_prompter(self.prompter.cfg).is_identity()):
+            return
+        t0, counts = time.perf_counter(), self._all_counts  # None: resumed after a stop before the first evaluation
+        self.fit_head(counts=counts if counts is not None else self.measures.counts(False))
+        self._all_counts = None
+        self._mark += time.perf_counter() - t0  # a count is not training: off the time budget's clock
 
     def eval_and_checkpoint(self, epoch: int) -> None:
         self._zero_shot()
         val = self.measures.validate()
-        is_best = self.best_val is None or val > self.best_val
+        first, is_best = self.best_val is None, self.best_val is None or val > self.best_val
         if is_best:
             self.best_val = val
             self.save_best(val)
         self.events.emit(TrainEvent("eval", self.step, self.total_steps, epoch=epoch, val_top1=val,
                                     best_val_top1=self.best_val, zero_shot_val_top1=self.zero_shot_val,
                                     is_best=is_best, prompt=self.prompter.delta().detach().cpu().clone()))
+        if first and self.step < self.total_steps:
+            self._take_over_mapping()
         self.save_last()
         self._tick(self.schedule.evaluated)
 
