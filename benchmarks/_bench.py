@@ -62,7 +62,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-RESULT_PATHS = ("benchmarks/results", "prompts_zoo/index.json", "prompts_zoo/verify.json")  # written by the tools
+# written by the tools (build_zoo.py writes each prompt file, then the index: a zoo built prompt by prompt must not
+# record its later prompts as trained on a dirty tree because of the earlier ones)
+RESULT_PATHS = ("benchmarks/results", "prompts_zoo/index.json", "prompts_zoo/verify.json",
+                "prompts_zoo/*.safetensors")
 
 
 def git_state() -> dict:

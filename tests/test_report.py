@@ -209,6 +209,34 @@ def test_every_results_file_is_left_out_of_the_dirty_check(report):
         assert any(rel == p or rel.startswith(p.rstrip("/") + "/") for p in _bench.RESULT_PATHS), rel
 
 
+def test_the_dirty_check_ignores_what_the_tools_write_and_sees_code(report, tmp_path, monkeypatch):
+    """A zoo prompt file or a results file changed by a tool leaves the tree clean; a changed source file does not."""
+    import subprocess
+
+    import _bench  # report.py put benchmarks/ on the path
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "prompts_zoo").mkdir()
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    files = {"prompts_zoo/a.safetensors": "p", "prompts_zoo/index.json": "{}", "benchmarks/results/x.json": "{}",
+             "code.py": "x = 1"}
+    for rel, text in files.items():
+        (tmp_path / rel).write_text(text)
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "init")
+    monkeypatch.setattr(_bench, "REPO", tmp_path)
+    assert _bench.git_state()["git_dirty"] is False
+    for rel in ("prompts_zoo/a.safetensors", "prompts_zoo/index.json", "benchmarks/results/x.json"):
+        (tmp_path / rel).write_text("changed by a tool")
+    assert _bench.git_state()["git_dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2")
+    assert _bench.git_state()["git_dirty"] is True
+
+
 def test_a_footer_names_the_cpu_capability_when_the_file_records_it(report):
     """Two CPUs both called "AMD EPYC" can run torch's kernels at different SIMD levels (speed, and the floats of a
     trained prompt, differ): a machine line shows the level a file records, and older files still read as before."""
