@@ -8,7 +8,10 @@ provenance) to ``benchmarks/results/recipe_search.jsonl``.
     python benchmarks/recipe_search.py NAME SEED '{...}' --dataset /path/to/class_folders
 
 Two of these side by side use the two cores of the project's machine (one thread each). A search result is one
-seed: the recipes it picks are measured with three seeds by ``benchmarks/accuracy.py``.
+seed: the recipes it picks are measured with three seeds by ``benchmarks/accuracy.py``. ``--device cuda`` runs
+the same search on a lent GPU (``scripts/gpu_session.sh`` runs a sweep of them side by side); give it
+``"amp": false`` in the settings to keep CPU's fp32 arithmetic, and compare its numbers with CPU's only through
+a candidate measured on both.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dataset", default="fashion_mnist")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--device", default="cpu", help="cpu (the budget's machine), or cuda on a lent GPU")
     ap.add_argument("--smoke", action="store_true", help="3 steps at 32 px on 200 bundled-subset images (the tests)")
     a = ap.parse_args(argv)
     apply_threads(1)
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     given = json.loads(a.settings)
     settings = {**(recipe_settings(given["recipe"]) if "recipe" in given else {}),
                 **{k: v for k, v in given.items() if k != "recipe"}}
-    prov = provenance("recipe_search.py", argv if argv is not None else sys.argv[1:])
+    prov = provenance("recipe_search.py", argv if argv is not None else sys.argv[1:], a.device)
     size, sizes = (32, (200, 100, 100)) if a.smoke else (96, (10000, 2000, None))
     splits = build_splits("fashion_mnist_subset" if a.smoke else a.dataset, size, *sizes, 0)
     t0, curve = time.perf_counter(), []
@@ -55,10 +59,10 @@ def main(argv: list[str] | None = None) -> dict:
             curve.append([ev.step, round(ev.val_top1, 4), round(time.perf_counter() - t0, 1)])
             print(f"  step {ev.step}  val {ev.val_top1:.4f}  {curve[-1][2]:.0f} s", flush=True)
 
-    cfg = TrainConfig(model=f"effnet-lite0@{size}", dataset=splits.name, steps=3 if a.smoke else a.steps,
-                      batch_size=16 if a.smoke else 64, device="cpu", seed=a.seed, out_dir=tempfile.mkdtemp(),
-                      num_workers=0, eval_every=3 if a.smoke else 200,
-                      test_without_prompt=False, **settings)
+    budget = dict(model=f"effnet-lite0@{size}", dataset=splits.name, steps=3 if a.smoke else a.steps,
+                  batch_size=16 if a.smoke else 64, device=a.device, seed=a.seed, out_dir=tempfile.mkdtemp(),
+                  num_workers=0, eval_every=3 if a.smoke else 200, test_without_prompt=False)
+    cfg = TrainConfig(**{**budget, **settings})  # the settings may change the budget too (steps, eval_every)
     r = Trainer(cfg, callbacks=[progress], cache=BackboneCache(), splits=splits).run()
     rec = {"name": a.name, "seed": a.seed, "dataset": a.dataset, "given": given, "test_top1": r.metrics["test_top1"],
            "best_val_top1": r.metrics["best_val_top1"], "val_curve": curve,

@@ -3,11 +3,12 @@
 # Python 3.12, torch 2.11, timm, matplotlib; no open_clip, no EfficientNet weights, no Fashion-MNIST).
 #
 #   bash scripts/gpu_session.sh prepare     # here, once: wheels into .whl/, Debian's Fashion-MNIST into .fmnist/
-#   bash scripts/gpu_session.sh run         # there (carry .whl, .fmnist, .vp-source-commit): at most ~9.5 min (the step limits below)
+#   bash scripts/gpu_session.sh run         # there (carry .whl, .fmnist, .vp-source-commit): at most ~9.3 min (SWEEP_END + a little)
 #   SMOKE=1 bash scripts/gpu_session.sh run # here, on CPU with tiny settings: checks the script itself
 #
 # `run` writes to $OUT (default ./gpu-out): log.txt, speed.json (the CPU entries of benchmarks/results/speed.json
-# plus the CUDA ones), accuracy.json (224 px), gpu_check.json. Each step has its own time limit, so a slow one
+# plus the CUDA ones), accuracy.json (224 px), gpu_check.json, sweep.jsonl + sweep_log.txt (the recipe search:
+# append its records to benchmarks/results/recipe_search.jsonl). Each step has its own time limit, so a slow one
 # cannot starve the rest; merge the results here with `python benchmarks/speed.py --render` and
 # `python benchmarks/accuracy.py --render --out DIR` (see benchmarks/README.md).
 # Provenance: every result records what git says on the machine that ran it (a lent machine runs a copy of the
@@ -39,6 +40,7 @@ export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 [ -f .vp-source-commit ] && export VP_SOURCE_COMMIT="$(cat .vp-source-commit)"
 if [ "${SMOKE:-0}" = 1 ]; then
   dev=cpu; speed_args=(--smoke --memory off); acc_args=(--smoke); check_args=(--device cpu --tiny)
+  sweep_args=(--smoke); sweep_lanes=("smoke_a 0 {\"recipe\": \"live\"}" "smoke_b 0 {\"recipe\": \"live\", \"amp\": false}")
 else
   dev=cuda
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -46,35 +48,56 @@ else
   export PYTHONPATH=/tmp/site
   [ -d /usr/share/datasets/fashion-mnist ] || { mkdir -p /usr/share/datasets && cp -r .fmnist /usr/share/datasets/fashion-mnist; }
   # the candidate executions of the frozen model (eager, channels_last, fold, fast_backbone = the library's; with
-  # bf16 autocast, the library's AMP on these GPUs) and torch.compile, counted with its warm-up (issue 29.6)
-  speed_args=(--steps 20 --repeats 7 --profile --compile)
+  # bf16 autocast, the library's AMP on these GPUs); torch.compile (--compile, issue 29.6) is left out: its warm-up
+  # does not fit beside the rest in one 15-minute lease
+  speed_args=(--steps 20 --repeats 5 --profile)
   # the paper's size, 3000 steps of 128 (issue 30.7: the best recipe at or above the probe's 88.75%?): the probe
-  # first (a run cut short has it), the best CPU recipes (live: fast at lr 0.03; fast_pad: the frame 0.3 of the
-  # side wide), recipe fast for comparison with the earlier GPU row, then the paper's pad prompt. One seed each (3
-  # seeds do not fit a 15-minute lease).
-  acc_args=(--image-size 224 --steps 3000 --batch-size 128 --rows linear_probe,recipe_live,recipe_fast_pad,recipe_fast,pad_frequency)
+  # first (a run cut short has it), then the best CPU recipes (live: fast at lr 0.03; fast_pad: the frame 0.3 of
+  # the side wide). One seed each (the 224 px rows keep the GPU busy: two side by side only share it).
+  acc_args=(--image-size 224 --steps 3000 --batch-size 128 --rows linear_probe,recipe_live,recipe_fast_pad)
   check_args=()
+  # a recipe search at the CPU budget (96 px, 1000 steps of 64, fp32 like CPU), lanes side by side: a step this
+  # small leaves the GPU idle between kernels, so eight one-thread lanes share it well. One lane = one line of
+  # "NAME SEED SETTINGS" groups separated by ';', run in order until the time is up (each finished run is kept)
+  L='{"recipe": "live", "amp": false'
+  sweep_args=(--device cuda)
+  sweep_lanes=(
+    "live 0 $L};live 1 $L};live 2 $L}"
+    "live_wd1e-4 0 $L, \"weight_decay\": 1e-4};live_wd1e-4 1 $L, \"weight_decay\": 1e-4};live_wd1e-4 2 $L, \"weight_decay\": 1e-4}"
+    "live_wd1e-3 0 $L, \"weight_decay\": 1e-3};live_wd1e-3 1 $L, \"weight_decay\": 1e-3};live_wd1e-3 2 $L, \"weight_decay\": 1e-3}"
+    "live_wd1e-2 0 $L, \"weight_decay\": 1e-2};live_wd1e-5 0 $L, \"weight_decay\": 1e-5};live_wd1e-2 1 $L, \"weight_decay\": 1e-2}"
+    "live_lr0.02 0 $L, \"lr\": 0.02};live_lr0.02 1 $L, \"lr\": 0.02};live_lr0.02 2 $L, \"lr\": 0.02}"
+    "live_warmup0 0 $L, \"warmup_steps\": 0};live_warmup0 1 $L, \"warmup_steps\": 0};live_warmup0 2 $L, \"warmup_steps\": 0}"
+    "live_map10k 0 $L, \"mapping_samples\": 10000};live_map10k 1 $L, \"mapping_samples\": 10000};live_map10k 2 $L, \"mapping_samples\": 10000}"
+    "live_3000 0 $L, \"steps\": 3000};live_wd1e-3_3000 0 $L, \"weight_decay\": 1e-3, \"steps\": 3000}"
+  )
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
+t0=$(date +%s)
 {
   python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__)"
   tmp=$(mktemp -d)
   cp benchmarks/results/speed.json "$tmp/" 2>/dev/null
-  # time limits per step (one lease is 15 minutes, start included): speed first (issue 14's GPU goal), then the
-  # accuracy rows (each row is saved as it finishes), then the short CUDA check
-  timeout "${SPEED_S:-200}" python3 benchmarks/speed.py --device "$dev" --out "$tmp" "${speed_args[@]}"
+  # time limits per step (one lease is 15 minutes, start included): speed first and alone (issue 14's GPU goal),
+  # then the 224 px accuracy rows alone (each row is saved as it finishes), the short CUDA check, and the recipe
+  # search in what is left, up to SWEEP_END seconds after the start
+  timeout "${SPEED_S:-100}" python3 benchmarks/speed.py --device "$dev" --out "$tmp" "${speed_args[@]}"
   cp "$tmp/speed.json" "$OUT/"
-  timeout "${ACC_S:-280}" python3 benchmarks/accuracy.py --device "$dev" --out "$tmp/acc" "${acc_args[@]}"
+  timeout "${ACC_S:-270}" python3 benchmarks/accuracy.py --device "$dev" --out "$tmp/acc" "${acc_args[@]}"
   cp "$tmp/acc/accuracy.json" "$OUT/"
-  OUT="$OUT" timeout "${CHECK_S:-80}" python3 scripts/gpu_check.py "${check_args[@]}"
-  # torchrun with one process on CUDA (issue 29.6): a short CLI run, its exit code and last lines. With
-  # WORLD_SIZE=1 distributed.init_from_env forms no process group (one process runs as it always has), so this
-  # checks torchrun's launch path on the GPU; NCCL collectives need two GPUs (tests/test_distributed.py runs gloo)
-  if [ "$dev" = cuda ]; then
-    timeout "${NCCL_S:-60}" torchrun --standalone --nproc_per_node=1 -m visual_prompting train --device cuda \
-      --model effnet-lite0@96 --dataset fashion_mnist_subset --steps 20 --batch-size 64 --quiet \
-      --out-dir "$tmp/nccl" > "$OUT/torchrun_nccl.txt" 2>&1; echo "torchrun exit code $?" >> "$OUT/torchrun_nccl.txt"
-    tail -5 "$OUT/torchrun_nccl.txt"
-  fi
+  OUT="$OUT" timeout "${CHECK_S:-60}" python3 scripts/gpu_check.py "${check_args[@]}"
+  left=$(( ${SWEEP_END:-530} - ($(date +%s) - t0) )); [ "$left" -lt 40 ] && left=40
+  echo "recipe search: ${#sweep_lanes[@]} lanes, ${left} s"
+  mkdir -p "$tmp/sweep"
+  for i in "${!sweep_lanes[@]}"; do
+    IFS=';' read -ra runs <<< "${sweep_lanes[$i]}"
+    timeout "$left" bash -c 'for r in "$@"; do read -r name seed settings <<< "$r"
+        python3 benchmarks/recipe_search.py "$name" "$seed" "$settings" --out "'"$tmp/sweep/lane$i.jsonl"'" '"${sweep_args[*]}"'
+      done' lane "${runs[@]}" > "$tmp/sweep/lane$i.log" 2>&1 &
+  done
+  wait
+  cat "$tmp"/sweep/lane*.jsonl > "$OUT/sweep.jsonl" 2>/dev/null
+  for f in "$tmp"/sweep/lane*.log; do echo "== $f"; cat "$f"; done > "$OUT/sweep_log.txt"
+  echo "recipe search: $(wc -l < "$OUT/sweep.jsonl") runs finished; $(( $(date +%s) - t0 )) s in all"
 } 2>&1 | tee "$OUT/log.txt"
 ls -la "$OUT"
