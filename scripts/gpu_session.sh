@@ -85,7 +85,7 @@ t0=$(date +%s)
   cp "$tmp/speed.json" "$OUT/"
   timeout "${ACC_S:-270}" python3 benchmarks/accuracy.py --device "$dev" --out "$tmp/acc" "${acc_args[@]}"
   cp "$tmp/acc/accuracy.json" "$OUT/"
-  OUT="$OUT" timeout "${CHECK_S:-60}" python3 scripts/gpu_check.py "${check_args[@]}"
+  OUT="$OUT" timeout "${CHECK_S:-90}" python3 scripts/gpu_check.py "${check_args[@]}"
   left=$(( ${SWEEP_END:-530} - ($(date +%s) - t0) )); [ "$left" -lt 40 ] && left=40
   echo "recipe search: ${#sweep_lanes[@]} lanes, ${left} s"
   mkdir -p "$tmp/sweep"
