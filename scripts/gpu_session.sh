@@ -40,7 +40,7 @@ export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 [ -f .vp-source-commit ] && export VP_SOURCE_COMMIT="$(cat .vp-source-commit)"
 if [ "${SMOKE:-0}" = 1 ]; then
   dev=cpu; speed_args=(--smoke --memory off); acc_args=(--smoke); check_args=(--device cpu --tiny)
-  sweep_args=(--smoke); sweep_lanes=("smoke_a 0 {\"recipe\": \"live\"}" "smoke_b 0 {\"recipe\": \"live\", \"amp\": false}")
+  sweep_args=(--smoke); sweep_lanes=("smoke_a 0 {\"recipe\": \"live\"}" "smoke_b 0,1 {\"recipe\": \"live\", \"amp\": false}")
 else
   dev=cuda
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -57,18 +57,19 @@ else
   acc_args=(--image-size 224 --steps 3000 --batch-size 128 --rows linear_probe,recipe_live,recipe_fast_pad)
   check_args=()
   # a recipe search at the CPU budget (96 px, 1000 steps of 64, fp32 like CPU), lanes side by side: a step this
-  # small leaves the GPU idle between kernels, so eight one-thread lanes share it well. One lane = one line of
-  # "NAME SEED SETTINGS" groups separated by ';', run in order until the time is up (each finished run is kept)
+  # small leaves the GPU idle between kernels, so eight one-thread lanes share it well. One lane = "NAME SEEDS
+  # SETTINGS" runs separated by ';' (SEEDS: 0,1,2), run in order until the time is up (each finished run is kept).
+  # 2026-12-04's search:
   L='{"recipe": "live", "amp": false'
   sweep_args=(--device cuda)
   sweep_lanes=(
-    "live 0 $L};live 1 $L};live 2 $L}"
-    "live_wd1e-4 0 $L, \"weight_decay\": 1e-4};live_wd1e-4 1 $L, \"weight_decay\": 1e-4};live_wd1e-4 2 $L, \"weight_decay\": 1e-4}"
-    "live_wd1e-3 0 $L, \"weight_decay\": 1e-3};live_wd1e-3 1 $L, \"weight_decay\": 1e-3};live_wd1e-3 2 $L, \"weight_decay\": 1e-3}"
-    "live_wd1e-2 0 $L, \"weight_decay\": 1e-2};live_wd1e-5 0 $L, \"weight_decay\": 1e-5};live_wd1e-2 1 $L, \"weight_decay\": 1e-2}"
-    "live_lr0.02 0 $L, \"lr\": 0.02};live_lr0.02 1 $L, \"lr\": 0.02};live_lr0.02 2 $L, \"lr\": 0.02}"
-    "live_warmup0 0 $L, \"warmup_steps\": 0};live_warmup0 1 $L, \"warmup_steps\": 0};live_warmup0 2 $L, \"warmup_steps\": 0}"
-    "live_map10k 0 $L, \"mapping_samples\": 10000};live_map10k 1 $L, \"mapping_samples\": 10000};live_map10k 2 $L, \"mapping_samples\": 10000}"
+    "live 0,1,2 $L}"
+    "live_wd1e-4 0,1,2 $L, \"weight_decay\": 1e-4}"
+    "live_wd1e-3 0,1,2 $L, \"weight_decay\": 1e-3}"
+    "live_wd1e-2 0,1 $L, \"weight_decay\": 1e-2};live_wd1e-5 0 $L, \"weight_decay\": 1e-5}"
+    "live_lr0.02 0,1,2 $L, \"lr\": 0.02}"
+    "live_warmup0 0,1,2 $L, \"warmup_steps\": 0}"
+    "live_map10k 0,1,2 $L, \"mapping_samples\": 10000}"
     "live_3000 0 $L, \"steps\": 3000};live_wd1e-3_3000 0 $L, \"weight_decay\": 1e-3, \"steps\": 3000}"
   )
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -89,11 +90,19 @@ t0=$(date +%s)
   left=$(( ${SWEEP_END:-530} - ($(date +%s) - t0) )); [ "$left" -lt 40 ] && left=40
   echo "recipe search: ${#sweep_lanes[@]} lanes, ${left} s"
   mkdir -p "$tmp/sweep"
+  run_lane() {  # OUT_JSONL, then the lane's "NAME SEEDS SETTINGS" runs
+    local out=$1 r name seeds settings seed; shift
+    for r in "$@"; do
+      read -r name seeds settings <<< "$r"
+      for seed in ${seeds//,/ }; do
+        python3 benchmarks/recipe_search.py "$name" "$seed" "$settings" --out "$out" $SWEEP_ARGS
+      done
+    done
+  }
+  export -f run_lane; export SWEEP_ARGS="${sweep_args[*]}"
   for i in "${!sweep_lanes[@]}"; do
     IFS=';' read -ra runs <<< "${sweep_lanes[$i]}"
-    timeout "$left" bash -c 'for r in "$@"; do read -r name seed settings <<< "$r"
-        python3 benchmarks/recipe_search.py "$name" "$seed" "$settings" --out "'"$tmp/sweep/lane$i.jsonl"'" '"${sweep_args[*]}"'
-      done' lane "${runs[@]}" > "$tmp/sweep/lane$i.log" 2>&1 &
+    timeout "$left" bash -c 'run_lane "$@"' lane "$tmp/sweep/lane$i.jsonl" "${runs[@]}" > "$tmp/sweep/lane$i.log" 2>&1 &
   done
   wait
   cat "$tmp"/sweep/lane*.jsonl > "$OUT/sweep.jsonl" 2>/dev/null
