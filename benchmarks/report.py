@@ -492,7 +492,8 @@ def b_benchmarks_table() -> str:
                 f"{m}: not measured (that run timed the eager loop only)" if r.get("eager_loop_only") else
                 f"{r['ratio_vs_best_execution']:.2f}x ({m}, batch {r['batch_size']}; best: {r['best_execution']}; "
                 + (f"{percent(r['flop_utilisation'])} of the matmul peak)" if r["flop_utilisation"] <= 1 else
-                   "matmul peak under-measured: one timed matmul is too short on this device)")
+                   # an entry from before speed.py timed enough matmuls per repeat (one on a GPU is launch-bound)
+                   "matmul peak under-measured: one timed matmul was too short on this device; rerun speed.py)")
                 for m, r in ent.items())])
             rows.append([f"{where}: training step vs the eager loop", "same",
                          ", ".join(f"{r['ratio_vs_eager']:.2f}x ({m})" for m, r in ent.items())])

@@ -243,6 +243,40 @@ def test_speed_refuses_an_execution_that_computes_something_else():
         speed.same_function({"eager": (logits, grad), "off": (logits, grad * 1.1)}, amp=False)
 
 
+def test_speed_holds_an_amp_execution_to_the_eager_amp_steps_own_rounding():
+    """Under AMP each candidate is compared with the eager step in float32: as far from it as the eager AMP step (its
+    own rounding) passes, although the two AMP steps differ from each other by more than the fixed AMP tolerance (5%
+    of the logits, 10% of the gradient, the check that stopped fold under bf16 on an H200); far further fails."""
+    speed = load("speed")
+    g = torch.Generator().manual_seed(0)
+    logits, grad = torch.randn(4, 10, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+
+    def rounded(scale):  # the fp32 pair plus noise of the given relative size
+        return (logits + scale * logits.abs().max() * torch.randn(4, 10, generator=g),
+                grad + scale * grad.norm() / grad.numel() ** 0.5 * torch.randn(4, 3, 8, 8, generator=g))
+
+    eager, fold = rounded(0.2), rounded(0.2)
+    ok = speed.same_function({"eager": eager, "fold": fold}, amp=True, fp32=(logits, grad))
+    assert ok["fold"]["input_grad_rel_diff"] > 0.1  # the old check would have refused it
+    assert ok["eager"]["input_grad_rel_diff_vs_fp32"] == pytest.approx(0.2, rel=0.3)
+    assert ok["fold"]["input_grad_rel_diff_vs_fp32"] <= 1.5 * ok["eager"]["input_grad_rel_diff_vs_fp32"] + 1e-2
+    with pytest.raises(RuntimeError, match="'wrong'.*against float32"):
+        speed.same_function({"eager": eager, "wrong": rounded(1.0)}, amp=True, fp32=(logits, grad))
+    with pytest.raises(RuntimeError, match="'off'"):  # without the float32 step: the fixed AMP tolerances
+        speed.same_function({"eager": eager, "off": fold}, amp=True)
+
+
+def test_the_matmul_peak_times_enough_matmuls_to_time_them_and_not_their_launch():
+    speed = load("speed")
+    small = speed.MatmulPeak(torch.device("cpu"), 32, min_s=0.02)  # one takes microseconds: many are timed
+    assert small.calls > 10
+    big = speed.MatmulPeak(torch.device("cpu"), 32, min_s=0.0)  # one already fills the time asked for
+    assert big.calls == 1
+    small.time()
+    rec = small.record()
+    assert rec["calls_per_repeat"] == small.calls and rec["flop_s"] > 0 and f"{small.calls} 32x32" in rec["what"]
+
+
 def test_scaling_smoke(tmp_path, monkeypatch):
     mod = load("scaling")
     order = load_read_before(mod, monkeypatch, "train_scaling")

@@ -118,3 +118,25 @@ def test_an_activation_whose_input_is_read_elsewhere_stays_out_of_place():
     assert inplace_activations(net, x) == 1
     assert not net.act.inplace and net.act2.inplace
     assert torch.allclose(net(x), before)
+
+
+def test_folding_is_as_accurate_as_the_plain_model_under_bf16():
+    """Under bf16 autocast (the library's AMP on GPUs) the plain model is itself some way from float32, and folding
+    rounds other numbers (the folded weights): folded and plain then differ from each other about as much as each
+    differs from float32 - but the folded one must be no further from float32 than the plain one is (what
+    benchmarks/speed.py's check holds each execution to under AMP). CPU autocast runs the same bf16 arithmetic."""
+    plain = load_backbone("effnet-lite0@64", fast=False)
+    fast = load_backbone("effnet-lite0@64", fast=False)
+    assert speed_up(fast, torch.device("cpu"))["fold_batchnorm"] > 0
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    y32, g32 = _logits_and_input_grad(plain, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        yp, gp = _logits_and_input_grad(plain, x)
+        yf, gf = _logits_and_input_grad(fast, x)
+
+    def off(y, g):
+        return float((y - y32).abs().max() / y32.abs().max()), float((g - g32).norm() / g32.norm())
+
+    plain_off, fast_off = off(yp, gp), off(yf, gf)
+    assert plain_off[0] > 1e-3 and plain_off[1] > 1e-2, plain_off  # bf16 did round: the comparison means something
+    assert fast_off[0] <= 1.5 * plain_off[0] + 1e-3 and fast_off[1] <= 1.5 * plain_off[1] + 1e-2, (fast_off, plain_off)
