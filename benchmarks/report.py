@@ -476,6 +476,68 @@ def b_gpu_check() -> str:
             f"top-1 against {percent(sr.get('test_top1_no_prompt'))} without the prompt.\n")
 
 
+def search_steps(r: dict) -> int:
+    """The step budget of a recipe_search.jsonl record: its settings' ``steps``, else its command's ``--steps``, else
+    the script's default (1000, the CPU budget)."""
+    given = r.get("given") or r.get("settings") or {}
+    if given.get("steps"):
+        return int(given["steps"])
+    m = re.search(r"--steps (\d+)", str((r.get("provenance") or {}).get("command") or ""))
+    return int(m.group(1)) if m else 1000
+
+
+def recipe_search_groups(records: list[dict], min_seeds: int = 3, steps: int = 1000) -> list[dict]:
+    """Candidates of ``benchmarks/results/recipe_search.jsonl`` finished with ``min_seeds`` or more seeds at ``steps``
+    steps in one run of the search (same name, device, commit and day), best mean first."""
+    groups: dict[tuple, list] = {}
+    for r in records:
+        if r.get("test_top1") is None or search_steps(r) != steps:
+            continue
+        p = r.get("provenance") or {}
+        dev = (p.get("machine") or {}).get("device_name") if p.get("recorded") else None
+        key = (r["name"], dev or "2-core CPU", str(p.get("git_commit") or "")[:10], str(p.get("date_utc") or "")[:10])
+        groups.setdefault(key, []).append(r)
+    out = []
+    for (name, where, commit, day), rs in groups.items():
+        if len({r["seed"] for r in rs}) < min_seeds:
+            continue
+        rs = sorted(rs, key=lambda r: r["seed"])
+        given = {k: v for k, v in (rs[0].get("given") or {}).items() if k not in ("recipe", "amp")}
+        what = ", ".join(f"{k} {v}" for k, v in given.items())
+        if rs[0].get("experiment_env"):
+            what = ", ".join(filter(None, [what, rs[0]["experiment_env"] + " (experiment diff)"]))
+        out.append({"name": name, "where": where, "day": day, "commit": commit, "seeds": [r["seed"] for r in rs],
+                    "tops": [r["test_top1"] for r in rs], "mean": sum(r["test_top1"] for r in rs) / len(rs),
+                    "what": what or ("the default recipe" if name == "live" else "-")})
+    return sorted(out, key=lambda g: -g["mean"])
+
+
+def b_recipe_search() -> str:
+    rel = "benchmarks/results/recipe_search.jsonl"
+    p = REPO / rel
+    records = [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()] if p.is_file() else []
+    groups = recipe_search_groups(records)
+    acc = load("benchmarks/results/accuracy.json") or {"rows": []}
+    probe = next((r for r in acc["rows"] if r["kind"] == "linear_probe"), None)
+    names = {r["name"] for r in records}
+    rows = [[f"`{g['name']}`", g["what"], f"{g['where']}, {g['day']}, {g['commit'] or 'commit not recorded'}",
+             ", ".join(f"{100 * t:.2f}" for t in g["tops"]),
+             f"{100 * g['mean']:.2f}"] for g in groups]
+    head = (f"`{rel}`: {len(records)} runs (some stopped early, some at other step counts) of {len(names)} named "
+            f"candidates at the CPU budget's settings (effnet-lite0@96, "
+            f"the benchmark's 10,000 train / 2,000 validation images, batch 64, one seed per run; the commands and "
+            f"machines are in each record). The candidates finished with three seeds or more in one sweep at 1000 "
+            f"steps, best mean first")
+    tail = ""
+    if probe and groups:
+        above = [g for g in groups if g["mean"] >= probe["test_top1"]]
+        tail = (f"\n\nThe linear probe (`benchmarks/results/accuracy.json`): {percent(probe['test_top1'], 2)}; "
+                + (f"{len(above)} of these at or above it." if above else
+                   f"none of these reaches it (the best, `{groups[0]['name']}`, {100 * groups[0]['mean']:.2f}%)."))
+    return (head + ":\n\n" + markdown_table(["candidate", "what it changes (from recipe live)", "run on",
+                                              "test top-1 % per seed", "mean %"], rows) + tail + "\n")
+
+
 def b_benchmarks_table() -> str:
     sp, sp_mod = load("benchmarks/results/speed.json")["results"], _speed_module()
     sc, al = load("benchmarks/results/scaling.json"), load("benchmarks/results/app_latency.json")
@@ -566,6 +628,7 @@ BLOCKS = {
     "accuracy-digits": b_accuracy_digits,
     "accuracy-budget": b_accuracy_budget, "accuracy-reading": b_accuracy_reading, "speed": b_speed,
     "scaling": b_scaling, "app-latency-table": b_app_latency_table, "gpu-check": b_gpu_check, "load": b_load,
+    "recipe-search": b_recipe_search,
 }
 
 

@@ -408,3 +408,29 @@ def test_every_front_shows_a_fraction_with_one_formatter():
     assert percent(0.85003) == "85.0%" and percent(0.85003, 2) == "85.00%" and percent(1) == "100.0%"
     assert percent(None) == "-" and percent(float("nan"), missing="n/a") == "n/a" and percent("0.5") == "-"
     assert cli._pct(0.659) == " 65.9%" and cli._pct(None) == "  n/a " and len(cli._pct(None)) == len(cli._pct(0.5))
+
+
+def test_the_recipe_search_table_keeps_finished_three_seed_candidates_of_one_sweep(report):
+    """benchmarks/README.md's recipe-search block: a candidate is listed once per sweep (name, machine, commit, day)
+    when three seeds finished at 1000 steps; stopped runs, other step counts (settings or --steps) and two seeds are
+    left out; the best mean comes first."""
+    def rec(name, seed, top, steps=None, commit="a" * 40, day="2026-12-04T10:00:00Z", device_name="NVIDIA H200",
+            command="python benchmarks/recipe_search.py x 0 '{}'"):
+        given = {"recipe": "live", "lr": 0.02} | ({"steps": steps} if steps else {})
+        return {"name": name, "seed": seed, "given": given, "test_top1": top,
+                "provenance": {"recorded": True, "git_commit": commit, "date_utc": day, "command": command,
+                               "machine": {"device_name": device_name}}}
+
+    records = [rec("a", s, 0.80 + s / 100) for s in range(3)]
+    records += [rec("b", s, 0.90) for s in range(3)]
+    records += [rec("a", s, 0.70, commit="b" * 40) for s in range(3)]  # the same name in another sweep: its own row
+    records += [rec("c", s, 0.95, steps=3000) for s in range(3)]  # another budget
+    records += [rec("d", s, 0.95, command="python benchmarks/recipe_search.py d 0 '{}' --steps 160") for s in range(3)]
+    records += [rec("e", s, 0.99) for s in range(2)]  # two seeds
+    records += [rec("f", s, None) for s in range(3)]  # stopped
+    groups = report.recipe_search_groups(records)
+    assert [(g["name"], g["commit"]) for g in groups] == [("b", "a" * 10), ("a", "a" * 10), ("a", "b" * 10)]
+    assert groups[1]["tops"] == pytest.approx([0.80, 0.81, 0.82]) and groups[1]["mean"] == pytest.approx(0.81)
+    assert groups[0]["what"] == "lr 0.02" and groups[0]["where"] == "NVIDIA H200"
+    d = next(r for r in records if r["name"] == "d")
+    assert report.search_steps(d) == 160 and report.search_steps(records[0]) == 1000
