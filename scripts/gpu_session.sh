@@ -80,13 +80,14 @@ t0=$(date +%s)
   python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__)"
   tmp=$(mktemp -d)
   cp benchmarks/results/speed.json "$tmp/" 2>/dev/null
-  # time limits per step (one lease is 15 minutes, start included): speed first and alone (issue 14's GPU goal),
-  # then the 224 px accuracy rows alone (each row is saved as it finishes), the short CUDA check, and the recipe
-  # search in what is left, up to SWEEP_END seconds after the start
-  timeout "${SPEED_S:-100}" python3 benchmarks/speed.py --device "$dev" --out "$tmp" "${speed_args[@]}"
-  cp "$tmp/speed.json" "$OUT/"
+  # time limits per step (one lease is 15 minutes, start included, and a call can be lost to a machine taken
+  # back): the 224 px accuracy rows first and alone (each row is saved as it finishes; issue 30's rows), then speed
+  # alone (its CUDA entries, stale since speed.py's AMP check and matmul peak changed), the short CUDA check, and
+  # the recipe search in what is left, up to SWEEP_END seconds after the start
   timeout "${ACC_S:-270}" python3 benchmarks/accuracy.py --device "$dev" --out "$tmp/acc" "${acc_args[@]}"
   cp "$tmp/acc/accuracy.json" "$OUT/"
+  timeout "${SPEED_S:-150}" python3 benchmarks/speed.py --device "$dev" --out "$tmp" "${speed_args[@]}"
+  cp "$tmp/speed.json" "$OUT/"
   OUT="$OUT" timeout "${CHECK_S:-90}" python3 scripts/gpu_check.py "${check_args[@]}"
   left=$(( ${SWEEP_END:-530} - ($(date +%s) - t0) )); [ "$left" -lt 40 ] && left=40
   echo "recipe search: ${#sweep_lanes[@]} lanes, ${left} s"
