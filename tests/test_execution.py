@@ -3,12 +3,15 @@ its BatchNorms folded into its convolutions and runs in channels_last, and compu
 the same logits and the same input gradients (the prompt's gradient), for every classifier family."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 from visual_prompting.backbones import load_backbone
-from visual_prompting.execution import PLAIN, conv_bn_pairs, fold_batchnorm, inplace_activations, speed_up
+from visual_prompting.execution import (PLAIN, conv_bn_pairs, fold_batchnorm, fold_one_sided_padding,
+                                        inplace_activations, speed_up)
 
 
 def _randomise_batchnorms(net: nn.Module, seed: int = 0) -> int:
@@ -50,6 +53,7 @@ def test_the_fast_backbone_computes_what_the_plain_one_does(spec):
     assert fast.execution["channels_last"] and not any(isinstance(m, nn.BatchNorm2d) for m in fast.net.modules())
     if spec.startswith("effnet"):  # its stride-1 "same" paddings and its ReLU6s (others' ReLUs are in place already)
         assert fast.execution["same_padding"] == 12 and fast.execution["inplace_act"] > 0
+        assert fast.execution["one_sided_padding"] == 5  # its stride-2 convolutions, on even sides at 64 px
     assert plain.execution == {} and fast.describe()["execution"] == fast.execution
     assert not any(p.requires_grad for p in fast.parameters())  # still frozen
     x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
@@ -140,3 +144,37 @@ def test_folding_is_as_accurate_as_the_plain_model_under_bf16():
     plain_off, fast_off = off(yp, gp), off(yf, gf)
     assert plain_off[0] > 1e-3 and plain_off[1] > 1e-2, plain_off  # bf16 did round: the comparison means something
     assert fast_off[0] <= 1.5 * plain_off[0] + 1e-3 and fast_off[1] <= 1.5 * plain_off[1] + 1e-2, (fast_off, plain_off)
+
+
+@pytest.mark.parametrize("k,stride,side", [(3, 2, 16), (5, 2, 16), (2, 3, 16), (4, 1, 16), (3, 2, 15), (3, 1, 16)])
+def test_a_one_sided_padding_folded_into_a_larger_kernel_is_the_same_convolution(k, stride, side):
+    """TensorFlow's "same" padding, as EfficientNet-Lite pads (one zero more after than before where the total is
+    odd): folded into a kernel one larger with a zero first row and column, the output and the input gradient are
+    those of the padded convolution; a symmetric padding is left to fold_same_padding."""
+    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+
+    torch.manual_seed(0)
+    conv = Conv2dStaticSamePadding(8, 8, k, stride=stride, groups=8, image_size=side).requires_grad_(False)
+    left, right, top, bottom = conv.static_padding.padding if isinstance(conv.static_padding, nn.ZeroPad2d) else (0,) * 4
+    one_sided = right == left + 1 and bottom == top + 1
+    folded = copy.deepcopy(conv)
+    assert fold_one_sided_padding(folded) == int(one_sided)
+    x = torch.randn(2, 8, side, side)
+    outs = []
+    for m in (conv, folded):
+        xi = x.clone().requires_grad_(True)
+        y = m(xi)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs.append((y.detach(), xi.grad))
+    (y0, g0), (y1, g1) = outs
+    assert y1.shape == y0.shape and torch.allclose(y1, y0, atol=1e-5) and torch.allclose(g1, g0, atol=1e-5)
+    if one_sided:
+        assert folded.weight.shape[-1] == k + 1 and isinstance(folded.static_padding, nn.Identity)
+        assert folded.weight[..., 0, :].abs().sum() == 0 and folded.weight[..., :, 0].abs().sum() == 0
+
+
+def test_a_trainable_convolution_keeps_its_padding():
+    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+
+    conv = Conv2dStaticSamePadding(4, 4, 3, stride=2, image_size=16)
+    assert conv.weight.requires_grad and fold_one_sided_padding(conv) == 0 and conv.weight.shape[-1] == 3

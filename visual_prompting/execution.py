@@ -15,7 +15,10 @@ it is loaded, into a faster form that computes the same logits and the same inpu
   runs on (oneDNN) and on CUDA GPUs (cuDNN, with bf16 autocast) convolutions run faster in NHWC.
 * **"Same" padding inside the convolution** (:func:`fold_same_padding`): EfficientNet-Lite's convolutions pad a copy
   of their input (TensorFlow's "same") before convolving; where that padding is the same on both sides the
-  convolution pads by itself, with the same zeros and no copy.
+  convolution pads by itself, with the same zeros and no copy. Where it has one zero more after than before (the
+  stride-2 convolutions on an even side; :func:`fold_one_sided_padding`, on CPU) the kernel grows by one row and
+  column of zeros in front and the convolution pads both sides by the larger amount: the same sums, no padded copy
+  (forward, and its slice backward), measured 19% faster forward + backward at 96 and 224 px on a 2-core CPU.
 * **Activations in place** (:func:`inplace_activations`): a ReLU / ReLU6 whose input nothing else reads (one
   autograd consumer at every call, in one traced pass) overwrites it instead of filling a new tensor; its backward
   reads its output, which holds the same information.
@@ -33,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-PLAIN = {"fold_batchnorm": 0, "channels_last": False, "same_padding": 0, "inplace_act": 0}
+PLAIN = {"fold_batchnorm": 0, "channels_last": False, "same_padding": 0, "one_sided_padding": 0, "inplace_act": 0}
 
 
 def consumers(root: torch.Tensor) -> Counter:
@@ -130,6 +133,32 @@ def fold_same_padding(net: nn.Module) -> int:
     return n
 
 
+@torch.no_grad()
+def fold_one_sided_padding(net: nn.Module) -> int:
+    """Fold each static "same" padding with one zero more after than before (``left + 1 == right``,
+    ``top + 1 == bottom``: TensorFlow's padding of a stride-2 convolution on an even side) into its convolution; how
+    many. Output ``i`` of the padded convolution reads input rows ``s*i - top .. s*i - top + k - 1``; a kernel one row
+    and one column larger whose first row and column are zero, padded by ``top + 1`` on both sides, reads rows
+    ``s*i - top - 1 ..``, the first with a zero weight: the same rows, the same weights, the same output size, and no
+    padded copy of the activation. Only frozen, undilated convolutions (the weight is replaced)."""
+    n = 0
+    for m in net.modules():
+        pad = getattr(m, "static_padding", None)
+        if not (isinstance(m, nn.Conv2d) and isinstance(pad, nn.ZeroPad2d) and tuple(m.padding) == (0, 0)
+                and tuple(m.dilation) == (1, 1) and not m.weight.requires_grad):
+            continue
+        left, right, top, bottom = pad.padding
+        if right != left + 1 or bottom != top + 1:
+            continue
+        w = m.weight
+        grown = w.new_zeros(w.shape[0], w.shape[1], w.shape[2] + 1, w.shape[3] + 1)
+        grown[:, :, 1:, 1:] = w
+        m.weight = nn.Parameter(grown, requires_grad=False)
+        m.kernel_size, m.padding, m.static_padding = tuple(grown.shape[2:]), (bottom, right), nn.Identity()
+        n += 1
+    return n
+
+
 def inplace_activations(net: nn.Module, example: torch.Tensor) -> int:
     """Make each ReLU / ReLU6 / Hardtanh module in place where, at every call in one traced forward pass, nothing but
     the activation reads its input (its autograd node has one consumer); how many. (Were a producer to need its output
@@ -148,13 +177,16 @@ def inplace_activations(net: nn.Module, example: torch.Tensor) -> int:
 
 def speed_up(backbone, device: torch.device) -> dict:
     """Rewrite a frozen classifier backbone's network in place for speed (see the module docstring); what was done:
-    the number of BatchNorms folded, paddings moved, activations made in place, and whether it runs channels_last."""
+    the number of BatchNorms folded, paddings moved (symmetric ones, one-sided ones), activations made in place, and
+    whether it runs channels_last."""
     net = backbone.net
     S = backbone.image_size
     example = backbone.normalize(torch.rand(1, 3, S, S, device=device))
     done = dict(PLAIN)
     done["fold_batchnorm"] = fold_batchnorm(net, example)
     done["same_padding"] = fold_same_padding(net)
+    if device.type == "cpu":  # measured on CPU (oneDNN); on a GPU the larger depthwise kernels are not measured yet
+        done["one_sided_padding"] = fold_one_sided_padding(net)
     done["inplace_act"] = inplace_activations(net, example)
     if is_convnet(net) and device.type in ("cpu", "cuda"):
         net.to(memory_format=torch.channels_last)
