@@ -220,6 +220,10 @@ MEASURES = [
     "visual_prompting/capture.py",  # recipe_robust's capture simulation, and every row's JPEG-75 / resize numbers
     "visual_prompting/execution.py",  # how the frozen backbone is run
     "visual_prompting/transforms.py",  # the acavp rows' affine and colour transforms
+    "visual_prompting/optim.py",  # the optimisers and their schedules
+    "visual_prompting/utils.py",  # seeding and autocast
+    "visual_prompting/baselines.py",  # the no-prompt counts a mapping starts from, cached and reused
+    "visual_prompting/distributed.py",  # the order of the training batches
 ]
 
 def build_splits(dataset: str, image_size: int, train_size: int, val_size: int, test_size: int | None,
@@ -499,10 +503,15 @@ def summarize(rows: list[dict]) -> dict:
         best = by[out["best_prompt"]]
         if best.get("train_acc_last_10pct") is not None and probe.get("train_top1") is not None:
             fits = best["train_acc_last_10pct"] >= probe["train_top1"]
+            ahead = best["test_top1"] >= probe["test_top1"]
             obs.append(f"train accuracy: best prompt ~{percent(best['train_acc_last_10pct'])} (last 10% of steps) vs "
                        f"linear probe {percent(probe['train_top1'])}: " + (
+                           "the prompt fits the train set at least as well as the probe and is at or above it on the "
+                           "test set too" if fits and ahead else
                            "the prompt fits the train set at least as well as the probe, so what it lacks on the test "
                            "set is generalisation (regularisation, more data), not capacity" if fits else
+                           "the prompt is at or above the probe on the test set while it fits the train set less "
+                           "closely" if ahead else
                            "a prompt that also underfits the train set is limited by capacity/optimisation (steps, "
                            "prompt size, mapping), not by overfitting"))
     out["observations"] = obs

@@ -434,3 +434,21 @@ def test_the_recipe_search_table_keeps_finished_three_seed_candidates_of_one_swe
     assert groups[0]["what"] == "lr 0.02" and groups[0]["where"] == "NVIDIA H200"
     d = next(r for r in records if r["name"] == "d")
     assert report.search_steps(d) == 160 and report.search_steps(records[0]) == 1000
+
+
+def test_the_train_fit_reading_does_not_call_a_prompt_above_the_probe_short_of_generalisation(report):
+    """The digits rows: the best prompt fits the train set better than the probe and is above it on the test set;
+    the reading says so. Lowered under the probe on the test set, the same fit reads as a generalisation gap."""
+    acc = report._accuracy_module()
+    rows = json.loads((ROOT / "benchmarks" / "results" / "digits" / "accuracy.json").read_text())["rows"]
+
+    def reading(rows):
+        return next(o for o in acc.summarize(rows)["observations"] if o.startswith("train accuracy:"))
+
+    probe = next(r for r in rows if r["method"] == "linear_probe")
+    best = acc.summarize(rows)["best_prompt"]
+    assert next(r for r in rows if r["method"] == best)["test_top1"] > probe["test_top1"]
+    assert reading(rows).endswith("at or above it on the test set too")
+    lowered = [dict(r, test_top1=probe["test_top1"] - 0.05) if r["method"] not in ("linear_probe",) and
+               r.get("kind") != "no_prompt" else r for r in rows]
+    assert "what it lacks on the test set is generalisation" in reading(lowered)
