@@ -368,12 +368,16 @@ def cache_sweeper(vp: VPApp, demo: gr.Blocks):
     return lifespan
 
 
-def serve(vp: VPApp | None = None, **launch) -> gr.Blocks:
+def serve(vp: VPApp | None = None, prewarm: bool | None = None, **launch) -> gr.Blocks:
     """Build the app and serve it as ``python app.py`` does, with its disk bounded: Gradio refuses an upload over
     ``VP_MAX_UPLOAD_MB``, deletes the files it stored once they are ``VP_RUN_TTL_HOURS`` old (all of them when the
-    server stops), and its cache folder is swept to ``VP_MAX_GRADIO_CACHE_MB`` (:func:`cache_sweeper`). ``launch``:
-    more of ``Blocks.launch``'s arguments."""
+    server stops), and its cache folder is swept to ``VP_MAX_GRADIO_CACHE_MB`` (:func:`cache_sweeper`). While the
+    page loads, :meth:`VPApp.prewarm` sets up the Train tab's first run in the background, so a first click starts
+    as a later one does (``prewarm``: default on, ``VP_PREWARM=0`` turns it off). ``launch``: more of
+    ``Blocks.launch``'s arguments."""
     vp = vp or VPApp()  # its limits: AppConfig's defaults, or VP_* environment variables (README, "Limits")
+    if os.environ.get("VP_PREWARM", "1") != "0" if prewarm is None else prewarm:
+        vp.prewarm()
     ttl = max(1, int(vp.cfg.run_ttl_hours * 3600))
     demo = build_app(vp, delete_cache=(min(ttl, 3600), ttl))
     launch = {"css": CSS, "max_file_size": int(vp.cfg.max_upload_mb * 2**20),

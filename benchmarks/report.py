@@ -129,6 +129,12 @@ def b_app_defaults() -> str:
               else f"{df['steps']} steps")
     others = "; ".join(f"recipe {r['recipe']} {percent(r['test_top1'])} in {r['seconds']:.0f} s ({r['steps_done']} "
                        f"steps)" for r in runs if not r["default"])
+    pre = next((r for r in runs if r["caches"] == "prewarmed"), None)
+    prewarmed = "" if pre is None else (
+        f"; a first click in a fresh app after its launch prewarm (which `python app.py` starts while the page loads; "
+        f"done {pre['prewarm_seconds']:.0f} s after the app was made): {percent(pre['test_top1'])} in "
+        f"{pre['seconds']:.0f} s ({pre['steps_done']} steps), the first step after "
+        f"{pre['seconds_to_first_step']:.1f} s")
     return (f"CPU defaults ({df['model']}, batch {df['batch_size']}, {budget}, recipe {df['recipe']}), measured on the "
             f"bundled subset through the app's training path by `python benchmarks/app_defaults.py` "
             f"({stamp(provenance_of(d), rel)}): the first run of a fresh app gives {percent(cold['test_top1'])} test "
@@ -136,8 +142,8 @@ def b_app_defaults() -> str:
             f"trained, the result {cold['seconds']:.0f} s after the click and the first step shown after "
             f"{cold['seconds_to_first_step']:.1f} s; a later run in the same app (backbone loaded, numbers without a "
             f"prompt cached): {percent(warm['test_top1'])} in {warm['seconds']:.0f} s ({warm['steps_done']} steps), "
-            f"the first step after {warm['seconds_to_first_step']:.1f} s; with the same settings otherwise: {others} "
-            f"(one seed each).")
+            f"the first step after {warm['seconds_to_first_step']:.1f} s{prewarmed}; with the same settings "
+            f"otherwise: {others} (one seed each).")
 
 
 def _app_defaults_steps(d: dict, rel: str) -> str:

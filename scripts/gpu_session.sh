@@ -3,14 +3,15 @@
 # Python 3.12, torch 2.11, timm, matplotlib; no open_clip, no EfficientNet weights, no Fashion-MNIST).
 #
 #   bash scripts/gpu_session.sh prepare     # here, once: wheels into .whl/, Debian's Fashion-MNIST into .fmnist/
-#   bash scripts/gpu_session.sh run         # there (carry .whl, .fmnist, .vp-source-commit): at most ~9.3 min (SWEEP_END + a little)
+#   bash scripts/gpu_session.sh run         # there (carry .whl, .fmnist, .vp-source-commit): at most TOTAL_S (575 s) + a little
 #   SMOKE=1 bash scripts/gpu_session.sh run # here, on CPU with tiny settings: checks the script itself
 #
 # `run` writes to $OUT (default ./gpu-out): log.txt, speed.json (the CPU entries of benchmarks/results/speed.json
-# plus the CUDA ones), accuracy.json (224 px), gpu_check.json, sweep.jsonl + sweep_log.txt (the recipe search:
+# plus the CUDA ones), acc/accuracy.json (224 px), gpu_check.json, sweep.jsonl + sweep_log.txt + sweep/ (the recipe search:
 # append its records to benchmarks/results/recipe_search.jsonl). Each step has its own time limit, so a slow one
-# cannot starve the rest; merge the results here with `python benchmarks/speed.py --render` and
-# `python benchmarks/accuracy.py --render --out DIR` (see benchmarks/README.md).
+# cannot starve the rest; merge the results here: speed.json over benchmarks/results/speed.json, then
+# `python benchmarks/speed.py --render`; `python benchmarks/accuracy.py --merge-from OUT/acc/accuracy.json --out
+# benchmarks/results/gpu` (see benchmarks/README.md).
 # Provenance: every result records what git says on the machine that ran it (a lent machine runs a copy of the
 # tree, whose git may report another commit); `prepare` also writes the commit it was run at here to
 # .vp-source-commit, which `run` passes on as VP_SOURCE_COMMIT, recorded beside it (source_commit_declared).
@@ -51,28 +52,22 @@ else
   # bf16 autocast, the library's AMP on these GPUs); torch.compile (--compile, issue 29.6) is left out: its warm-up
   # does not fit beside the rest in one 15-minute lease
   speed_args=(--steps 20 --repeats 5 --profile)
-  # the paper's size, 3000 steps of 128, one seed each, alone (two side by side only share the GPU): the rows
-  # still stale in `benchmarks/report.py --stale` (H100, fb79e9b); linear_probe, recipe_live and recipe_fast_pad
-  # were refreshed on 2026-12-04 (H200). Each row is saved as it finishes.
-  acc_args=(--image-size 224 --steps 3000 --batch-size 128 --rows pad_frequency,recipe_fast,fully_map_fast)
+  # the paper's size, 3000 steps of 128, one seed each, alone (two side by side only share the GPU): every GPU row
+  # (all stale in `benchmarks/report.py --stale` since accuracy.py's MEASURES grew at 6f2d923), the goal's rows
+  # first; on an H200 they take ~31 s (probe) and ~55-75 s each (rows). Each row is saved as it finishes.
+  acc_args=(--image-size 224 --steps 3000 --batch-size 128
+            --rows linear_probe,recipe_live,recipe_fast_pad,recipe_fast,pad_frequency,fully_map_fast)
   check_args=()
-  # a recipe search at the CPU budget (96 px, 1000 steps of 64, fp32 like CPU), lanes side by side: a step this
-  # small leaves the GPU idle between kernels, so eight one-thread lanes share it well. One lane = "NAME SEEDS
-  # SETTINGS" runs separated by ';' (SEEDS: 0,1,2), run in order until the time is up (each finished run is kept).
-  # where the CPU budget's ceiling sits for the default recipe (issue 30: live reaches 85.5-85.8% at 1000 steps,
-  # the probe 86.88%): 1000 (the same day's reference: a GPU's floats vary from run to run even at one seed),
-  # 2000 and 3000 steps, three seeds each. Earlier searches: benchmarks/results/recipe_search.jsonl.
+  # a recipe search at the CPU budget (96 px, 1000 steps of 64, fp32 like CPU), lanes side by side, in whatever
+  # time the steps above leave (often none): a step this small leaves the GPU idle between kernels, so one-thread
+  # lanes share it well. One lane = "NAME SEEDS SETTINGS" runs separated by ';' (SEEDS: 0,1,2), run in order until
+  # the time is up (each finished run is kept). Where the CPU budget's ceiling sits for the default recipe (issue
+  # 30: live 85.5-85.8% at 1000 steps, the probe 86.88%): 2000 and 3000 steps, one lane per seed.
+  # Earlier searches: benchmarks/results/recipe_search.jsonl.
   L='{"recipe": "live", "amp": false'
   sweep_args=(--device cuda)
-  sweep_lanes=(
-    "live 0,1,2 $L}"
-    "live_2000 0 $L, \"steps\": 2000}"
-    "live_2000 1 $L, \"steps\": 2000}"
-    "live_2000 2 $L, \"steps\": 2000}"
-    "live_3000 0 $L, \"steps\": 3000}"
-    "live_3000 1 $L, \"steps\": 3000}"
-    "live_3000 2 $L, \"steps\": 3000}"
-  )
+  sweep_lanes=()
+  for seed in 0 1 2; do sweep_lanes+=("live_2000 $seed $L, \"steps\": 2000}" "live_3000 $seed $L, \"steps\": 3000}"); done
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 t0=$(date +%s)
@@ -80,35 +75,43 @@ t0=$(date +%s)
   python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__)"
   tmp=$(mktemp -d)
   cp benchmarks/results/speed.json "$tmp/" 2>/dev/null
-  # time limits per step (one lease is 15 minutes, start included, and a call can be lost to a machine taken
-  # back): the 224 px accuracy rows first and alone (each row is saved as it finishes; issue 30's rows), then speed
-  # alone (its CUDA entries, stale since speed.py's AMP check and matmul peak changed), the short CUDA check, and
-  # the recipe search in what is left, up to SWEEP_END seconds after the start
-  timeout "${ACC_S:-270}" python3 benchmarks/accuracy.py --device "$dev" --out "$tmp/acc" "${acc_args[@]}"
-  cp "$tmp/acc/accuracy.json" "$OUT/"
-  timeout "${SPEED_S:-150}" python3 benchmarks/speed.py --device "$dev" --out "$tmp" "${speed_args[@]}"
-  cp "$tmp/speed.json" "$OUT/"
-  OUT="$OUT" timeout "${CHECK_S:-90}" python3 scripts/gpu_check.py "${check_args[@]}"
-  left=$(( ${SWEEP_END:-530} - ($(date +%s) - t0) )); [ "$left" -lt 40 ] && left=40
-  echo "recipe search: ${#sweep_lanes[@]} lanes, ${left} s"
-  mkdir -p "$tmp/sweep"
-  run_lane() {  # OUT_JSONL, then the lane's "NAME SEEDS SETTINGS" runs
-    local out=$1 r name seeds settings seed; shift
-    for r in "$@"; do
-      read -r name seeds settings <<< "$r"
-      for seed in ${seeds//,/ }; do
-        python3 benchmarks/recipe_search.py "$name" "$seed" "$settings" --out "$out" $SWEEP_ARGS
-      done
-    done
+  # one lease is 15 minutes, the machine's start included, and a call can be lost to a machine taken back: each
+  # step runs under its own limit, cut to what is left of TOTAL_S (default 575 s, under the tool's 600 s a call) so
+  # the later steps still run: the 224 px accuracy rows first (issue 30's rows; each is saved to $OUT as it
+  # finishes), then speed (its CUDA entries), the short CUDA check, and the recipe search in what is left
+  left_of() {  # SECONDS: the step's own limit, cut to what is left of TOTAL_S (at least 1)
+    local left=$(( ${TOTAL_S:-575} - ($(date +%s) - t0) )); [ "$1" -lt "$left" ] && left=$1; [ "$left" -lt 1 ] && left=1
+    echo "$left"
   }
-  export -f run_lane; export SWEEP_ARGS="${sweep_args[*]}"
-  for i in "${!sweep_lanes[@]}"; do
-    IFS=';' read -ra runs <<< "${sweep_lanes[$i]}"
-    timeout "$left" bash -c 'run_lane "$@"' lane "$tmp/sweep/lane$i.jsonl" "${runs[@]}" > "$tmp/sweep/lane$i.log" 2>&1 &
-  done
-  wait
-  cat "$tmp"/sweep/lane*.jsonl > "$OUT/sweep.jsonl" 2>/dev/null
-  for f in "$tmp"/sweep/lane*.log; do echo "== $f"; cat "$f"; done > "$OUT/sweep_log.txt"
-  echo "recipe search: $(wc -l < "$OUT/sweep.jsonl") runs finished; $(( $(date +%s) - t0 )) s in all"
+  timeout "$(left_of "${ACC_S:-400}")" python3 benchmarks/accuracy.py --device "$dev" --out "$OUT/acc" "${acc_args[@]}"
+  timeout "$(left_of "${SPEED_S:-150}")" python3 benchmarks/speed.py --device "$dev" --out "$tmp" "${speed_args[@]}"
+  cp "$tmp/speed.json" "$OUT/"
+  OUT="$OUT" timeout "$(left_of "${CHECK_S:-60}")" python3 scripts/gpu_check.py "${check_args[@]}"
+  left=$(left_of 100000)
+  if [ "$left" -lt 40 ]; then
+    echo "recipe search: no time left (${left} s of TOTAL_S)"
+  else
+    echo "recipe search: ${#sweep_lanes[@]} lanes, ${left} s"
+    mkdir -p "$OUT/sweep"  # each lane's finished runs land in $OUT as they finish
+    run_lane() {  # OUT_JSONL, then the lane's "NAME SEEDS SETTINGS" runs
+      local out=$1 r name seeds settings seed; shift
+      for r in "$@"; do
+        read -r name seeds settings <<< "$r"
+        for seed in ${seeds//,/ }; do
+          python3 benchmarks/recipe_search.py "$name" "$seed" "$settings" --out "$out" $SWEEP_ARGS
+        done
+      done
+    }
+    export -f run_lane; export SWEEP_ARGS="${sweep_args[*]}"
+    for i in "${!sweep_lanes[@]}"; do
+      IFS=';' read -ra runs <<< "${sweep_lanes[$i]}"
+      timeout "$left" bash -c 'run_lane "$@"' lane "$OUT/sweep/lane$i.jsonl" "${runs[@]}" > "$OUT/sweep/lane$i.log" 2>&1 &
+    done
+    wait
+    cat "$OUT"/sweep/lane*.jsonl > "$OUT/sweep.jsonl" 2>/dev/null
+    for f in "$OUT"/sweep/lane*.log; do echo "== $f"; cat "$f"; done > "$OUT/sweep_log.txt"
+    echo "recipe search: $(wc -l < "$OUT/sweep.jsonl") runs finished"
+  fi
+  echo "$(( $(date +%s) - t0 )) s in all"
 } 2>&1 | tee "$OUT/log.txt"
 ls -la "$OUT"

@@ -181,6 +181,33 @@ def test_training_streams_progress_curves_and_the_prompt_then_adds_it_to_the_zoo
         vp.add_to_zoo(None, "x")
 
 
+def test_prewarm_sets_up_the_first_run_and_leaves_nothing_behind(tmp_path):
+    """A fresh app's prewarm (what `python app.py` starts while the page loads): afterwards the backbone is loaded and
+    every number without a prompt that the Train tab's first run needs is cached - that run computes none of them
+    again - and the prewarm left no run folder and took no run slot."""
+    fresh = VPApp(AppConfig(user_zoo_dir=tmp_path / "zoo", work_dir=tmp_path / "work", device="cpu"))
+    form = dict(model="effnet-lite0@32", batch_size=16, steps=3, time_budget=0)  # the first form, smaller
+    assert len(fresh.baselines) == 0 and not fresh.cache._cache
+    thread = fresh.prewarm(**form)
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    cached = len(fresh.baselines)
+    assert cached >= 3 and ("effnet-lite0@32", "cpu", True) in fresh.cache._cache  # counts, validation and test without a prompt
+    assert not list((tmp_path / "work").rglob("run-*")) and not fresh.workspace.active_runs()
+    cfg = fresh.train_config("s-after-prewarm", **{**fresh.first_form(), **form})
+    last = list(fresh.train_stream(cfg, "s-after-prewarm", min_interval=0.0))[-1]
+    assert last.done and last.result_path
+    assert len(fresh.baselines) == cached  # the click found every number without a prompt computed
+
+
+def test_a_prewarm_that_fails_is_logged_and_the_app_keeps_working(tmp_path, caplog):
+    fresh = VPApp(AppConfig(user_zoo_dir=tmp_path / "zoo", work_dir=tmp_path / "work", device="cpu"))
+    with caplog.at_level("WARNING", logger="visual_prompting.app"):
+        fresh.prewarm(model=EFFNET, dataset="no-such-dataset").join(timeout=60)
+    assert any("prewarm failed" in r.getMessage() and "no-such-dataset" in r.getMessage() for r in caplog.records)
+    assert len(fresh.baselines) == 0 and fresh.entries  # nothing half-done; the app still lists its prompts
+
+
 def test_stop_ends_the_run_and_keeps_the_best_prompt(vp, shapes):
     cfg = train_cfg(vp, "s-stop", steps=400, dataset=UPLOADED_DATASET, upload=shapes, batch_size=4)
     updates = []

@@ -73,7 +73,7 @@ def test_gradio_cache_stays_under_its_limit_while_users_upload(tmp_path, monkeyp
     limit_mb = 1.0
     vp = VPApp(AppConfig(user_zoo_dir=tmp_path / "zoo", work_dir=tmp_path / "work", device="cpu",
                          max_gradio_cache_mb=limit_mb, cache_sweep_s=0.2, cache_grace_s=1))
-    demo = app.serve(vp, prevent_thread_lock=True, quiet=True, server_name="127.0.0.1")
+    demo = app.serve(vp, prewarm=False, prevent_thread_lock=True, quiet=True, server_name="127.0.0.1")
     try:
         cache = Path(demo.server_app.uploaded_file_dir)
         assert cache == tmp_path / "gradio" and demo.delete_cache == (3600, 24 * 3600)

@@ -38,6 +38,7 @@ from .train_form import (  # noqa: F401 - TRAIN_FORM_FIELDS, choice_info, train_
     FormField,
     TrainDefaults,
     choice_info,
+    component_args,
     form_settings,
     train_choices,
 )
@@ -357,6 +358,14 @@ class VPApp:
         # a CPU: a budget of training time (so a faster machine trains more steps in the same wait), steps a cap
         return TrainDefaults("effnet-lite0@96", CPU_MAX_STEPS, 64, recipe, settings, time_budget=CPU_TRAIN_SECONDS)
 
+    def first_form(self, recipe: str | None = None) -> dict:
+        """The Train tab's values as the page opens (every field the training handler takes, at its first value, as
+        ``app.py`` builds the page), with ``recipe`` chosen in the Recipe dropdown (it refills the recipe's fields)."""
+        form = {f.name: kw.get("value") for f, kw in component_args(self.form, self.train_defaults()) if f.api}
+        chosen = self.train_defaults(recipe)
+        form.update({f.name: getattr(chosen, f.name) for f in self.form if f.recipe})
+        return form
+
     def train_config(self, session: str, **form) -> TrainConfig:
         """The Train tab's values (keywords: the names of :attr:`form`'s fields; one left out is its setting's
         default) checked (:func:`~visual_prompting.train_form.form_settings`) and turned into a
@@ -372,6 +381,37 @@ class VPApp:
         run_dir, unpacked = self.workspace.new_run(session, upload if uploaded else None)
         return TrainConfig(**settings, dataset=unpacked or dataset, out_dir=str(run_dir), device=str(self.device),
                            num_workers=0, download=True)  # torchvision datasets: fetched once (offline: a clear message)
+
+    def prewarm(self, **form) -> threading.Thread:
+        """Start what a first click on Train would otherwise wait for, in a background thread: one step of the Train
+        tab's first form (``form``: values that replace some of it) in a folder of its own, deleted after. It loads
+        the backbone into :attr:`cache`, puts the numbers without a prompt (the mapping's counts, validation and
+        test accuracy) into :attr:`baselines`, and pays a first step's one-time costs (imports, the kernels for the
+        step's shapes). A click after it starts as a later click does; a click during it waits only for what is not
+        done yet (both caches compute a value once, the others wait for it). It claims no run slot and writes nothing
+        to the workspace; a prewarm that fails is logged and changes nothing else. Returns the thread (``join`` it
+        to wait). ``python app.py`` starts one (``serve``; ``VP_PREWARM=0`` leaves it out)."""
+        import dataclasses
+        import logging
+
+        def work():
+            try:
+                from .training import Trainer
+
+                settings = form_settings(self.form, {**self.first_form(), **form}, self.cfg)
+                dataset = settings.pop("dataset")
+                with tempfile.TemporaryDirectory(prefix="vp-prewarm-") as tmp:
+                    cfg = TrainConfig(**settings, dataset=dataset, out_dir=tmp, device=str(self.device),
+                                      num_workers=0, download=False)
+                    Trainer(dataclasses.replace(cfg, steps=1, time_budget=None), cache=self.cache,
+                            baselines=self.baselines).run()
+            except Exception as e:  # noqa: BLE001 - a failed prewarm leaves the first click as it was
+                logging.getLogger("visual_prompting.app").warning("prewarm failed (the first run will set up "
+                                                                  "itself): %s: %s", type(e).__name__, e)
+
+        thread = threading.Thread(target=work, name="prewarm", daemon=True)
+        thread.start()
+        return thread
 
     def stop(self, session: str) -> str:
         """Ask this session's training run to stop after the current step (its best prompt is kept)."""
