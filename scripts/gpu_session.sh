@@ -83,10 +83,16 @@ t0=$(date +%s)
     local left=$(( ${TOTAL_S:-575} - ($(date +%s) - t0) )); [ "$1" -lt "$left" ] && left=$1; [ "$left" -lt 1 ] && left=1
     echo "$left"
   }
-  timeout "$(left_of "${ACC_S:-400}")" python3 benchmarks/accuracy.py --device "$dev" --out "$OUT/acc" "${acc_args[@]}"
-  timeout "$(left_of "${SPEED_S:-150}")" python3 benchmarks/speed.py --device "$dev" --out "$tmp" "${speed_args[@]}"
+  step() {  # NAME SECONDS COMMAND...: the command under its limit; the log says how it ended
+    local name=$1 limit; limit=$(left_of "$2"); shift 2
+    echo "== $name (at most ${limit} s, $(( $(date +%s) - t0 )) s in)"
+    timeout "$limit" "$@"; local rc=$?
+    [ "$rc" = 124 ] && echo "== $name: stopped at its limit (${limit} s); what it finished is kept" || echo "== $name: exit $rc"
+  }
+  step accuracy "${ACC_S:-400}" python3 benchmarks/accuracy.py --device "$dev" --out "$OUT/acc" "${acc_args[@]}"
+  step speed "${SPEED_S:-150}" python3 benchmarks/speed.py --device "$dev" --out "$tmp" "${speed_args[@]}"
   cp "$tmp/speed.json" "$OUT/"
-  OUT="$OUT" timeout "$(left_of "${CHECK_S:-60}")" python3 scripts/gpu_check.py "${check_args[@]}"
+  step check "${CHECK_S:-90}" env OUT="$OUT" python3 scripts/gpu_check.py "${check_args[@]}"
   left=$(left_of 100000)
   if [ "$left" -lt 40 ]; then
     echo "recipe search: no time left (${left} s of TOTAL_S)"
