@@ -373,10 +373,10 @@ def serve(vp: VPApp | None = None, prewarm: bool | None = None, **launch) -> gr.
     ``VP_MAX_UPLOAD_MB``, deletes the files it stored once they are ``VP_RUN_TTL_HOURS`` old (all of them when the
     server stops), and its cache folder is swept to ``VP_MAX_GRADIO_CACHE_MB`` (:func:`cache_sweeper`). While the
     page loads, :meth:`VPApp.prewarm` sets up the Train tab's first run in the background, so a first click starts
-    as a later one does (``prewarm``: default on, ``VP_PREWARM=0`` turns it off). ``launch``: more of
-    ``Blocks.launch``'s arguments."""
+    as a later one does (``prewarm``: default on, unless ``VP_PREWARM=0`` or on a ZeroGPU Space, where a run gets its
+    GPU only inside the training call). ``launch``: more of ``Blocks.launch``'s arguments."""
     vp = vp or VPApp()  # its limits: AppConfig's defaults, or VP_* environment variables (README, "Limits")
-    if os.environ.get("VP_PREWARM", "1") != "0" if prewarm is None else prewarm:
+    if (os.environ.get("VP_PREWARM", "1") != "0" and spaces is None) if prewarm is None else prewarm:
         vp.prewarm()
     ttl = max(1, int(vp.cfg.run_ttl_hours * 3600))
     demo = build_app(vp, delete_cache=(min(ttl, 3600), ttl))
