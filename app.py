@@ -368,6 +368,14 @@ def cache_sweeper(vp: VPApp, demo: gr.Blocks):
     return lifespan
 
 
+def prewarm_wanted(prewarm: bool | None = None, environ=None) -> bool:
+    """Whether :func:`serve` starts :meth:`VPApp.prewarm`: as asked, else unless ``VP_PREWARM=0`` or on a ZeroGPU
+    Space (the ``spaces`` package is there: a run gets its GPU only inside the training call)."""
+    if prewarm is not None:
+        return prewarm
+    return (os.environ if environ is None else environ).get("VP_PREWARM", "1") != "0" and spaces is None
+
+
 def serve(vp: VPApp | None = None, prewarm: bool | None = None, **launch) -> gr.Blocks:
     """Build the app and serve it as ``python app.py`` does, with its disk bounded: Gradio refuses an upload over
     ``VP_MAX_UPLOAD_MB``, deletes the files it stored once they are ``VP_RUN_TTL_HOURS`` old (all of them when the
@@ -376,7 +384,7 @@ def serve(vp: VPApp | None = None, prewarm: bool | None = None, **launch) -> gr.
     as a later one does (``prewarm``: default on, unless ``VP_PREWARM=0`` or on a ZeroGPU Space, where a run gets its
     GPU only inside the training call). ``launch``: more of ``Blocks.launch``'s arguments."""
     vp = vp or VPApp()  # its limits: AppConfig's defaults, or VP_* environment variables (README, "Limits")
-    if (os.environ.get("VP_PREWARM", "1") != "0" and spaces is None) if prewarm is None else prewarm:
+    if prewarm_wanted(prewarm):
         vp.prewarm()
     ttl = max(1, int(vp.cfg.run_ttl_hours * 3600))
     demo = build_app(vp, delete_cache=(min(ttl, 3600), ttl))

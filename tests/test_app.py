@@ -208,6 +208,17 @@ def test_a_prewarm_that_fails_is_logged_and_the_app_keeps_working(tmp_path, capl
     assert len(fresh.baselines) == 0 and fresh.entries  # nothing half-done; the app still lists its prompts
 
 
+def test_python_app_py_prewarms_unless_told_not_to_or_on_zerogpu(monkeypatch):
+    import app
+
+    monkeypatch.setattr(app, "spaces", None)
+    assert app.prewarm_wanted(environ={}) and app.prewarm_wanted(environ={"VP_PREWARM": "1"})
+    assert not app.prewarm_wanted(environ={"VP_PREWARM": "0"})
+    assert not app.prewarm_wanted(False, environ={}) and app.prewarm_wanted(True, environ={"VP_PREWARM": "0"})
+    monkeypatch.setattr(app, "spaces", object())  # a ZeroGPU Space
+    assert not app.prewarm_wanted(environ={})
+
+
 def test_stop_ends_the_run_and_keeps_the_best_prompt(vp, shapes):
     cfg = train_cfg(vp, "s-stop", steps=400, dataset=UPLOADED_DATASET, upload=shapes, batch_size=4)
     updates = []
