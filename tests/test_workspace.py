@@ -62,6 +62,23 @@ def files_named(root: Path, name: str) -> list[str]:
     return [os.path.join(folder, name) for folder, _, files in os.walk(root) if name in files]
 
 
+def test_the_served_app_starts_its_prewarm_once_the_server_runs(tmp_path, monkeypatch):
+    """`python app.py` (app.serve) starts VPApp.prewarm as the server starts (its lifespan), not before the page."""
+    import app
+
+    vp = VPApp(AppConfig(user_zoo_dir=tmp_path / "zoo", work_dir=tmp_path / "work", device="cpu"))
+    started = []
+    monkeypatch.setattr(vp, "prewarm", lambda **form: started.append(time.monotonic()))
+    demo = app.serve(vp, prewarm=True, prevent_thread_lock=True, quiet=True, server_name="127.0.0.1")
+    try:
+        assert len(started) == 1
+    finally:
+        demo.close()
+    demo = app.serve(vp, prewarm=False, prevent_thread_lock=True, quiet=True, server_name="127.0.0.1")
+    demo.close()
+    assert len(started) == 1
+
+
 def test_gradio_cache_stays_under_its_limit_while_users_upload(tmp_path, monkeypatch):
     """The app served as `python app.py` serves it (app.serve): 24 uploads of 100 kB each, and the prompted image of
     each, go through Gradio's cache; its sweeper keeps the folder under a 1 MiB limit, and the page's own files
