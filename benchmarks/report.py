@@ -131,7 +131,7 @@ def b_app_defaults() -> str:
                        f"steps)" for r in runs if not r["default"])
     pre = next((r for r in runs if r["caches"] == "prewarmed"), None)
     prewarmed = "" if pre is None else (
-        f"; a first click in a fresh app after its launch prewarm (which `python app.py` starts while the page loads; "
+        f"; a first click in a fresh app after its launch prewarm (which `python app.py` starts with its server; "
         f"done {pre['prewarm_seconds']:.0f} s after the app was made): {percent(pre['test_top1'])} in "
         f"{pre['seconds']:.0f} s ({pre['steps_done']} steps), the first step after "
         f"{pre['seconds_to_first_step']:.1f} s")
