@@ -16,7 +16,7 @@ Three runs in the same app, in this order: the default recipe in the fresh app (
 loaded and the numbers without a prompt are computed by this run), the default recipe again (``warm``: a later
 click, the backbone loaded and those numbers cached in the app), then the paper's recipe with the same form. Then,
 in a fresh Python process (nothing imported or set up yet, as at ``python app.py``), a fresh app whose launch
-prewarm (``VPApp.prewarm``, which ``python app.py`` starts while the page loads) is let finish before the default
+prewarm (``VPApp.prewarm``, which ``python app.py`` starts with its server) is let finish before the default
 recipe's click (``caches: prewarmed``; ``prewarm_seconds``: how long after the launch a click finds it done).
 One seed (0): the README quotes these numbers as what one run gave, not as a ranking (benchmarks/accuracy.py
 --seeds does that). Gradio's own share of a click (queue, transport) is not in these times: benchmarks/app_latency.py

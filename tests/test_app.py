@@ -182,7 +182,7 @@ def test_training_streams_progress_curves_and_the_prompt_then_adds_it_to_the_zoo
 
 
 def test_prewarm_sets_up_the_first_run_and_leaves_nothing_behind(tmp_path):
-    """A fresh app's prewarm (what `python app.py` starts while the page loads): afterwards the backbone is loaded and
+    """A fresh app's prewarm (what `python app.py` starts with its server): afterwards the backbone is loaded and
     every number without a prompt that the Train tab's first run needs is cached - that run computes none of them
     again - and the prewarm left no run folder and took no run slot."""
     fresh = VPApp(AppConfig(user_zoo_dir=tmp_path / "zoo", work_dir=tmp_path / "work", device="cpu"))
