@@ -434,6 +434,12 @@ def test_the_recipe_search_table_keeps_finished_three_seed_candidates_of_one_swe
     assert groups[0]["what"] == "lr 0.02" and groups[0]["where"] == "NVIDIA H200"
     d = next(r for r in records if r["name"] == "d")
     assert report.search_steps(d) == 160 and report.search_steps(records[0]) == 1000
+    # the budget's step count on other data is not a budget candidate: it is listed with the short runs, by data
+    subset = [dict(rec("s", s, 0.6), dataset="fashion_mnist_subset") for s in range(3)]
+    assert [g["name"] for g in report.recipe_search_groups(records + subset)] == ["b", "a", "a"]
+    short = report.recipe_search_groups(records + subset, steps=None, dataset=None)
+    assert sorted((g["name"], g["dataset"], g["steps"]) for g in short) == [
+        ("c", "fashion_mnist", 3000), ("d", "fashion_mnist", 160), ("s", "fashion_mnist_subset", 1000)]
 
 
 def test_the_train_fit_reading_does_not_call_a_prompt_above_the_probe_short_of_generalisation(report):
