@@ -830,7 +830,8 @@ def code_of(commit: str, path: str) -> tuple[str, dict] | None:
 def code_parts(source: str) -> tuple[str, dict] | None:
     """Python source as the stale check compares it: (its syntax tree without the accuracy rows, {row name: that
     ``Row(...)``'s tree}). Comments are never in a tree; docstrings are left out, and so is what only labels a row - its
-    description, the rows it is compared with, whether it runs by default: edits of those change no number. The rows
+    description, the rows it is compared with, whether it runs by default - or a recipe (a ``Recipe(...)``'s
+    description): edits of those change no number. The rows
     (the ``Row`` calls in a module-level ``ROWS = [...]``) are apart so that a row is judged by its own definition.
     None when the source does not parse."""
     try:
@@ -846,6 +847,10 @@ def code_parts(source: str) -> tuple[str, dict] | None:
             if len(node.args) > 2:
                 node.args[2] = ast.Constant("")
             node.keywords = [k for k in node.keywords if k.arg not in ("description", "compared_with", "default")]
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Recipe":  # recipes.py: its description
+            if len(node.args) > 1:
+                node.args[1] = ast.Constant("")
+            node.keywords = [k for k in node.keywords if k.arg != "description"]
     rows = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "ROWS" for t in node.targets) and \

@@ -110,6 +110,11 @@ def f(x):
                     base.replace('recipe="fast_pad"', 'recipe="live"'), base.replace('Row("a"', 'Row("c"')):
         assert report.code_parts(changed) != tree
     assert report.code_parts("def (:") is None
+    # recipes.py: a recipe's description labels it; its name and settings are measured
+    recipe = 'register_recipe(Recipe("live", "fast at lr 0.03", {**FAST, "lr": 0.03}))\n'
+    assert report.code_parts(recipe.replace("fast at lr 0.03", "the default")) == report.code_parts(recipe)
+    for changed in (recipe.replace('"lr": 0.03', '"lr": 0.05'), recipe.replace('"live"', '"fast"')):
+        assert report.code_parts(changed) != report.code_parts(recipe)
     head, _ = head_and_first_commit()
     assert report.code_of(head, "benchmarks/accuracy.py") == report.code_parts(
         subprocess.run(["git", "show", "HEAD:benchmarks/accuracy.py"], cwd=ROOT, capture_output=True, text=True).stdout)
