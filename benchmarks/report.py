@@ -502,14 +502,14 @@ def recipe_search_groups(records: list[dict], min_seeds: int = 3, steps: int | N
     dataset, steps, device, commit and day), best mean first."""
     groups: dict[tuple, list] = {}
     for r in records:
-        ds = r.get("dataset") or BUDGET_DATASET
-        if r.get("test_top1") is None or (steps is not None and search_steps(r) != steps) or \
-                (ds != dataset if dataset is not None else ds == BUDGET_DATASET and search_steps(r) == 1000):
+        ds, n = r.get("dataset") or BUDGET_DATASET, search_steps(r)
+        wanted = ds == dataset if dataset is not None else not (ds == BUDGET_DATASET and n == 1000)
+        if r.get("test_top1") is None or not wanted or (steps is not None and n != steps):
             continue
         p = r.get("provenance") or {}
         dev = (p.get("machine") or {}).get("device_name") if p.get("recorded") else None
         key = (r["name"], dev or "2-core CPU", str(p.get("git_commit") or "")[:10], str(p.get("date_utc") or "")[:10],
-               ds, search_steps(r))
+               ds, n)
         groups.setdefault(key, []).append(r)
     out = []
     for (name, where, commit, day, ds, n_steps), rs in groups.items():
@@ -535,12 +535,15 @@ def b_recipe_search() -> str:
     acc = load("benchmarks/results/accuracy.json") or {"rows": []}
     probe = next((r for r in acc["rows"] if r["kind"] == "linear_probe"), None)
     names = {r["name"] for r in records}
-    rows = [[f"`{g['name']}`", g["what"], f"{g['where']}, {g['day']}, {g['commit'] or 'commit not recorded'}",
-             ", ".join(f"{100 * t:.2f}" for t in g["tops"]),
-             f"{100 * g['mean']:.2f}"] for g in groups]
-    other = [r for r in records if (r.get("dataset") or BUDGET_DATASET) != BUDGET_DATASET]
+    def cells(g: dict, *data: str) -> list[str]:
+        """A candidate's row: name, what it changes, ``data`` (any), where and when, each seed's and the mean."""
+        return [f"`{g['name']}`", g["what"], *data, f"{g['where']}, {g['day']}, {g['commit'] or 'commit not recorded'}",
+                ", ".join(f"{100 * t:.2f}" for t in g["tops"]), f"{100 * g['mean']:.2f}"]
+
+    rows = [cells(g) for g in groups]
+    on_budget = sum((r.get("dataset") or BUDGET_DATASET) == BUDGET_DATASET for r in records)
     head = (f"`{rel}`: {len(records)} runs (some stopped early, some at other step counts) of {len(names)} named "
-            f"candidates, {len(records) - len(other)} of them on the CPU budget's data (effnet-lite0@96, "
+            f"candidates, {on_budget} of them on the CPU budget's data (effnet-lite0@96, "
             f"the benchmark's 10,000 train / 2,000 validation images, batch 64, one seed per run; the commands and "
             f"machines are in each record). The candidates finished with three seeds or more in one sweep at 1000 "
             f"steps, best mean first")
@@ -557,9 +560,7 @@ def b_recipe_search() -> str:
                  "first within each:\n\n" + markdown_table(
                      ["candidate", "what it changes (from recipe live)", "data, steps", "run on", "test top-1 % per seed",
                       "mean %"],
-                     [[f"`{g['name']}`", g["what"], f"{g['dataset']}, {g['steps']}",
-                       f"{g['where']}, {g['day']}, {g['commit'] or 'commit not recorded'}",
-                       ", ".join(f"{100 * t:.2f}" for t in g["tops"]), f"{100 * g['mean']:.2f}"]
+                     [cells(g, f"{g['dataset']}, {g['steps']}")
                       for g in sorted(short, key=lambda g: (g["dataset"], g["steps"], -g["mean"]))]))
     return (head + ":\n\n" + markdown_table(["candidate", "what it changes (from recipe live)", "run on",
                                               "test top-1 % per seed", "mean %"], rows) + tail + "\n")
