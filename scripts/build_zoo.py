@@ -60,6 +60,21 @@ MEASURES = [
     "visual_prompting/cli.py",
     "visual_prompting/recipes.py",  # each prompt is trained with a recipe
     "visual_prompting/transforms.py",
+    # the rest of the training path, as benchmarks/accuracy.py declares it, and the CLI's settings
+    "visual_prompting/train_config.py",
+    "visual_prompting/settings.py",
+    "visual_prompting/model.py",
+    "visual_prompting/augment.py",
+    "visual_prompting/capture.py",  # the robust prompt's capture simulation
+    "visual_prompting/execution.py",
+    "visual_prompting/optim.py",
+    "visual_prompting/utils.py",
+    "visual_prompting/baselines.py",
+    "visual_prompting/distributed.py",
+    # how each prompt is written and listed
+    "visual_prompting/checkpoint.py",
+    "visual_prompting/prompt_file.py",
+    "visual_prompting/zoo.py",
 ]
 
 def command(name: str, dataset: str, steps: int) -> list[str]:
