@@ -344,7 +344,7 @@ def page_files(demo: gr.Blocks) -> set[str]:
     return set(demo.keep_in_cache).union(*(getattr(b, "keep_in_cache", ()) for b in demo.blocks.values()))
 
 
-def cache_sweeper(vp: VPApp, demo: gr.Blocks, prewarm: bool = False):
+def server_lifespan(vp: VPApp, demo: gr.Blocks, prewarm: bool = False):
     """A lifespan for Gradio's server: while it serves, ``vp.workspace.sweep_cache`` keeps Gradio's cache folder
     (its uploads folder) within ``VP_MAX_GRADIO_CACHE_MB``, at start and then every ``cfg.cache_sweep_s`` seconds,
     in a worker thread. ``prewarm``: also start :meth:`VPApp.prewarm` as the server starts (not before: the page
@@ -383,7 +383,7 @@ def prewarm_wanted(prewarm: bool | None = None, environ=None) -> bool:
 def serve(vp: VPApp | None = None, prewarm: bool | None = None, **launch) -> gr.Blocks:
     """Build the app and serve it as ``python app.py`` does, with its disk bounded: Gradio refuses an upload over
     ``VP_MAX_UPLOAD_MB``, deletes the files it stored once they are ``VP_RUN_TTL_HOURS`` old (all of them when the
-    server stops), and its cache folder is swept to ``VP_MAX_GRADIO_CACHE_MB`` (:func:`cache_sweeper`). As the
+    server stops), and its cache folder is swept to ``VP_MAX_GRADIO_CACHE_MB`` (:func:`server_lifespan`). As the
     server starts, :meth:`VPApp.prewarm` sets up the Train tab's first run in the background, so a first click starts
     as a later one does (``prewarm``: default on, unless ``VP_PREWARM=0`` or on a ZeroGPU Space, where a run gets its
     GPU only inside the training call). ``launch``: more of ``Blocks.launch``'s arguments."""
@@ -391,7 +391,7 @@ def serve(vp: VPApp | None = None, prewarm: bool | None = None, **launch) -> gr.
     ttl = max(1, int(vp.cfg.run_ttl_hours * 3600))
     demo = build_app(vp, delete_cache=(min(ttl, 3600), ttl))
     launch = {"css": CSS, "max_file_size": int(vp.cfg.max_upload_mb * 2**20),
-              "app_kwargs": {"lifespan": cache_sweeper(vp, demo, prewarm_wanted(prewarm))}, **launch}
+              "app_kwargs": {"lifespan": server_lifespan(vp, demo, prewarm_wanted(prewarm))}, **launch}
     demo.queue(default_concurrency_limit=2).launch(**launch)
     return demo
 

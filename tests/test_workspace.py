@@ -67,16 +67,17 @@ def test_the_served_app_starts_its_prewarm_once_the_server_runs(tmp_path, monkey
     import app
 
     vp = VPApp(AppConfig(user_zoo_dir=tmp_path / "zoo", work_dir=tmp_path / "work", device="cpu"))
-    started = []
-    monkeypatch.setattr(vp, "prewarm", lambda **form: started.append(time.monotonic()))
+    order, build_app = [], app.build_app
+    monkeypatch.setattr(app, "build_app", lambda *a, **kw: order.append("page") or build_app(*a, **kw))
+    monkeypatch.setattr(vp, "prewarm", lambda **form: order.append("prewarm"))
     demo = app.serve(vp, prewarm=True, prevent_thread_lock=True, quiet=True, server_name="127.0.0.1")
     try:
-        assert len(started) == 1
+        assert order == ["page", "prewarm"]  # the page is built first; the prewarm starts once, with the server
     finally:
         demo.close()
     demo = app.serve(vp, prewarm=False, prevent_thread_lock=True, quiet=True, server_name="127.0.0.1")
     demo.close()
-    assert len(started) == 1
+    assert order == ["page", "prewarm", "page"]  # asked not to: no prewarm
 
 
 def test_gradio_cache_stays_under_its_limit_while_users_upload(tmp_path, monkeypatch):
