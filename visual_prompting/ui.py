@@ -379,8 +379,13 @@ class VPApp:
         if not uploaded and dataset not in dataset_names():
             raise VPError(f"Pick a dataset from the list (or upload a .zip of class folders), not {dataset!r}.")
         run_dir, unpacked = self.workspace.new_run(session, upload if uploaded else None)
-        return TrainConfig(**settings, dataset=unpacked or dataset, out_dir=str(run_dir), device=str(self.device),
-                           num_workers=0, download=True)  # torchvision datasets: fetched once (offline: a clear message)
+        # torchvision datasets: fetched once (offline: a clear message)
+        return self._run_config(settings, unpacked or dataset, run_dir, download=True)
+
+    def _run_config(self, settings: dict, dataset: str, out_dir, download: bool) -> TrainConfig:
+        """A run of this app: checked form ``settings`` on this app's device, data read in the run's own thread."""
+        return TrainConfig(**settings, dataset=dataset, out_dir=str(out_dir), device=str(self.device), num_workers=0,
+                           download=download)
 
     def prewarm(self, **form) -> threading.Thread:
         """Start what a first click on Train would otherwise wait for, in a background thread: one step of the Train
@@ -391,7 +396,6 @@ class VPApp:
         done yet (both caches compute a value once, the others wait for it). It claims no run slot and writes nothing
         to the workspace; a prewarm that fails is logged and changes nothing else. Returns the thread (``join`` it
         to wait). ``python app.py`` starts one (``serve``; ``VP_PREWARM=0`` leaves it out)."""
-        import dataclasses
         import logging
 
         def work():
@@ -401,10 +405,8 @@ class VPApp:
                 settings = form_settings(self.form, {**self.first_form(), **form}, self.cfg)
                 dataset = settings.pop("dataset")
                 with tempfile.TemporaryDirectory(prefix="vp-prewarm-") as tmp:
-                    cfg = TrainConfig(**settings, dataset=dataset, out_dir=tmp, device=str(self.device),
-                                      num_workers=0, download=False)
-                    Trainer(dataclasses.replace(cfg, steps=1, time_budget=None), cache=self.cache,
-                            baselines=self.baselines).run()
+                    cfg = self._run_config({**settings, "steps": 1, "time_budget": None}, dataset, tmp, download=False)
+                    Trainer(cfg, cache=self.cache, baselines=self.baselines).run()
             except Exception as e:  # noqa: BLE001 - a failed prewarm leaves the first click as it was
                 logging.getLogger("visual_prompting.app").warning("prewarm failed (the first run will set up "
                                                                   "itself): %s: %s", type(e).__name__, e)
