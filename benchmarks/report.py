@@ -135,7 +135,9 @@ def b_app_defaults() -> str:
         f"done {pre['prewarm_seconds']:.0f} s after the app was made): {percent(pre['test_top1'])} in "
         f"{pre['seconds']:.0f} s ({pre['steps_done']} steps), the first step after "
         f"{pre['seconds_to_first_step']:.1f} s")
-    return (f"CPU defaults ({df['model']}, batch {df['batch_size']}, {budget}, recipe {df['recipe']}), measured on the "
+    lr = cold.get("settings", {}).get("lr")  # a recipe's short-run lr on a CPU, when it has one
+    recipe = df["recipe"] + ("" if lr is None else f" at lr {lr:g}")
+    return (f"CPU defaults ({df['model']}, batch {df['batch_size']}, {budget}, recipe {recipe}), measured on the "
             f"bundled subset through the app's training path by `python benchmarks/app_defaults.py` "
             f"({stamp(provenance_of(d), rel)}): the first run of a fresh app gives {percent(cold['test_top1'])} test "
             f"top-1 against {percent(cold['test_top1_no_prompt'])} without a prompt, {cold['steps_done']} steps "
@@ -516,11 +518,14 @@ def recipe_search_groups(records: list[dict], min_seeds: int = 3, steps: int | N
         if len({r["seed"] for r in rs}) < min_seeds:
             continue
         rs = sorted(rs, key=lambda r: r["seed"])
-        given = {k: v for k, v in (rs[0].get("given") or {}).items() if k not in ("recipe", "amp")}
+        given = {k: v for k, v in (rs[0].get("given") or {}).items()  # another recipe than live is a change
+                 if k != "amp" and (k, v) != ("recipe", "live")}
         what = ", ".join(f"{k} {v}" for k, v in given.items())
         if rs[0].get("experiment_env"):
             what = ", ".join(filter(None, [what, rs[0]["experiment_env"] + " (experiment diff)"]))
-        out.append({"name": name, "where": where, "day": day, "commit": commit, "dataset": ds, "steps": n_steps,
+        # a folder of class folders reads as its name (the record keeps the path it ran on)
+        label = Path(ds).name if "/" in ds else ds
+        out.append({"name": name, "where": where, "day": day, "commit": commit, "dataset": label, "steps": n_steps,
                     "seeds": [r["seed"] for r in rs],
                     "tops": [r["test_top1"] for r in rs], "mean": sum(r["test_top1"] for r in rs) / len(rs),
                     "what": what or ("the default recipe" if name == "live" else "-")})

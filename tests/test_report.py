@@ -445,6 +445,11 @@ def test_the_recipe_search_table_keeps_finished_three_seed_candidates_of_one_swe
     short = report.recipe_search_groups(records + subset, steps=None, dataset=None)
     assert sorted((g["name"], g["dataset"], g["steps"]) for g in short) == [
         ("c", "fashion_mnist", 3000), ("d", "fashion_mnist", 160), ("s", "fashion_mnist_subset", 1000)]
+    # a folder of class folders reads as its name; a recipe other than live is a change the table names
+    folder = [dict(rec("p", s, 0.9), dataset="/tmp/x/digits", given={"recipe": "fast_pad", "lr": 0.05})
+              for s in range(3)]
+    g = next(g for g in report.recipe_search_groups(folder, steps=None, dataset=None) if g["name"] == "p")
+    assert (g["dataset"], g["what"]) == ("digits", "recipe fast_pad, lr 0.05")
 
 
 def test_the_train_fit_reading_does_not_call_a_prompt_above_the_probe_short_of_generalisation(report):
