@@ -12,7 +12,7 @@ from visual_prompting.data import load_splits
 from visual_prompting.errors import VPError
 from visual_prompting.model import PromptedModel
 from visual_prompting.prompt_file import load_prompt
-from visual_prompting.recipes import RECIPES, config_from_recipe, recipe_settings
+from visual_prompting.recipes import RECIPES, Recipe, config_from_recipe, recipe_settings, register_recipe
 from visual_prompting.settings import from_args
 from visual_prompting.training import StopTraining, Trainer
 
@@ -54,6 +54,23 @@ def test_cli_default_is_the_live_recipe_and_explicit_options_win():
     argv = ["train", "--recipe", "robust", "--lr", "0.05", "--prompter", "pad"]
     cfg = from_args(TrainConfig, build_parser(_recipe_in(argv)).parse_args(argv))
     assert (cfg.capture, cfg.optimizer, cfg.lr, cfg.prompter) == ("capture", "adam", 0.05, "pad")
+
+
+def test_a_short_cli_run_takes_the_recipes_short_run_lr_and_an_explicit_lr_wins():
+    from visual_prompting.cli import _recipe_in, _short_run_in
+    from visual_prompting.recipes import SHORT_RUN_STEPS
+
+    def cfg(*args):
+        argv = ["train", *args]
+        return from_args(TrainConfig, build_parser(_recipe_in(argv), _short_run_in(argv)).parse_args(argv))
+
+    short = RECIPES["live"].short_run_lr
+    assert cfg("--steps", "200").lr == cfg("--steps", str(SHORT_RUN_STEPS)).lr == cfg("--steps=50").lr == short
+    assert cfg("--steps", str(SHORT_RUN_STEPS + 1)).lr == cfg().lr == cfg("--epochs", "1").lr == 0.03  # long runs
+    assert cfg("--steps", "200", "--lr", "0.02").lr == 0.02  # given: it wins
+    assert cfg("--recipe", "fast", "--steps", "200").lr == 0.01  # no short-run lr measured: the recipe's own
+    with pytest.raises(SystemExit):  # not a number: refused by the full parser, as before
+        cfg("--steps", "many")
 
 
 def test_unknown_recipe_is_refused():
@@ -141,6 +158,21 @@ def test_images_per_second_is_a_steps_own_rate(tmp_path, small32):
     assert all(med / 5 < r < med * 5 for r in rates), rates
 
 
+def test_a_short_run_lr_replaces_only_the_lr_and_only_when_asked():
+    live = RECIPES["live"]
+    assert recipe_settings("live", short_run=True) == {**live.settings, "lr": live.short_run_lr}
+    assert recipe_settings("live") == live.settings and live.settings["lr"] == 0.03  # the recipe itself unchanged
+    assert recipe_settings("paper", short_run=True) == recipe_settings("paper") == {}  # none measured: its own
+    assert config_from_recipe("live", steps=200).lr == live.short_run_lr  # the library's way, as the CLI's
+    assert config_from_recipe("live", steps=1000).lr == config_from_recipe("live").lr == 0.03
+    assert config_from_recipe("live", steps=200, lr=0.02).lr == 0.02
+    with pytest.raises(ValueError, match="short_run_lr must be above 0"):
+        register_recipe(Recipe("bad-short", "x", {"lr": 0.1}, short_run_lr=0.0))
+    assert "bad-short" not in RECIPES
+    with pytest.raises(VPError, match="Unknown recipe"):
+        recipe_settings("nope", short_run=True)
+
+
 def test_every_recipe_builds_a_valid_config():
     for name in RECIPES:
         cfg = config_from_recipe(name)
@@ -152,9 +184,13 @@ def test_app_form_follows_a_recipe(tmp_path):
 
     vp = VPApp()
     d = vp.train_defaults()  # on a CPU: the recipe for a short live run, a minute of training
-    assert d.recipe == "live" and d.prompter == "full" and d.optimizer == "adam" and d.lr == 0.03
+    short = RECIPES["live"].short_run_lr
+    assert d.recipe == "live" and d.prompter == "full" and d.optimizer == "adam" and d.lr == short != 0.03
     assert RECIPES["live"].settings == {**RECIPES["fast"].settings, "lr": 0.03} and d.time_budget == 65
-    assert vp.train_defaults("fast").lr == 0.01
+    assert vp.train_defaults("fast").lr == 0.01  # a recipe without a short-run lr keeps its own
+    vp.device = torch.device("cuda")  # (only read here) a GPU trains 1000 steps: the recipe's lr
+    assert vp.train_defaults().lr == 0.03 and vp.train_defaults().time_budget is None
+    vp.device = torch.device("cpu")
     assert vp.train_defaults("paper").settings == {f: getattr(TrainConfig(), f) if f != "lr" else 40.0
                                                    for f in TRAIN_FORM_FIELDS}
     ch = train_choices()

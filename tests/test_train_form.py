@@ -73,8 +73,10 @@ def test_each_setting_has_one_default(tmp_path):
     for name in RECIPES:
         d = vp.train_defaults(name)
         settings = {**{f.name: getattr(base, f.name) for f in TRAIN_FORM if f.recipe}, **RECIPES[name].settings}
-        # the form's learning rate is the optimiser's own, decided by train_config.default_lr (as the trainer does)
-        assert d.settings == {**settings, "lr": settings["lr"] or default_lr(settings["optimizer"])}
+        # on a CPU (a short run) the recipe's short-run lr when it has one, else the recipe's lr, else the
+        # optimiser's own, decided by train_config.default_lr (as the trainer does)
+        lr = RECIPES[name].short_run_lr or settings["lr"] or default_lr(settings["optimizer"])
+        assert d.settings == {**settings, "lr": lr}
         assert d.seed == base.seed and d.dataset == base.dataset and d.prompt_size is None
     # a field left out of the form, or blank, is TrainConfig's default; the trainer fills lr from the optimiser
     cfg = vp.train_config("s-defaults", **BASE, prompt_size=0, seed=None, lr=None)

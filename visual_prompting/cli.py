@@ -22,8 +22,8 @@ EPILOG_TRAIN = """examples:
 """
 
 
-def _add_train(sub, recipe: str) -> None:
-    from .recipes import RECIPES, recipe_settings
+def _add_train(sub, recipe: str, short_run: bool = False) -> None:
+    from .recipes import RECIPES, SHORT_RUN_STEPS, recipe_settings
     from .settings import add_arguments
     from .train_config import TrainConfig
 
@@ -36,9 +36,10 @@ def _add_train(sub, recipe: str) -> None:
                        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default=recipe, choices=list(RECIPES),
                    help="named settings: " + "; ".join(f"{r.name} = {r.description}" for r in RECIPES.values()).replace("%", "%%")
-                   + " (default: %(default)s; the defaults below are this recipe's)")
+                   + f" (default: %(default)s; the defaults below are this recipe's; a short run, --steps "
+                     f"{SHORT_RUN_STEPS} or fewer, takes the recipe's lr for a short run where it has one)")
     # every option comes from TrainConfig's fields (help, choices, checks), defaulting to the recipe's values
-    add_arguments(p, TrainConfig, defaults=recipe_settings(recipe))
+    add_arguments(p, TrainConfig, defaults=recipe_settings(recipe, short_run=short_run))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -101,12 +102,26 @@ def _recipe_in(argv: list[str] | None) -> str:
     return name if name in RECIPES else DEFAULT_RECIPE  # an unknown name: the full parser says so
 
 
-def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
+def _short_run_in(argv: list[str] | None) -> bool:
+    """Whether a command line asks for a short run (``--steps`` of at most
+    :data:`~visual_prompting.recipes.SHORT_RUN_STEPS`): the recipe's lr for a short run is then the default."""
+    from .recipes import is_short_run
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--steps", default=None)
+    steps = pre.parse_known_args(argv)[0].steps
+    try:
+        return is_short_run(None if steps is None else int(steps))
+    except ValueError:  # not a number: the full parser says so
+        return False
+
+
+def build_parser(recipe: str | None = None, short_run: bool = False) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m visual_prompting",
                                  description="Visual prompting: adapt a frozen vision model to a new classification "
                                              "task by learning one image perturbation.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,predict,info,push}")
-    _add_train(sub, recipe or _recipe_in([]))
+    _add_train(sub, recipe or _recipe_in([]), short_run)
     _add_eval(sub)
     _add_predict(sub)
     _add_info(sub)
@@ -278,7 +293,8 @@ def cmd_push(a) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser(_recipe_in(sys.argv[1:] if argv is None else argv)).parse_args(argv)
+        given = sys.argv[1:] if argv is None else argv
+        args = build_parser(_recipe_in(given), _short_run_in(given)).parse_args(argv)
         if getattr(args, "prompt", None) and args.command in ("eval", "predict", "info"):
             from .hub import resolve_prompt
 

@@ -4,7 +4,10 @@ pretrained tags name a known-good configuration. A recipe only sets defaults; an
 ``paper``  the seed's behaviour exactly (every TrainConfig default): pad prompt, SGD lr 40 (paper units),
            momentum 0.9, warm-up then cosine, iterative label mapping, no augmentation.
 ``live``   ``fast`` with Adam lr 0.03: the default (the CLI's and the app's), measured better than ``fast`` on both
-           datasets tried (see DEFAULT_RECIPE); named for the app's short live run on a CPU, where it was found.
+           datasets tried (see DEFAULT_RECIPE); named for the app's short live run on a CPU, where it was found. For
+           a short run (:func:`is_short_run`, and the app's Train tab on a CPU) its ``short_run_lr`` 0.05 applies:
+           at 160 steps of 64 it measured better than 0.03 on the bundled Fashion-MNIST subset and on UCI digits,
+           three seeds each (``benchmarks/results/recipe_search.jsonl``: ``live_subset*_lr*``, ``live_digits*``).
 ``fast``   chosen by measurement (a sweep of 44 settings at the CPU benchmark's budget on a lent GPU, then
            benchmarks/accuracy.py's ``recipe_fast`` row on 2 CPU cores): a full-image additive prompt, Adam lr 0.01, and a label mapping where each new
            class reads the mean of 10 source logits fitted from data (``multi_frequency``; nothing in it is trained,
@@ -29,6 +32,21 @@ class Recipe:
     name: str
     description: str
     settings: dict = field(default_factory=dict)  # TrainConfig field -> value
+    # the learning rate measured best for a short run (the app's Train tab on a CPU: a minute of training, about
+    # 160 steps of 64), where the settings' lr (chosen at a longer budget) moves the prompt too little; None: the
+    # settings' lr there too (no short run measured)
+    short_run_lr: float | None = None
+
+
+# a run of at most this many steps is a short run (the CLI's --steps; the app's Train tab on a CPU is one too): live's
+# short_run_lr measured better than its lr at 160 steps of 64 and as good or a little better at 300 and 400 (within
+# the seeds' spread); at the CPU budget's 1000 steps its lr measured better (seed 0: recipe_search records live, live05)
+SHORT_RUN_STEPS = 400
+
+
+def is_short_run(steps: int | None) -> bool:
+    """Whether a run of ``steps`` steps (None: epochs decide, a long run) is short (:data:`SHORT_RUN_STEPS`)."""
+    return steps is not None and steps <= SHORT_RUN_STEPS
 
 
 RECIPES: dict[str, Recipe] = {}
@@ -45,22 +63,30 @@ def register_recipe(recipe: Recipe) -> Recipe:
     unknown = sorted(set(recipe.settings) - names)
     if unknown:
         raise ValueError(f"Recipe {recipe.name!r} sets unknown settings: {', '.join(unknown)}")
+    if recipe.short_run_lr is not None and not recipe.short_run_lr > 0:
+        raise ValueError(f"Recipe {recipe.name!r}: short_run_lr must be above 0, not {recipe.short_run_lr!r}")
     RECIPES[recipe.name] = recipe
     return recipe
 
 
-def recipe_settings(name: str) -> dict:
+def recipe_settings(name: str, short_run: bool = False) -> dict:
+    """A recipe's settings; ``short_run``: for a short run (the app's minute on a CPU), with the lr measured best
+    there when the recipe has one (:attr:`Recipe.short_run_lr`)."""
     if name not in RECIPES:
         raise VPError(f"Unknown recipe {name!r}; choose one of {', '.join(RECIPES)}.")
-    return dict(RECIPES[name].settings)
+    recipe = RECIPES[name]
+    if short_run and recipe.short_run_lr is not None:
+        return {**recipe.settings, "lr": recipe.short_run_lr}
+    return dict(recipe.settings)
 
 
 def config_from_recipe(name: str, **overrides):
-    """A TrainConfig with the recipe's settings, then ``overrides`` on top."""
+    """A TrainConfig with the recipe's settings (for a short run, :func:`is_short_run` of the ``steps`` given, its
+    lr for one), then ``overrides`` on top."""
     from .settings import check_config
     from .train_config import TrainConfig
 
-    cfg = TrainConfig(**{**recipe_settings(name), **overrides})
+    cfg = TrainConfig(**{**recipe_settings(name, short_run=is_short_run(overrides.get("steps"))), **overrides})
     check_config(cfg)
     return cfg
 
@@ -72,9 +98,10 @@ register_recipe(Recipe("paper", "the paper's recipe as this library has always r
 register_recipe(Recipe("fast", "full-image prompt, Adam lr 0.01, each class reads the mean of 10 source logits "
                                "(a sweep's pick at the CPU budget; live, the same at lr 0.03, measured better since)",
                        FAST))
-register_recipe(Recipe("live", "fast with Adam lr 0.03, the default: found for a short live run (about a minute of "
-                               "training on a CPU; on the bundled subset at 160 steps of 64 0.05 measured better "
-                               "since), better than fast at the CPU budget", {**FAST, "lr": 0.03}))
+register_recipe(Recipe("live", "fast with Adam lr 0.03, the default: better than fast at the CPU budget; a short run "
+                               "(400 steps or fewer, and the app's Train tab on a CPU) uses lr 0.05, measured better "
+                               "there on two datasets",
+                       {**FAST, "lr": 0.03}, short_run_lr=0.05))
 register_recipe(Recipe("fast_pad", "the best measured frame: a pad prompt 0.3 of the side wide (29 px at 96 px, 67 px "
                                    "at 224 px), Adam lr 0.03, the 10-source mapping (CPU budget, seed 0: 84.1% test "
                                    "top-1 against 83.3% at a quarter of the side, 84.2% at 0.35, 80.3% for the paper's "

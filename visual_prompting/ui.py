@@ -347,13 +347,16 @@ class VPApp:
         """The Train tab's first values: a recipe's settings (by default
         :data:`~visual_prompting.recipes.DEFAULT_RECIPE`, ``live``), sized so a first run on a CPU shows progress within
         seconds and ends in a minute and a half; the paper's batch size on a GPU. What these defaults
-        reach is measured by ``benchmarks/app_defaults.py`` (numbers in README.md)."""
+        reach is measured by ``benchmarks/app_defaults.py`` (numbers in README.md). On a CPU the run is short, so
+        a recipe's lr for a short run applies (:attr:`~visual_prompting.recipes.Recipe.short_run_lr`)."""
         recipe = recipe or DEFAULT_RECIPE
         base = TrainConfig()
-        settings = {**{f.name: getattr(base, f.name) for f in self.form if f.recipe}, **recipe_settings(recipe)}
+        gpu = self.device.type == "cuda"  # 1000 steps; anything else trains for about a minute: a short run
+        settings = {**{f.name: getattr(base, f.name) for f in self.form if f.recipe},
+                    **recipe_settings(recipe, short_run=not gpu)}
         if settings["lr"] is None:
             settings["lr"] = default_lr(settings["optimizer"])
-        if self.device.type == "cuda":
+        if gpu:
             return TrainDefaults("effnet-lite0", 1000, 128, recipe, settings)
         # a CPU: a budget of training time (so a faster machine trains more steps in the same wait), steps a cap
         return TrainDefaults("effnet-lite0@96", CPU_MAX_STEPS, 64, recipe, settings, time_budget=CPU_TRAIN_SECONDS)
