@@ -49,20 +49,20 @@ def test_cli_default_is_the_live_recipe_and_explicit_options_win():
     for k, v in recipe_settings("live").items():
         assert getattr(cfg, k) == v
     # the recipe is read from the command line itself (main pre-parses it), and an explicit option wins
-    from visual_prompting.cli import _recipe_in
+    from visual_prompting.cli import _train_defaults_in
 
     argv = ["train", "--recipe", "robust", "--lr", "0.05", "--prompter", "pad"]
-    cfg = from_args(TrainConfig, build_parser(_recipe_in(argv)).parse_args(argv))
+    cfg = from_args(TrainConfig, build_parser(*_train_defaults_in(argv)).parse_args(argv))
     assert (cfg.capture, cfg.optimizer, cfg.lr, cfg.prompter) == ("capture", "adam", 0.05, "pad")
 
 
 def test_a_short_cli_run_takes_the_recipes_short_run_lr_and_an_explicit_lr_wins():
-    from visual_prompting.cli import _recipe_in, _short_run_in
+    from visual_prompting.cli import _train_defaults_in
     from visual_prompting.recipes import SHORT_RUN_STEPS
 
     def cfg(*args):
         argv = ["train", *args]
-        return from_args(TrainConfig, build_parser(_recipe_in(argv), _short_run_in(argv)).parse_args(argv))
+        return from_args(TrainConfig, build_parser(*_train_defaults_in(argv)).parse_args(argv))
 
     short = RECIPES["live"].short_run_lr
     assert cfg("--steps", "200").lr == cfg("--steps", str(SHORT_RUN_STEPS)).lr == cfg("--steps=50").lr == short

@@ -92,36 +92,31 @@ def _add_push(sub) -> None:
     p.add_argument("--dry-run", metavar="DIR", default=None, help="only write the folder that would be uploaded")
 
 
-def _recipe_in(argv: list[str] | None) -> str:
-    """The recipe named on a command line (the train options' defaults depend on it), else the default one."""
-    from .recipes import DEFAULT_RECIPE, RECIPES
+def _train_defaults_in(argv: list[str] | None) -> tuple[str, bool]:
+    """What a command line says about the train options' defaults, read before the full parser is built: the recipe
+    it names (else the default one) and whether it asks for a short run (``--steps`` of at most
+    :data:`~visual_prompting.recipes.SHORT_RUN_STEPS`: the recipe's lr for a short run is then the default)."""
+    from .recipes import DEFAULT_RECIPE, RECIPES, is_short_run
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--recipe", default=DEFAULT_RECIPE)
-    name = pre.parse_known_args(argv)[0].recipe
-    return name if name in RECIPES else DEFAULT_RECIPE  # an unknown name: the full parser says so
-
-
-def _short_run_in(argv: list[str] | None) -> bool:
-    """Whether a command line asks for a short run (``--steps`` of at most
-    :data:`~visual_prompting.recipes.SHORT_RUN_STEPS`): the recipe's lr for a short run is then the default."""
-    from .recipes import is_short_run
-
-    pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--steps", default=None)
-    steps = pre.parse_known_args(argv)[0].steps
+    a = pre.parse_known_args(argv)[0]
     try:
-        return is_short_run(None if steps is None else int(steps))
+        short = is_short_run(None if a.steps is None else int(a.steps))
     except ValueError:  # not a number: the full parser says so
-        return False
+        short = False
+    return (a.recipe if a.recipe in RECIPES else DEFAULT_RECIPE), short  # an unknown name: the full parser says so
 
 
 def build_parser(recipe: str | None = None, short_run: bool = False) -> argparse.ArgumentParser:
+    from .recipes import DEFAULT_RECIPE
+
     ap = argparse.ArgumentParser(prog="python -m visual_prompting",
                                  description="Visual prompting: adapt a frozen vision model to a new classification "
                                              "task by learning one image perturbation.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,predict,info,push}")
-    _add_train(sub, recipe or _recipe_in([]), short_run)
+    _add_train(sub, recipe or DEFAULT_RECIPE, short_run)
     _add_eval(sub)
     _add_predict(sub)
     _add_info(sub)
@@ -294,7 +289,7 @@ def cmd_push(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         given = sys.argv[1:] if argv is None else argv
-        args = build_parser(_recipe_in(given), _short_run_in(given)).parse_args(argv)
+        args = build_parser(*_train_defaults_in(given)).parse_args(argv)
         if getattr(args, "prompt", None) and args.command in ("eval", "predict", "info"):
             from .hub import resolve_prompt
 
