@@ -4,7 +4,8 @@
     python scripts/screenshots.py --steps 50 --model effnet-lite0@96
 
 It launches ``app.py``'s Blocks in this process on a free local port, runs a prediction on an example image, trains a
-prompt through the Train tab (``--steps``), inspects the default prompt and opens the zoo; each step waits for what
+prompt through the Train tab (with the form as a user first sees it, or ``--steps`` / ``--model`` / ``--batch-size``
+typed in), inspects the default prompt and opens the zoo; each step waits for what
 the page shows, and the timings are printed. ``tests/test_browser.py`` uses the same helpers.
 """
 from __future__ import annotations
@@ -74,13 +75,15 @@ def fill(page, elem_id: str, value, key: str = "Tab") -> None:
     box.press(key)
 
 
-def train(page, steps: int, model: str | None = None, batch_size: int | None = None,
+def train(page, steps: int | None = None, model: str | None = None, batch_size: int | None = None,
           timeout_ms: int = 600_000) -> str:
-    """Train through the Train tab and wait for the run to finish; the final status text."""
+    """Train through the Train tab and wait for the run to finish; the final status text. Fields left ``None``
+    keep the form's defaults (on a CPU: a training time, with Steps as the most)."""
     open_tab(page, "Train a prompt")
     if model:
         fill(page, "train-model", model, key="Enter")
-    fill(page, "train-steps", steps)
+    if steps:
+        fill(page, "train-steps", steps)
     if batch_size:
         fill(page, "train-batch", batch_size)
     page.click("#train")
@@ -105,7 +108,8 @@ def inspect(page, timeout_ms: int = 60_000) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "assets" / "screenshots"))
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=None, help="steps of the training run (default: the form's own; "
+                    "on a CPU the run is then as long as its training time)")
     ap.add_argument("--model", default=None, help="backbone for the training run (default: the app's)")
     ap.add_argument("--batch-size", type=int, default=None)
     args = ap.parse_args(argv)
@@ -130,7 +134,8 @@ def main(argv=None) -> None:
                 page.screenshot(path=str(out / "try.png"), full_page=True)
                 t = time.perf_counter()
                 status = train(page, args.steps, args.model, args.batch_size)
-                print(f"training through the UI ({args.steps} steps): {time.perf_counter() - t:.1f} s - {status}")
+                steps = f"{args.steps} steps" if args.steps else "the form's defaults"
+                print(f"training through the UI ({steps}): {time.perf_counter() - t:.1f} s - {status}")
                 page.screenshot(path=str(out / "train.png"), full_page=True)
                 inspect(page)
                 page.screenshot(path=str(out / "inspect.png"), full_page=True)
