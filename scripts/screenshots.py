@@ -3,7 +3,8 @@
     python scripts/screenshots.py                    # -> assets/screenshots/{try,train,inspect,zoo}.png
     python scripts/screenshots.py --steps 50 --model effnet-lite0@96
 
-It launches ``app.py``'s Blocks in this process on a free local port, runs a prediction on an example image, trains a
+It launches ``app.py``'s Blocks in this process on a free local port, lets the launch prewarm finish (as
+``python app.py`` starts it), runs a prediction on an example image, trains a
 prompt through the Train tab (with the form as a user first sees it, or ``--steps`` / ``--model`` / ``--batch-size``
 typed in), inspects the default prompt and opens the zoo; each step waits for what
 the page shows, and the timings are printed. ``tests/test_browser.py`` uses the same helpers.
@@ -112,6 +113,8 @@ def main(argv=None) -> None:
                     "on a CPU the run is then as long as its training time)")
     ap.add_argument("--model", default=None, help="backbone for the training run (default: the app's)")
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--no-prewarm", dest="prewarm", action="store_false", help="skip the launch prewarm that "
+                    "`python app.py` starts (the training run then also loads the backbone and its numbers)")
     args = ap.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
@@ -121,8 +124,12 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vp-shots-") as tmp:
         t0 = time.perf_counter()
-        demo = launch_app(VPApp(AppConfig(user_zoo_dir=Path(tmp) / "zoo", work_dir=Path(tmp) / "work")))
+        vp = VPApp(AppConfig(user_zoo_dir=Path(tmp) / "zoo", work_dir=Path(tmp) / "work"))
+        demo = launch_app(vp)
         print(f"app up in {time.perf_counter() - t0:.1f} s at {demo.local_url}")
+        if args.prewarm:  # as `python app.py` does while its page loads
+            vp.prewarm().join()
+            print(f"launch prewarm done {time.perf_counter() - t0:.1f} s after the start")
         try:
             with sync_playwright() as p:
                 browser = open_browser(p)
