@@ -7,7 +7,7 @@ It launches ``app.py``'s Blocks in this process on a free local port, lets the l
 ``python app.py`` starts it), runs a prediction on an example image, trains a
 prompt through the Train tab (with the form as a user first sees it, or ``--steps`` / ``--model`` / ``--batch-size``
 typed in), inspects the default prompt and opens the zoo; each step waits for what
-the page shows, and the timings are printed. ``tests/test_browser.py`` uses the same helpers.
+the page shows, and the timings are printed. ``tests/test_app_server.py`` uses the same helpers.
 """
 from __future__ import annotations
 
@@ -127,10 +127,10 @@ def main(argv=None) -> None:
         vp = VPApp(AppConfig(user_zoo_dir=Path(tmp) / "zoo", work_dir=Path(tmp) / "work"))
         demo = launch_app(vp)
         print(f"app up in {time.perf_counter() - t0:.1f} s at {demo.local_url}")
-        if args.prewarm:  # as `python app.py` does while its page loads
-            vp.prewarm().join()
-            print(f"launch prewarm done {time.perf_counter() - t0:.1f} s after the start")
         try:
+            if args.prewarm:  # as `python app.py` does while its page loads
+                vp.prewarm().join()
+                print(f"launch prewarm done {time.perf_counter() - t0:.1f} s after the start")
             with sync_playwright() as p:
                 browser = open_browser(p)
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
