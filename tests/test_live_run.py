@@ -126,6 +126,67 @@ def test_a_time_budget_estimate_counts_each_evaluation_where_it_falls():
     assert schedule.seconds <= 10.0 < schedule.seconds + 0.1 + 0.3, (step, schedule.seconds)
 
 
+def test_a_time_budget_is_not_planned_from_the_first_step_alone():
+    """The first step also pays for one-time set-up: a slow one (4 s, then 0.1 s steps, a 10 s budget) used to be
+    read as the pace, which planned a few steps with an evaluation at each, the first at step 1. The first guess
+    stands until a second step is timed; a first step that spends the whole budget still ends the run."""
+    from visual_prompting.distributed import SINGLE
+    from visual_prompting.training import Schedule
+
+    cfg = TrainConfig(steps=None, eval_every=None, time_budget=10.0, batch_size=10)
+    schedule = Schedule(cfg, n_train=10_000, is_clip=False, ranks=SINGLE, n_val=20)
+    guess = schedule.total
+    schedule.step_taken(1, 4.0)
+    assert schedule.total == guess and not schedule.is_eval_step(1)
+    schedule.step_taken(2, 0.1)  # now the pace is the second step's: about 55 more steps fit
+    assert 40 < schedule.total < 60 and schedule.eval_every > 1 and not schedule.is_eval_step(2), schedule.total
+    spent = Schedule(cfg, n_train=10_000, is_clip=False, ranks=SINGLE, n_val=20)
+    spent.step_taken(1, 12.0)
+    assert spent.total == 1 and spent.is_eval_step(1)
+
+
+def test_a_time_budget_counts_a_mapping_refit_without_taking_it_for_a_step():
+    from visual_prompting.distributed import SINGLE
+    from visual_prompting.training import Schedule
+
+    def run(budget: float, refit: float = 0.0) -> Schedule:
+        cfg = TrainConfig(steps=None, eval_every=None, time_budget=budget, batch_size=10)
+        schedule = Schedule(cfg, n_train=10_000, is_clip=False, ranks=SINGLE, n_val=100)
+        for step in range(1, 5):
+            if step == 4 and refit:
+                schedule.spent(3, refit)
+            schedule.step_taken(step, 0.1)
+        return schedule
+
+    refitted, smaller, plain = run(10.0, refit=2.0), run(8.0), run(10.0)
+    misread = Schedule(TrainConfig(steps=None, eval_every=None, time_budget=10.0, batch_size=10), n_train=10_000,
+                       is_clip=False, ranks=SINGLE, n_val=100)
+    for step, seconds in enumerate([0.1, 0.1, 0.1, 2.1], start=1):  # the refit taken for step 4's time
+        misread.step_taken(step, seconds)
+    # a refit of 2 s leaves what a budget 2 s smaller leaves (the pace stays 0.1 s a step)
+    assert refitted.seconds == pytest.approx(2.4) and refitted.total == smaller.total < plain.total, (
+        refitted.total, smaller.total, plain.total)
+    assert misread.total < refitted.total - 5, (misread.total, refitted.total)
+
+
+def test_a_time_budget_run_resumed_after_step_100_trains_on(tmp_path, small, cache):
+    """The schedule's first guess is 100 steps: a run resumed after step 100 once ended at once, training nothing
+    more. Resumed, it goes on from its step (here until a stop at step 110), and counts the seconds trained before."""
+    from visual_prompting.distributed import SINGLE
+    from visual_prompting.training import Schedule
+
+    kw = dict(steps=None, eval_every=None, time_budget=120.0, batch_size=8, optimizer="adam")
+    t = Trainer(_cfg(tmp_path / "r", **kw), splits=small, cache=cache, should_stop=lambda: t.step >= 105)
+    first = t.run()
+    assert first.interrupted and first.steps_done == 105
+    t = Trainer(_cfg(tmp_path / "r", resume=True, **kw), splits=small, cache=cache, should_stop=lambda: t.step >= 110)
+    again = t.run()
+    assert again.steps_done == 110 and again.metrics["train_seconds"] > first.metrics["train_seconds"]
+    spent = Schedule(TrainConfig(**kw), n_train=200, is_clip=False, ranks=SINGLE)
+    spent.resumed(150, 121.0)  # resumed with its budget spent: nothing more to train
+    assert spent.total == 150
+
+
 def test_a_time_budget_caps_at_steps(tmp_path, small, cache):
     res = Trainer(_cfg(tmp_path / "run", steps=5, eval_every=None, time_budget=60.0), splits=small, cache=cache).run()
     assert res.steps_done == 5 and res.metrics["train_seconds"] < 60
@@ -182,10 +243,12 @@ def test_a_run_stopped_before_its_first_evaluation_keeps_its_mapping_and_resumes
 @pytest.mark.parametrize("evaluations", [1, 2, 0])
 def test_a_prompt_is_validated_and_kept_with_the_mapping_it_trained_with(tmp_path, small, cache, evaluations):
     """The mapping counted on all the mapping images takes over right *after* the first evaluation, and only when the
-    run goes on: every validation, and the kept prompt, use the mapping the steps before them trained with. With one
-    evaluation (at the end) or none (stopped first), the run keeps its start mapping throughout. (It once switched
-    before that evaluation: a run evaluated only at its end was tested on a mapping it never trained with.)"""
-    seen, at_eval = [], []
+    run goes on: every validation, and the kept prompt, use the mapping the steps before them trained with. With no
+    evaluation (stopped first) the run keeps its start mapping. (It once switched before the first evaluation: a run
+    evaluated only at its end was tested on a mapping it never trained with.) When the first evaluation is also the
+    last (one evaluation, at the end), the start mapping and the full one are both validated and the better one is
+    kept: the start mapping, counted on few images, could leave the kept prompt below no prompt at all."""
+    seen, at_eval, validated = [], [], []
 
     class Spy(Trainer):
         def train_step(self, x, y):
@@ -194,16 +257,40 @@ def test_a_prompt_is_validated_and_kept_with_the_mapping_it_trained_with(tmp_pat
 
     cfg = _cfg(tmp_path / "r", start_samples=8, steps=6, eval_every=[6, 6, 3][evaluations])
     t = Spy(cfg, splits=small, cache=cache, should_stop=(lambda: len(seen) >= 2) if evaluations == 0 else None,
-            callbacks=[lambda e: e.kind == "eval" and at_eval.append((e.step, t.model.head.mapping.tolist()))])
+            callbacks=[lambda e: e.kind == "eval" and at_eval.append((e.step, t.model.head.mapping.tolist(),
+                                                                      e.val_top1))])
+    validate = t.measures.validate
+    t.measures.validate = lambda use_prompt=True: (
+        validated.append((t.model.head.mapping.tolist(), validate(use_prompt))) or validated[-1][1]
+        if use_prompt else validate(use_prompt))
     res = t.run()
     start, full = seen[0], t.model.head.baseline.tolist()
     assert start != full  # the two mappings differ, so the test tells them apart
-    assert len(at_eval) == evaluations and res.steps_done == len(seen)
-    for step, mapping in at_eval:
-        assert mapping == seen[step - 1]  # validated with the mapping its last step trained with
+    assert len(at_eval) == evaluations + (evaluations == 1) and res.steps_done == len(seen)
     assert seen == ([start] * 3 + [full] * 3 if evaluations == 2 else [start] * len(seen))
     kept = load(res.best_path).meta
+    if evaluations == 1:  # both validated at the end, the better one kept (a tie keeps the one trained with)
+        assert [m for m, _ in validated] == [start, full]
+        (_, v_start), (_, v_full) = validated
+        better = full if v_full > v_start else start
+        assert at_eval == [(6, start, v_start), (6, better, v_full)] and kept["head"]["mapping"] == better
+        assert kept["metrics"]["val_top1"] == max(v_start, v_full) == res.metrics["best_val_top1"]
+        assert load(res.last_path).meta["head"]["mapping"] == better
+        return
+    for step, mapping, _ in at_eval:
+        assert mapping == seen[step - 1]  # validated with the mapping its last step trained with
     assert kept["head"]["mapping"] == (seen[kept["metrics"]["step"] - 1] if evaluations else start)
+
+
+def test_a_run_evaluated_only_at_its_end_keeps_the_full_mapping_when_it_validates_better(tmp_path, small, cache):
+    """One step at a tiny lr (the prompt is still almost no change) and 8 start images: the full mapping validates
+    better than the start one (here 48% against 13%), so the kept prompt is the full mapping's and not worse than no
+    prompt."""
+    res = Trainer(_cfg(tmp_path / "r", start_samples=8, steps=1, eval_every=1, lr=1e-6, optimizer="adam",
+                       label_mapping="multi_frequency"), splits=small, cache=cache).run()
+    kept = load(res.best_path).meta
+    assert kept["head"]["mapping"] == kept["head"]["baseline_mapping"]
+    assert res.metrics["best_val_top1"] >= res.metrics["zero_shot_val_top1"] - 0.02, res.metrics
 
 
 def load(path):

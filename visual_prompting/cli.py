@@ -158,7 +158,8 @@ def cmd_train(a) -> int:
             if zero is None and ev.zero_shot_val_top1 is not None:  # measured at the first evaluation
                 zero = ev.zero_shot_val_top1
                 say(f"zero-shot (no prompt) val top-1: {_pct(zero)}")
-            say(f"step {ev.step}: val top-1 {_pct(ev.val_top1)} (best {_pct(ev.best_val_top1)})")
+            say(f"step {ev.step}: val top-1 {_pct(ev.val_top1)} (best {_pct(ev.best_val_top1)})"
+                + (f" {ev.message}" if ev.message else ""))
         elif ev.kind == "end" and bar is not None:
             bar.close()
 

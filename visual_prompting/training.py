@@ -179,6 +179,20 @@ class Schedule:
         self._steps.append(seconds)
         self._estimate(step, evaluated=False)
 
+    def resumed(self, step: int, seconds: float) -> None:
+        """A resumed run at ``step`` that trained ``seconds`` before: a time budget counts them, and its first guess
+        starts from ``step`` (the first guess alone, 100 steps, ended a run resumed after step 100 at once, having
+        trained nothing more)."""
+        self.seconds = seconds
+        if self.budget is not None:
+            more = 100 if seconds < self.budget else 0
+            self.total = max(1, min(step + more, self.cfg.steps or step + more))
+
+    def spent(self, step: int, seconds: float) -> None:
+        """Time within the budget that is neither a step nor an evaluation (a mapping recomputed at an epoch's start):
+        it counts against the budget, and is not taken for the next step's time (which the estimate's pace reads)."""
+        self.seconds += seconds
+
     def evaluated(self, step: int, seconds: float) -> None:
         self.seconds += seconds
         self._evals.append(seconds)
@@ -186,6 +200,11 @@ class Schedule:
 
     def _estimate(self, step: int, evaluated: bool) -> None:
         if self.budget is None or not self._steps:
+            return
+        if len(self._steps) == 1 and not self._evals and self.seconds < self.budget:
+            # the first step also pays for one-time set-up (kernels, first allocations: 13 s against 1-2 s for the
+            # next on a cold CPU process): an estimate from it alone planned a handful of steps, an evaluation at
+            # every one of them and one at step 1; the first guess stands until a second step is timed
             return
         recent = self._steps[1:][-20:] or self._steps  # the first step also pays for one-time set-up
         t_step = sum(recent) / len(recent)
@@ -411,6 +430,7 @@ class Trainer:
         self.best_val: float | None = None  # the best validation top-1 of an evaluation so far (None: none yet)
         self.zero_shot_val: float | None = None
         self._all_counts: torch.Tensor | None = None  # no-prompt counts on all mapping images, until the takeover
+        self._replaced: tuple[int, torch.Tensor] | None = None  # the takeover's step and the mapping it replaced
         self._votes: list[tuple] = []  # distributed: each step's summed stop votes, read two steps late
         self._vote_readback = HostReadback(self.device, slots=4)
         if self.ranks.distributed and not self.ranks.is_main:
@@ -520,7 +540,7 @@ class Trainer:
         if got:
             self.step, self.best_val, self.zero_shot_val = got.step, got.best_val, got.zero_shot_val
             self.events.history[:] = got.history
-            self.schedule.seconds = got.train_seconds  # a time budget counts the time trained before
+            self.schedule.resumed(got.step, got.train_seconds)
         return bool(got)
 
     # -- the run ------------------------------------------------------------------------------------------
@@ -588,6 +608,7 @@ class Trainer:
             epoch, skip = divmod(self.step, self.steps_per_epoch)
             if model.head.needs_refit_each_epoch and skip == 0 and epoch > 0:
                 self.fit_head()
+                self._tick(self.schedule.spent)  # the budget's, not the next step's time
                 self.events.emit(TrainEvent("mapping", self.step, self.total_steps, epoch=epoch,
                                             message=f"label mapping recomputed: {model.head.summary()}"))
             gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
@@ -605,6 +626,7 @@ class Trainer:
                     self.events.flush()
                     self.eval_and_checkpoint(epoch)
         self.events.flush()
+        self._validate_the_taken_over_mapping()
 
     def advance(self, x: torch.Tensor, y: torch.Tensor, epoch: int = 0) -> None:
         """One step as the loop takes it: :meth:`train_step`, then the *previous* step's event (see
@@ -692,18 +714,45 @@ class Trainer:
         return self.model.head.needs_counts and self.cfg.start_samples < len(self.mapping_set)
 
     def _take_over_mapping(self) -> None:
-        """After the first evaluation, unless it ended the run: a mapping fitted once (not trained) of a prompt that
-        started as no change is refitted on all the mapping images' no-prompt counts. That evaluation, and the prompt
-        it kept, used the mapping the steps before it trained with (switching before it lost 10-27 points at 160
-        steps when it was the last)."""
+        """After the first evaluation: a mapping fitted once (not trained) of a prompt that started as no change is
+        refitted on all the mapping images' no-prompt counts. That evaluation, and the prompt it kept, used the
+        mapping the steps before it trained with (switching before it lost 10-27 points at 160 steps when it was the
+        last); a run that ends before another evaluation validates the new mapping at its end
+        (:meth:`_validate_the_taken_over_mapping`)."""
         head = self.model.head
         if not (self._counts_all_later() and head.fits_from_data and not head.needs_refit_each_epoch
                 and not head.trainable_parameters() and create_prompter(self.prompter.cfg).is_identity()):
             return
         t0, counts = time.perf_counter(), self._all_counts  # None: resumed after a stop before the first evaluation
+        self._replaced = (self.step, head.mapping.clone())
         self.fit_head(counts=counts if counts is not None else self.measures.counts(False))
         self._all_counts = None
         self._mark += time.perf_counter() - t0  # a count is not training: off the time budget's clock
+
+    def _validate_the_taken_over_mapping(self) -> None:
+        """At the end of a run that took no step after the mapping was taken over (its first evaluation was its last,
+        or a time budget's estimate shrank to it): the prompt with the full mapping has not been validated, and the
+        start mapping, counted on a few hundred images, can be far worse (a 40 s run at 224 px on 2 CPU cores kept a
+        prompt at 40% validation top-1 against 63% without it), while a prompt trained many steps on the start
+        mapping can do worse with the full one. The full mapping is validated and kept if better (validation, not
+        test, chooses); otherwise the run ends with the mapping its steps trained with."""
+        if self._replaced is None or self._replaced[0] != self.step:
+            return
+        start, self._replaced = self._replaced[1], None
+        val = self.measures.validate()
+        is_best = val > self.best_val
+        if is_best:
+            self.best_val = val
+            self.save_best(val)
+        else:
+            self.model.head.set_mapping(start)
+        self.events.emit(TrainEvent("eval", self.step, self.total_steps, val_top1=val, best_val_top1=self.best_val,
+                                    zero_shot_val_top1=self.zero_shot_val, is_best=is_best,
+                                    message="with the mapping counted on all the mapping images"
+                                            f"{'' if is_best else ', not better: the start mapping is kept'}",
+                                    prompt=self.prompter.delta().detach().cpu().clone()))
+        self.save_last()
+        self._tick(self.schedule.evaluated)
 
     def eval_and_checkpoint(self, epoch: int) -> None:
         self._zero_shot()
@@ -715,7 +764,7 @@ class Trainer:
         self.events.emit(TrainEvent("eval", self.step, self.total_steps, epoch=epoch, val_top1=val,
                                     best_val_top1=self.best_val, zero_shot_val_top1=self.zero_shot_val,
                                     is_best=is_best, prompt=self.prompter.delta().detach().cpu().clone()))
-        if first and self.step < self.total_steps:
+        if first:
             self._take_over_mapping()
         self.save_last()
         self._tick(self.schedule.evaluated)
