@@ -16,9 +16,9 @@ pretrained tags name a known-good configuration. A recipe only sets defaults; an
 ``fast_pad`` the best measured padding prompt (a frame, the paper's kind of prompt, for people who inspect it): a
            pad 0.3 of the side wide, Adam lr 0.03, the 10-source mapping; a short run: lr 0.075 (better at 160 steps
            on the bundled subset and on UCI digits, and at 400 steps on the subset; ``fast_pad_*`` records).
-           ``robust`` has no short-run lr: at 160 steps its lr 0.01, 0.03 and 0.05 were within the seeds' spread.
 ``robust`` ``fast`` plus the capture simulation during training (shift, down-and-up resize, differentiable JPEG
-           after the prompt), for prompted images that will be shared as JPEG or resized.
+           after the prompt), for prompted images that will be shared as JPEG or resized. It has no short-run lr: at
+           160 steps its lr 0.01, 0.03 and 0.05 were within the seeds' spread.
 
 Add one with :func:`register_recipe`; the CLI (``--recipe``) and the app read :data:`RECIPES`.
 """
