@@ -202,9 +202,10 @@ class Schedule:
         if self.budget is None or not self._steps:
             return
         if len(self._steps) == 1 and not self._evals and self.seconds < self.budget:
-            # the first step also pays for one-time set-up (kernels, first allocations: 13 s against 1-2 s for the
-            # next on a cold CPU process): an estimate from it alone planned a handful of steps, an evaluation at
-            # every one of them and one at step 1; the first guess stands until a second step is timed
+            # the first step also pays for one-time set-up (the optimiser's imports, first allocations): an estimate
+            # from it alone planned a handful of steps with an evaluation at each, the first at step 1 (a CLI run
+            # of 40 s on 2 CPU cores evaluated at step 1 and ended there); the first guess stands until a second
+            # step is timed
             return
         recent = self._steps[1:][-20:] or self._steps  # the first step also pays for one-time set-up
         t_step = sum(recent) / len(recent)
