@@ -428,3 +428,16 @@ def test_the_tabs_open_on_the_zoos_best_prompt(tmp_path, trained):
     (zoo / "index.json").write_text(json.dumps({"version": 1, "prompts": []}))  # nothing measured: the first
     vp.refresh_zoo()
     assert vp.best_prompt() == "a_first"
+
+
+@pytest.mark.parametrize("best, says", [(0.40, True), (0.70, False)])
+def test_the_train_tab_says_when_the_prompt_is_below_no_prompt(best, says):
+    """The final status of a run whose best prompt validates below no prompt (a run too short for its machine)
+    says so and what to do; one above it does not."""
+    from visual_prompting.train_config import TrainResult
+    from visual_prompting.ui import _LiveView
+
+    metrics = {"best_val_top1": best, "zero_shot_val_top1": 0.633, "test_top1": best, "test_top1_no_prompt": 0.596,
+               "test_n": 1000}
+    status = _LiveView().final(TrainResult("best.safetensors", "last.safetensors", metrics, steps_done=2), 40.0).status
+    assert ("below no prompt on validation" in status) is says and "Done. 2 steps" in status

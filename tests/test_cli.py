@@ -71,3 +71,14 @@ def test_push_dry_run_writes_the_upload_folder_and_it_loads_back(tmp_path, capsy
     capsys.readouterr()
     assert main(["info", str(tmp_path / "up")]) == 0  # a folder is accepted wherever a prompt is
     assert "effnet-lite0@64" in capsys.readouterr().out
+
+
+def test_train_says_when_the_prompt_is_below_no_prompt(tmp_path, capsys):
+    """Two steps at an lr that wrecks the image (Adam, 1000: every pixel clamped after one step): the kept prompt is
+    below no prompt on validation, and the CLI says so and what to do, instead of leaving a number to puzzle over."""
+    rc = main(["train", "--model", "effnet-lite0@32", "--dataset", "fashion_mnist_subset", "--steps", "2",
+               "--eval-every", "1", "--batch-size", "16", "--lr", "1000", "--mapping-samples", "200",
+               "--out-dir", str(tmp_path / "run"), "--device", "cpu", "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "The prompt is below no prompt on validation after 2 step(s)" in out and "--time-budget" in out
