@@ -225,6 +225,9 @@ MEASURES = [
     "visual_prompting/baselines.py",  # the no-prompt counts a mapping starts from, cached and reused
     "visual_prompting/distributed.py",  # the order of the training batches
 ]
+# the functions that only format what was measured (accuracy.md's table, its plot, the gap sentence): `report.py
+# --stale` leaves them out, so mending how a number is shown does not ask for every row to be measured again
+RENDERS = ("table", "plot", "render", "gap_sentence")
 
 def build_splits(dataset: str, image_size: int, train_size: int, val_size: int, test_size: int | None,
                  seed: int) -> DataSplits:
@@ -566,8 +569,8 @@ def table(rows: list[dict]) -> str:
         return (f"{100 * r['test_top1_min']:.1f}-{100 * r['test_top1_max']:.1f}" if len(r.get("seeds") or []) > 1
                 else "-" if r["kind"] != "prompt" else "one seed")
 
-    def number(r, key):  # a fraction as a number of percent: the column's header says "%"
-        return round(100 * r[key], 2) if r.get(key) is not None else "-"
+    def number(r, key):  # a fraction as a number of percent (the column's header says "%"), rounded once, by the table
+        return 100 * r[key] if r.get(key) is not None else "-"
 
     def s2t(r):
         if r["kind"] != "prompt":

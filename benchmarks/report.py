@@ -806,14 +806,17 @@ def recipes_same(commit: str, names: set) -> bool:
 
 def code_changed(commit: str, paths: list[str], recipes: set | None, rows: list | None = None) -> list[str]:
     """The measured ``paths`` whose code differs between ``commit`` and HEAD (:func:`code_parts`): not when only
-    docstrings or accuracy rows' labels changed, nor, for an accuracy result (``rows``: its rows), when only other rows
-    were added, removed or changed; recipes.py not when the recipes the result ran (``recipes``; None: unknown) kept
-    their settings (:func:`recipes_same`)."""
+    docstrings, accuracy rows' labels or the functions HEAD's copy declares in ``RENDERS`` (:func:`renders_of`)
+    changed, nor, for an accuracy result (``rows``: its rows), when only other rows were added, removed or changed;
+    recipes.py not when the recipes the result ran (``recipes``; None: unknown) kept their settings
+    (:func:`recipes_same`)."""
     _, diff = git("diff", "--name-only", commit, "HEAD", "--", *paths)
     head = git("rev-parse", "HEAD")[1]
     out = []
     for path in diff.split():
-        before, now = (code_of(commit, path), code_of(head, path)) if path.endswith(".py") else (None, None)
+        renders = renders_of(head, path) if path.endswith(".py") else ()
+        before, now = ((code_of(commit, path, renders), code_of(head, path, renders)) if path.endswith(".py")
+                       else (None, None))
         if before is not None and now is not None and before[0] == now[0]:
             # a result's own rows where the file defines rows (accuracy.py); every row of a file otherwise (none in
             # a file without ROWS: its tree alone decides)
@@ -827,23 +830,45 @@ def code_changed(commit: str, paths: list[str], recipes: set | None, rows: list 
 
 
 @functools.lru_cache(maxsize=None)
-def code_of(commit: str, path: str) -> tuple[str, dict] | None:
-    """A Python file at ``commit`` as the stale check compares it (:func:`code_parts`); None when it is missing."""
+def code_of(commit: str, path: str, renders: tuple[str, ...] = ()) -> tuple[str, dict] | None:
+    """A Python file at ``commit`` as the stale check compares it (:func:`code_parts`, leaving out the module-level
+    functions named in ``renders``); None when it is missing."""
     p = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO, capture_output=True, text=True)
-    return code_parts(p.stdout) if p.returncode == 0 else None
+    return code_parts(p.stdout, renders) if p.returncode == 0 else None
 
 
-def code_parts(source: str) -> tuple[str, dict] | None:
+@functools.lru_cache(maxsize=None)
+def renders_of(commit: str, path: str) -> tuple[str, ...]:
+    """The functions a script at ``commit`` declares in a module-level ``RENDERS = (...)``: they only format numbers
+    already measured (a results table, a plot, a sentence), so an edit of them changes no result. Read without
+    importing; () when the file declares none or cannot be read."""
+    p = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO, capture_output=True, text=True)
+    try:
+        tree = ast.parse(p.stdout) if p.returncode == 0 else None
+    except SyntaxError:
+        return ()
+    for node in tree.body if tree is not None else []:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "RENDERS" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    return ()
+
+
+def code_parts(source: str, renders: tuple[str, ...] = ()) -> tuple[str, dict] | None:
     """Python source as the stale check compares it: (its syntax tree without the accuracy rows, {row name: that
     ``Row(...)``'s tree}). Comments are never in a tree; docstrings are left out, and so is what only labels a row - its
     description, the rows it is compared with, whether it runs by default - or a recipe (a ``Recipe(...)``'s
     description): edits of those change no number. The rows
     (the ``Row`` calls in a module-level ``ROWS = [...]``) are apart so that a row is judged by its own definition.
-    None when the source does not parse."""
+    The module-level functions named in ``renders`` (the ``RENDERS`` the current copy declares: :func:`renders_of`)
+    and that ``RENDERS`` itself are left out too. None when the source does not parse."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return None
+    tree.body = [node for node in tree.body
+                 if not (isinstance(node, ast.FunctionDef) and node.name in renders)
+                 and not (isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "RENDERS"
+                                                                for t in node.targets))]
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and \

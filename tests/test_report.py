@@ -135,7 +135,8 @@ STEPS = 10
     path = "benchmarks/accuracy.py"
     head = {"now": None}
     monkeypatch.setattr(report, "git", lambda *a: (0, path) if a[0] == "diff" else (0, head["now"]))
-    monkeypatch.setattr(report, "code_of", lambda commit, p: report.code_parts(src[commit]))
+    monkeypatch.setattr(report, "code_of", lambda commit, p, renders=(): report.code_parts(src[commit], renders))
+    monkeypatch.setattr(report, "renders_of", lambda commit, p: ())
     for now, stale_for_a, stale_for_all in (("added", False, True), ("b_changed", False, True),
                                             ("a_changed", True, True), ("code", True, True), ("old", False, False)):
         head["now"] = now
@@ -294,6 +295,37 @@ def test_stale_flags_a_row_whose_seeds_ran_on_different_machines(report, monkeyp
     assert f"AVX512 (seed {seeds[-1]})" in mixed[0] and f"AVX2 (seeds {','.join(map(str, seeds[:-1]))})" in mixed[0]
     del row["per_seed"][0]["provenance"]["machine"]["cpu_capability"]  # a file from before the record: its own kind
     assert "capability not recorded (seed" in report.mixed_machines(doc)[0]
+
+
+def test_a_function_declared_in_renders_is_not_measured_code(report, monkeypatch):
+    """A function the current copy names in RENDERS (it only formats numbers) may change, or be declared for the
+    first time, without staling a result; any other function's edit stales it as before."""
+    old = 'def run(x):\n    return x + 1\n\n\ndef table(rows):\n    return str(round(rows, 2))\n'
+    src = {"old": old,
+           "table": 'RENDERS = ("table",)\n' + old.replace("str(round(rows, 2))", "f'{rows:.1f}'"),
+           "run": 'RENDERS = ("table",)\n' + old.replace("x + 1", "x + 2"),
+           "undeclared": old.replace("str(round(rows, 2))", "f'{rows:.1f}'")}
+    path = "benchmarks/accuracy.py"
+    head = {"now": None}
+    monkeypatch.setattr(report, "git", lambda *a: (0, path) if a[0] == "diff" else (0, head["now"]))
+    monkeypatch.setattr(report, "code_of", lambda commit, p, renders=(): report.code_parts(src[commit], renders))
+    monkeypatch.setattr(report, "renders_of", lambda commit, p: ("table",) if "RENDERS" in src[commit] else ())
+    for now, stale in (("table", False), ("run", True), ("undeclared", True), ("old", False)):
+        head["now"] = now
+        assert (report.code_changed("old", [path], None, None) == [path]) is stale, now
+
+
+def test_accuracy_renders_names_its_own_formatting_functions_and_rounds_a_cell_once(report):
+    head, _ = head_and_first_commit()
+    acc = report._accuracy_module()
+    assert report.renders_of(head, "benchmarks/accuracy.py") == acc.RENDERS  # HEAD's copy, as the check reads it
+    assert all(callable(getattr(acc, name, None)) for name in acc.RENDERS)
+    assert not {"main", "run_prompt", "summarize", "linear_probe"} & set(acc.RENDERS)  # these make the numbers
+    # 87.4467% rounded to 2 decimals first (87.45) read 87.5 in the table beside 87.4 in the reading
+    row = {"method": "m", "kind": "prompt", "test_top1": 0.874467, "seeds": [0], "trainable_params": 1,
+           "seconds": 1.0, "val_top1": 0.86049, "description": "d", "test_top1_jpeg75": None}
+    line = acc.table([row]).splitlines()[-1]
+    assert "| 87.4 |" in line and "| 86.0 |" in line and "87.5" not in line
 
 
 def test_a_table_keeps_the_zero_of_a_mean_such_as_85_0(report):
