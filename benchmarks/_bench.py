@@ -363,6 +363,16 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """Stop a server a benchmark started: SIGTERM, then SIGKILL when it has not exited within ``timeout`` s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
 def median(values) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None

@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import (REPO, apply_threads, bench_parser, markdown_table, median, pyplot,  # noqa: E402
-                    provenance, save_figure, write_json, write_markdown)
+                    provenance, save_figure, stop_process, write_json, write_markdown)
 
 import torch  # noqa: E402
 
@@ -168,12 +168,7 @@ def measure_server(name: str | None, image: Path, repeats: int, timeout: float, 
                         client.close()
                     except Exception:  # noqa: BLE001 - closing is best effort; the server is stopped next
                         pass
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=15)
+                stop_process(proc)
     top = {c["label"]: round(c["confidence"], 4) for c in res[2]["confidences"]}
     return {"launch_to_page_s": t_page - t0, "client_connect_s": t_client - t_page,
             "launch_to_first_prediction_s": t_first - t0, "first_prediction_s": t_first - t_client,

@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import (REPO, apply_threads, bench_parser, markdown_table, provenance, pyplot,  # noqa: E402
-                    save_figure, write_json, write_markdown)
+                    save_figure, stop_process, write_json, write_markdown)
 from app_latency import free_port, wait_for_page  # noqa: E402
 
 # the code this result measures: `benchmarks/report.py --stale` lists a result as stale once any of these
@@ -116,12 +116,7 @@ def serve_app(tmp: Path, threads: int | None, timeout: float):
             wait_for_page(url, proc, timeout, log)
             yield url, log, time.perf_counter() - t0
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
+            stop_process(proc)
 
 
 def perturbed(k: int, seed: list[int]):
