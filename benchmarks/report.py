@@ -567,6 +567,15 @@ def b_recipe_search() -> str:
                       "mean %"],
                      [cells(g, f"{g['dataset']}, {g['steps']}")
                       for g in sorted(short, key=lambda g: (g["dataset"], g["steps"], -g["mean"]))]))
+        longer = sorted((g for g in short if g["dataset"] == BUDGET_DATASET and g["steps"] > 1000),
+                        key=lambda g: (g["steps"], -g["mean"]))
+        if probe and longer:  # the same data as the probe's row: its 10,000 train, 2,000 validation and test images
+            tail += ("\n\nOn the CPU budget's data with more steps than its 1000 (the probe's data and test images), "
+                     "against the linear probe's " + percent(probe["test_top1"], 2) + ": " + "; ".join(
+                         f"`{g['name']}` ({g['steps']} steps, {len(g['tops'])} seeds) {100 * g['mean']:.2f}% "
+                         f"({100 * min(g['tops']):.2f}-{100 * max(g['tops']):.2f}), "
+                         f"{100 * (g['mean'] - probe['test_top1']):+.2f} points"
+                         for g in longer) + ".")
     return (head + ":\n\n" + markdown_table(["candidate", "what it changes (from recipe live)", "run on",
                                               "test top-1 % per seed", "mean %"], rows) + tail + "\n")
 

@@ -484,6 +484,32 @@ def test_the_recipe_search_table_keeps_finished_three_seed_candidates_of_one_swe
     assert (g["dataset"], g["what"]) == ("digits", "recipe fast_pad, lr 0.05")
 
 
+def test_the_recipe_search_block_reads_longer_runs_of_the_budget_data_against_the_probe(report, tmp_path,
+                                                                                        monkeypatch):
+    """Candidates finished with three seeds at more than the budget's 1000 steps on its data are read against the
+    linear probe (their mean, range and difference); shorter runs and other data are not."""
+    def rec(name, seed, top, steps, dataset="fashion_mnist"):
+        return {"name": name, "seed": seed, "given": {"recipe": "live"}, "test_top1": top, "dataset": dataset,
+                "provenance": {"recorded": True, "git_commit": "a" * 40, "date_utc": "2026-12-05T10:00:00Z",
+                               "command": f"python benchmarks/recipe_search.py {name} {seed} '{{}}' --steps {steps}",
+                               "machine": {}}}
+
+    tops = (0.8718, 0.8632, 0.8700)
+    records = [rec("live_3000", s, t, 3000) for s, t in enumerate(tops)]
+    records += [rec("live_160", s, 0.80, 160) for s in range(3)] + [rec("sub", s, 0.9, 3000, "digits") for s in range(3)]
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "recipe_search.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "benchmarks" / "results" / "accuracy.json").write_text(json.dumps(
+        {"rows": [{"method": "linear_probe", "kind": "linear_probe", "test_top1": 0.8688}]}))
+    monkeypatch.setattr(report, "REPO", tmp_path)
+    text = report.b_recipe_search()
+    line = next(ln for ln in text.splitlines() if ln.startswith("On the CPU budget's data with more steps"))
+    mean = 100 * sum(tops) / 3
+    assert f"`live_3000` (3000 steps, 3 seeds) {mean:.2f}% (86.32-87.18), {mean - 86.88:+.2f} points" in line
+    assert "86.88%" in line and "live_160" not in line and "`sub`" not in line
+
+
 def test_the_train_fit_reading_does_not_call_a_prompt_above_the_probe_short_of_generalisation(report):
     """The digits rows: the best prompt fits the train set better than the probe and is above it on the test set;
     the reading says so. Lowered under the probe on the test set, the same fit reads as a generalisation gap."""
