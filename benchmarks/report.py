@@ -850,7 +850,8 @@ def code_of(commit: str, path: str, renders: tuple[str, ...] = ()) -> tuple[str,
 def renders_of(commit: str, path: str) -> tuple[str, ...]:
     """The functions a script at ``commit`` declares in a module-level ``RENDERS = (...)``: they only format numbers
     already measured (a results table, a plot, a sentence), so an edit of them changes no result. Read without
-    importing; () when the file declares none or cannot be read."""
+    importing; () when the file declares none, or none that reads as a tuple of names, or cannot be read (then every
+    function counts, the cautious side)."""
     p = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO, capture_output=True, text=True)
     try:
         tree = ast.parse(p.stdout) if p.returncode == 0 else None
@@ -858,7 +859,11 @@ def renders_of(commit: str, path: str) -> tuple[str, ...]:
         return ()
     for node in tree.body if tree is not None else []:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "RENDERS" for t in node.targets):
-            return tuple(ast.literal_eval(node.value))
+            try:
+                names = ast.literal_eval(node.value)
+            except ValueError:
+                return ()
+            return tuple(names) if isinstance(names, (tuple, list)) and all(isinstance(n, str) for n in names) else ()
     return ()
 
 
