@@ -66,11 +66,16 @@ def load(rel: str) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def assigns(node: ast.AST, name: str) -> bool:
+    """Whether a statement is an assignment to the module-level ``name`` (MEASURES, RENDERS, ROWS)."""
+    return isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets)
+
+
 def measures(script: str) -> list[str]:
     """The MEASURES list a script declares (read without importing it)."""
     tree = ast.parse((REPO / script).read_text())
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "MEASURES" for t in node.targets):
+        if assigns(node, "MEASURES"):
             return ast.literal_eval(node.value)
     raise SystemExit(f"{script} declares no MEASURES")
 
@@ -823,9 +828,10 @@ def code_changed(commit: str, paths: list[str], recipes: set | None, rows: list 
     head = git("rev-parse", "HEAD")[1]
     out = []
     for path in diff.split():
-        renders = renders_of(head, path) if path.endswith(".py") else ()
-        before, now = ((code_of(commit, path, renders), code_of(head, path, renders)) if path.endswith(".py")
-                       else (None, None))
+        before = now = None
+        if path.endswith(".py"):
+            renders = renders_of(head, path)
+            before, now = code_of(commit, path, renders), code_of(head, path, renders)
         if before is not None and now is not None and before[0] == now[0]:
             # a result's own rows where the file defines rows (accuracy.py); every row of a file otherwise (none in
             # a file without ROWS: its tree alone decides)
@@ -839,11 +845,18 @@ def code_changed(commit: str, paths: list[str], recipes: set | None, rows: list 
 
 
 @functools.lru_cache(maxsize=None)
+def source_at(commit: str, path: str) -> str | None:
+    """A file's text at ``commit`` (read once for :func:`code_of` and :func:`renders_of`); None when it is missing."""
+    p = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO, capture_output=True, text=True)
+    return p.stdout if p.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=None)
 def code_of(commit: str, path: str, renders: tuple[str, ...] = ()) -> tuple[str, dict] | None:
     """A Python file at ``commit`` as the stale check compares it (:func:`code_parts`, leaving out the module-level
     functions named in ``renders``); None when it is missing."""
-    p = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO, capture_output=True, text=True)
-    return code_parts(p.stdout, renders) if p.returncode == 0 else None
+    source = source_at(commit, path)
+    return code_parts(source, renders) if source is not None else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -852,13 +865,13 @@ def renders_of(commit: str, path: str) -> tuple[str, ...]:
     already measured (a results table, a plot, a sentence), so an edit of them changes no result. Read without
     importing; () when the file declares none, or none that reads as a tuple of names, or cannot be read (then every
     function counts, the cautious side)."""
-    p = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO, capture_output=True, text=True)
+    source = source_at(commit, path)
     try:
-        tree = ast.parse(p.stdout) if p.returncode == 0 else None
+        tree = ast.parse(source) if source is not None else None
     except SyntaxError:
         return ()
     for node in tree.body if tree is not None else []:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "RENDERS" for t in node.targets):
+        if assigns(node, "RENDERS"):
             try:
                 names = ast.literal_eval(node.value)
             except ValueError:
@@ -880,9 +893,7 @@ def code_parts(source: str, renders: tuple[str, ...] = ()) -> tuple[str, dict] |
     except SyntaxError:
         return None
     tree.body = [node for node in tree.body
-                 if not (isinstance(node, ast.FunctionDef) and node.name in renders)
-                 and not (isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "RENDERS"
-                                                                for t in node.targets))]
+                 if not (isinstance(node, ast.FunctionDef) and node.name in renders) and not assigns(node, "RENDERS")]
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and \
@@ -898,8 +909,7 @@ def code_parts(source: str, renders: tuple[str, ...] = ()) -> tuple[str, dict] |
             node.keywords = [k for k in node.keywords if k.arg != "description"]
     rows = {}
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "ROWS" for t in node.targets) and \
-                isinstance(node.value, ast.List):
+        if assigns(node, "ROWS") and isinstance(node.value, ast.List):
             kept = []
             for e in node.value.elts:
                 if isinstance(e, ast.Call) and getattr(e.func, "id", None) == "Row" and e.args and \
