@@ -55,6 +55,7 @@ class MappingMethod:
     trains: bool = False  # a trained output layer (:class:`FullyMapHead`): not an input-only method
     bayesian: bool = False  # every class a weighted sum of all source logits (:class:`BayesianMappingHead`)
     top_k_ratio: float = 0.0  # BLM+: counts are the top-k softmax probabilities, k = ratio x the new classes
+    contrast: bool = False  # sources picked by mean-logit contrast (:func:`contrast_scores`), not by top-1 counts
 
 
 MAPPINGS: dict[str, MappingMethod] = {}
@@ -70,6 +71,9 @@ register_mapping(MappingMethod("frequency", "once, from data", fits_from_data=Tr
 register_mapping(MappingMethod("iterative", "recomputed every epoch", fits_from_data=True, refit_each_epoch=True))
 register_mapping(MappingMethod("multi_frequency", "each class reads the mean of 10 source logits, once, from data",
                                fits_from_data=True, sources=10))
+register_mapping(MappingMethod("contrast", "each class reads the mean of up to 100 source logits, those whose mean on the "
+                               "class's images most exceeds their mean on the other classes' (no two classes share "
+                               "one), once, from data", fits_from_data=True, sources=100, contrast=True))
 register_mapping(MappingMethod("fully_map", "a trained linear layer from all source logits, started from the "
                                "frequency mapping (AutoVP's FullyMap; trains 10k+ numbers besides the prompt, so "
                                "not input-only)", fits_from_data=True, trains=True))
@@ -228,11 +232,25 @@ class LabelMappingHead(Head):
         self.baseline = None if mapping is None else torch.as_tensor(mapping, dtype=torch.long,
                                                                      device=self.mapping.device)
 
+    @property
+    def counting(self) -> str:
+        return "logit_sums" if MAPPINGS[self.method].contrast else "top1"
+
+    def count(self, source_logits: torch.Tensor, labels: torch.Tensor, num_target: int) -> torch.Tensor:
+        """Top-1 counts (:func:`prediction_counts`), or for a ``contrast`` mapping each class's logit sums
+        (:func:`logit_sums`)."""
+        if MAPPINGS[self.method].contrast:
+            return logit_sums(source_logits, labels, num_target)
+        return prediction_counts(source_logits, labels, num_target)
+
     def fit(self, counts: torch.Tensor, baseline: bool = False) -> None:
-        """Greedy frequency mapping (``sources`` rounds of it for a multi-source method); the baseline is fitted
-        by the same method without the prompt, so "no prompt" gets the same kind of mapping."""
-        k = MAPPINGS[self.method].sources
-        fitted = frequency_mapping(counts) if k == 1 else multi_frequency_mapping(counts, k)
+        """Greedy frequency mapping (``sources`` rounds of it for a multi-source method), on the top-1 counts or,
+        for a ``contrast`` mapping, on :func:`contrast_scores` of the logit sums; the baseline is fitted by the same
+        method without the prompt, so "no prompt" gets the same kind of mapping."""
+        method = MAPPINGS[self.method]
+        scores = contrast_scores(counts) if method.contrast else counts
+        k = method.sources
+        fitted = frequency_mapping(scores) if k == 1 else multi_frequency_mapping(scores, k)
         (self.set_baseline if baseline else self.set_mapping)(fitted)
 
     def baseline_indices(self) -> list[int] | None:
@@ -488,6 +506,26 @@ def prediction_counts(source_logits: torch.Tensor, labels: torch.Tensor, num_tar
     counts = torch.zeros(source_logits.shape[1], num_target, dtype=torch.long)
     counts.index_put_((pred, labels.cpu().long()), torch.ones_like(pred), accumulate=True)
     return counts
+
+
+def logit_sums(source_logits: torch.Tensor, labels: torch.Tensor, num_target: int) -> torch.Tensor:
+    """(num_source + 1, num_target) float64: for each target class the sum of every source logit over its images, and
+    in the last row how many images it had (summed over batches and processes like counts)."""
+    lg = source_logits.detach().double().cpu()
+    onehot = F.one_hot(labels.cpu().long(), num_target).double()  # (B, num_target)
+    return torch.cat([lg.t() @ onehot, onehot.sum(0, keepdim=True)])
+
+
+def contrast_scores(sums: torch.Tensor) -> torch.Tensor:
+    """(num_source, num_target) scores from :func:`logit_sums`: each source's mean logit on a class's images minus its
+    mean over the other classes' means (how much more that source answers this class than the others), shifted to
+    be at least 1, as the greedy mappings want counts (they strike taken entries out with -1). A class without
+    images reads a mean of 0."""
+    mean = sums[:-1].double() / sums[-1:].double().clamp(min=1)
+    nt = mean.shape[1]
+    rest = (mean.sum(dim=1, keepdim=True) - mean) / max(1, nt - 1)
+    score = mean - rest
+    return score - score.min() + 1.0
 
 
 def create_head(backbone: Backbone, class_names: list[str], *, templates: list[str] | None = None,
