@@ -186,7 +186,8 @@ def test_app_form_follows_a_recipe(tmp_path):
     d = vp.train_defaults()  # on a CPU: the recipe for a short live run, a minute of training
     short = RECIPES["live"].short_run_lr
     assert d.recipe == "live" and d.prompter == "full" and d.optimizer == "adam" and d.lr == short != 0.03
-    assert RECIPES["live"].settings == {**RECIPES["fast"].settings, "lr": 0.03} and d.time_budget == 65
+    assert RECIPES["live"].settings == {**RECIPES["fast"].settings, "lr": 0.03, "label_mapping": "contrast"}
+    assert d.time_budget == 65
     assert vp.train_defaults("fast").lr == 0.01  # a recipe without a short-run lr keeps its own
     vp.device = torch.device("cuda")  # (only read here) a GPU trains 1000 steps: the recipe's lr
     assert vp.train_defaults().lr == 0.03 and vp.train_defaults().time_budget is None
@@ -197,7 +198,7 @@ def test_app_form_follows_a_recipe(tmp_path):
     assert {"adam", "l2sgd", "sgd"} <= set(ch["optimizer"]) and "flip_crop" in ch["augment"]
     cfg = vp.train_config("s1", model="effnet-lite0@32", dataset="fashion_mnist_subset", steps=5, batch_size=8,
                           **{f: d.settings[f] for f in TRAIN_FORM_FIELDS})
-    assert (cfg.optimizer, cfg.prompter, cfg.label_mapping) == ("adam", "full", "multi_frequency")
+    assert (cfg.optimizer, cfg.prompter, cfg.label_mapping) == ("adam", "full", "contrast")
     with pytest.raises(VPError, match="optimizer"):
         vp.train_config("s1", model="effnet-lite0@32", dataset="fashion_mnist_subset", steps=5, batch_size=8,
                         optimizer="rmsprop")
