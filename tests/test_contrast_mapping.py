@@ -70,7 +70,8 @@ def _cfg(out, **kw):
                                  label_mapping="contrast", optimizer="adam", lr=0.05, prompter="full"), **kw})
 
 
-def test_training_with_the_contrast_mapping_stores_it_and_predicts_the_same_from_the_file(tmp_path, small, cache):
+def test_training_with_the_contrast_mapping_stores_it_and_predicts_the_same_from_the_file(tmp_path, small, cache,
+                                                                                          capsys):
     t = Trainer(_cfg(tmp_path / "run"), splits=small, cache=cache)
     res = t.run()
     pf = load_prompt(res.best_path)
@@ -80,6 +81,12 @@ def test_training_with_the_contrast_mapping_stores_it_and_predicts_the_same_from
     assert mapping.shape == (10, 100) and len(set(mapping.flatten().tolist())) == 1000
     assert torch.tensor(head["baseline_mapping"]).shape == (10, 100)
     assert t.trainable_numbers() == sum(p.numel() for p in t.prompter.parameters())  # input-only
+    from visual_prompting.cli import main
+
+    capsys.readouterr()
+    assert main(["info", res.best_path]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("head"))
+    assert f"10 classes x 100 sources each, the first reads {head['mapping'][0][:10]} ..." in line and len(line) < 300
     model, _ = PromptedModel.from_prompt_file(res.best_path, cache=cache)
     assert evaluate(model, small.test, True, 50).top1 == res.metrics["test_top1"]
     assert evaluate(model, small.test, False, 50).top1 == res.metrics["test_top1_no_prompt"]

@@ -187,6 +187,16 @@ def cmd_train(a) -> int:
     return 130 if res.interrupted else 0
 
 
+def mapping_text(mapping: list) -> str:
+    """A label mapping in a line: the list itself, or for a multi-source one (a list of lists: up to 1,000 numbers
+    for ``contrast``) its shape and the first class's first sources (``info --json`` prints it whole)."""
+    if not mapping or not isinstance(mapping[0], list):
+        return str(mapping)
+    first = mapping[0]
+    more = " ..." if len(first) > 10 else ""
+    return f"{len(mapping)} classes x {len(first)} sources each, the first reads {first[:10]}{more}"
+
+
 def cmd_eval(a) -> int:
     from .data import load_splits
     from .evaluation import evaluate
@@ -271,7 +281,7 @@ def cmd_info(a) -> int:
     print(f"backbone      {m['backbone']['spec']}")
     print(f"dataset       {m.get('dataset', '')}")
     print(f"classes       {len(m['class_names'])}: {', '.join(m['class_names'][:10])}{' ...' if len(m['class_names']) > 10 else ''}")
-    print(f"head          {head_text(head)}" + (f": {head['mapping']}" if "mapping" in head else ""))
+    print(f"head          {head_text(head)}" + (f": {mapping_text(head['mapping'])}" if "mapping" in head else ""))
     ranks = m.get("distributed") or {}
     if ranks.get("world_size", 1) > 1:
         print(f"trained on    {ranks['world_size']} processes, {ranks.get('per_rank_batch')} images each per step")
