@@ -70,6 +70,21 @@ def trained(tmp_path_factory):
 
 
 @pytest.fixture
+def cut_and_resume(small, tmp_path):
+    """``run(cfg, cache)``: a training run whole (``ref``), and the same run stopped after ``at`` steps and resumed
+    (``again``), both on ``small``; ``cfg(out, **overrides)`` makes a run's TrainConfig. Returns ``(ref, again)``,
+    whose last prompts and metrics a test compares."""
+    from visual_prompting.training import Trainer
+
+    def run(cfg, cache, at: int = 5):
+        ref = Trainer(cfg(tmp_path / "ref"), splits=small, cache=cache).run()
+        t = Trainer(cfg(tmp_path / "cut"), splits=small, cache=cache, should_stop=lambda: t.step >= at)
+        assert t.run().steps_done == at
+        return ref, Trainer(cfg(tmp_path / "cut", resume=True), splits=small, cache=cache).run()
+    return run
+
+
+@pytest.fixture
 def isolated_hf_cache(tmp_path, monkeypatch):
     """An empty Hugging Face cache of its own, whatever this machine has cached, and a Hub that cannot be reached.
 

@@ -72,11 +72,8 @@ def test_training_with_blm_refits_every_epoch_and_the_file_holds_the_weights(tmp
     assert evaluate(model, small.test, False, 50).top1 == res.metrics["test_top1_no_prompt"]
 
 
-def test_a_blm_run_resumes_where_it_would_have_ended(tmp_path, small, cache):
-    ref = Trainer(_cfg(tmp_path / "ref", "blm"), splits=small, cache=cache).run()
-    t = Trainer(_cfg(tmp_path / "cut", "blm"), splits=small, cache=cache, should_stop=lambda: t.step >= 5)
-    assert t.run().steps_done == 5
-    again = Trainer(_cfg(tmp_path / "cut", "blm", resume=True), splits=small, cache=cache).run()
+def test_a_blm_run_resumes_where_it_would_have_ended(cut_and_resume, cache):
+    ref, again = cut_and_resume(lambda out, **kw: _cfg(out, "blm", **kw), cache)
     a, b = load_prompt(ref.last_path), load_prompt(again.last_path)
     assert torch.equal(a.prompter.delta(), b.prompter.delta()) and torch.equal(a.head["weight"], b.head["weight"])
     assert again.metrics["test_top1"] == ref.metrics["test_top1"]

@@ -99,11 +99,8 @@ def test_training_with_the_contrast_mapping_stores_it_and_predicts_the_same_from
     assert a == b and torch.tensor(a).shape == (10, 10)
 
 
-def test_a_contrast_run_resumes_where_it_would_have_ended(tmp_path, small, cache):
-    ref = Trainer(_cfg(tmp_path / "ref"), splits=small, cache=cache).run()
-    t = Trainer(_cfg(tmp_path / "cut"), splits=small, cache=cache, should_stop=lambda: t.step >= 5)
-    assert t.run().steps_done == 5
-    again = Trainer(_cfg(tmp_path / "cut", resume=True), splits=small, cache=cache).run()
+def test_a_contrast_run_resumes_where_it_would_have_ended(cut_and_resume, cache):
+    ref, again = cut_and_resume(_cfg, cache)
     a, b = load_prompt(ref.last_path), load_prompt(again.last_path)
     assert torch.equal(a.prompter.delta(), b.prompter.delta()) and a.meta["head"] == b.meta["head"]
     assert again.metrics["test_top1"] == ref.metrics["test_top1"]

@@ -161,11 +161,8 @@ def test_transforms_train_at_their_share_of_the_lr_and_only_with_adam(tmp_path, 
         Trainer(_cfg(tmp_path / "sgd", optimizer="sgd", lr=None), splits=small, cache=cache).run()
 
 
-def test_a_run_with_transforms_resumes_where_it_would_have_ended(tmp_path, small, cache):
-    ref = Trainer(_cfg(tmp_path / "ref"), splits=small, cache=cache).run()
-    t = Trainer(_cfg(tmp_path / "cut"), splits=small, cache=cache, should_stop=lambda: t.step >= 5)
-    assert t.run().steps_done == 5
-    again = Trainer(_cfg(tmp_path / "cut", resume=True), splits=small, cache=cache).run()
+def test_a_run_with_transforms_resumes_where_it_would_have_ended(cut_and_resume, cache):
+    ref, again = cut_and_resume(_cfg, cache)
     a, b = load_prompt(ref.last_path), load_prompt(again.last_path)
     for (n, x), (_, y) in zip(a.prompter.named_parameters(), b.prompter.named_parameters()):
         assert torch.equal(x, y), n
