@@ -761,9 +761,9 @@ def entries() -> list[tuple[str, str, str, dict, set | None, list | None]]:
         elif name.startswith("accuracy") and len(runs := runs_behind(d)) > 1:  # merged: each commit's rows apart
             out += [(f"{name} [{', '.join(g['rows'])}]", rel, script, g["provenance"], rows_recipes(g["rows"]),
                      list(g["rows"])) for g in runs]
-        elif name.startswith("accuracy"):
-            methods = [r["method"] for r in d.get("rows") or []]
-            out.append((name, rel, script, provenance_of(d), rows_recipes(methods), methods))
+        elif name.startswith("accuracy"):  # one run behind every row: its provenance, which is the file's own
+            methods = [r["method"] for r in d.get("rows") or []]  # unless merges replaced all of the file's rows
+            out.append((name, rel, script, runs[0]["provenance"], rows_recipes(methods), methods))
         elif name == "speed":
             out += [(f"speed {m} {dev}", rel, script, provenance_of(r), None, None) for m, per in d["results"].items()
                     for dev, r in per.items()]

@@ -199,6 +199,24 @@ def test_a_merged_accuracy_table_is_judged_and_stamped_row_by_row(report, monkey
     assert doc["provenance"]["command"] not in block  # not one run's command for rows it did not measure
 
 
+def test_a_table_whose_every_row_was_replaced_by_one_later_run_is_judged_by_that_run(report, monkeypatch):
+    """--merge-from can replace every row of a file with one later run's: the file's own provenance (its first run)
+    then measured none of them, and the rows' run decides whether it is stale."""
+    head, first = head_and_first_commit()
+    real = report.load
+    doc = copy.deepcopy(real("benchmarks/results/digits/accuracy.json"))
+    prov = report.provenance_of(doc)
+    doc["provenance"] = {**prov, "git_commit": first, "git_dirty": False}
+    for r in doc["rows"]:
+        r["provenance"] = {**prov, "git_commit": head, "git_dirty": False}
+        r.pop("per_seed", None)
+    monkeypatch.setattr(report, "load", lambda rel: doc if rel == "benchmarks/results/digits/accuracy.json" else real(rel))
+    assert [ln for ln in report.stale() if "digits/accuracy.json" in ln] == []
+    for r in doc["rows"]:
+        r["provenance"]["git_commit"] = first  # and the other way: rows of the first commit are stale
+    assert [ln for ln in report.stale() if "digits/accuracy.json" in ln][0].startswith("STALE   accuracy (digits)")
+
+
 def test_stale_is_a_warning_and_check_fails_on_a_difference(report, monkeypatch, capsys):
     assert report.main(["--stale"]) == 0 and capsys.readouterr().out.strip()  # CI prints it, never fails on it
     assert report.main(["--check"]) == 0
