@@ -9,8 +9,10 @@ pretrained tags name a known-good configuration. A recipe only sets defaults; an
            its ``short_run_lr`` 0.05 applies: at 160 steps of 64 it measured better than 0.03 on the bundled
            Fashion-MNIST subset and on UCI digits, three seeds each (``benchmarks/results/recipe_search.jsonl``:
            ``live_subset*_lr*``, ``live_digits*``). The ``contrast`` mapping (100 sources a class picked by logit
-           contrast instead of 10 by top-1 counts) starts higher and stays ahead in a short run (``contrast_*``
-           records: 160 steps on both datasets, 100 on the subset) and is level with ``multi_frequency`` at 1000.
+           contrast instead of 10 by top-1 counts) starts higher and stays ahead in a short run (records
+           ``s_contrast100`` vs ``s_base`` and ``d_contrast100`` vs ``d_base``: 160 steps on the subset and on the
+           digits; ``s100_*``: 100 steps on the subset; ``contrast_subset160``, ``contrast_digits160``: the landed
+           code) and is level with ``multi_frequency`` at 1000 (``c100_1000`` vs ``live`` of 2026-12-06).
 ``fast``   chosen by measurement (a sweep of 44 settings at the CPU benchmark's budget on a lent GPU, then
            benchmarks/accuracy.py's ``recipe_fast`` row on 2 CPU cores): a full-image additive prompt, Adam lr 0.01, and a label mapping where each new
            class reads the mean of 10 source logits fitted from data (``multi_frequency``; nothing in it is trained,
