@@ -7,7 +7,7 @@ import torch
 from visual_prompting import VPError, create_prompter, load_backbone
 from visual_prompting.backbones import BackboneCache, parse_spec
 from visual_prompting.heads import (ClipTextHead, LabelMappingHead, create_head, first_k_mapping,
-                                    frequency_mapping, prediction_counts)
+                                    frequency_mapping, multi_frequency_mapping, prediction_counts)
 from visual_prompting.model import PromptedModel
 
 from conftest import EFFNET
@@ -92,6 +92,17 @@ def test_frequency_mapping_is_greedy_one_to_one():
         [0, 6, 5],   # target 2 goes to source 3 (5), not source 1 (taken)
     ])
     assert frequency_mapping(counts).tolist() == [0, 1, 3]
+
+
+def test_greedy_mappings_take_negative_scores_as_they_are():
+    # contrast scores can be negative everywhere: a struck-out entry must stay below every real score (with a -1
+    # sentinel, a struck entry would beat these and a source would be taken twice)
+    scores = torch.tensor([[-10.0, -12.0], [-11.0, -30.0], [-40.0, -20.0], [-50.0, -60.0]], dtype=torch.float64)
+    assert frequency_mapping(scores).tolist() == [0, 2]
+    assert frequency_mapping(scores).tolist() == frequency_mapping(scores - scores.min() + 1).tolist()
+    multi = multi_frequency_mapping(scores, 2)
+    assert multi.tolist() == [[0, 1], [2, 3]]  # round 2: source 1 (-11) for class 0, the last one left for class 1
+    assert sorted(multi.flatten().tolist()) == [0, 1, 2, 3]  # each source once
 
 
 def test_prediction_counts_from_logits():

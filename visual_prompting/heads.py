@@ -469,18 +469,19 @@ def frequency_mapping(counts: torch.Tensor) -> torch.Tensor:
     """Greedy one-to-one mapping from a (num_source, num_target) count matrix (ILM-VP's rule).
 
     Repeatedly take the largest count, map that target to that source, and strike out both the row and the
-    column, until every target class has its own source class."""
+    column, until every target class has its own source class. Any real scores work (counts, or
+    :func:`contrast_scores`, which can be negative): struck entries become -inf."""
     num_source, num_target = counts.shape
     if num_target > num_source:
         raise VPError(f"{num_target} classes cannot be mapped onto {num_source} source classes.")
     c = counts.double().clone()
-    mapping = torch.full((num_target,), -1, dtype=torch.long)
+    mapping = torch.empty((num_target,), dtype=torch.long)
     for _ in range(num_target):
         idx = int(torch.argmax(c))
         s, t = divmod(idx, num_target)
         mapping[t] = s
-        c[s, :] = -1
-        c[:, t] = -1
+        c[s, :] = float("-inf")
+        c[:, t] = float("-inf")
     return mapping
 
 
@@ -496,7 +497,7 @@ def multi_frequency_mapping(counts: torch.Tensor, k: int) -> torch.Tensor:
     for _ in range(rounds):
         m = frequency_mapping(c)
         cols.append(m)
-        c[m, :] = -1  # those source classes are taken
+        c[m, :] = float("-inf")  # those source classes are taken
     return torch.stack(cols, dim=1)
 
 
@@ -518,14 +519,12 @@ def logit_sums(source_logits: torch.Tensor, labels: torch.Tensor, num_target: in
 
 def contrast_scores(sums: torch.Tensor) -> torch.Tensor:
     """(num_source, num_target) scores from :func:`logit_sums`: each source's mean logit on a class's images minus its
-    mean over the other classes' means (how much more that source answers this class than the others), shifted to
-    be at least 1, as the greedy mappings want counts (they strike taken entries out with -1). A class without
-    images reads a mean of 0."""
+    mean over the other classes' means (how much more that source answers this class than the others); the greedy
+    mappings take them as they are. A class without images reads a mean of 0."""
     mean = sums[:-1].double() / sums[-1:].double().clamp(min=1)
     nt = mean.shape[1]
     rest = (mean.sum(dim=1, keepdim=True) - mean) / max(1, nt - 1)
-    score = mean - rest
-    return score - score.min() + 1.0
+    return mean - rest
 
 
 def create_head(backbone: Backbone, class_names: list[str], *, templates: list[str] | None = None,
