@@ -441,3 +441,17 @@ def test_the_train_tab_says_when_the_prompt_is_below_no_prompt(best, says):
                "test_n": 1000}
     status = _LiveView().final(TrainResult("best.safetensors", "last.safetensors", metrics, steps_done=2), 40.0).status
     assert ("below no prompt on validation" in status) is says and "Done. 2 steps" in status
+
+
+def test_below_no_prompt_reads_the_metrics_or_the_no_prompt_number_a_front_saw():
+    from visual_prompting.train_config import TrainResult
+
+    def res(**m):
+        return TrainResult("best.safetensors", None, m)
+
+    assert res(best_val_top1=0.4, zero_shot_val_top1=0.6).below_no_prompt()
+    assert not res(best_val_top1=0.6, zero_shot_val_top1=0.6).below_no_prompt()  # level is not below
+    assert not res(best_val_top1=0.4).below_no_prompt()  # nothing to compare with: no claim
+    assert res(best_val_top1=0.4).below_no_prompt(0.6)  # the number the live view saw in an event
+    assert not res(best_val_top1=0.4, zero_shot_val_top1=0.3).below_no_prompt(0.6)  # the run's own number first
+    assert not res(zero_shot_val_top1=0.6).below_no_prompt()  # stopped before a validation

@@ -178,9 +178,7 @@ def cmd_train(a) -> int:
           f"({m['test_n']} images)")
     print(f"test top-5   no prompt {_pct(m.get('test_top5_no_prompt'))}   prompted {_pct(m['test_top5'])}")
     print(f"val  top-1   no prompt {_pct(m.get('zero_shot_val_top1'))}   prompted {_pct(m.get('best_val_top1'))}")
-    best, zero = m.get("best_val_top1"), m.get("zero_shot_val_top1")
-    if best is not None and zero is not None and best < zero:
-        # seen with --time-budget 40 at 224 px on 2 CPU cores: 2 steps fitted, and the prompt was below no prompt
+    if res.below_no_prompt():
         print(f"The prompt is below no prompt on validation after {m.get('steps')} step(s): it needs more training "
               "(--steps, --time-budget; on a CPU a smaller input fits more steps in the same time, e.g. --model "
               "effnet-lite0@96) or another --lr.")

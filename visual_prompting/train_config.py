@@ -171,6 +171,14 @@ class TrainResult:
     steps_done: int = 0
     stop_reason: str | None = None  # why a run ended early, a sentence (Stop, Ctrl-C, a non-finite loss)
 
+    def below_no_prompt(self, zero: float | None = None) -> bool:
+        """Whether the kept prompt reads worse on validation than no prompt: a run too short for its machine (seen:
+        2 steps at 224 px in 40 s on 2 CPU cores), or a bad learning rate. ``zero``: the no-prompt accuracy when
+        the metrics lack it (a front that saw it in an event)."""
+        best = self.metrics.get("best_val_top1")
+        zero = self.metrics.get("zero_shot_val_top1", zero)
+        return best is not None and zero is not None and best < zero
+
 
 HISTORY_STEPS = 2000  # step events kept in a run's history (and plotted), about evenly spaced
 

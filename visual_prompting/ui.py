@@ -589,8 +589,7 @@ class _LiveView:
         status = (f"{head} {res.steps_done} steps in {elapsed:.0f} s. Test top-1 "
                   f"**{percent(m.get('test_top1'))}** with the prompt, {percent(m.get('test_top1_no_prompt'))} without "
                   f"({m.get('test_n')} test images; the prompt was chosen on validation).")
-        best, zero = m.get("best_val_top1"), m.get("zero_shot_val_top1", self.zero)
-        if best is not None and zero is not None and best < zero:  # a run too short for its machine, or a bad lr
+        if res.below_no_prompt(self.zero):
             status += (" The prompt is below no prompt on validation: it needs more training (a longer training "
                        "time or more steps) or another learning rate.")
         fraction = 1.0 if not res.interrupted else res.steps_done / max(1, self.total)
