@@ -6,8 +6,9 @@
 #
 #   bash scripts/accuracy_lanes.sh 0      # seed 0 of every row, plus the rows without seeds (probe, no prompt):
 #                                         # replaces those rows (2026-12-06, 2-core Xeon: about 100 minutes)
-#   bash scripts/accuracy_lanes.sh 1      # seed 1 of every prompt row, added to the rows (--add-seeds: only
-#                                         # joins rows of the same commit, so nothing measured may change between)
+#   bash scripts/accuracy_lanes.sh 1      # seed 1 of every prompt row that lacks it, added to the rows
+#                                         # (--add-seeds only joins rows of one commit: these lanes run from the
+#                                         # commit the rows name, and stop if the rows name several)
 #   SMOKE=1 bash scripts/accuracy_lanes.sh 0   # tiny settings into a temporary folder: checks the script itself
 #
 # Lanes' logs: $LOGS (default runs/accuracy_lanes/seed$SEED). What is stale: `python benchmarks/report.py --stale`.
@@ -18,12 +19,37 @@ seed="${1:?usage: $0 SEED}"
 lane_a=(recipe_live recipe_fast_pad pad_frequency recipe_fast blm_plus_fast acavp_fast_pad pad_iterative)
 lane_b=(acavp_live recipe_robust pad_fast shrink_pad_fast fully_map_fast blm_fast pad_first_k shrink_pad_iterative)
 no_seeds=(linear_probe no_prompt_first_k no_prompt_frequency no_prompt_multi_frequency)
-merge=()
-if [ "$seed" = 0 ]; then lane_a=("${lane_a[0]}" "${no_seeds[@]}" "${lane_a[@]:1}"); else merge=(--add-seeds); fi
+merge=(); ref=HEAD
+if [ "$seed" = 0 ]; then
+  lane_a=("${lane_a[0]}" "${no_seeds[@]}" "${lane_a[@]:1}")
+elif [ "${SMOKE:-0}" != 1 ]; then
+  merge=(--add-seeds)
+  # the rows' own commit (one for all, clean), the rows that lack this seed, and two lanes balanced by their seconds
+  plan=$(python - "$seed" "${lane_a[@]}" "${lane_b[@]}" <<'PY'
+import json, sys
+seed, names = int(sys.argv[1]), sys.argv[2:]
+rows = {r["method"]: r for r in json.load(open("benchmarks/results/accuracy.json"))["rows"]}
+missing = [n for n in names if n not in rows]
+if missing:
+    sys.exit(f"rows not in accuracy.json (run seed 0 first): {missing}")
+commits = {(r["provenance"]["git_commit"], bool(r["provenance"].get("git_dirty"))) for r in rows.values()}
+if len(commits) != 1 or next(iter(commits))[1]:
+    sys.exit(f"the rows were measured at several commits or on a dirty tree ({sorted(commits)}): run seed 0 first")
+todo = [n for n in names if seed not in rows[n]["seeds"]]
+cost = {n: rows[n]["seconds"] / len(rows[n]["seeds"]) for n in todo}
+lanes = [[], []]
+for n in sorted(todo, key=cost.get, reverse=True):  # longest first, into the lane with less to do
+    min(lanes, key=lambda lane: sum(cost[m] for m in lane)).append(n)
+print(next(iter(commits))[0]); print(" ".join(lanes[0])); print(" ".join(lanes[1]))
+PY
+  )
+  { read -r ref; read -r -a lane_a; read -r -a lane_b; } <<< "$plan"
+  [ "${#lane_a[@]}" -gt 0 ] || { echo "every row has seed $seed already"; exit 0; }
+fi
 logs="${LOGS:-$PWD/runs/accuracy_lanes/seed$seed}"
 mkdir -p "$logs"
 work=$(mktemp -d)
-git worktree add -q --detach "$work/tree" HEAD
+git worktree add -q --detach "$work/tree" "$ref"
 trap 'git worktree remove --force "$work/tree"; rm -rf "$work"' EXIT
 args=(--threads 1 --seeds "$seed,")
 out="benchmarks/results"
@@ -37,13 +63,13 @@ lane() {  # NAME ROWS...
   (cd "$work/tree" && python benchmarks/accuracy.py "${args[@]}" --rows "$(IFS=,; echo "$*")" --out "$work/$name") \
     > "$logs/$name.log" 2>&1
 }
-echo "seed $seed: lane a (${lane_a[*]}), lane b (${lane_b[*]}); logs in $logs"
+echo "seed $seed at $(git rev-parse --short "$ref"): lane a (${lane_a[*]}), lane b (${lane_b[*]}); logs in $logs"
 lane a "${lane_a[@]}" & pa=$!
-lane b "${lane_b[@]}" & pb=$!
-rc=0; wait $pa || rc=$?; wait $pb || rc=$?
+sources=("$work/a/accuracy.json")
+if [ "${#lane_b[@]}" -gt 0 ]; then lane b "${lane_b[@]}" & pb=$!; sources+=("$work/b/accuracy.json"); fi
+rc=0; wait $pa || rc=$?; [ -z "${pb:-}" ] || wait $pb || rc=$?
 [ "$rc" = 0 ] || { echo "a lane failed (exit $rc): see $logs; the rows it finished are in $work (kept)" >&2; trap - EXIT; exit "$rc"; }
-python benchmarks/accuracy.py --merge-from "$work/a/accuracy.json" "$work/b/accuracy.json" "${merge[@]}" --out "$out" \
-  > "$logs/merge.log"
+python benchmarks/accuracy.py --merge-from "${sources[@]}" "${merge[@]}" --out "$out" > "$logs/merge.log"
 if [ "${SMOKE:-0}" = 1 ]; then  # the merged rows, before the temporary folder goes
   python -c "import json, sys; print([(r['method'], r['seeds']) for r in json.load(open(sys.argv[1]))['rows']])" \
     "$out/accuracy.json"
