@@ -72,6 +72,24 @@ def test_stale_lists_results_whose_measured_code_changed(report, monkeypatch):
     assert any(ln.startswith("STALE?  none") for ln in lines) and any(ln.startswith("MISSING missing") for ln in lines)
 
 
+def test_a_zoo_entry_trained_at_an_older_commit_is_stale_under_a_fresh_index(report, monkeypatch):
+    """`build_zoo.py --prompts NAME` (or --index-only) writes the index's provenance afresh; an entry it did not
+    train keeps the provenance of its own training run, and --stale judges each entry by that."""
+    head, first = head_and_first_commit()
+    at = lambda c: {"git_commit": c, "git_dirty": False}  # noqa: E731
+    cmd = "python -m visual_prompting train --recipe live --steps 1000"
+    index = {"version": 1, "provenance": {**at(head), "recorded": True},
+             "prompts": [{"name": "fresh", "command": cmd, "provenance": at(head)},
+                         {"name": "old", "command": cmd, "provenance": at(first)},
+                         {"name": "untraced", "command": cmd}]}
+    real = report.load
+    monkeypatch.setattr(report, "load", lambda rel: index if rel == "prompts_zoo/index.json" else real(rel))
+    lines = [ln for ln in report.stale() if " zoo" in ln[:12]]
+    assert not any(ln.split(" (")[0].endswith("zoo") or "[fresh]" in ln for ln in lines)  # the index, the fresh entry
+    assert any(ln.startswith("STALE   zoo [old]") for ln in lines)
+    assert any(ln.startswith("STALE?  zoo [untraced]") and "no commit recorded" in ln for ln in lines)
+
+
 def test_a_recipes_edit_stales_only_the_results_that_ran_a_changed_recipe(report, monkeypatch):
     """recipes.py holds every recipe: an edit of one (or of a description) leaves a result that ran others current,
     judged by each recipe's settings at the result's commit and at HEAD; a result whose recipes are unknown is judged
