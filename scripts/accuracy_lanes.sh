@@ -9,6 +9,7 @@
 #   bash scripts/accuracy_lanes.sh 1      # seed 1 of every prompt row that lacks it, added to the rows
 #                                         # (--add-seeds only joins rows of one commit: these lanes run from the
 #                                         # commit the rows name, and stop if the rows name several)
+#   ROWS=recipe_fast_pad,recipe_fast bash scripts/accuracy_lanes.sh 2   # only these rows (SEED > 0)
 #   SMOKE=1 bash scripts/accuracy_lanes.sh 0   # tiny settings into a temporary folder: checks the script itself
 #
 # Lanes' logs: $LOGS (default runs/accuracy_lanes/seed$SEED). What is stale: `python benchmarks/report.py --stale`.
@@ -25,10 +26,14 @@ if [ "$seed" = 0 ]; then
 elif [ "${SMOKE:-0}" != 1 ]; then
   merge=(--add-seeds)
   # the rows' own commit (one for all, clean), the rows that lack this seed, and two lanes balanced by their seconds
-  plan=$(python - "$seed" "${lane_a[@]}" "${lane_b[@]}" <<'PY'
-import json, sys
+  plan=$(ROWS="${ROWS:-}" python - "$seed" "${lane_a[@]}" "${lane_b[@]}" <<'PY'
+import json, os, sys
 seed, names = int(sys.argv[1]), sys.argv[2:]
 rows = {r["method"]: r for r in json.load(open("benchmarks/results/accuracy.json"))["rows"]}
+if only := [n for n in os.environ["ROWS"].split(",") if n]:
+    if unknown := sorted(set(only) - set(names)):
+        sys.exit(f"ROWS names rows these lanes do not run: {unknown} (they run {names})")
+    names = [n for n in names if n in only]
 missing = [n for n in names if n not in rows]
 if missing:
     sys.exit(f"rows not in accuracy.json (run seed 0 first): {missing}")
