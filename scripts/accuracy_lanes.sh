@@ -22,6 +22,7 @@ lane_b=(acavp_live recipe_robust pad_fast shrink_pad_fast fully_map_fast blm_fas
 no_seeds=(linear_probe no_prompt_first_k no_prompt_frequency no_prompt_multi_frequency)
 merge=(); ref=HEAD
 if [ "$seed" = 0 ]; then
+  [ -z "${ROWS:-}" ] || { echo "ROWS is for SEED > 0: seed 0 replaces every row (a subset: accuracy.py --rows)" >&2; exit 2; }
   lane_a=("${lane_a[0]}" "${no_seeds[@]}" "${lane_a[@]:1}")
 elif [ "${SMOKE:-0}" != 1 ]; then
   merge=(--add-seeds)
