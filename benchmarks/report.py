@@ -767,13 +767,12 @@ def entries() -> list[tuple[str, str, str, dict, set | None, list | None]]:
         elif name == "speed":
             out += [(f"speed {m} {dev}", rel, script, provenance_of(r), None, None) for m, per in d["results"].items()
                     for dev, r in per.items()]
-        elif name == "zoo":  # the index (the run that wrote it), then each prompt's own training run: a run of
-            # `--prompts NAME` or `--index-only` writes a fresh index over entries trained at older commits
-            out.append((name, rel, script, provenance_of(d), zoo_recipes(), None))
-            out += [(f"{name} [{e.get('name')}]", rel, script, e.get("provenance") or {},
-                     {r} if (r := command_recipe(e)) else None, None) for e in d.get("prompts") or []]
         elif name.startswith("zoo"):
             out.append((name, rel, script, provenance_of(d), zoo_recipes(), None))
+            if name == "zoo":  # then each prompt's own training run: a run of `--prompts NAME` or `--index-only`
+                # writes a fresh index over entries trained at older commits
+                out += [(f"{name} [{e.get('name')}]", rel, script, e.get("provenance") or {},
+                         {r} if (r := command_recipe(e)) else None, None) for e in d.get("prompts") or []]
         else:
             out.append((name, rel, script, provenance_of(d), None, None))
     return out
