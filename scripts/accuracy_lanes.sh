@@ -14,9 +14,11 @@
 #
 # Lanes' logs: $LOGS (default runs/accuracy_lanes/seed$SEED). What is stale: `python benchmarks/report.py --stale`.
 set -euo pipefail
+{  # the whole script is read before it runs: an edit of this file while lanes run cannot change what runs
 cd "$(dirname "$0")/.."
 seed="${1:?usage: $0 SEED}"
-# balanced by the rows' seconds on a 2-core Xeon (each ~600-870 s a seed; the probe ~140 s, no-prompt rows ~50 s)
+# seed 0's lanes, balanced by the rows' seconds on a 2-core Xeon (each ~600-870 s a seed; the probe ~140 s,
+# no-prompt rows ~50 s); a later seed's lanes are planned below from the rows' own seconds
 lane_a=(recipe_live recipe_fast_pad pad_frequency recipe_fast blm_plus_fast acavp_fast_pad pad_iterative)
 lane_b=(acavp_live recipe_robust pad_fast shrink_pad_fast fully_map_fast blm_fast pad_first_k shrink_pad_iterative)
 no_seeds=(linear_probe no_prompt_first_k no_prompt_frequency no_prompt_multi_frequency)
@@ -82,3 +84,5 @@ if [ "${SMOKE:-0}" = 1 ]; then  # the merged rows, before the temporary folder g
 else
   echo "merged into $out/accuracy.json; now: python benchmarks/report.py && python benchmarks/report.py --check"
 fi
+exit
+}
