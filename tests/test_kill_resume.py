@@ -31,26 +31,39 @@ MAX_ROUNDS = 60
 
 
 def _child(argv: list[str], log: str) -> None:
-    torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, however pytest was started
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    # pytest's capture replaced sys.stdout/err with objects of its own: write to the log's file descriptors,
-    # line by line (the test follows the run's progress by its evaluation lines)
-    sys.stdout, sys.stderr = (open(f, "w", buffering=1, closefd=False) for f in (1, 2))
-    from visual_prompting.cli import main
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, however pytest was started
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held back since the fork (start()): take it now
+        torch.set_num_threads(1)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        # pytest's capture replaced sys.stdout/err with objects of its own: write to the log's file descriptors,
+        # line by line (the test follows the run's progress by its evaluation lines)
+        sys.stdout, sys.stderr = (open(f, "w", buffering=1, closefd=False) for f in (1, 2))
+        from visual_prompting.cli import main
 
-    code = main(argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
+        code = main(argv)  # the CLI turns a Ctrl-C into 130 itself, from its first line on
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except KeyboardInterrupt:
+        # a Ctrl-C that lands while this child is still setting up, before main() runs (a kill at the very start of a
+        # round): a real `python -m visual_prompting` process interrupted while it starts ends by SIGINT, 130 to the
+        # shell, too (a kill at that moment once ended the child with 1, an uncaught exception, and failed the test)
+        code = 130
     os._exit(code)
 
 
 def start(out: Path, resume: bool) -> mp.Process:
     argv = [*ARGS, "--out-dir", str(out), *(["--resume"] if resume else [])]
     p = mp.get_context("fork").Process(target=_child, args=(argv, str(out.parent / f"{out.name}.log")))
-    p.start()
+    # the child starts with SIGINT held back until _child() can take it: a kill in the first instants after the fork
+    # would otherwise land in multiprocessing's start-up code, which is not the program under test
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        p.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
     return p
 
 
