@@ -186,7 +186,9 @@ def test_app_form_follows_a_recipe(tmp_path):
     d = vp.train_defaults()  # on a CPU: the recipe for a short live run, a minute of training
     short = RECIPES["live"].short_run_lr
     assert d.recipe == "live" and d.prompter == "full" and d.optimizer == "adam" and d.lr == short != 0.03
-    assert RECIPES["live"].settings == {**RECIPES["fast"].settings, "lr": 0.03, "label_mapping": "contrast"}
+    assert RECIPES["live"].settings == {**RECIPES["fast"].settings, "lr": 0.03, "label_mapping": "contrast",
+                                        "clamp": "hard"}
+    assert d.settings["clamp"] == "hard"  # the form shows the recipe's clamp
     assert d.time_budget == 65
     assert vp.train_defaults("fast").lr == 0.01  # a recipe without a short-run lr keeps its own
     vp.device = torch.device("cuda")  # (only read here) a GPU trains 1000 steps: the recipe's lr
