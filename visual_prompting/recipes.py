@@ -14,7 +14,7 @@ pretrained tags name a known-good configuration. A recipe only sets defaults; an
            digits; ``s100_*``: 100 steps on the subset; ``contrast_subset160``, ``contrast_digits160``: the landed
            code) and is level with ``multi_frequency`` at 1000 (``c100_1000`` vs ``live`` of 2026-12-06). The plain
            ``hard`` clamp (no gradient at or beyond the range's edge) instead of straight-through measured better at
-           the CPU budget (``live_hardclamp``, seeds 0-3: 86.29% mean, every seed above the same seed
+           the CPU budget (``live_hardclamp``, seeds 0-3: 86.28% mean, every seed above the same seed
            straight-through, 85.68%), at 160 steps on the bundled subset and on UCI digits (``hardclamp_subset160``,
            ``hardclamp_digits160`` vs ``contrast_subset160`` / ``contrast_digits160``: at or above on every seed),
            and on a grey-shifted Fashion-MNIST where no pixel starts at 0 or 1 (``grey_live*``), so not only through
