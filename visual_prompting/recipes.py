@@ -3,22 +3,21 @@ pretrained tags name a known-good configuration. A recipe only sets defaults; an
 
 ``paper``  the seed's behaviour exactly (every TrainConfig default): pad prompt, SGD lr 40 (paper units),
            momentum 0.9, warm-up then cosine, iterative label mapping, no augmentation.
-``live``   ``fast`` with Adam lr 0.03, the ``contrast`` label mapping and the ``hard`` clamp: the default (the CLI's and the app's),
-           measured better than ``fast`` on both datasets tried (see DEFAULT_RECIPE); named for the app's short live
-           run on a CPU, where it was found. For a short run (:func:`is_short_run`, and the app's Train tab on a CPU)
-           its ``short_run_lr`` 0.05 applies: at 160 steps of 64 it measured better than 0.03 on the bundled
+``live``   ``fast`` with Adam lr 0.03, the ``contrast`` label mapping and the ``hard`` clamp: the default (the CLI's and
+           the app's), measured better than ``fast`` on both datasets tried (see DEFAULT_RECIPE); named for the app's
+           short live run on a CPU, where it was found. For a short run (:func:`is_short_run`, and the app's Train tab
+           on a CPU) its ``short_run_lr`` 0.05 applies: at 160 steps of 64 it measured better than 0.03 on the bundled
            Fashion-MNIST subset and on UCI digits, three seeds each (``benchmarks/results/recipe_search.jsonl``:
            ``live_subset*_lr*``, ``live_digits*``). The ``contrast`` mapping (100 sources a class picked by logit
            contrast instead of 10 by top-1 counts) starts higher and stays ahead in a short run (records
            ``s_contrast100`` vs ``s_base`` and ``d_contrast100`` vs ``d_base``: 160 steps on the subset and on the
-           digits; ``s100_*``: 100 steps on the subset; ``contrast_subset160``, ``contrast_digits160``: the landed
-           code) and is level with ``multi_frequency`` at 1000 (``c100_1000`` vs ``live`` of 2026-12-06). The plain
-           ``hard`` clamp (no gradient at or beyond the range's edge) instead of straight-through measured better at
-           the CPU budget (``live_hardclamp``, seeds 0-3: 86.28% mean, every seed above the same seed
-           straight-through, 85.68%), at 160 steps on the bundled subset and on UCI digits (``hardclamp_subset160``,
-           ``hardclamp_digits160`` vs ``contrast_subset160`` / ``contrast_digits160``: at or above on every seed),
-           and on a grey-shifted Fashion-MNIST where no pixel starts at 0 or 1 (``grey_live*``), so not only through
-           black backgrounds.
+           digits; ``s100_*``: 100 steps on the subset; ``contrast_subset160``, ``contrast_digits160``: the landed code)
+           and is level with ``multi_frequency`` at 1000 (``c100_1000`` vs ``live`` of 2026-12-06). The plain ``hard``
+           clamp (no gradient at or beyond the range's edge) instead of straight-through measured better at the CPU
+           budget (``live_hardclamp``, seeds 0-3: 86.28% mean, every seed above the same seed straight-through, 85.68%),
+           at 160 steps on the bundled subset and on UCI digits (``hardclamp_subset160``, ``hardclamp_digits160`` vs
+           ``contrast_subset160`` / ``contrast_digits160``: at or above on every seed), and on a grey-shifted
+           Fashion-MNIST where no pixel starts at 0 or 1 (``grey_live*``), so not only through black backgrounds.
 ``fast``   chosen by measurement (a sweep of 44 settings at the CPU benchmark's budget on a lent GPU, then
            benchmarks/accuracy.py's ``recipe_fast`` row on 2 CPU cores): a full-image additive prompt, Adam lr 0.01, and a label mapping where each new
            class reads the mean of 10 source logits fitted from data (``multi_frequency``; nothing in it is trained,
