@@ -15,12 +15,9 @@ Clamp modes (``clamp``):
 ``"hard"``
     A plain ``clamp`` (and the same 8-bit rounding): zero gradient outside the range and on its edge (torch's
     clamp passes none at exactly 0 or 1), so a prompt pixel over a pixel that is 0 in every image never moves.
-    Yet with Adam and a full-image prompt it measured *better* than straight-through (2026-12-06,
-    ``benchmarks/results/recipe_search.jsonl``: ``live_hardclamp`` 86.28% mean of 4 seeds at the CPU budget vs
-    85.68% for the same seeds straight-through; at 160 steps on the bundled subset and on UCI digits; and on a
-    grey-shifted Fashion-MNIST with no pixel at 0 or 1, ``grey_live*``), so recipe ``live`` uses it (see
-    :mod:`visual_prompting.recipes`); straight-through stays the library's default (the paper's recipe and the
-    frames).
+    Yet with Adam and a full-image prompt it measured *better* than straight-through, so recipe ``live`` uses it
+    (the measurements: :mod:`visual_prompting.recipes`); straight-through stays the library's default (the paper's
+    recipe and the frames).
 ``"none"``
     The paper's behaviour: no clamping, the prompted image may leave [0, 1].
 """
