@@ -189,6 +189,9 @@ def test_app_form_follows_a_recipe(tmp_path):
     assert RECIPES["live"].settings == {**RECIPES["fast"].settings, "lr": 0.03, "label_mapping": "contrast",
                                         "clamp": "hard"}
     assert d.settings["clamp"] == "hard"  # the form shows the recipe's clamp
+    assert RECIPES["fast_pad"].settings == {**RECIPES["fast"].settings, "prompter": "pad", "prompt_fraction": 0.3,
+                                            "lr": 0.03, "clamp": "hard"}
+    assert vp.train_defaults("fast_pad").settings["clamp"] == "hard"
     assert d.time_budget == 65
     assert vp.train_defaults("fast").lr == 0.01  # a recipe without a short-run lr keeps its own
     vp.device = torch.device("cuda")  # (only read here) a GPU trains 1000 steps: the recipe's lr
