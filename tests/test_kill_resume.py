@@ -275,3 +275,31 @@ def test_a_kill_between_writing_the_history_and_the_checkpoint_loses_no_evaluati
     again = trainer(out, resume=True).run()
     assert evals(again.history) == evals(json.loads((out / "history.json").read_text())) == evals(ref.history)
     assert len(evals(ref.history)) == 2
+
+
+def test_a_ctrl_c_that_a_library_turns_into_another_error_still_ends_the_cli_as_interrupted(
+        monkeypatch, capsys, terminal_sigint):
+    """A Ctrl-C while the bundled subset loads came back from safetensors' ``get_tensor`` as a ValueError (a kill
+    round of the test above ended with a traceback and exit 1): the CLI ends it as an interruption (130, "interrupted")
+    all the same, and puts Python's handler back. The same error without a Ctrl-C is not hidden."""
+    from visual_prompting import cli
+
+    def load_while_ctrl_c():  # what the extension did: the KeyboardInterrupt raised inside it comes out as ValueError
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # (the handler runs before this returns)
+        except KeyboardInterrupt:
+            raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'") from None
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_info", lambda args: load_while_ctrl_c())
+    zoo_prompt = next((Path(__file__).resolve().parent.parent / "prompts_zoo").glob("*.safetensors"))
+    assert cli.main(["info", str(zoo_prompt)]) == 130
+    assert capsys.readouterr().err.strip().endswith("interrupted")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    def fails():
+        raise ValueError("a real error")
+    monkeypatch.setattr(cli, "cmd_info", lambda args: fails())
+    with pytest.raises(ValueError, match="a real error"):
+        cli.main(["info", str(zoo_prompt)])

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 
 from .data import DEFAULT_MAX_IMAGE_PIXELS
 from .errors import VPError
@@ -301,7 +303,38 @@ def cmd_push(a) -> int:
     return 0
 
 
+class _CtrlC:
+    """Remembers that a Ctrl-C came (and raises KeyboardInterrupt as Python's own handler does), so that one which
+    lands inside a library call and comes back as another exception (safetensors' ``get_tensor`` turned it into a
+    ValueError while the bundled subset loaded) still ends the command as an interruption. Installed only in the main
+    thread over Python's default handler (not over SIG_IGN, as under ``nohup ... &``, nor over a caller's own);
+    the trainer's step-boundary handler (``training.SigintBetweenSteps``) sits on top of it while steps run."""
+
+    def __init__(self):
+        self.came = False
+        self._previous = None
+
+    def _on_sigint(self, signum, frame):
+        self.came = True
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def main(argv: list[str] | None = None) -> int:
+    with _CtrlC() as ctrl_c:
+        return _main(argv, ctrl_c)
+
+
+def _main(argv: list[str] | None, ctrl_c: _CtrlC) -> int:
     try:
         given = sys.argv[1:] if argv is None else argv
         args = build_parser(*_train_defaults_in(given)).parse_args(argv)
@@ -316,4 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        if not ctrl_c.came:
+            raise
+        print("interrupted", file=sys.stderr)  # the Ctrl-C came back from a library call as another exception
         return 130
