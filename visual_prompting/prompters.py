@@ -15,9 +15,9 @@ Clamp modes (``clamp``):
 ``"hard"``
     A plain ``clamp`` (and the same 8-bit rounding): zero gradient outside the range and on its edge (torch's
     clamp passes none at exactly 0 or 1), so a prompt pixel over a pixel that is 0 in every image never moves.
-    Yet with Adam and a full-image prompt it measured *better* than straight-through, so recipe ``live`` uses it
-    (the measurements: :mod:`visual_prompting.recipes`); straight-through stays the library's default (the paper's
-    recipe and the frames).
+    Yet with Adam it measured *better* than straight-through, for the full-image prompt and for the frame, so
+    recipes ``live`` and ``fast_pad`` use it (the measurements: :mod:`visual_prompting.recipes`); straight-through
+    stays the library's default (the paper's recipe and ``TrainConfig``).
 ``"none"``
     The paper's behaviour: no clamping, the prompted image may leave [0, 1].
 """
