@@ -827,11 +827,15 @@ def code_changed(commit: str, paths: list[str], recipes: set | None, rows: list 
     docstrings, accuracy rows' labels or the functions HEAD's copy declares in ``RENDERS`` (:func:`renders_of`)
     changed, nor, for an accuracy result (``rows``: its rows), when only other rows were added, removed or changed;
     recipes.py not when the recipes the result ran (``recipes``; None: unknown) kept their settings
-    (:func:`recipes_same`)."""
+    (:func:`recipes_same`); a path that did not exist at ``commit`` not at all (a module added since, listed in
+    MEASURES for the results measured after it)."""
     _, diff = git("diff", "--name-only", commit, "HEAD", "--", *paths)
     head = git("rev-parse", "HEAD")[1]
     out = []
     for path in diff.split():
+        if git("cat-file", "-e", f"{commit}:{path}")[0] != 0:
+            continue  # new since the result: what ran then could not run it, and what puts it to use (an import, a
+            # recipe's settings) is an edit of a file that existed then
         before = now = None
         if path.endswith(".py"):
             renders = renders_of(head, path)
@@ -891,13 +895,15 @@ def code_parts(source: str, renders: tuple[str, ...] = ()) -> tuple[str, dict] |
     description): edits of those change no number. The rows
     (the ``Row`` calls in a module-level ``ROWS = [...]``) are apart so that a row is judged by its own definition.
     The module-level functions named in ``renders`` (the ``RENDERS`` the current copy declares: :func:`renders_of`)
-    and that ``RENDERS`` itself are left out too. None when the source does not parse."""
+    and that ``RENDERS`` itself are left out too, and so is a script's ``MEASURES`` (it names the files this check
+    reads; listing one more changes no number). None when the source does not parse."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return None
     tree.body = [node for node in tree.body
-                 if not (isinstance(node, ast.FunctionDef) and node.name in renders) and not assigns(node, "RENDERS")]
+                 if not (isinstance(node, ast.FunctionDef) and node.name in renders)
+                 and not assigns(node, "RENDERS") and not assigns(node, "MEASURES")]
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and \

@@ -68,7 +68,8 @@ def test_stale_lists_results_whose_measured_code_changed(report, monkeypatch):
     lines = report.stale()
     assert not any(" now " in ln or " copy " in ln for ln in lines)
     assert any(ln.startswith("STALE?  copydirty") and "dirty tree" in ln for ln in lines)
-    assert any(ln.startswith("STALE   old") and "benchmarks/speed.py" in ln for ln in lines)
+    # training.py, measured by speed.py, changed since the first commit (speed.py itself, added later, is not counted)
+    assert any(ln.startswith("STALE   old") and "visual_prompting/training.py" in ln for ln in lines)
     assert any(ln.startswith("STALE?  none") for ln in lines) and any(ln.startswith("MISSING missing") for ln in lines)
 
 
@@ -94,8 +95,10 @@ def test_a_recipes_edit_stales_only_the_results_that_ran_a_changed_recipe(report
     """recipes.py holds every recipe: an edit of one (or of a description) leaves a result that ran others current,
     judged by each recipe's settings at the result's commit and at HEAD; a result whose recipes are unknown is judged
     by the file, as before."""
-    head, first = head_and_first_commit()
-    prov = {"git_commit": first, "git_dirty": False}  # recipes.py changed since the first commit (it did not exist)
+    head, _ = head_and_first_commit()
+    first = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--", report.RECIPES_PY], cwd=ROOT,
+                           capture_output=True, text=True).stdout.split()[-1]  # the commit that added recipes.py
+    prov = {"git_commit": first, "git_dirty": False}  # recipes.py changed since
     fake = [("other", "x.json", "s.py", prov, {"live"}), ("changed", "y.json", "s.py", prov, {"fast_pad"}),
             ("norecipe", "z.json", "s.py", prov, set()), ("unknown", "w.json", "s.py", prov, None)]
     settings = {first: {"live": {"lr": 0.03}, "fast_pad": {"prompt_fraction": 0.25}},
@@ -168,6 +171,32 @@ STEPS = 10
         head["now"] = now
         assert (report.code_changed("doc_old", [path], None, ["a"]) == [path]) is stale, now
         assert (report.code_changed("doc_old", [path], None, None) == [path]) is stale, now
+
+
+def test_a_measures_list_and_a_file_added_after_the_result_do_not_stale_it(report, monkeypatch):
+    """A script's MEASURES only names what the check reads: listing one more file changes no number. A measured file
+    that did not exist at the result's commit did not run in it; any other edit still stales."""
+    src = {"old": 'MEASURES = ["benchmarks/accuracy.py"]\nSTEPS = 10\n'}
+    src["listed"] = src["old"].replace('"]', '", "visual_prompting/spectral.py"]')
+    src["code"] = src["listed"].replace("STEPS = 10", "STEPS = 11")
+    path, new = "benchmarks/accuracy.py", "visual_prompting/spectral.py"
+    head = {"now": None}
+
+    def git(*a):
+        if a[0] == "diff":
+            return 0, f"{path}\n{new}"
+        if a[0] == "cat-file":  # the new module is missing at the result's commit
+            return (128, "") if a[-1] == f"old:{new}" else (0, "")
+        return 0, head["now"]
+
+    monkeypatch.setattr(report, "git", git)
+    monkeypatch.setattr(report, "code_of", lambda commit, p, renders=(): report.code_parts(
+        src[commit] if p == path else "X = 1\n", renders) if commit in src else None)
+    monkeypatch.setattr(report, "renders_of", lambda commit, p: ())
+    for now, stale in (("listed", []), ("code", [path]), ("old", [])):
+        head["now"] = now
+        assert report.code_changed("old", [path, new], None, None) == stale, now
+    assert report.code_parts(src["listed"]) == report.code_parts(src["old"])
 
 
 def test_recipes_at_reads_a_commits_recipes(report):
