@@ -211,6 +211,7 @@ MEASURES = [
     "visual_prompting/train_config.py",  # the defaults a row's settings leave alone (the paper's SGD, the clamp)
     "visual_prompting/recipes.py",  # the settings of the rows that run a recipe
     "visual_prompting/prompters.py",
+    "visual_prompting/spectral.py",
     "visual_prompting/heads.py",
     "visual_prompting/backbones.py",
     "visual_prompting/data.py",

@@ -54,6 +54,7 @@ MEASURES = [
     "visual_prompting/ui.py",
     "visual_prompting/model.py",
     "visual_prompting/prompters.py",
+    "visual_prompting/spectral.py",
     "visual_prompting/heads.py",
     "visual_prompting/backbones.py",
     "visual_prompting/prompt_file.py",

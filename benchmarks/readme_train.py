@@ -35,7 +35,7 @@ MEASURES = ["benchmarks/readme_train.py", "visual_prompting/cli.py", "visual_pro
     "visual_prompting/execution.py", "visual_prompting/prompters.py", "visual_prompting/heads.py",
     "visual_prompting/backbones.py", "visual_prompting/data.py", "visual_prompting/evaluation.py",
     "visual_prompting/recipes.py", "visual_prompting/optim.py", "visual_prompting/settings.py",
-    "visual_prompting/imagenet_classes.py"]
+    "visual_prompting/imagenet_classes.py", "visual_prompting/spectral.py"]
 # tqdm's bar with a count of steps done: "  3%|▎         | 6/200 [00:04<02:10, ...]"
 BAR_COUNT = re.compile(rb"\| *(\d+)/\d+ \[")
 

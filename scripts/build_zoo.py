@@ -53,6 +53,7 @@ MEASURES = [
     "scripts/build_zoo.py",
     "visual_prompting/training.py",
     "visual_prompting/prompters.py",
+    "visual_prompting/spectral.py",
     "visual_prompting/heads.py",
     "visual_prompting/backbones.py",
     "visual_prompting/data.py",

@@ -16,7 +16,7 @@ def _meta(p, **over):
     return m
 
 
-@pytest.mark.parametrize("kind", ["pad", "fixed_patch", "random_patch", "shrink_pad"])
+@pytest.mark.parametrize("kind", ["pad", "fixed_patch", "random_patch", "shrink_pad", "full_dct"])
 def test_round_trip_is_exact(tmp_path, kind):
     p = create_prompter(kind=kind, image_size=32, size=4, init="randn", init_std=0.3)
     path = save_prompt(tmp_path / "p.safetensors", p, _meta(p))

@@ -1,6 +1,6 @@
 """visual-prompting: adapt a frozen vision model (above all CLIP) to a new task with one learned image prompt.
 
-Library first: ``prompters`` (the prompt designs), ``backbones`` (frozen models from one spec string, a registry of
+Library first: ``prompters`` (the prompt designs; ``spectral``: one learned in the DCT basis), ``backbones`` (frozen models from one spec string, a registry of
 families: open_clip, EfficientNet-Lite0, torchvision, timm), ``network`` (Hub reachability and cache checks),
 ``heads`` (CLIP text classifier, label mappings), ``data`` (datasets, splits, cached tensors),
 ``model`` (``PromptedModel``: the one way to predict), ``train_config`` (a run's settings, events and result),
@@ -12,6 +12,7 @@ from .errors import VPError
 from .model import PromptedModel
 from .prompt_file import load_prompt, save_prompt
 from .prompters import PrompterConfig, create_prompter
+from . import spectral  # noqa: F401,E402  registers the full_dct prompt kind
 from .train_config import TrainConfig, TrainEvent, TrainResult
 
 
