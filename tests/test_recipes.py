@@ -176,7 +176,7 @@ def test_a_short_run_lr_replaces_only_the_lr_and_only_when_asked():
 def test_every_recipe_builds_a_valid_config():
     for name in RECIPES:
         cfg = config_from_recipe(name)
-        assert cfg.to_dict()["prompter"] in ("pad", "full")
+        assert cfg.to_dict()["prompter"] in ("pad", "full", "full_dct")
 
 
 def test_app_form_follows_a_recipe(tmp_path):
@@ -185,9 +185,9 @@ def test_app_form_follows_a_recipe(tmp_path):
     vp = VPApp()
     d = vp.train_defaults()  # on a CPU: the recipe for a short live run, a minute of training
     short = RECIPES["live"].short_run_lr
-    assert d.recipe == "live" and d.prompter == "full" and d.optimizer == "adam" and d.lr == short != 0.03
-    assert RECIPES["live"].settings == {**RECIPES["fast"].settings, "lr": 0.03, "label_mapping": "contrast",
-                                        "clamp": "hard"}
+    assert d.recipe == "live" and d.prompter == "full_dct" and d.optimizer == "adam" and d.lr == short != 0.03
+    assert RECIPES["live"].settings == {**RECIPES["fast"].settings, "prompter": "full_dct", "lr": 0.03,
+                                        "label_mapping": "contrast", "clamp": "hard"}
     assert d.settings["clamp"] == "hard"  # the form shows the recipe's clamp
     assert RECIPES["fast_pad"].settings == {**RECIPES["fast"].settings, "prompter": "pad", "prompt_fraction": 0.3,
                                             "lr": 0.03, "clamp": "hard"}
@@ -203,7 +203,7 @@ def test_app_form_follows_a_recipe(tmp_path):
     assert {"adam", "l2sgd", "sgd"} <= set(ch["optimizer"]) and "flip_crop" in ch["augment"]
     cfg = vp.train_config("s1", model="effnet-lite0@32", dataset="fashion_mnist_subset", steps=5, batch_size=8,
                           **{f: d.settings[f] for f in TRAIN_FORM_FIELDS})
-    assert (cfg.optimizer, cfg.prompter, cfg.label_mapping) == ("adam", "full", "contrast")
+    assert (cfg.optimizer, cfg.prompter, cfg.label_mapping) == ("adam", "full_dct", "contrast")
     with pytest.raises(VPError, match="optimizer"):
         vp.train_config("s1", model="effnet-lite0@32", dataset="fashion_mnist_subset", steps=5, batch_size=8,
                         optimizer="rmsprop")
