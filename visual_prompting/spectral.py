@@ -55,9 +55,12 @@ class DctPrompter(Prompter):
 
     @torch.no_grad()
     def _project_prompt(self) -> None:
-        """Keep the pixels in [-1, 1] as every other kind does (not the coefficients, which can be larger); nothing
-        is touched while they are inside."""
-        if CLAMP_MODES[self.cfg.clamp].projects:
+        """With the straight-through clamp, keep the pixels in [-1, 1] as every other kind does (not the coefficients,
+        which can be larger; nothing is touched while the pixels are inside). With the plain (``hard``) clamp leave
+        them: a pixel beyond the range changes nothing in the image and gets no gradient there, and projecting it back
+        changes every coefficient. Measured (recipe live, CPU budget, seed 0): 86.12% with the projection against
+        86.53% without (records ``live_dct0`` and this kind's first ``recipe_live`` run, a91fad3)."""
+        if CLAMP_MODES[self.cfg.clamp].projects and self.cfg.clamp != "hard":
             d = self.delta()
             if d.abs().max() > 1:
                 self.coefficients.copy_(self.basis @ d.clamp(-1.0, 1.0) @ self.basis.T)
