@@ -40,8 +40,8 @@ MEASURES = ["benchmarks/app_defaults.py", "visual_prompting/ui.py", "visual_prom
     "visual_prompting/workspace.py", "visual_prompting/training.py", "visual_prompting/train_config.py",
     "visual_prompting/checkpoint.py", "visual_prompting/baselines.py", "visual_prompting/execution.py",
     "visual_prompting/prompters.py", "visual_prompting/spectral.py", "visual_prompting/heads.py",
-    "visual_prompting/backbones.py", "visual_prompting/data.py", "visual_prompting/evaluation.py", "visual_prompting/recipes.py",
-    "visual_prompting/optim.py", "visual_prompting/settings.py"]
+    "visual_prompting/backbones.py", "visual_prompting/data.py", "visual_prompting/evaluation.py",
+    "visual_prompting/recipes.py", "visual_prompting/optim.py", "visual_prompting/settings.py"]
 OTHER_RECIPES = ("paper",)  # run after the default recipe (twice), with the same form
 # issue 29's goal for the first run of a fresh app with the default recipe (a user's first click)
 GOALS = {"test_top1": (">=", 0.80), "seconds": ("<=", 90.0), "seconds_to_first_step": ("<=", 5.0)}

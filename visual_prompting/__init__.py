@@ -1,7 +1,8 @@
 """visual-prompting: adapt a frozen vision model (above all CLIP) to a new task with one learned image prompt.
 
-Library first: ``prompters`` (the prompt designs; ``spectral``: one learned in the DCT basis), ``backbones`` (frozen models from one spec string, a registry of
-families: open_clip, EfficientNet-Lite0, torchvision, timm), ``network`` (Hub reachability and cache checks),
+Library first: ``prompters`` (the prompt designs; ``spectral``: one learned in the DCT basis), ``backbones`` (frozen
+models from one spec string, a registry of families: open_clip, EfficientNet-Lite0, torchvision, timm), ``network``
+(Hub reachability and cache checks),
 ``heads`` (CLIP text classifier, label mappings), ``data`` (datasets, splits, cached tensors),
 ``model`` (``PromptedModel``: the one way to predict), ``train_config`` (a run's settings, events and result),
 ``training`` (the loop), ``checkpoint`` (a run's files), ``evaluation``, ``prompt_file`` (safetensors + JSON
