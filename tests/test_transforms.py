@@ -30,7 +30,7 @@ def test_the_stack_choices_are_every_ordered_combination_and_parse_back():
         create_prompter(kind="pad", image_size=32, size=4, transforms=("sepia",))
 
 
-@pytest.mark.parametrize("kind", ["pad", "full", "shrink_pad"])
+@pytest.mark.parametrize("kind", ["pad", "full", "full_dct", "shrink_pad"])
 @pytest.mark.parametrize("stack", [("affine",), ("colour",), ("affine", "colour")])
 def test_a_stack_starts_as_no_change(kind, stack):
     x = _images(s=96)
