@@ -62,8 +62,9 @@ else
   # time the steps above leave (often none): a step this small leaves the GPU idle between kernels, so one-thread
   # lanes share it well. One lane = "NAME SEEDS SETTINGS" runs separated by ';' (SEEDS: 0,1,2), run in order until
   # the time is up (each finished run is kept). How many steps the default recipe needs to reach the probe at the
-  # CPU budget's size (issue 30: live 85.72% at 1000 steps, 3 seeds; the probe 86.85%; the CPU records put 2000
-  # steps at 86.1-86.6% and 3000 at 86.3-87.2%): 1500 and 2500 steps, one lane per seed.
+  # CPU budget's size (issue 30: live, DCT basis since 76c994a, 86.45% at 1000 steps, 3 seeds; the probe 86.85%; the
+  # CPU records of the pixel basis put 2000 steps at 86.1-86.6% and 3000 at 86.3-87.2%): 1500 and 2500 steps, one
+  # lane per seed.
   # Earlier searches: benchmarks/results/recipe_search.jsonl.
   L='{"recipe": "live", "amp": false'
   sweep_args=(--device cuda)
