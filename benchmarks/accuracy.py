@@ -143,10 +143,11 @@ ROWS = [
         compared_with=(("recipe_fast", "BLM vs 10-source mapping (recipe fast)"),)),
     Row("blm_plus_fast", "prompt", "recipe fast with BLM+ (top-k probabilities)", {"label_mapping": "blm_plus"},
         recipe="fast", compared_with=(("blm_fast", "BLM+ vs BLM (recipe fast)"),)),
-    Row("recipe_live", "prompt", "recipe live: fast with Adam lr 0.03 and the contrast mapping (the default recipe)",
+    Row("recipe_live", "prompt", "recipe live: fast with Adam lr 0.03, the prompt learned in the DCT basis "
+        "(full_dct), the contrast mapping and the plain clamp (the default recipe)",
         recipe="live", compared_with=(("recipe_fast", "recipe live vs recipe fast"),), default=True),
     Row("recipe_fast_pad", "prompt", "recipe fast_pad: a pad prompt 0.3 of the side wide, Adam lr 0.03, "
-        "10-source mapping", recipe="fast_pad",
+        "10-source mapping, the plain clamp", recipe="fast_pad",
         compared_with=(("pad_fast", "a frame 0.3 of the side at lr 0.03 vs 13 px at lr 0.01"),
                        ("recipe_live", "the frame (recipe fast_pad) vs recipe live")), default=True),
     Row("acavp_live", "prompt", "recipe live + learned affine and colour transforms before the prompt (ACAVP)",
