@@ -24,9 +24,9 @@ pretrained tags name a known-good configuration. A recipe only sets defaults; an
            steps 97.59 vs 97.03% (seed 0); at a short run mixed: 160 steps at lr 0.05 on UCI digits 97.40% vs 96.60
            (three seeds' mean), on the benchmark's Fashion-MNIST splits (whole test set) 82.91 vs 82.94% (three
            seeds), on the bundled subset 83.08 vs 83.84% (eight seeds; ``dct_*160*``, ``full_*160``), so the short run
-           keeps full_dct too. Weighting the frequencies (smoother or sharper), lr 0.02 or 0.05, a longer warm-up, a colour
-           basis on top, a Haar or a random orthonormal basis, or Adam in a basis fitted to the gradients (SOAP)
-           measured worse or level (``recipe_search.jsonl``).
+           keeps full_dct too. Weighting the frequencies (smoother or sharper), lr 0.02 or 0.05, a longer warm-up, a
+           colour basis on top, a Haar or a random orthonormal basis, or Adam in a basis fitted to the gradients
+           (SOAP) measured worse or level (``recipe_search.jsonl``).
 ``fast``   chosen by measurement (a sweep of 44 settings at the CPU benchmark's budget on a lent GPU, then
            benchmarks/accuracy.py's ``recipe_fast`` row on 2 CPU cores): a full-image additive prompt, Adam lr 0.01, and a label mapping where each new
            class reads the mean of 10 source logits fitted from data (``multi_frequency``; nothing in it is trained,
