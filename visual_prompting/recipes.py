@@ -30,8 +30,9 @@ pretrained tags name a known-good configuration. A recipe only sets defaults; an
 ``fast``   chosen by measurement (a sweep of 44 settings at the CPU benchmark's budget on a lent GPU, then
            benchmarks/accuracy.py's ``recipe_fast`` row on 2 CPU cores): a full-image additive prompt, Adam lr 0.01,
            and a label mapping where each new class reads the mean of 10 source logits fitted from data
-           (``multi_frequency``; nothing in it is trained, so the prompt stays the only trained thing). Measured on EfficientNet-Lite0 / Fashion-MNIST only: for a
-           CLIP backbone the mapping does not apply (CLIP keeps its text head) and the rest is untested there.
+           (``multi_frequency``; nothing in it is trained, so the prompt stays the only trained thing). Measured on
+           EfficientNet-Lite0 / Fashion-MNIST only: for a CLIP backbone the mapping does not apply (CLIP keeps its
+           text head) and the rest is untested there.
 ``fast_pad`` the best measured padding prompt (a frame, the paper's kind of prompt, for people who inspect it): a
            pad 0.3 of the side wide, Adam lr 0.03, the 10-source mapping, the ``hard`` clamp; a short run: lr 0.075
            (better at 160 steps on the bundled subset and on UCI digits, and at 400 steps on the subset;
