@@ -156,6 +156,7 @@ STEPS = 10
     path = "benchmarks/accuracy.py"
     head = {"now": None}
     monkeypatch.setattr(report, "git", lambda *a: (0, path) if a[0] == "diff" else (0, head["now"]))
+    monkeypatch.setattr(report, "source_at", lambda commit, p: src[commit])
     monkeypatch.setattr(report, "code_of", lambda commit, p, renders=(): report.code_parts(src[commit], renders))
     monkeypatch.setattr(report, "renders_of", lambda commit, p: ())
     for now, stale_for_a, stale_for_all in (("added", False, True), ("b_changed", False, True),
@@ -182,16 +183,13 @@ def test_a_measures_list_and_a_file_added_after_the_result_do_not_stale_it(repor
     path, new = "benchmarks/accuracy.py", "visual_prompting/spectral.py"
     head = {"now": None}
 
-    def git(*a):
-        if a[0] == "diff":
-            return 0, f"{path}\n{new}"
-        if a[0] == "cat-file":  # the new module is missing at the result's commit
-            return (128, "") if a[-1] == f"old:{new}" else (0, "")
-        return 0, head["now"]
+    def source(commit, p):  # the new module is missing at the result's commit, as git would say
+        return src.get(commit) if p == path else None if commit == "old" else "X = 1\n"
 
-    monkeypatch.setattr(report, "git", git)
-    monkeypatch.setattr(report, "code_of", lambda commit, p, renders=(): report.code_parts(
-        src[commit] if p == path else "X = 1\n", renders) if commit in src else None)
+    monkeypatch.setattr(report, "git", lambda *a: (0, f"{path}\n{new}") if a[0] == "diff" else (0, head["now"]))
+    monkeypatch.setattr(report, "source_at", source)
+    monkeypatch.setattr(report, "code_of", lambda commit, p, renders=(): None if source(commit, p) is None
+                        else report.code_parts(source(commit, p), renders))
     monkeypatch.setattr(report, "renders_of", lambda commit, p: ())
     for now, stale in (("listed", []), ("code", [path]), ("old", [])):
         head["now"] = now
@@ -373,6 +371,7 @@ def test_a_function_declared_in_renders_is_not_measured_code(report, monkeypatch
     path = "benchmarks/accuracy.py"
     head = {"now": None}
     monkeypatch.setattr(report, "git", lambda *a: (0, path) if a[0] == "diff" else (0, head["now"]))
+    monkeypatch.setattr(report, "source_at", lambda commit, p: src[commit])
     monkeypatch.setattr(report, "code_of", lambda commit, p, renders=(): report.code_parts(src[commit], renders))
     monkeypatch.setattr(report, "renders_of", lambda commit, p: ("table",) if "RENDERS" in src[commit] else ())
     for now, stale in (("table", False), ("run", True), ("undeclared", True), ("old", False)):
