@@ -833,7 +833,7 @@ def code_changed(commit: str, paths: list[str], recipes: set | None, rows: list 
     head = git("rev-parse", "HEAD")[1]
     out = []
     for path in diff.split():
-        if source_at(commit, path) is None:
+        if git("cat-file", "-e", f"{commit}:{path}")[0] != 0:
             continue  # new since the result: what ran then could not run it, and what puts it to use (an import, a
             # recipe's settings) is an edit of a file that existed then
         before = now = None

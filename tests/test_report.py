@@ -156,7 +156,6 @@ STEPS = 10
     path = "benchmarks/accuracy.py"
     head = {"now": None}
     monkeypatch.setattr(report, "git", lambda *a: (0, path) if a[0] == "diff" else (0, head["now"]))
-    monkeypatch.setattr(report, "source_at", lambda commit, p: src[commit])
     monkeypatch.setattr(report, "code_of", lambda commit, p, renders=(): report.code_parts(src[commit], renders))
     monkeypatch.setattr(report, "renders_of", lambda commit, p: ())
     for now, stale_for_a, stale_for_all in (("added", False, True), ("b_changed", False, True),
@@ -186,8 +185,15 @@ def test_a_measures_list_and_a_file_added_after_the_result_do_not_stale_it(repor
     def source(commit, p):  # the new module is missing at the result's commit, as git would say
         return src.get(commit) if p == path else None if commit == "old" else "X = 1\n"
 
-    monkeypatch.setattr(report, "git", lambda *a: (0, f"{path}\n{new}") if a[0] == "diff" else (0, head["now"]))
-    monkeypatch.setattr(report, "source_at", source)
+    def git(*a):
+        if a[0] == "diff":
+            return 0, f"{path}\n{new}"
+        if a[0] == "cat-file":  # "-e COMMIT:PATH": whether the file exists there
+            commit, p = a[-1].split(":", 1)
+            return (0, "") if source(commit, p) is not None else (128, "")
+        return 0, head["now"]
+
+    monkeypatch.setattr(report, "git", git)
     monkeypatch.setattr(report, "code_of", lambda commit, p, renders=(): None if source(commit, p) is None
                         else report.code_parts(source(commit, p), renders))
     monkeypatch.setattr(report, "renders_of", lambda commit, p: ())
@@ -371,7 +377,6 @@ def test_a_function_declared_in_renders_is_not_measured_code(report, monkeypatch
     path = "benchmarks/accuracy.py"
     head = {"now": None}
     monkeypatch.setattr(report, "git", lambda *a: (0, path) if a[0] == "diff" else (0, head["now"]))
-    monkeypatch.setattr(report, "source_at", lambda commit, p: src[commit])
     monkeypatch.setattr(report, "code_of", lambda commit, p, renders=(): report.code_parts(src[commit], renders))
     monkeypatch.setattr(report, "renders_of", lambda commit, p: ("table",) if "RENDERS" in src[commit] else ())
     for now, stale in (("table", False), ("run", True), ("undeclared", True), ("old", False)):
