@@ -9,12 +9,11 @@ import argparse
 import json
 import signal
 import sys
-import threading
 
 from .data import DEFAULT_MAX_IMAGE_PIXELS
 from .errors import VPError
 from .transforms import stack_text
-from .utils import percent
+from .utils import SigintHandler, percent
 
 EPILOG_TRAIN = """examples:
   python -m visual_prompting train --model effnet-lite0@96 --dataset fashion_mnist_subset --steps 200 --batch-size 64
@@ -303,7 +302,7 @@ def cmd_push(a) -> int:
     return 0
 
 
-class _CtrlC:
+class _CtrlC(SigintHandler):
     """Remembers that a Ctrl-C came (and raises KeyboardInterrupt as Python's own handler does), so that one which
     lands inside a library call and comes back as another exception (safetensors' ``get_tensor`` turned it into a
     ValueError while the bundled subset loaded) still ends the command as an interruption. Installed only in the main
@@ -311,22 +310,15 @@ class _CtrlC:
     the trainer's step-boundary handler (``training.SigintBetweenSteps``) sits on top of it while steps run."""
 
     def __init__(self):
+        super().__init__()
         self.came = False
-        self._previous = None
+
+    def _takes_over(self, current) -> bool:
+        return current is signal.default_int_handler
 
     def _on_sigint(self, signum, frame):
         self.came = True
         raise KeyboardInterrupt
-
-    def __enter__(self):
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 def main(argv: list[str] | None = None) -> int:

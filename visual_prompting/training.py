@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import copy
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable
 
@@ -47,7 +45,8 @@ from .settings import check_config
 from .train_config import (DEFAULT_HEAD_LR, StopTraining, TrainConfig, TrainEvent, TrainResult,  # noqa: F401
                            history_record)
 from .transforms import split_stack
-from .utils import HostReadback, amp_dtype, autocast, import_in_background, pick_device, seed_everything
+from .utils import (HostReadback, SigintHandler, amp_dtype, autocast, import_in_background, pick_device,
+                    seed_everything)
 
 
 class Diverged(Exception):
@@ -359,7 +358,7 @@ class RunMeasures:
         return metrics
 
 
-class SigintBetweenSteps:
+class SigintBetweenSteps(SigintHandler):
     """In the main thread, Ctrl-C (SIGINT) only sets :attr:`pressed`, and the loop stops at the next step boundary,
     like the app's Stop: a KeyboardInterrupt in the middle of a step could leave the prompt updated but the step not
     counted, and a resume would then take that step twice. A second Ctrl-C interrupts at once and sets :attr:`torn`
@@ -367,24 +366,14 @@ class SigintBetweenSteps:
     ignored on purpose, as under ``nohup ... &``) the handler is left as it is."""
 
     def __init__(self):
+        super().__init__()
         self.pressed = self.torn = False
-        self._previous = None
 
     def _on_sigint(self, signum, frame):
         if self.pressed:
             self.torn = True
             raise KeyboardInterrupt
         self.pressed = True
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
 
 
 class Trainer:

@@ -5,6 +5,8 @@ import contextlib
 import numbers
 import os
 import random
+import signal
+import threading
 
 import numpy as np
 import torch
@@ -133,3 +135,29 @@ def import_in_background(*modules: str):
     t = threading.Thread(target=work, name="vp-imports", daemon=True)
     t.start()
     return t
+
+
+class SigintHandler:
+    """A Ctrl-C (SIGINT) handler for a ``with`` block: installed in the main thread over the handler in place when
+    :meth:`_takes_over` accepts that one, the previous handler put back on leaving; elsewhere (another thread) nothing
+    is touched. Subclasses say what a Ctrl-C does (:meth:`_on_sigint`); by default they do not install over SIG_IGN
+    (a SIGINT ignored on purpose, as under ``nohup ... &``)."""
+
+    def __init__(self):
+        self._previous = None
+
+    def _takes_over(self, current) -> bool:
+        return current is not signal.SIG_IGN
+
+    def _on_sigint(self, signum, frame):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and self._takes_over(signal.getsignal(signal.SIGINT)):
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
