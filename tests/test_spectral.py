@@ -68,3 +68,18 @@ def test_projection_keeps_the_pixels_in_range_and_touches_nothing_inside(clamp, 
         assert after.abs().max() <= 1 + 1e-5 and torch.allclose(after, before.clamp(-1, 1), atol=1e-5)
     else:
         assert torch.equal(after, before)
+
+
+@pytest.mark.parametrize("gradient_beyond_range", [False, True])
+def test_what_decides_the_projection_is_the_clamp_modes_gradient_not_its_name(monkeypatch, gradient_beyond_range):
+    # a clamp mode of another name, as a user could register one: projected exactly when a pixel beyond the range
+    # still gets gradient from it (then it can drift where it changes nothing)
+    from visual_prompting.prompters import CLAMP_MODES, ClampMode, hard_clamp
+    monkeypatch.setitem(CLAMP_MODES, "edge_test", ClampMode("edge_test", "test", hard_clamp, True, gradient_beyond_range))
+    p = create_prompter(kind="full_dct", image_size=8, size=8, clamp="edge_test")
+    with torch.no_grad():
+        p.coefficients[:, 0, 0] = 3 * 8
+    before = p.delta().detach().clone()
+    p.project_()
+    assert torch.equal(p.delta().detach(), before) is not gradient_beyond_range
+    assert bool(p.delta().abs().max() <= 1 + 1e-5) is gradient_beyond_range

@@ -100,15 +100,18 @@ class ClampMode:
     description: str  # one line, for the CLI's help, the app and the model card
     apply: Callable[[torch.Tensor], torch.Tensor]
     projects: bool = True  # keep the prompt in [-1, 1] after each step (useless beyond that when clamped)
+    # whether a pixel at or beyond the range's edge still gets a gradient: then it can drift where it changes nothing,
+    # and a prompt held in another basis (spectral.DctPrompter) has to be projected back; without it, it stays put
+    gradient_beyond_range: bool = True
 
 
 CLAMP_MODES: dict[str, ClampMode] = {}
 
 
-def register_clamp(name: str, description: str, projects: bool = True):
-    """Decorator: register ``fn(prompted) -> image`` as the clamp mode ``name``."""
+def register_clamp(name: str, description: str, projects: bool = True, gradient_beyond_range: bool = True):
+    """Decorator: register ``fn(prompted) -> image`` as the clamp mode ``name`` (see :class:`ClampMode`)."""
     def add(fn: Callable[[torch.Tensor], torch.Tensor]):
-        CLAMP_MODES[name] = ClampMode(name, description, fn, projects)
+        CLAMP_MODES[name] = ClampMode(name, description, fn, projects, gradient_beyond_range)
         return fn
     return add
 
@@ -116,7 +119,7 @@ def register_clamp(name: str, description: str, projects: bool = True):
 register_clamp("straight-through", "clamped output, gradient passes")(straight_through_clamp)
 
 
-@register_clamp("hard", "plain clamp")
+@register_clamp("hard", "plain clamp", gradient_beyond_range=False)
 def hard_clamp(x: torch.Tensor) -> torch.Tensor:
     c = x.clamp(0.0, 1.0)
     return c + (to_8bit(c) - c).detach()
@@ -200,8 +203,11 @@ class Prompter(nn.Module):
             images = t(images)
         return self._finish(self._prompt(images))
 
-    def _prompt(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _prompt(self, images: torch.Tensor) -> torch.Tensor:
+        """An additive kind adds :meth:`delta`; the others override this."""
+        if not self.additive:  # pragma: no cover - abstract
+            raise NotImplementedError
+        return images + self.delta().to(images.dtype)
 
     # -- looking at it ------------------------------------------------------------------------------------
     def delta(self) -> torch.Tensor:
@@ -277,9 +283,6 @@ class PadPrompter(Prompter):
         m[:, p : s - p, p : s - p] = 0
         return m
 
-    def _prompt(self, images: torch.Tensor) -> torch.Tensor:
-        return images + self.delta().to(images.dtype)
-
 
 @register_prompter
 class FixedPatchPrompter(Prompter):
@@ -313,9 +316,6 @@ class FixedPatchPrompter(Prompter):
         m = torch.zeros(1, s, s)
         m[:, y : y + p, x : x + p] = 1
         return m
-
-    def _prompt(self, images: torch.Tensor) -> torch.Tensor:
-        return images + self.delta().to(images.dtype)
 
 
 @register_prompter
@@ -392,8 +392,22 @@ def create_prompter(cfg: PrompterConfig | None = None, **overrides) -> Prompter:
 # -- prompt designs from later work (LoR-VP, full-image, AutoVP-style input scale) ----------------------------
 
 
+class WholeImagePrompter(Prompter):
+    """Base of the additive kinds that act on every pixel (3 x S x S in pixels, however they are held): the whole
+    image is theirs (:meth:`mask`), and ``size`` is the side unless the kind gives it another meaning."""
+
+    additive = True
+
+    @classmethod
+    def default_size(cls, image_size: int) -> int:
+        return image_size
+
+    def mask(self) -> torch.Tensor:
+        return torch.ones(1, self.cfg.image_size, self.cfg.image_size)
+
+
 @register_prompter
-class LowRankPrompter(Prompter):
+class LowRankPrompter(WholeImagePrompter):
     """LoR-VP (ICLR 2025): a low-rank prompt ``B @ A`` per channel, added over the whole image; rank r = ``size``
     (2 x 3 x S x r numbers: 5,376 at 224 px and rank 4, 13x fewer than a 30 px frame). LoRA-style start: ``B`` is
     zero (the prompt starts at zero; ``init="randn"`` draws it from N(0, init_std) instead) and ``A`` is uniform in
@@ -404,7 +418,6 @@ class LowRankPrompter(Prompter):
     the range it needs)."""
 
     kind = "lowrank"
-    additive = True
     description = "low-rank prompt B @ A over the whole image (LoR-VP); size = rank"
 
     @classmethod
@@ -424,31 +437,20 @@ class LowRankPrompter(Prompter):
     def delta(self) -> torch.Tensor:
         return torch.bmm(self.lr_b, self.lr_a)
 
-    def mask(self) -> torch.Tensor:
-        return torch.ones(1, self.cfg.image_size, self.cfg.image_size)
-
-    def _prompt(self, images: torch.Tensor) -> torch.Tensor:
-        return images + self.delta().to(images.dtype)
-
     @torch.no_grad()
     def _project_prompt(self) -> None:
-        if self.cfg.clamp == "none":
+        if not CLAMP_MODES[self.cfg.clamp].projects:
             return
         row_max = torch.bmm(self.lr_b, self.lr_a).abs().amax(dim=2, keepdim=True)  # (3, S, 1)
         self.lr_b.div_(row_max.clamp(min=1.0))
 
 
 @register_prompter
-class FullPrompter(Prompter):
+class FullPrompter(WholeImagePrompter):
     """One additive number per pixel and channel over the whole image (3 x S x S); ``size`` is not used."""
 
     kind = "full"
-    additive = True
     description = "additive prompt over the whole image (3 x S x S numbers)"
-
-    @classmethod
-    def default_size(cls, image_size: int) -> int:
-        return image_size
 
     def __init__(self, cfg: PrompterConfig):
         super().__init__(cfg)
@@ -456,12 +458,6 @@ class FullPrompter(Prompter):
 
     def delta(self) -> torch.Tensor:
         return self.full
-
-    def mask(self) -> torch.Tensor:
-        return torch.ones(1, self.cfg.image_size, self.cfg.image_size)
-
-    def _prompt(self, images: torch.Tensor) -> torch.Tensor:
-        return images + self.full.to(images.dtype)
 
 
 @register_prompter
