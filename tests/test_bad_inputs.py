@@ -429,6 +429,9 @@ CASES = [
          r"^None of the images of the uploaded \.zip could be read"),
     Case("zip-empty", "zip", lambda tmp: _zip(tmp, {}), r"needs at least two class folders"),
     Case("zip-single-class", "zip", lambda tmp: _zip(tmp, good_members(1)), r"needs at least two class folders"),
+    Case("zip-a-class-folder-without-images", "zip",  # not a class the model answers and nothing teaches
+         lambda tmp: _zip(tmp, {**good_members(), "set/c2/notes.txt": b"hello", "set/c3/.keep": b""}),
+         r"Class folders with no images .* under .*set: c2, c3\. Add images to them or remove them\."),
     Case("zip-non-image-files-only", "zip",
          lambda tmp: _zip(tmp, {f"set/c{c}/{i}.txt": b"hello" for c in range(2) for i in range(4)}), r"No images"),
     Case("zip-unreadable-images", "zip",

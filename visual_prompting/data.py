@@ -615,6 +615,11 @@ def _folder_items(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
     items = make_dataset(str(folder), {c: i for i, c in enumerate(classes)}, extensions=IMAGE_EXTS, allow_empty=True)
     if not items:
         raise VPError(f"No images ({', '.join(IMAGE_EXTS)}) found under {folder}.")
+    empty = [c for i, c in enumerate(classes) if not any(y == i for _, y in items)]
+    if empty:  # a class no image teaches would still be one of the model's answers
+        raise VPError(f"Class folder{'s' if len(empty) > 1 else ''} with no images ({', '.join(IMAGE_EXTS)}) under "
+                      f"{folder}: {', '.join(empty)}. Add images to {'them' if len(empty) > 1 else 'it'} or "
+                      f"remove {'them' if len(empty) > 1 else 'it'}.")
     return items, classes
 
 
