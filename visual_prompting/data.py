@@ -615,7 +615,8 @@ def _folder_items(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
     items = make_dataset(str(folder), {c: i for i, c in enumerate(classes)}, extensions=IMAGE_EXTS, allow_empty=True)
     if not items:
         raise VPError(f"No images ({', '.join(IMAGE_EXTS)}) found under {folder}.")
-    empty = [c for i, c in enumerate(classes) if not any(y == i for _, y in items)]
+    present = {y for _, y in items}
+    empty = [c for i, c in enumerate(classes) if i not in present]
     if empty:  # a class no image teaches would still be one of the model's answers
         raise VPError(f"Class folder{'s' if len(empty) > 1 else ''} with no images ({', '.join(IMAGE_EXTS)}) under "
                       f"{folder}: {', '.join(empty)}. Add images to {'them' if len(empty) > 1 else 'it'} or "
