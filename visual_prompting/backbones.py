@@ -229,8 +229,13 @@ def parse_spec(spec: str) -> BackboneSpec:
 def load_backbone(spec: str, device: str | torch.device = "cpu", fast: bool = True) -> Backbone:
     """Build a frozen backbone from its spec string (see the module docstring). ``fast``: a classifier's network is
     rewritten to run faster with the same results (:func:`visual_prompting.execution.speed_up`: BatchNorm folded
-    into the convolutions, channels_last); what was done is in ``backbone.execution``."""
+    into the convolutions, channels_last); what was done is in ``backbone.execution``. On a CPU ``fast`` also tunes
+    the process's allocator for training steps (:func:`visual_prompting.execution.tune_cpu_allocator`)."""
     parsed = parse_spec(spec)
+    if fast and torch.device(device).type == "cpu":  # any family: the step's speed on a CPU is the allocator's too
+        from .execution import tune_cpu_allocator
+
+        tune_cpu_allocator()
     bb = BACKBONE_FAMILIES[parsed.family].load(spec, parsed).to(device)
     bb.eval()
     if any(p.requires_grad for p in bb.parameters()):

@@ -27,6 +27,7 @@ from .backbones import BackboneCache, parse_spec
 from .baselines import BaselineCache
 from .data import dataset_names, named_as, open_image, rename_paths, to_rgb
 from .errors import VPError
+from .execution import release_cpu_memory
 from .model import PromptedModel
 from .recipes import DEFAULT_RECIPE, recipe_settings
 from .prompt_file import check_backbone, load_prompt, read_metadata
@@ -447,6 +448,7 @@ class VPApp:
         finally:
             run.close()
             self.workspace.drop_data(cfg.out_dir, cfg.dataset)  # decoded into memory when the run started
+            release_cpu_memory()  # what the allocator kept for the run's steps (execution.tune_cpu_allocator)
         data = Path(cfg.out_dir) / "data"  # an unpacked upload: its folders and files as the user's .zip has them
         try:
             with named_as({f"{data}{os.sep}": "", data: "the uploaded .zip", cfg.out_dir: "the run's folder"}):
