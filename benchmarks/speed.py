@@ -47,6 +47,15 @@ gradients). CPU: peak resident memory of that process minus its resident memory 
 (so: weights + activations + gradients + allocator slack; psutil is not needed, it is ``getrusage``'s
 ``ru_maxrss``).
 
+The library's step in a fresh process: its memory probe then times ``repeats`` x ``steps`` more steps
+(``library_fresh_process_img_s``, median over the repeats), the step as the CLI, the app and accuracy.py run it with
+nothing run before it, next to ``library_img_s`` measured here among the other variants
+(``ratio_fresh_process_vs_in_process``; a warning is printed below 0.9). The two differed by 1.7x on a CPU before the
+library tuned the C allocator itself (:func:`visual_prompting.execution.tune_cpu_allocator`): the eager variant's
+freed blocks had raised glibc's mmap threshold for everything timed after it. Every variant here runs under that
+tuned allocator, so the ratios compare the steps' computation; ``--memory off`` leaves the fresh-process timing out
+too.
+
 Results are merged into ``OUT/speed.json`` by model and device (a GPU run keeps the CPU numbers already there;
 ``--fresh`` starts over): ``results[model][device]`` holds ``library_img_s``, ``eager_img_s``,
 ``executions_img_s`` (every candidate), ``best_execution`` and ``best_execution_img_s``, ``reference_img_s``,
@@ -559,8 +568,9 @@ def _peak_rss_bytes() -> int:
     return r if sys.platform == "darwin" else r * 1024  # bytes on macOS, KiB on Linux
 
 
-def probe_memory(variant, spec, device, batch, amp, mode, steps=3) -> dict:
-    """Run in a fresh process: build one variant, run a few steps, report its peak memory."""
+def probe_memory(variant, spec, device, batch, amp, mode, steps=3, timed_steps: int = 0, repeats: int = 1) -> dict:
+    """Run in a fresh process: build one variant, run a few steps, report its peak memory; with ``timed_steps``,
+    then time ``repeats`` x ``timed_steps`` more steps (``img_s``: the median repeat's images/s)."""
     if device.type == "cuda":
         torch.cuda.init()
         torch.cuda.reset_peak_memory_stats(device)
@@ -587,12 +597,24 @@ def probe_memory(variant, spec, device, batch, amp, mode, steps=3) -> dict:
         v(xin, y)
     sync(device)
     if device.type == "cuda":
-        return {"peak_mem_mib": torch.cuda.max_memory_allocated(device) / 2**20,
-                "memory_kind": "cuda max_memory_allocated in a fresh process"}
-    kind = "CPU peak RSS of a fresh process minus its RSS before the model was built"
-    if not reset:
-        kind += " (peak could not be reset here: an upper bound that may include startup)"
-    return {"peak_mem_mib": (_peak_rss_bytes() - before) / 2**20, "memory_kind": kind}
+        out = {"peak_mem_mib": torch.cuda.max_memory_allocated(device) / 2**20,
+               "memory_kind": "cuda max_memory_allocated in a fresh process"}
+    else:
+        kind = "CPU peak RSS of a fresh process minus its RSS before the model was built"
+        if not reset:
+            kind += " (peak could not be reset here: an upper bound that may include startup)"
+        out = {"peak_mem_mib": (_peak_rss_bytes() - before) / 2**20, "memory_kind": kind}
+    if timed_steps:
+        per = []
+        for _ in range(repeats):
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(timed_steps):
+                v(xin, y)
+            sync(device)
+            per.append(batch * timed_steps / (time.perf_counter() - t0))
+        out["img_s"], out["per_repeat_img_s"] = median(per), per
+    return out
 
 
 def load_backbone_size(spec: str) -> int:
@@ -606,9 +628,10 @@ def load_backbone_size(spec: str) -> int:
     return 224
 
 
-def memory_in_subprocess(variant, spec, device, batch, amp, mode, threads) -> dict:
+def memory_in_subprocess(variant, spec, device, batch, amp, mode, threads, timed_steps=0, repeats=1) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--probe-memory", variant, "--models", spec,
-           "--device", str(device), "--batch-size", str(batch), "--reference-amp", mode]
+           "--device", str(device), "--batch-size", str(batch), "--reference-amp", mode,
+           "--probe-steps", str(timed_steps), "--repeats", str(repeats)]
     if not amp:
         cmd.append("--no-amp")
     if threads:
@@ -649,12 +672,12 @@ def table(results: dict) -> str:
                          r["ratio_vs_best_execution"], r["ratio_vs_reference"],
                          None if flops is None else flops / 1e9, percent(r["flop_utilisation"]),
                          _mib(r.get("library_peak_mem_mib")), _mib(r.get("eager_peak_mem_mib")),
-                         _mib(r.get("reference_peak_mem_mib"))])
+                         _mib(r.get("reference_peak_mem_mib")), r.get("library_fresh_process_img_s")])
     return markdown_table(["model", "device", "batch", "AMP", "library img/s", "eager img/s", "best execution",
                            "best execution img/s", "reference img/s", "library/eager",
                            f"library/best execution (goal >= {GOAL_VS_BEST})",
                            f"library/reference (goal >= {GOAL_VS_REFERENCE:g})", "GFLOP/image", "FLOP utilisation",
-                           "library MiB", "eager MiB", "reference MiB"], rows)
+                           "library MiB", "eager MiB", "reference MiB", "library img/s, fresh process"], rows)
 
 
 def _mib(v):
@@ -734,6 +757,7 @@ def parse_args(argv):
     ap.add_argument("--matmul-size", type=int, default=None,
                     help="side of the square matmul that measures the machine's peak (default: 2048; smoke 256)")
     ap.add_argument("--probe-memory", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--probe-steps", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--render", action="store_true",
                     help="run nothing: rewrite speed.md and speed.png from OUT/speed.json (e.g. after merging in the "
                          "entries of a run on another machine)")
@@ -752,7 +776,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.probe_memory:  # internal: one variant, in this fresh process
         spec = models[0]
         batch = args.batch_size or default_batch(spec, device, args.smoke)
-        print(json.dumps(probe_memory(args.probe_memory, spec, device, batch, amp, args.reference_amp)))
+        print(json.dumps(probe_memory(args.probe_memory, spec, device, batch, amp, args.reference_amp,
+                                      timed_steps=args.probe_steps, repeats=args.repeats or 1)))
         return {}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -791,13 +816,24 @@ def main(argv: list[str] | None = None) -> dict:
                        args.compile, args.compile_horizon, args.matmul_size or (256 if args.smoke else 2048))
         r.update(batch_size=batch, steps=steps, repeats=repeats, warmup=warmup, amp=amp,
                  amp_dtype=str(amp_dtype(device)) if amp else None, reference_amp=args.reference_amp, **derived(r))
+        r["library_fresh_process_img_s"] = r["ratio_fresh_process_vs_in_process"] = None
         for v in VARIANTS:
-            if args.memory == "subprocess":
-                mem = memory_in_subprocess(v, spec, device, batch, amp, args.reference_amp, args.threads)
+            if args.memory == "subprocess":  # the library's probe times its step too: a fresh process's speed
+                timed = steps if v == "library" else 0
+                mem = memory_in_subprocess(v, spec, device, batch, amp, args.reference_amp, args.threads, timed,
+                                           repeats)
             else:
                 mem = {"peak_mem_mib": None, "memory_kind": "not measured (--memory off)"}
             r[f"{v}_peak_mem_mib"] = mem["peak_mem_mib"]
             r["memory_kind"] = mem["memory_kind"]
+            if mem.get("img_s"):
+                r["library_fresh_process_img_s"] = mem["img_s"]
+                r["ratio_fresh_process_vs_in_process"] = mem["img_s"] / r["library_img_s"]
+        fresh = r["ratio_fresh_process_vs_in_process"]
+        if fresh is not None and fresh < 0.9:
+            print(f"   WARNING: {spec}: the library's step in a fresh process runs at {fresh:.2f}x its speed here "
+                  "(among the other variants): what ran before changes it, so the in-process number is not what "
+                  "a user's run gets", flush=True)
         r["goals"] = goals(spec, device.type, r)
         r["provenance"] = prov
         doc["results"].setdefault(spec, {})[device.type] = r

@@ -210,6 +210,13 @@ def test_speed_smoke_merges_models_and_measures_memory(tmp_path):
                 assert is_num(r[key]) and r[key] > 0, (key, r["memory_kind"])
             else:
                 assert r[key] is None
+        # the library's step timed again in its fresh memory probe: what a run with nothing before it gets
+        if model.startswith("effnet"):
+            assert is_num(r["library_fresh_process_img_s"]) and r["library_fresh_process_img_s"] > 0
+            assert r["ratio_fresh_process_vs_in_process"] == pytest.approx(
+                r["library_fresh_process_img_s"] / r["library_img_s"])
+        else:  # --memory off: no fresh process
+            assert r["library_fresh_process_img_s"] is None and r["ratio_fresh_process_vs_in_process"] is None
     clip, effnet = (doc["results"][m]["cpu"] for m in ("clip:vp-tiny", "effnet-lite0@32"))
     # load_backbone rewrites classifiers only: CLIP runs as built, EfficientNet has every candidate
     assert list(clip["executions_img_s"]) == ["eager"] and clip["executions_check"] == {}
