@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .backbones import BackboneCache, parse_spec
+from .backbones import BackboneCache, _is_checkpoint_path, parse_spec
 from .baselines import BaselineCache
 from .data import dataset_names, named_as, open_image, rename_paths, to_rgb
 from .errors import VPError
@@ -77,9 +77,12 @@ class AppConfig:
     work_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "visual-prompting-app")
     device: str = "auto"
     max_models: int = 8  # prompted models kept loaded (backbones are shared between them)
+    max_backbones: int = 4  # backbones kept loaded besides those; the least recently used is dropped first
     max_upload_mb: float = _limit(200, "size of any uploaded file (image, prompt, dataset .zip)")
     max_image_mp: float = _limit(50, "pixels of an image to classify or inspect, read from its header before "
                                      "decoding (decompression bombs)")
+    max_image_size: int = _limit(512, "input size of a model in pixels: a Train-tab model's @SIZE, the image size "
+                                      "of a prompt from an upload or the Hub (checked before the model is built)")
     max_dataset_mb: float = _limit(500, "one uploaded dataset, unpacked (from the sizes the .zip declares, before "
                                         "anything is written)")
     max_dataset_files: int = _limit(20_000, "files in one uploaded dataset")
@@ -150,10 +153,11 @@ class VPApp:
         self.form = form
         self.workspace = Workspace(self.cfg)
         self.device = pick_device(self.cfg.device)
-        self.cache = BackboneCache()
+        self.cache = _BoundedBackboneCache(self.cfg.max_backbones)
         self.baselines = BaselineCache()  # numbers without a prompt: computed once for every user's runs
         self._models: OrderedDict[tuple[str, float, str], tuple[PromptedModel, dict, str | None]] = OrderedDict()
         self._lock = threading.Lock()
+        self._zoo_lock = threading.Lock()
         self.entries: dict[str, dict] = {}
         self.refresh_zoo()
         self.workspace.sweep()  # what an earlier server left past its time (it also runs before every training run)
@@ -269,8 +273,8 @@ class VPApp:
         if hit is None:
             meta = read_metadata(path)
             use = meta["backbone"]["spec"] if own else backbone
-            if not own:
-                parse_spec(use)
+            if not own or not self._shipped(path):  # a user's choice or a user's file: checked before it is built
+                self.check_spec(use, meta["prompter"]["image_size"])
             model, _ = PromptedModel.from_prompt_file(path, device=self.device, cache=self.cache, backbone=use,
                                                       allow_other_backbone=True)
             hit = (model, meta, check_backbone(meta, use))
@@ -279,6 +283,27 @@ class VPApp:
                 while len(self._models) > self.cfg.max_models:
                     self._models.popitem(last=False)
         return hit
+
+    def _shipped(self, path: str) -> bool:
+        """Whether ``path`` is a prompt of the app's own zoo folders (not an upload, not pulled from the Hub)."""
+        return any(e["source"] in ("zoo", "yours") and os.path.abspath(e["path"]) == os.path.abspath(path)
+                   for e in self.entries.values())
+
+    def check_spec(self, spec: str, image_size: int | None = None) -> None:
+        """Refuse, before anything is loaded, a backbone that a user's request (a typed model, an uploaded or Hub
+        prompt) may not make this server build: weights read from a file here (a request names published weights
+        or ``random``), an input size over ``max_image_size``, or a size other than the prompt's ``image_size``."""
+        parsed = parse_spec(spec)
+        if parsed.weights and _is_checkpoint_path(parsed.weights):
+            raise VPError(f"The backbone {spec!r} names a weights file; the app loads published weights (e.g. "
+                          "clip:ViT-B-32/openai) or 'random' only. Use the CLI for weights of your own.")
+        for what, size in (("The prompt's image size", image_size), ("The model's input size", parsed.size)):
+            if size is not None and size > self.cfg.max_image_size:
+                raise VPError(f"{what} ({size} px) is over this app's limit of {self.cfg.max_image_size} px "
+                              "(VP_MAX_IMAGE_SIZE).")
+        if image_size is not None and parsed.size is not None and parsed.size != image_size:
+            raise VPError(f"This prompt is for {image_size} px images but {spec} takes {parsed.size} px; "
+                          "a prompt only fits a backbone of its own image size.")
 
     # -- Try ----------------------------------------------------------------------------------------------
     def predict(self, choice, upload, image, backbone: str | None = None,
@@ -375,7 +400,7 @@ class VPApp:
         default) checked (:func:`~visual_prompting.train_form.form_settings`) and turned into a
         :class:`TrainConfig` for a new run of this session, its uploaded dataset unpacked into the run's folder."""
         settings = form_settings(self.form, form, self.cfg)
-        parse_spec(settings["model"])
+        self.check_spec(settings["model"])
         dataset, upload = settings.pop("dataset", None), form.get("upload")
         uploaded = dataset == UPLOADED_DATASET or bool(upload and not dataset)
         if uploaded and not upload:
@@ -461,13 +486,17 @@ class VPApp:
         yield view.final(result, time.perf_counter() - run.t0)
 
     def add_to_zoo(self, path: str | None, name: str) -> str:
-        """Copy a trained prompt into the user's zoo (``AppConfig.user_zoo_dir``) under ``name``."""
+        """Copy a trained prompt into the user's zoo (``AppConfig.user_zoo_dir``) under ``name``, a name not taken
+        yet there (the folder is shared by everyone this app serves: no one's prompt is replaced)."""
         if not path or not os.path.isfile(path):
             raise VPError("Train a prompt first (or wait until the run has saved one).")
         name = (name or "").strip()
-        with named_as(self._zoo_names()):
+        with self._zoo_lock, named_as(self._zoo_names()):  # one writer of the zoo's index at a time
+            if name and "/" not in name and "\\" not in name and \
+                    (Path(self.cfg.user_zoo_dir) / f"{name}.safetensors").exists():
+                raise VPError(f"`my/{name}` is in the zoo already; pick another name (the app replaces no prompt).")
             entry = add_prompt(path, name, self.cfg.user_zoo_dir, source="trained in the app")
-        self.refresh_zoo()
+            self.refresh_zoo()
         return f"Added as `my/{entry['name']}` to your zoo."
 
     def push(self, path: str | None, repo_id: str, token: str | None, private: bool = False) -> str:
@@ -516,20 +545,53 @@ def _accuracy(zero, val, best) -> str:
     return s
 
 
+class _BoundedBackboneCache(BackboneCache):
+    """The app's backbone cache: at most ``max_items`` backbones kept, the least recently asked for dropped first
+    (a model still in use stays alive through its users; only the cache lets it go), so that a stream of requests
+    for different backbones cannot fill the server's memory."""
+
+    def __init__(self, max_items: int):
+        super().__init__()
+        self.max_items = max_items
+        self._order: OrderedDict = OrderedDict()
+
+    def get(self, spec: str, device="cpu", fast: bool = True):
+        bb = super().get(spec, device, fast)
+        key = (spec, str(device), fast)
+        with self._guard:
+            self._order[key] = None
+            self._order.move_to_end(key)
+            while len(self._order) > self.max_items:
+                old, _ = self._order.popitem(last=False)
+                self._cache.pop(old, None)
+        return bb
+
+
 class _BackgroundRun:
     """``work(callback, should_stop)`` in a daemon thread; :meth:`events` yields what it sends to ``callback``.
-    ``should_stop`` keeps ``busy`` fresh and reads ``stop_file``; :meth:`close` stops a run still going."""
+    ``should_stop`` reads ``stop_file``; :meth:`close` stops a run still going. A second thread touches ``busy``
+    every ``heartbeat_s`` seconds while the run's thread lives, so the run holds its slot (the workspace counts a
+    RUNNING file untouched for 30 s as a run that is gone) also while it loads a backbone or unpacks data, before
+    its first step."""
 
-    def __init__(self, work: Callable, stop_file: Path, busy: Path, name: str):
-        self.stop_file, self.busy = stop_file, busy
+    def __init__(self, work: Callable, stop_file: Path, busy: Path, name: str, heartbeat_s: float = 5.0):
+        self.stop_file, self.busy, self.heartbeat_s = stop_file, busy, heartbeat_s
         self._queue: queue.Queue = queue.Queue()
         self._outcome: dict = {}
+        self._done = threading.Event()
         self._thread = threading.Thread(target=self._work, args=(work,), name=name, daemon=True)
         self.t0 = time.perf_counter()
         self._thread.start()
+        threading.Thread(target=self._heartbeat, name=f"{name}-heartbeat", daemon=True).start()
+
+    def _heartbeat(self) -> None:
+        while not self._done.wait(self.heartbeat_s):
+            try:
+                self.busy.touch()
+            except OSError:  # the session's folder is gone: nothing left to hold
+                return
 
     def _should_stop(self) -> bool:
-        self.busy.touch()
         return self.stop_file.exists()
 
     def _work(self, work: Callable) -> None:
@@ -538,6 +600,7 @@ class _BackgroundRun:
         except BaseException as e:  # noqa: BLE001 - handed to the generator, which reports it
             self._outcome["error"] = e
         finally:
+            self._done.set()
             self._queue.put(None)
 
     def events(self) -> Iterator[TrainEvent]:

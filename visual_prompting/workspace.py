@@ -4,7 +4,7 @@ A public app meets many users and some hostile files, so everything it writes is
 :class:`~visual_prompting.ui.AppConfig`'s limits (README, "Limits"). :class:`Workspace` owns all of it:
 
     WORK_DIR/<session>/              one browser session (its id from Gradio); removed when the session ends
-        RUNNING                      touched at every step while this session's run trains (works across processes)
+        RUNNING                      touched every few seconds while this session's run goes (works across processes)
         STOP                         Stop was pressed: the run ends after its current step
         run-<time>-<random>/         one run: best/last.safetensors, history.json; data/ (an unpacked upload)
                                      while training decodes it
@@ -244,7 +244,8 @@ def _remove_empty_folders(root: Path, older_than: float) -> None:
 
 
 def _fresh(busy: Path, now: float | None = None, seconds: float = 30) -> bool:
-    """Whether a RUNNING file was touched in the last ``seconds`` (a run touches it at every step)."""
+    """Whether a RUNNING file was touched in the last ``seconds`` (a run's heartbeat touches it every few seconds,
+    from its start: ``ui._BackgroundRun``)."""
     try:
         return (time.time() if now is None else now) - busy.stat().st_mtime < seconds
     except OSError:
