@@ -409,6 +409,26 @@ CASES = [
          r"'dataset' must be a text, not -1"),
     Case("prompt-train-config-a-list", "prompt", prompt_file(lambda h, m, t: _set(m, train_config=[1])),
          r"'train_config' must be a JSON object"),
+    Case("prompt-float8-tensors", "prompt", prompt_file(lambda h, m, t: t.update(
+        {k: v.to(torch.float8_e4m3fn) for k, v in t.items()})), r"holds float8_e4m3fn values.*float32"),
+    Case("prompt-clip-head-on-a-classifier", "prompt", prompt_file(lambda h, m, t: _set(
+        m, head={"kind": "clip_text", "templates": ["a {}"]})), r"a clip_text head does not fit the backbone"),
+    Case("prompt-mapping-head-on-clip", "prompt", prompt_file(lambda h, m, t: m["backbone"].update(
+        spec="clip:vp-tiny@96")), r"a label_mapping head does not fit the backbone 'clip:vp-tiny@96'"),
+    Case("prompt-baseline-mapping-without-num-source", "prompt", prompt_file(lambda h, m, t: (m["head"].pop(
+        "num_source"), m["head"].update(baseline_mapping=[[5000 + 10 * i + j for j in range(
+            len(m["head"]["mapping"][0]))] if isinstance(m["head"]["mapping"][0], list) else 5000 + i
+            for i in range(len(m["head"]["mapping"]))]))),
+         r"'baseline_mapping' needs the number of source classes"),
+    *[Case(f"prompt-clip-template-{i}", "prompt", prompt_file(lambda h, m, t, tpl=tpl: (m["backbone"].update(
+        spec="clip:vp-tiny@96"), _set(m, head={"kind": "clip_text", "templates": [tpl]}))),
+        r"each with one '\{\}' for the class name and no other braces") for i, tpl in enumerate(
+        ["a {} of {x}", "a {} of {}", "{0.__class__} {}", "a {:>999999999}", "a {"])],
+    Case("prompt-clip-1000-templates", "prompt", prompt_file(lambda h, m, t: (m["backbone"].update(
+        spec="clip:vp-tiny@96"), _set(m, head={"kind": "clip_text", "templates": [f"{i} {{}}" for i in range(1000)]}))),
+        r"needs 1 to 100 'templates'"),
+    Case("prompt-100001-classes", "prompt", prompt_file(lambda h, m, t: _set(
+        m, class_names=[f"c{i}" for i in range(100_001)])), r"lists 100001 classes; at most 10000 are read"),
     # broken and hostile dataset zips (training: train_config, then the run)
     Case("zip-not-a-zip", "zip", lambda tmp: _write(tmp, b"PK but not really", "data.zip"), r"not a readable \.zip file"),
     Case("zip-zero-bytes", "zip", lambda tmp: _write(tmp, b"", "data.zip"), r"not a readable \.zip file"),

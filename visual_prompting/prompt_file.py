@@ -33,6 +33,9 @@ from .prompters import Prompter, PrompterConfig, create_prompter
 FORMAT = "visual-prompting"
 FORMAT_VERSION = 1
 REQUIRED = ("prompter", "backbone", "class_names", "head")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_TEMPLATES = 100  # a CLIP head's text templates: each class name is encoded once per template
+MAX_CLASSES = 10_000  # class names of one prompt
 
 
 @dataclass
@@ -87,6 +90,10 @@ def read_metadata(path) -> dict:
 def load_prompt(path) -> PromptFile:
     """Load and validate a prompt file; every problem is a :class:`VPError` that says what is wrong."""
     meta, tensors = _open(path, with_tensors=True)
+    for k, t in tensors.items():  # numbers the prompt and head are made of (a training state keeps its own types)
+        if not k.startswith("state.") and t.dtype not in FLOAT_DTYPES:
+            raise VPError(f"{path}: tensor {k!r} holds {str(t.dtype).removeprefix('torch.')} values; a prompt's "
+                          "tensors hold float16, bfloat16, float32 or float64 numbers.")
     cfg = PrompterConfig(**meta["prompter"])
     prompter = create_prompter(cfg)
     expected = dict(prompter.named_parameters())
@@ -231,6 +238,8 @@ def validate_metadata(meta: dict, source: str = "metadata") -> None:
     names = meta["class_names"]
     if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names):
         raise VPError(f"{source}: 'class_names' must be a list of at least two non-empty names.")
+    if len(names) > MAX_CLASSES:
+        raise VPError(f"{source}: 'class_names' lists {len(names)} classes; at most {MAX_CLASSES} are read.")
     bb = meta["backbone"]
     if not isinstance(bb, dict) or not isinstance(bb.get("spec"), str):
         raise VPError(f"{source}: 'backbone' must say which model the prompt is for ('spec').")
@@ -238,8 +247,10 @@ def validate_metadata(meta: dict, source: str = "metadata") -> None:
     kind = head.get("kind") if isinstance(head, dict) else None
     if kind == "clip_text":
         t = head.get("templates")
-        if not isinstance(t, list) or not t or not all(isinstance(s, str) and "{}" in s for s in t):
-            raise VPError(f"{source}: a CLIP head needs 'templates', each with '{{}}' for the class name.")
+        if (not isinstance(t, list) or not t or len(t) > MAX_TEMPLATES
+                or not all(isinstance(s, str) and _one_slot(s) for s in t)):
+            raise VPError(f"{source}: a CLIP head needs 1 to {MAX_TEMPLATES} 'templates', each with one '{{}}' for "
+                          "the class name and no other braces (write '{{' or '}}' for a brace).")
     elif kind in ("label_mapping", "fully_map"):
         m = head.get("mapping")
         # one source index per class, or (multi-source methods) one equally long list of them per class
@@ -257,6 +268,8 @@ def validate_metadata(meta: dict, source: str = "metadata") -> None:
         if ns is not None and (not _is_int(ns) or max(flat) >= ns):
             raise VPError(f"{source}: 'mapping' points outside the {ns!r} source classes ('num_source').")
         base = head.get("baseline_mapping")
+        if base is not None and ns is None:
+            raise VPError(f"{source}: a 'baseline_mapping' needs the number of source classes ('num_source').")
         if base is not None:  # the no-prompt mapping: laid out as 'mapping', within the same source classes
             brows = [r if isinstance(r, list) else [r] for r in base] if isinstance(base, list) else None
             if (brows is None or len(brows) != len(rows) or any(len(b) != len(rows[0]) for b in brows)
@@ -281,9 +294,38 @@ def validate_metadata(meta: dict, source: str = "metadata") -> None:
             raise VPError(f"{source}: a Bayesian label mapping needs a whole 'num_source' from 1 to "
                           f"{MAX_SOURCE_CLASSES} and a number 'lambda'.")
     else:
-        raise VPError(f"{source}: 'head.kind' must be 'clip_text', 'label_mapping', 'fully_map' or 'bayesian_mapping', "
-                      f"not {kind!r:.80}.")
+        raise VPError(f"{source}: 'head.kind' must be {', '.join(map(repr, HEAD_KINDS))}, not {kind!r:.80}.")
+    family = _family(bb["spec"])
+    if (kind == "clip_text") != (family == "clip") and family is not None:
+        raise VPError(f"{source}: a {kind} head does not fit the backbone {bb['spec']!r:.80} (CLIP text heads go with "
+                      "clip: backbones, label mappings with classifiers).")
     _check_extras(meta, source)
+
+
+HEAD_KINDS = ("clip_text", "label_mapping", "fully_map", "bayesian_mapping")
+
+
+def _family(spec: str) -> str | None:
+    """The backbone family a spec names (``clip``, ``effnet``, ...); None when no family of this version reads it
+    (the model's loader then says so)."""
+    from .backbones import parse_spec
+
+    try:
+        return parse_spec(spec).family
+    except VPError:
+        return None
+
+
+def _one_slot(template: str) -> bool:
+    """Whether ``template.format(name)`` fills exactly one plain ``{}`` and reads nothing else (``{0}``, ``{x}``,
+    ``{0.__class__}``, ``{:>9}``, ``{!r}`` are refused; ``{{`` and ``}}`` are literal braces)."""
+    import string
+
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+    except ValueError:  # a lone brace
+        return False
+    return fields == [("", "", None)]  # no format spec either: '{:>999999999}' would pad a name to a gigabyte
 
 
 # what the fronts read besides the fields above, checked by type when present (a hostile file could put a list where
