@@ -82,3 +82,32 @@ def test_train_says_when_the_prompt_is_below_no_prompt(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "The prompt is below no prompt on validation after 2 step(s)" in out and "--time-budget" in out
+
+
+def test_train_refuses_an_unknown_device_a_file_as_out_dir_and_a_resume_with_other_settings(tmp_path, capsys):
+    base = ["train", "--model", "effnet-lite0@32", "--dataset", "fashion_mnist_subset", "--steps", "2", "--batch-size",
+            "8", "--eval-every", "2", "--mapping-samples", "64", "--start-samples", "64", "--quiet"]
+    assert main(base + ["--device", "tpu:7", "--out-dir", str(tmp_path / "a")]) == 2
+    assert "error: 'tpu:7' is not a device" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    assert main(base + ["--device", "cpu", "--out-dir", str(afile)]) == 2
+    assert "is a file; give --out-dir a folder" in capsys.readouterr().err and afile.read_text() == "mine"
+    run = str(tmp_path / "run")
+    assert main(base + ["--device", "cpu", "--optimizer", "sgd", "--lr", "1", "--out-dir", run]) == 0
+    last = (tmp_path / "run" / "last.safetensors").read_bytes()
+    capsys.readouterr()
+    from PIL import Image
+
+    for c in range(3):  # a dataset of other classes
+        (tmp_path / "three" / f"k{c}").mkdir(parents=True)
+        for i in range(6):
+            Image.open(EXAMPLE).convert("RGB").rotate(10 * i + c).save(tmp_path / "three" / f"k{c}" / f"{i}.png")
+    for other, words in ((["--optimizer", "adam", "--lr", "0.01"], "optimizer 'sgd' (this run: 'adam')"),
+                         (["--optimizer", "sgd", "--lr", "1", "--label-mapping", "frequency"], "label mapping"),
+                         (["--optimizer", "sgd", "--lr", "1", "--dataset", str(tmp_path / "three")],
+                          "10 other classes (this run: 3)")):
+        assert main([*base[:6], "4", *base[7:], "--device", "cpu", *other, "--out-dir", run, "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and words in err and "use a new --out-dir" in err and "Traceback" not in err
+        assert (tmp_path / "run" / "last.safetensors").read_bytes() == last  # refused before anything was written

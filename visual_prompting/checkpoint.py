@@ -35,6 +35,7 @@ from .prompt_file import PromptFile, build_metadata, load_prompt, parse_json, sa
 from .utils import write_text_atomic
 
 BEST, LAST, HISTORY = "best.safetensors", "last.safetensors", "history.json"
+RESUME_SAME = ("optimizer", "label_mapping")  # settings a run resumes only with (its optimiser state, its mapping)
 
 
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -100,6 +101,8 @@ class RunFiles:
         all run (``backbone``, ``class_names``, ``dataset``, ``train_config``, ``distributed``)."""
         self.ranks, self.run_meta = ranks, dict(run_meta)
         if ranks.is_main:
+            if os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
+                raise VPError(f"The output folder {self.out_dir} is a file; give --out-dir a folder (new or a run's).")
             os.makedirs(self.out_dir, exist_ok=True)
 
     # -- writing (rank 0 alone; every write goes through _write_prompt / _write_text) ----------------------------
@@ -192,6 +195,14 @@ class RunFiles:
             return None
         if pf.meta["prompter"] != prompter.cfg.to_dict() or pf.meta["backbone"]["spec"] != backbone_spec:
             raise VPError(f"{self.last_path} was made with another prompter or backbone; use a new --out-dir.")
+        was, now = pf.meta.get("train_config") or {}, self.run_meta.get("train_config") or {}
+        other = [f"{k.replace('_', ' ')} {was[k]!r:.40} (this run: {now[k]!r:.40})" for k in RESUME_SAME
+                 if k in was and k in now and was[k] != now[k]]
+        if "class_names" in self.run_meta and pf.meta["class_names"] != self.run_meta["class_names"]:
+            other.append(f"{len(pf.meta['class_names'])} other classes (this run: {len(self.run_meta['class_names'])})")
+        if other:  # the optimiser's state or the mapping would not fit this run
+            raise VPError(f"{self.last_path} was made with {'; '.join(other)}; resume with the same settings or use a "
+                          "new --out-dir.")
         with torch.no_grad():
             for p, q in zip(prompter.parameters(), pf.prompter.parameters()):
                 p.copy_(q.to(p.device))

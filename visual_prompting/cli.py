@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 
@@ -44,6 +45,40 @@ def _add_train(sub, recipe: str, short_run: bool = False) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _positive(kind):
+    """An argparse type: a finite number of ``kind`` above 0 (a batch size, a top-k, a pixel limit)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be a number above 0, not {text!r}")
+        return value
+    return parse
+
+
+def device_name(text: str) -> str:
+    """``text`` when torch knows it as a device (cpu, cuda, cuda:1, mps) or it is auto; whether the device is there
+    is checked when it is used (:func:`~visual_prompting.utils.pick_device`)."""
+    import torch
+
+    if text not in ("", "auto"):
+        try:
+            torch.device(text)
+        except (RuntimeError, ValueError):
+            raise VPError(f"{text!r} is not a device; use auto, cpu, cuda, cuda:N or mps.") from None
+    return text
+
+
+def _device(text: str) -> str:
+    """:func:`device_name` as an argparse type."""
+    try:
+        return device_name(text)
+    except VPError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="accuracy of a prompt, with and without it",
                        description="Top-1/top-5 of a prompt file's model on a split, with and without the prompt.")
@@ -52,8 +87,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="(default: %(default)s)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--download", action="store_true")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=_positive(int), default=128)
+    p.add_argument("--device", type=_device, default="auto")
     p.add_argument("--per-class", action="store_true", help="also print per-class accuracy")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
@@ -63,10 +98,10 @@ def _add_predict(sub) -> None:
                        description="Classify images with and without a prompt and print both top-k side by side.")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--prompt", required=True, help="prompt file (.safetensors), a folder with prompt.safetensors, hf://USER/NAME[@REV][/FILE] or USER/NAME")
-    p.add_argument("-k", "--top-k", type=int, default=5, help="(default: %(default)s)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("-k", "--top-k", type=_positive(int), default=5, help="(default: %(default)s)")
+    p.add_argument("--device", type=_device, default="auto")
     p.add_argument("--save-prompted", default=None, metavar="DIR", help="also write each prompted image as a PNG")
-    p.add_argument("--max-image-mp", type=float, default=DEFAULT_MAX_IMAGE_PIXELS / 1e6, metavar="MP",
+    p.add_argument("--max-image-mp", type=_positive(float), default=DEFAULT_MAX_IMAGE_PIXELS / 1e6, metavar="MP",
                    help="refuse images with more megapixels than this, read from the header before decoding "
                         "(default: %(default)g)")
 
@@ -135,6 +170,7 @@ def cmd_train(a) -> int:
     from .training import train
 
     cfg = from_args(TrainConfig, a)
+    device_name(cfg.device)
     bar, zero = None, None
 
     def say(msg: str) -> None:
@@ -233,6 +269,8 @@ def cmd_predict(a) -> int:
     from .model import PromptedModel
     from .utils import pick_device
 
+    if a.save_prompted and os.path.exists(a.save_prompted) and not os.path.isdir(a.save_prompted):
+        raise VPError(f"--save-prompted {a.save_prompted} is a file; give it a folder (new or existing).")
     model, pf = PromptedModel.from_prompt_file(a.prompt, pick_device(a.device))
     failures = 0
     for path in a.images:
