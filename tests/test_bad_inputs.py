@@ -427,6 +427,10 @@ CASES = [
     Case("prompt-clip-1000-templates", "prompt", prompt_file(lambda h, m, t: (m["backbone"].update(
         spec="clip:vp-tiny@96"), _set(m, head={"kind": "clip_text", "templates": [f"{i} {{}}" for i in range(1000)]}))),
         r"needs 1 to 100 'templates'"),
+    Case("prompt-clip-2000-classes-x-100-templates", "prompt", prompt_file(lambda h, m, t: (m["backbone"].update(
+        spec="clip:vp-tiny@96"), _set(m, class_names=[f"c{i}" for i in range(2000)], head={
+            "kind": "clip_text", "templates": [f"{i} {{}}" for i in range(100)]}))),
+        r"2000 classes x 100 templates is 200000 texts to encode; at most 100000 are"),
     Case("prompt-100001-classes", "prompt", prompt_file(lambda h, m, t: _set(
         m, class_names=[f"c{i}" for i in range(100_001)])), r"lists 100001 classes; at most 10000 are read"),
     # broken and hostile dataset zips (training: train_config, then the run)

@@ -36,6 +36,7 @@ REQUIRED = ("prompter", "backbone", "class_names", "head")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_TEMPLATES = 100  # a CLIP head's text templates: each class name is encoded once per template
 MAX_CLASSES = 10_000  # class names of one prompt
+MAX_TEXTS = 100_000  # a CLIP head's class names x templates (ImageNet-1k with CLIP's 80 templates: 80,000)
 
 
 @dataclass
@@ -251,6 +252,9 @@ def validate_metadata(meta: dict, source: str = "metadata") -> None:
                 or not all(isinstance(s, str) and _one_slot(s) for s in t)):
             raise VPError(f"{source}: a CLIP head needs 1 to {MAX_TEMPLATES} 'templates', each with one '{{}}' for "
                           "the class name and no other braces (write '{{' or '}}' for a brace).")
+        if len(t) * len(names) > MAX_TEXTS:
+            raise VPError(f"{source}: a CLIP head of {len(names)} classes x {len(t)} templates is {len(t) * len(names)}"
+                          f" texts to encode; at most {MAX_TEXTS} are.")
     elif kind in ("label_mapping", "fully_map"):
         m = head.get("mapping")
         # one source index per class, or (multi-source methods) one equally long list of them per class
