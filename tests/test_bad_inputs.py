@@ -439,6 +439,12 @@ CASES = [
     Case("zip-bomb-by-declared-size", "zip", lambda tmp: _zip(tmp, {**good_members(), "set/c0/big.png": b"\0" * (3 << 20)}),
          r"unpacks to more than the 2\.0 MiB allowed \(3\.0 MiB\)"),
     Case("zip-bomb-lying-about-its-size", "zip", lying_zip, r"broken or encrypted and cannot be unpacked"),
+    Case("zip-member-name-too-long", "zip", lambda tmp: _zip(tmp, {**good_members(), "set/c0/" + "x" * 300 + ".png":
+                                                                   _png_bytes()}),
+         r"cannot be unpacked \(\[Errno 36\] File name too long: 'set/c0/x{300}\.png'\)"),
+    Case("zip-a-file-and-a-folder-of-one-name", "zip", lambda tmp: _zip(tmp, {**good_members(), "set/c2": b"x",
+                                                                            "set/c2/0.png": _png_bytes()}),
+         r"cannot be unpacked \(.*'set/c2/0\.png'\)"),
     Case("zip-too-many-files", "zip", lambda tmp: _zip(tmp, good_members(2, 30)), r"holds 60 files; the limit is 50"),
     Case("zip-path-traversal", "zip", lambda tmp: _zip(tmp, {**good_members(), "set/../../evil.png": b"x"}),
          r"would be written outside the dataset folder"),

@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from .data import extract_zip_dataset, mib, zip_size
+from .data import extract_zip_dataset, mib, named_as, zip_size
 from .errors import VPError
 
 MIB = 2**20
@@ -77,7 +77,9 @@ class Workspace:
         if size <= min(cfg.max_dataset_mb * MIB, user_left) and size > total_left:
             raise VPError(f"The app's disk is full right now ({cfg.max_work_disk_mb:g} MiB for all users); try "
                           "again later or with a smaller dataset.")
-        return extract_zip_dataset(path, dest, max_files=cfg.max_dataset_files, max_bytes=int(cfg.max_dataset_mb * MIB))
+        with named_as({f"{dest}{os.sep}": ""}):  # a member as the user's .zip names it, never its place here
+            return extract_zip_dataset(path, dest, max_files=cfg.max_dataset_files,
+                                       max_bytes=int(cfg.max_dataset_mb * MIB))
 
     # -- sessions and runs --------------------------------------------------------------------------------
     def session_dir(self, session: str) -> Path:
