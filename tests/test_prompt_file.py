@@ -102,3 +102,27 @@ def test_prompt_is_never_applied_to_another_backbone_silently(tmp_path):
         PromptedModel.from_prompt_file(path, backbone="effnet-lite0")
     model, _ = PromptedModel.from_prompt_file(path)
     assert model.backbone.spec == "clip:vp-tiny" and model.class_names == ["cat", "dog"]
+
+
+def test_threads_saving_one_prompt_path_at_once_all_succeed_and_leave_a_whole_file(tmp_path):
+    """The app serves users from threads of one process: each writer needs its own temporary file (one per process
+    made them rename each other's away: FileNotFoundError)."""
+    import threading
+
+    p = create_prompter(kind="pad", image_size=32, size=4)
+    target, errors = tmp_path / "same.safetensors", []
+
+    def write():
+        try:
+            for _ in range(5):
+                save_prompt(target, p, _meta(p))
+        except Exception as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=write) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and load_prompt(target).meta["prompter"]["kind"] == "pad"
+    assert [f.name for f in tmp_path.iterdir()] == ["same.safetensors"]  # no temporary file left behind
