@@ -51,8 +51,8 @@ def builds(monkeypatch):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("clip:ViT-B-32//etc/passwd", "names a weights file"),
-    ("clip:ViT-B-32/weights.pt@96", "names a weights file"),
+    ("torchvision:resnet18//etc/passwd", "names a weights file"),  # (a label-mapping head: a classifier family)
+    ("timm:resnet18/weights.pt@96", "names a weights file"),
     ("effnet-lite0@128", "is for 96 px images but effnet-lite0@128 takes 128 px"),
     ("effnet-lite0@4096", "The model's input size \\(4096 px\\) is over this app's limit of 512 px"),
 ])

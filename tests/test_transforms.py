@@ -97,7 +97,8 @@ def test_every_number_of_the_stack_gets_a_gradient_and_stays_in_its_bounds():
 
 def _meta(p):
     return {"prompter": p.cfg.to_dict(), "backbone": {"spec": "effnet-lite0@32"}, "class_names": ["a", "b"],
-            "head": {"kind": "label_mapping", "mapping": [0, 1], "baseline_mapping": [0, 1]}}
+            "head": {"kind": "label_mapping", "mapping": [0, 1], "baseline_mapping": [0, 1],
+                     "num_source": 1000}}
 
 
 def test_the_prompt_file_holds_the_stack_and_gives_the_same_images(tmp_path):
