@@ -77,7 +77,7 @@ class AppConfig:
     work_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "visual-prompting-app")
     device: str = "auto"
     max_models: int = 8  # prompted models kept loaded (backbones are shared between them)
-    max_backbones: int = 4  # backbones kept loaded besides those; the least recently used is dropped first
+    max_backbones: int = 4  # backbones the cache keeps (least recently used dropped first; a kept model holds its own)
     max_upload_mb: float = _limit(200, "size of any uploaded file (image, prompt, dataset .zip)")
     max_image_mp: float = _limit(50, "pixels of an image to classify or inspect, read from its header before "
                                      "decoding (decompression bombs)")
