@@ -61,15 +61,17 @@ else
   # a recipe search at the CPU budget (96 px, 1000 steps of 64, fp32 like CPU), lanes side by side, in whatever
   # time the steps above leave (often none): a step this small leaves the GPU idle between kernels, so one-thread
   # lanes share it well. One lane = "NAME SEEDS SETTINGS" runs separated by ';' (SEEDS: 0,1,2), run in order until
-  # the time is up (each finished run is kept). Issue 30's open question is the input-only prompt's ceiling at the
-  # CPU budget's size: on CPU (3 seeds) live reads 86.19% at 1000 steps and 86.66% at 3000 (live_dct_3000), with the
-  # polarity flip (experiment diff, not built) 86.81% at 2000; live before its DCT basis read 86.84% at 5000; the
-  # probe 86.88%. Whether a much larger budget passes the probe clearly: 10000 steps, one lane per seed.
-  # Earlier searches: benchmarks/results/recipe_search.jsonl.
+  # the time is up (each finished run is kept). Issue 30's open question is the budget at which the input-only
+  # prompt is best at the CPU budget's size: on CPU live reads 86.19% at 1000 steps (3 seeds), 86.66% at 3000
+  # (live_dct_3000, 3 seeds), 86.99% at 5000 (live_dct_5000, 2 seeds) and 86.32% at 10000 (live_dct_10000, 2 seeds:
+  # more epochs of the 10,000 images overfit); the probe 86.88%. The peak's region with 3 seeds: 4000 and 5000
+  # steps, one lane per seed. Earlier searches: benchmarks/results/recipe_search.jsonl.
   L='{"recipe": "live", "amp": false'
   sweep_args=(--device cuda)
   sweep_lanes=()
-  for seed in 0 1 2; do sweep_lanes+=("live_10000 $seed $L, \"steps\": 10000}"); done
+  for seed in 0 1 2; do
+    sweep_lanes+=("live_4000 $seed $L, \"steps\": 4000};live_5000 $seed $L, \"steps\": 5000}")
+  done
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 t0=$(date +%s)
