@@ -118,9 +118,11 @@ def build_app(vp: VPApp | None = None, delete_cache: tuple[int, int] | None = No
             inspect_prompt = inspect_tab(vp)
             refreshed = zoo_tab(vp)
         # a prompt added to the zoo, or a refreshed zoo, shows up in the prompt lists of Try and Inspect
+        def prompt_lists(request: gr.Request):
+            return [gr.update(choices=vp.prompt_names(request.session_hash))] * 2
+
         for event in (added, refreshed):
-            event.success(lambda: [gr.update(choices=list(vp.entries))] * 2, None, [try_prompt, inspect_prompt],
-                          api_name=False)
+            event.success(prompt_lists, None, [try_prompt, inspect_prompt], api_name=False)
 
         def cleanup(request: gr.Request):  # the browser session ended: forget its files
             vp.workspace.cleanup_session(request.session_hash)
@@ -139,14 +141,15 @@ def try_tab(vp: VPApp) -> gr.Dropdown:
     first_text, first_choices = vp.prompt_summary(first)
     examples = vp.examples()
 
-    def on_prompt_change(choice, upload):
+    def on_prompt_change(choice, upload, request: gr.Request):
         with user_errors("reading the prompt"):
-            text, choices = vp.prompt_summary(choice, upload)
+            text, choices = vp.prompt_summary(choice, upload, request.session_hash)
         return text, gr.update(choices=choices, value=OWN_BACKBONE)
 
-    def predict(choice, image, upload=None, backbone=OWN_BACKBONE):
+    def predict(choice, image, upload=None, backbone=OWN_BACKBONE, request: gr.Request = None):
         with user_errors():
-            return vp.predict(choice, upload, image, backbone, warn=gr.Warning)
+            return vp.predict(choice, upload, image, backbone, warn=gr.Warning,
+                              session=request.session_hash if request else None)
 
     with gr.Tab("Try a prompt", id="try"):
         with gr.Row():
@@ -260,11 +263,13 @@ def train_outputs(vp: VPApp) -> tuple[list, object]:
 def zoo_box(vp: VPApp, result_path: gr.State):
     """Add the trained prompt to the user's zoo; the "added" event."""
 
-    def add_to_zoo(path, name):
+    def add_to_zoo(path, name, request: gr.Request):
         with user_errors():
-            return vp.add_to_zoo(path, name)
+            return vp.add_to_zoo(path, name, request.session_hash)
 
-    zoo_name = gr.Textbox(label="Name in your zoo", placeholder="my-fashion-pad")
+    zoo_name = gr.Textbox(label="Name in your zoo", placeholder="my-fashion-pad",
+                          info="Each visitor of this server has a zoo of their own, kept while the page is open"
+                          if vp.cfg.private_zoos else None)
     add = gr.Button("Add to my zoo")
     added = gr.Markdown()
     return add.click(add_to_zoo, [result_path, zoo_name], added, api_name=False)
@@ -292,9 +297,9 @@ def inspect_tab(vp: VPApp) -> gr.Dropdown:
     names, first = _zoo_names(vp)
     examples = vp.examples()
 
-    def inspect(choice, upload, image):
+    def inspect(choice, upload, image, request: gr.Request):
         with user_errors():
-            out = vp.inspect(choice, upload, image)
+            out = vp.inspect(choice, upload, image, request.session_hash)
         caption = f"Saliency of the prompted prediction: **{out['saliency_class']}**" if out["saliency"] else ""
         return (out["prompt"], out["amplitude"], out["spectrum"], out["saliency"], caption,
                 pd.DataFrame(out["channels"], columns=["channel", "mean |delta|", "RMS", "max |delta|"]),
@@ -325,10 +330,11 @@ def inspect_tab(vp: VPApp) -> gr.Dropdown:
 def zoo_tab(vp: VPApp):
     """Tab 4: every prompt in the zoo as a picture and a table. Returns the refresh event."""
 
-    def refresh(include_hub):
+    def refresh(include_hub, request: gr.Request):
         with user_errors("reading the zoo"):
             vp.refresh_zoo(include_hub=include_hub, warn=gr.Warning)
-            return vp.zoo_gallery(), pd.DataFrame(vp.zoo_rows(), columns=VPApp.ZOO_HEADERS)
+            session = request.session_hash
+            return vp.zoo_gallery(session), pd.DataFrame(vp.zoo_rows(session), columns=VPApp.ZOO_HEADERS)
 
     with gr.Tab("Zoo", id="zoo"):
         with gr.Row():

@@ -74,6 +74,10 @@ class AppConfig:
 
     zoo_dir: Path = ZOO_DIR
     user_zoo_dir: Path = USER_ZOO_DIR
+    # each browser session its own "my zoo" (in its folder of the workspace, gone with it) instead of user_zoo_dir,
+    # which every user of the server would see: from_env turns it on for a Hugging Face Space (SPACE_ID is set) or
+    # VP_PRIVATE_ZOOS=1, off with VP_PRIVATE_ZOOS=0
+    private_zoos: bool = False
     work_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "visual-prompting-app")
     device: str = "auto"
     max_models: int = 8  # prompted models kept loaded (backbones are shared between them)
@@ -90,11 +94,12 @@ class AppConfig:
     max_train_seconds: float = _limit(3600, "training time of one run (the Train tab's time budget)")
     max_batch_size: int = _limit(1024, "batch size of one run")
     max_runs: int = _limit(2, "training runs going at once, all users together (each user: one at a time)")
-    max_user_disk_mb: float = _limit(1000, "one user's run folders (prompts, unpacked data) on disk")
+    max_user_disk_mb: float = _limit(1000, "one user's run folders (prompts, unpacked data) and own zoo on disk")
     max_work_disk_mb: float = _limit(5000, "the app's whole work folder on disk (finished runs are removed, "
                                            "oldest first, to make room)")
     run_ttl_hours: float = _limit(24, "how long a finished run's folder is kept (a failed run's is removed at "
-                                      "once, its unpacked data as soon as training ends)")
+                                      "once, its unpacked data as soon as training ends), and a user's own zoo "
+                                      "after its last addition")
     max_gradio_cache_mb: float = _limit(2000, "Gradio's cache folder on disk: every upload and every image or file "
                                               "the page shows (the oldest files are removed first to make room, "
                                               "and any past VP_RUN_TTL_HOURS)")
@@ -116,6 +121,12 @@ class AppConfig:
                 except ValueError as e:
                     raise VPError(f"{var}={environ[var]!r} is not a valid limit ({e}); give a number above 0.") from e
                 kwargs[f.name] = value
+        if "private_zoos" not in kwargs:
+            flag = environ.get("VP_PRIVATE_ZOOS")
+            if flag not in (None, "0", "1"):
+                raise VPError(f"VP_PRIVATE_ZOOS={flag!r}: give 1 (each browser session its own zoo) or 0 (one zoo "
+                              "for every user of this server).")
+            kwargs["private_zoos"] = flag == "1" if flag is not None else "SPACE_ID" in environ
         return cls(**kwargs)
 
 
@@ -163,21 +174,50 @@ class VPApp:
         self.workspace.sweep()  # what an earlier server left past its time (it also runs before every training run)
 
     # -- the zoo ------------------------------------------------------------------------------------------
+    # ``entries``: what every user sees (the shipped zoo, the Hub entries, and the user zoo folder unless each
+    # session has its own: AppConfig.private_zoos); :meth:`entries_for` adds one session's own zoo to them.
     def refresh_zoo(self, include_hub: bool = False, warn: Callable[[str], None] | None = None) -> list[str]:
-        """Re-read the shipped zoo, the user's zoo and (``include_hub``) the index's Hub entries; the names. Files
-        or Hub entries that were skipped go to ``warn`` (the app: a toast for the user who asked), else are
-        issued as warnings."""
+        """Re-read the shipped zoo, the user zoo folder (not with ``private_zoos``) and (``include_hub``) the
+        index's Hub entries; the names. Files or Hub entries that were skipped go to ``warn`` (the app: a toast for
+        the user who asked), else are issued as warnings."""
         entries, skipped = {}, []
         with named_as(self._zoo_names()):
             for e in list_prompts(self.cfg.zoo_dir, include_hub=include_hub, skipped=skipped):
                 entries[e["name"]] = {**e, "source": "hub" if e.get("hub") else "zoo"}
-            if Path(self.cfg.user_zoo_dir).is_dir():
-                for e in list_prompts(self.cfg.user_zoo_dir, skipped=skipped):
-                    entries[f"my/{e['name']}"] = {**e, "source": "yours"}
+            if not self.cfg.private_zoos:
+                entries.update(self._user_entries(self.cfg.user_zoo_dir, skipped))
         self.entries = entries
         for msg in skipped:
             (warn or warnings.warn)(rename_paths(msg, self._zoo_names()))
         return list(entries)
+
+    @staticmethod
+    def _user_entries(folder, skipped: list[str]) -> dict[str, dict]:
+        """A user zoo folder's prompts, named ``my/NAME``."""
+        if not Path(folder).is_dir():
+            return {}
+        return {f"my/{e['name']}": {**e, "source": "yours"} for e in list_prompts(folder, skipped=skipped)}
+
+    def user_zoo(self, session: str | None) -> Path:
+        """The folder "Add to my zoo" writes to for ``session``: its own (``private_zoos``) or the shared one."""
+        return self.workspace.zoo_dir(session) if self.cfg.private_zoos else Path(self.cfg.user_zoo_dir)
+
+    def entries_for(self, session: str | None = None, warn: Callable[[str], None] | None = None) -> dict[str, dict]:
+        """The prompts ``session`` can pick: :attr:`entries` and, with ``private_zoos``, the session's own zoo (read
+        now: it changes only when that session adds to it)."""
+        if not self.cfg.private_zoos or session is None:
+            return self.entries
+        skipped = []
+        folder = self.user_zoo(session)
+        with named_as({folder: "my"}):
+            mine = self._user_entries(folder, skipped)
+        for msg in skipped:
+            (warn or warnings.warn)(rename_paths(msg, {folder: "my"}))
+        return {**self.entries, **mine}
+
+    def prompt_names(self, session: str | None = None) -> list[str]:
+        """The names the Try and Inspect tabs offer to ``session``."""
+        return list(self.entries_for(session))
 
     def best_prompt(self) -> str | None:
         """The shipped zoo's prompt with the highest listed test top-1 (what the Try and Inspect tabs open on), else
@@ -191,10 +231,11 @@ class VPApp:
         """The zoo folders as messages name them: as the prompt lists do (``my/NAME``), not by their place here."""
         return {self.cfg.zoo_dir: "prompts_zoo", self.cfg.user_zoo_dir: "my"}
 
-    def zoo_rows(self) -> list[list]:
-        """One row per prompt: name, source, backbone, dataset, prompt, classes, test top-1 (with / without)."""
+    def zoo_rows(self, session: str | None = None) -> list[list]:
+        """One row per prompt ``session`` can pick: name, source, backbone, dataset, prompt, classes, test top-1
+        (with / without)."""
         rows = []
-        for name, e in self.entries.items():
+        for name, e in self.entries_for(session).items():
             m = e["meta"]
             met = m.get("metrics", {})
             classes = m["class_names"]
@@ -206,11 +247,11 @@ class VPApp:
 
     ZOO_HEADERS = ["name", "source", "backbone", "dataset", "prompt", "classes", "test top-1", "no prompt"]
 
-    def zoo_gallery(self) -> list[tuple]:
-        """``[(picture of the prompt, caption)]`` for every prompt in the zoo."""
+    def zoo_gallery(self, session: str | None = None) -> list[tuple]:
+        """``[(picture of the prompt, caption)]`` for every prompt ``session`` can pick."""
 
         out = []
-        for name, e in self.entries.items():
+        for name, e in self.entries_for(session).items():
             try:
                 pf = load_prompt(e["path"])
             except VPError:
@@ -221,9 +262,10 @@ class VPApp:
         return out
 
     # -- choosing a prompt --------------------------------------------------------------------------------
-    def prompt_path(self, choice: str | None, upload: str | None = None) -> str:
-        """The file behind the user's choice: an uploaded file wins; then a zoo name; then anything
-        :func:`hub.resolve_prompt` understands (``USER/NAME``, ``hf://...``) typed into the box."""
+    def prompt_path(self, choice: str | None, upload: str | None = None, session: str | None = None) -> str:
+        """The file behind the user's choice: an uploaded file wins; then a zoo name (``session``'s own zoo too, see
+        :meth:`entries_for`); then anything :func:`hub.resolve_prompt` understands (``USER/NAME``, ``hf://...``)
+        typed into the box."""
         if upload:
             path = self.workspace.check_upload(upload, "prompt file")
             with named_as({path: Path(path).name}):  # Gradio keeps the user's own file name, in a folder of its own
@@ -233,18 +275,25 @@ class VPApp:
             raise VPError("Pick a prompt from the zoo, type a Hub repo id (USER/NAME), or upload a prompt file.")
         if choice in self.entries:
             return self.entries[choice]["path"]
+        if self.cfg.private_zoos and choice.startswith("my/"):
+            mine = self.entries_for(session)
+            if choice not in mine:
+                raise VPError(f"`{choice}` is not in your zoo. On this server each browser session has a zoo of its "
+                              "own, which goes when the page is closed or reloaded; download a prompt to keep it.")
+            return mine[choice]["path"]
         from .hub import resolve_prompt
 
         if os.path.exists(choice):
             raise VPError("Only prompts from the zoo, the Hub or an upload can be used here.")
         return resolve_prompt(choice)
 
-    def prompt_summary(self, choice: str | None, upload: str | None = None) -> tuple[str, list[str]]:
+    def prompt_summary(self, choice: str | None, upload: str | None = None,
+                       session: str | None = None) -> tuple[str, list[str]]:
         """What the Try tab shows when the prompt changes, reading (or pulling) the prompt once: a Markdown line
         about it (or why it cannot be used), and the backbones to offer - its own first, then others that take
         the same image size (to *see* that a prompt means nothing elsewhere; choosing one comes with a warning)."""
         try:
-            meta = read_metadata(self.prompt_path(choice, upload))
+            meta = read_metadata(self.prompt_path(choice, upload, session))
         except VPError as e:
             return f"**Cannot use this prompt:** {e}", [OWN_BACKBONE]
         met = meta.get("metrics", {})
@@ -307,10 +356,10 @@ class VPApp:
 
     # -- Try ----------------------------------------------------------------------------------------------
     def predict(self, choice, upload, image, backbone: str | None = None,
-                warn: Callable[[str], None] | None = None):
+                warn: Callable[[str], None] | None = None, session: str | None = None):
         """``(prompted PIL image, zero-shot {class: p}, prompted {class: p})``, top-5 over the prompt's classes."""
         img = self.read_image(image)
-        model, _, warning = self.model(self.prompt_path(choice, upload), backbone)
+        model, _, warning = self.model(self.prompt_path(choice, upload, session), backbone)
         if warning and warn:
             warn(warning)
         (zs,), (pr,), (prompted,) = model.predict_both([img], 5, with_images=True)
@@ -352,11 +401,11 @@ class VPApp:
         return to_rgb(image)
 
     # -- Inspect ------------------------------------------------------------------------------------------
-    def inspect(self, choice, upload, image=None) -> dict:
+    def inspect(self, choice, upload, image=None, session: str | None = None) -> dict:
         """Pictures and tables that show what a prompt is: ``prompt``, ``amplitude``, ``channels`` (rows),
         ``spectrum``, ``saliency`` (None without an image), ``saliency_class``, ``metadata`` (rows)."""
 
-        path = self.prompt_path(choice, upload)
+        path = self.prompt_path(choice, upload, session)
         pf = load_prompt(path)
         amp, channels = amplitude(pf.prompter)
         out = {"prompt": prompt_image(pf.prompter), "amplitude": amp, "channels": channels,
@@ -485,18 +534,25 @@ class VPApp:
             self.workspace.remove_failed(cfg.out_dir)
         yield view.final(result, time.perf_counter() - run.t0)
 
-    def add_to_zoo(self, path: str | None, name: str) -> str:
-        """Copy a trained prompt into the user's zoo (``AppConfig.user_zoo_dir``) under ``name``, a name not taken
-        yet there (the folder is shared by everyone this app serves: no one's prompt is replaced)."""
+    def add_to_zoo(self, path: str | None, name: str, session: str | None = None) -> str:
+        """Copy a trained prompt into ``session``'s zoo (:meth:`user_zoo`: ``AppConfig.user_zoo_dir``, shared by
+        everyone this app serves, or with ``private_zoos`` the session's own, within its disk share) under
+        ``name``, a name not taken yet there (no one's prompt is replaced)."""
         if not path or not os.path.isfile(path):
             raise VPError("Train a prompt first (or wait until the run has saved one).")
         name = (name or "").strip()
-        with self._zoo_lock, named_as(self._zoo_names()):  # one writer of the zoo's index at a time
-            if name and "/" not in name and "\\" not in name and \
-                    (Path(self.cfg.user_zoo_dir) / f"{name}.safetensors").exists():
+        folder = self.user_zoo(session)
+        with self._zoo_lock, named_as({**self._zoo_names(), folder: "my"}):  # one writer of a zoo's index at a time
+            if name and "/" not in name and "\\" not in name and (folder / f"{name}.safetensors").exists():
                 raise VPError(f"`my/{name}` is in the zoo already; pick another name (the app replaces no prompt).")
-            entry = add_prompt(path, name, self.cfg.user_zoo_dir, source="trained in the app")
-            self.refresh_zoo()
+            if self.cfg.private_zoos:
+                self.workspace.check_room(session, os.path.getsize(path), "Adding this prompt to your zoo")
+            entry = add_prompt(path, name, folder, source="trained in the app")
+            if not self.cfg.private_zoos:
+                self.refresh_zoo()
+        if self.cfg.private_zoos:
+            return (f"Added as `my/{entry['name']}` to your zoo, which lasts while this page is open (each visitor of "
+                    "this server has a zoo of their own); download the prompt to keep it.")
         return f"Added as `my/{entry['name']}` to your zoo."
 
     def push(self, path: str | None, repo_id: str, token: str | None, private: bool = False) -> str:

@@ -82,12 +82,26 @@ class Workspace:
                                        max_bytes=int(cfg.max_dataset_mb * MIB))
 
     # -- sessions and runs --------------------------------------------------------------------------------
-    def session_dir(self, session: str) -> Path:
+    def session_dir(self, session: str, create: bool = True) -> Path:
         if not SESSION_ID.fullmatch(session or ""):
             raise VPError("This browser session has no valid id; reload the page.")
         d = self.work_dir / session
-        d.mkdir(parents=True, exist_ok=True)
+        if create:
+            d.mkdir(parents=True, exist_ok=True)
         return d
+
+    def zoo_dir(self, session: str) -> Path:
+        """This session's own zoo (an app whose users each keep their own: ``AppConfig.private_zoos``), made when
+        something is added to it; it goes with the session's folder, and with :meth:`sweep` once nothing was added
+        to it for ``run_ttl_hours``."""
+        return self.session_dir(session, create=False) / "zoo"
+
+    def check_room(self, session: str, nbytes: int, what: str) -> None:
+        """Refuse ``nbytes`` more for ``session`` when its folder would exceed its share, ``max_user_disk_mb``."""
+        left = self.cfg.max_user_disk_mb * MIB - disk_usage(self.session_dir(session))
+        if nbytes > left:
+            raise VPError(f"{what} needs {mib(nbytes)} MiB, more than is left of your {self.cfg.max_user_disk_mb:g} MiB "
+                          f"on this server ({mib(max(0, left))} MiB); reload the page to clear your earlier runs.")
 
     def new_run(self, session: str, upload=None) -> tuple[Path, str | None]:
         """A new run folder for ``session`` (after a :meth:`sweep`) and, for an uploaded dataset ``.zip``, the folder
@@ -152,15 +166,16 @@ class Workspace:
 
     # -- sweeping -----------------------------------------------------------------------------------------
     def sweep(self, now: float | None = None) -> list[str]:
-        """Remove run folders older than ``run_ttl_hours``, then the oldest finished runs while the work folder is
-        over ``max_work_disk_mb``; a session whose run is going is left alone. The removed folders."""
+        """Remove run folders (and sessions' own zoos, see :meth:`zoo_dir`) older than ``run_ttl_hours``, then the
+        oldest of them while the work folder is over ``max_work_disk_mb``; a session whose run is going is left
+        alone. The removed folders."""
         work, now = self.work_dir, time.time() if now is None else now
         if not work.is_dir():
             return []
         runs = []
         for session in work.iterdir():
             if session.is_dir() and not _fresh(session / "RUNNING", now):
-                runs += [(r.stat().st_mtime, r) for r in session.glob("run-*") if r.is_dir()]
+                runs += [(r.stat().st_mtime, r) for r in (*session.glob("run-*"), session / "zoo") if r.is_dir()]
         runs.sort()
         removed, total = [], disk_usage(work)
         for mtime, run in runs:
