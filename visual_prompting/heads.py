@@ -225,12 +225,19 @@ class LabelMappingHead(Head):
     def needs_refit_each_epoch(self) -> bool:
         return MAPPINGS[self.method].refit_each_epoch
 
+    def _indices(self, mapping, what: str) -> torch.Tensor:
+        """``mapping`` as indices on this head's device, once they are known to be source classes of its backbone
+        (a prompt file's ``num_source`` may claim more classes than the backbone it is loaded on has)."""
+        t = torch.as_tensor(mapping).to(self.mapping.device, torch.long)
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_source):
+            raise VPError(f"{what} points outside the backbone's {self.num_source} source classes.")
+        return t
+
     def set_mapping(self, mapping) -> None:
-        self.mapping = torch.as_tensor(mapping).to(self.mapping.device, torch.long)
+        self.mapping = self._indices(mapping, "Label mapping")
 
     def set_baseline(self, mapping) -> None:
-        self.baseline = None if mapping is None else torch.as_tensor(mapping, dtype=torch.long,
-                                                                     device=self.mapping.device)
+        self.baseline = None if mapping is None else self._indices(mapping, "The no-prompt (baseline) label mapping")
 
     @property
     def counting(self) -> str:
