@@ -716,6 +716,7 @@ def extract_zip_dataset(zip_path, dest, max_files: int = 200_000, max_bytes: int
     to more than ``max_bytes`` (from the sizes the archive declares, before anything is written; a member never
     writes more than it declares), or that are broken or encrypted (then nothing is left in ``dest``). Symbolic
     links in the archive are written as plain files, never followed."""
+    import errno
     import shutil
     import zipfile
     import zlib
@@ -736,13 +737,25 @@ def extract_zip_dataset(zip_path, dest, max_files: int = 200_000, max_bytes: int
                 raise VPError(f"The archive member {m.filename!r} would be written outside the dataset folder; refused.")
         existed = dest.exists()
         dest.mkdir(parents=True, exist_ok=True)
+        name, member = Path(str(zip_path)).name, None
         try:
-            for m in members:
-                zf.extract(m, dest)
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, RuntimeError, NotImplementedError, ValueError) as e:
+            for member in members:
+                zf.extract(member, dest)
+        except BaseException as e:
             if not existed:
                 shutil.rmtree(dest, ignore_errors=True)
-            raise VPError(f"{Path(str(zip_path)).name} is broken or encrypted and cannot be unpacked ({e}).") from e
+            if isinstance(e, (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, ValueError)):
+                raise VPError(f"{name} is broken or encrypted and cannot be unpacked ({e}).") from e
+            if isinstance(e, OSError):  # the archive reads, its member cannot be written here (full disk, names)
+                hint = {errno.ENOSPC: "the server's disk is full; try again later",
+                        errno.ENOTDIR: "the archive holds a file and a folder of the same name",
+                        errno.EISDIR: "the archive holds a file and a folder of the same name",
+                        errno.EEXIST: "the archive holds a file and a folder of the same name",
+                        errno.ENAMETOOLONG: "shorten the names in the archive"}.get(e.errno)
+                why = f"{e.strerror or e}" + (f": {hint}" if hint else "")
+                raise VPError(f"{name} cannot be unpacked: its member {member.filename!r:.120} cannot be written "
+                              f"({why}).") from e
+            raise
     entries = [d for d in dest.iterdir() if not d.name.startswith(".")]
     if len(entries) == 1 and entries[0].is_dir():
         return str(entries[0])
