@@ -104,18 +104,25 @@ def test_prompt_is_never_applied_to_another_backbone_silently(tmp_path):
     assert model.backbone.spec == "clip:vp-tiny" and model.class_names == ["cat", "dog"]
 
 
-def test_threads_saving_one_prompt_path_at_once_all_succeed_and_leave_a_whole_file(tmp_path):
-    """The app serves users from threads of one process: each writer needs its own temporary file (one per process
-    made them rename each other's away: FileNotFoundError)."""
+@pytest.mark.parametrize("what", ["prompt", "text"])
+def test_threads_saving_one_path_at_once_all_succeed_and_leave_a_whole_file(tmp_path, what):
+    """The app serves users from threads of one process: each writer (a prompt, a zoo's index.json) needs its own
+    temporary file (one per process made them rename each other's away: FileNotFoundError)."""
+    import json
     import threading
 
+    from visual_prompting.utils import write_text_atomic
+
     p = create_prompter(kind="pad", image_size=32, size=4)
-    target, errors = tmp_path / "same.safetensors", []
+    target, errors = tmp_path / ("same.safetensors" if what == "prompt" else "same.json"), []
 
     def write():
         try:
-            for _ in range(5):
-                save_prompt(target, p, _meta(p))
+            for i in range(5):
+                if what == "prompt":
+                    save_prompt(target, p, _meta(p))
+                else:
+                    write_text_atomic(target, json.dumps({"writer": threading.get_ident(), "i": i, "pad": "x" * 4096}))
         except Exception as e:  # noqa: BLE001 - collected for the assertion
             errors.append(e)
 
@@ -124,5 +131,9 @@ def test_threads_saving_one_prompt_path_at_once_all_succeed_and_leave_a_whole_fi
         t.start()
     for t in threads:
         t.join()
-    assert errors == [] and load_prompt(target).meta["prompter"]["kind"] == "pad"
-    assert [f.name for f in tmp_path.iterdir()] == ["same.safetensors"]  # no temporary file left behind
+    assert errors == []
+    if what == "prompt":
+        assert load_prompt(target).meta["prompter"]["kind"] == "pad"
+    else:
+        assert json.loads(target.read_text())["i"] == 4  # a whole file, the last write of one writer
+    assert [f.name for f in tmp_path.iterdir()] == [target.name]  # no temporary file left behind

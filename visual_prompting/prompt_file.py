@@ -21,7 +21,6 @@ import json
 import math
 import os
 import shutil
-import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +29,7 @@ from safetensors.torch import save_file
 
 from .errors import VPError
 from .prompters import Prompter, PrompterConfig, create_prompter
+from .utils import temporary_beside
 
 FORMAT = "visual-prompting"
 FORMAT_VERSION = 1
@@ -68,7 +68,7 @@ def save_prompt(path, prompter: Prompter, meta: dict, state: dict[str, torch.Ten
         tensors[f"state.{k}"] = v.detach().cpu().contiguous()
     header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "metadata": json.dumps(meta)}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"  # one per writer, threads of one process too
+    tmp = temporary_beside(path)
     save_file(tensors, tmp, metadata=header)
     os.replace(tmp, path)
     return path

@@ -110,10 +110,17 @@ def eval_mode(module: torch.nn.Module):
             module.train()
 
 
+def temporary_beside(path) -> str:
+    """A temporary name beside ``path`` for one writer (this process and thread: the app's users are threads of
+    one process) to write in full before it renames it into place."""
+    return f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
+
+
 def write_text_atomic(path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path`` and rename it into place: a process killed at any moment,
-    or a second writer, leaves the old file or the new one, never half of one."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    or a second writer (another process, or another thread of this one), leaves the old file or the new one, never
+    half of one."""
+    tmp = temporary_beside(path)
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
@@ -124,7 +131,6 @@ def import_in_background(*modules: str):
     needs one meanwhile waits for it), and much of an import's time can overlap work that runs outside Python
     (a model's forward passes). A module that fails to import here raises where it is imported for use."""
     import importlib
-    import threading
 
     def work():
         for m in modules:
