@@ -93,6 +93,25 @@ def test_the_train_tab_refuses_a_typed_model_over_the_size_limit_or_with_local_w
     assert vp.train_config("s1", **form("effnet-lite0@64")).model == "effnet-lite0@64"  # within the limit: set up
 
 
+def test_the_train_tab_refuses_a_batch_of_too_many_pixels_though_each_number_is_within_its_limit(tmp_path, builds):
+    vp = _app(tmp_path)
+
+    def form(model, batch_size):
+        return {**vp.first_form(), "model": model, "batch_size": batch_size, "dataset": "fashion_mnist_subset",
+                "steps": 1}
+
+    with pytest.raises(VPError, match=r"A batch of 1024 images of 512 px is 268\.4 MP, over this app's limit of 13 MP "
+                                      r"\(VP_MAX_BATCH_MP\)"):
+        vp.train_config("s1", **form("effnet-lite0@512", 1024))
+    with pytest.raises(VPError, match=r"A batch of 512 images of 224 px \(the model names no @SIZE\) is 25\.7 MP"):
+        vp.train_config("s1", **form("effnet-lite0", 512))
+    assert builds == [] and not list((tmp_path / "work").rglob("run-*"))
+    assert vp.train_config("s1", **form("effnet-lite0", 256)).batch_size == 256  # the paper's batch: allowed
+    assert vp.train_config("s2", **form("effnet-lite0@96", 1024)).batch_size == 1024
+    loose = _app(tmp_path / "loose", max_batch_mp=300)
+    assert loose.train_config("s1", **form("effnet-lite0@512", 1024)).batch_size == 1024  # VP_MAX_BATCH_MP raised
+
+
 def test_the_apps_backbone_cache_keeps_the_most_recently_used_few(monkeypatch):
     from visual_prompting import backbones
 

@@ -93,6 +93,8 @@ class AppConfig:
     max_steps: int = _limit(100_000, "training steps of one run")
     max_train_seconds: float = _limit(3600, "training time of one run (the Train tab's time budget)")
     max_batch_size: int = _limit(1024, "batch size of one run")
+    max_batch_mp: float = _limit(13, "pixels of one training batch, batch size x input size squared (224 px when "
+                                     "the model names no @SIZE): the paper's 256 x 224 px is 12.8")
     max_runs: int = _limit(2, "training runs going at once, all users together (each user: one at a time)")
     max_user_disk_mb: float = _limit(1000, "one user's run folders (prompts, unpacked data) and own zoo on disk")
     max_work_disk_mb: float = _limit(5000, "the app's whole work folder on disk (finished runs are removed, "
@@ -354,6 +356,17 @@ class VPApp:
             raise VPError(f"This prompt is for {image_size} px images but {spec} takes {parsed.size} px; "
                           "a prompt only fits a backbone of its own image size.")
 
+    def check_batch(self, spec: str, batch_size: int) -> None:
+        """Refuse a batch whose pixels (``batch_size`` x the input size squared) are over ``max_batch_mp``: each
+        limit alone allows a batch that would take the server's memory (1024 images of 512 px)."""
+        size = parse_spec(spec).size
+        side = size or 224
+        mp = batch_size * side * side / 1e6
+        if mp > self.cfg.max_batch_mp:
+            raise VPError(f"A batch of {batch_size} images of {side} px" + ("" if size else " (the model names no @SIZE)")
+                          + f" is {mp:.1f} MP, over this app's limit of {self.cfg.max_batch_mp:g} MP "
+                          "(VP_MAX_BATCH_MP); use a smaller batch or input size.")
+
     # -- Try ----------------------------------------------------------------------------------------------
     def predict(self, choice, upload, image, backbone: str | None = None,
                 warn: Callable[[str], None] | None = None, session: str | None = None):
@@ -450,6 +463,7 @@ class VPApp:
         :class:`TrainConfig` for a new run of this session, its uploaded dataset unpacked into the run's folder."""
         settings = form_settings(self.form, form, self.cfg)
         self.check_spec(settings["model"])
+        self.check_batch(settings["model"], settings["batch_size"])
         dataset, upload = settings.pop("dataset", None), form.get("upload")
         uploaded = dataset == UPLOADED_DATASET or bool(upload and not dataset)
         if uploaded and not upload:
