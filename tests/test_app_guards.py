@@ -15,7 +15,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from visual_prompting import VPError
-from visual_prompting.ui import AppConfig, VPApp, _BackgroundRun, _BoundedBackboneCache
+from visual_prompting.backbones import BackboneCache
+from visual_prompting.ui import AppConfig, VPApp, _BackgroundRun
 from visual_prompting.workspace import _fresh
 from visual_prompting.zoo import load_index
 
@@ -116,12 +117,15 @@ def test_the_apps_backbone_cache_keeps_the_most_recently_used_few(monkeypatch):
     from visual_prompting import backbones
 
     monkeypatch.setattr(backbones, "load_backbone", lambda spec, device="cpu", fast=True: object())
-    cache = _BoundedBackboneCache(2)
+    cache = BackboneCache(max_items=2)
     a, b = cache.get("a"), cache.get("b")
     assert cache.get("a") is a  # a hit, and now the most recently used
     c = cache.get("c")  # drops b, the least recently used
     assert cache.get("a") is a and cache.get("c") is c and cache.get("b") is not b
     assert len(cache._cache) == 2
+    keeps_all = BackboneCache()  # scripts and tests: no bound
+    first = [keeps_all.get(s) for s in "abcdef"]
+    assert [keeps_all.get(s) for s in "abcdef"] == first
 
 
 def test_a_run_holds_its_slot_while_it_loads_before_its_first_step(tmp_path):

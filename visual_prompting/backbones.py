@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -262,11 +263,15 @@ def base_model_for(spec: str) -> str | None:
 
 class BackboneCache:
     """Loads each backbone once per (spec, device) and hands the same frozen module to every caller. Thread-safe:
-    two callers asking for the same backbone at once wait for one load (the app serves several users)."""
+    two callers asking for the same backbone at once wait for one load (the app serves several users).
+    ``max_items``: keep at most that many, the least recently asked for dropped first (a backbone still in use
+    stays alive through its users; only the cache lets it go), so that a server's stream of requests for different
+    backbones cannot fill its memory; None keeps every one."""
 
-    def __init__(self):
-        self._cache: dict[tuple[str, str], Backbone] = {}
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
+    def __init__(self, max_items: int | None = None):
+        self.max_items = max_items
+        self._cache: OrderedDict[tuple[str, str, bool], Backbone] = OrderedDict()
+        self._locks: dict[tuple[str, str, bool], threading.Lock] = {}
         self._guard = threading.Lock()
 
     def get(self, spec: str, device: str | torch.device = "cpu", fast: bool = True) -> Backbone:
@@ -274,9 +279,16 @@ class BackboneCache:
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
-            if key not in self._cache:
-                self._cache[key] = load_backbone(spec, device, fast)
-            return self._cache[key]
+            with self._guard:
+                bb = self._cache.get(key)
+            if bb is None:
+                bb = load_backbone(spec, device, fast)
+            with self._guard:
+                self._cache[key] = bb
+                self._cache.move_to_end(key)
+                while self.max_items is not None and len(self._cache) > self.max_items:
+                    self._cache.popitem(last=False)
+            return bb
 
 
 # -- the families ---------------------------------------------------------------------------------------------

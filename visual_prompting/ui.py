@@ -166,7 +166,7 @@ class VPApp:
         self.form = form
         self.workspace = Workspace(self.cfg)
         self.device = pick_device(self.cfg.device)
-        self.cache = _BoundedBackboneCache(self.cfg.max_backbones)
+        self.cache = BackboneCache(self.cfg.max_backbones)
         self.baselines = BaselineCache()  # numbers without a prompt: computed once for every user's runs
         self._models: OrderedDict[tuple[str, float, str], tuple[PromptedModel, dict, str | None]] = OrderedDict()
         self._lock = threading.Lock()
@@ -613,28 +613,6 @@ def _accuracy(zero, val, best) -> str:
     if val is not None:
         s += f" · with the prompt now: **{percent(val)}** · best so far: **{percent(best)}**"
     return s
-
-
-class _BoundedBackboneCache(BackboneCache):
-    """The app's backbone cache: at most ``max_items`` backbones kept, the least recently asked for dropped first
-    (a model still in use stays alive through its users; only the cache lets it go), so that a stream of requests
-    for different backbones cannot fill the server's memory."""
-
-    def __init__(self, max_items: int):
-        super().__init__()
-        self.max_items = max_items
-        self._order: OrderedDict = OrderedDict()
-
-    def get(self, spec: str, device="cpu", fast: bool = True):
-        bb = super().get(spec, device, fast)
-        key = (spec, str(device), fast)
-        with self._guard:
-            self._order[key] = None
-            self._order.move_to_end(key)
-            while len(self._order) > self.max_items:
-                old, _ = self._order.popitem(last=False)
-                self._cache.pop(old, None)
-        return bb
 
 
 class _BackgroundRun:
