@@ -3,6 +3,7 @@ import sys
 
 import pytest
 
+from visual_prompting import VPError
 from visual_prompting.cli import main
 
 EXAMPLE = "assets/examples/7_sneaker.png"
@@ -87,8 +88,15 @@ def test_train_says_when_the_prompt_is_below_no_prompt(tmp_path, capsys):
 def test_train_refuses_an_unknown_device_a_file_as_out_dir_and_a_resume_with_other_settings(tmp_path, capsys):
     base = ["train", "--model", "effnet-lite0@32", "--dataset", "fashion_mnist_subset", "--steps", "2", "--batch-size",
             "8", "--eval-every", "2", "--mapping-samples", "64", "--start-samples", "64", "--quiet"]
-    assert main(base + ["--device", "tpu:7", "--out-dir", str(tmp_path / "a")]) == 2
-    assert "error: 'tpu:7' is not a device" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    with pytest.raises(SystemExit) as e:  # refused as the options are parsed: TrainConfig.device's own check
+        main(base + ["--device", "tpu:7", "--out-dir", str(tmp_path / "a")])
+    assert e.value.code == 2 and not (tmp_path / "a").exists()
+    assert "argument --device: 'tpu:7' is not a device; use auto, cpu" in capsys.readouterr().err
+    from visual_prompting.settings import check_config
+    from visual_prompting.train_config import TrainConfig
+
+    with pytest.raises(VPError, match="'tpu:7' is not a device"):  # the same rule for the library, app and scripts
+        check_config(TrainConfig(device="tpu:7"))
     afile = tmp_path / "notes.txt"
     afile.write_text("mine")
     assert main(base + ["--device", "cpu", "--out-dir", str(afile)]) == 2

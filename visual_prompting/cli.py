@@ -14,7 +14,8 @@ import sys
 from .data import DEFAULT_MAX_IMAGE_PIXELS
 from .errors import VPError
 from .transforms import stack_text
-from .utils import SigintHandler, percent
+from .settings import checked_type
+from .utils import SigintHandler, check_device_name, percent
 
 EPILOG_TRAIN = """examples:
   python -m visual_prompting train --model effnet-lite0@96 --dataset fashion_mnist_subset --steps 200 --batch-size 64
@@ -58,27 +59,6 @@ def _positive(kind):
     return parse
 
 
-def device_name(text: str) -> str:
-    """``text`` when torch knows it as a device (cpu, cuda, cuda:1, mps) or it is auto; whether the device is there
-    is checked when it is used (:func:`~visual_prompting.utils.pick_device`)."""
-    import torch
-
-    if text not in ("", "auto"):
-        try:
-            torch.device(text)
-        except (RuntimeError, ValueError):
-            raise VPError(f"{text!r} is not a device; use auto, cpu, cuda, cuda:N or mps.") from None
-    return text
-
-
-def _device(text: str) -> str:
-    """:func:`device_name` as an argparse type."""
-    try:
-        return device_name(text)
-    except VPError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="accuracy of a prompt, with and without it",
                        description="Top-1/top-5 of a prompt file's model on a split, with and without the prompt.")
@@ -88,7 +68,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--data-root", default=None)
     p.add_argument("--download", action="store_true")
     p.add_argument("--batch-size", type=_positive(int), default=128)
-    p.add_argument("--device", type=_device, default="auto")
+    p.add_argument("--device", type=checked_type(check_device_name, str), default="auto")
     p.add_argument("--per-class", action="store_true", help="also print per-class accuracy")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
@@ -99,7 +79,7 @@ def _add_predict(sub) -> None:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--prompt", required=True, help="prompt file (.safetensors), a folder with prompt.safetensors, hf://USER/NAME[@REV][/FILE] or USER/NAME")
     p.add_argument("-k", "--top-k", type=_positive(int), default=5, help="(default: %(default)s)")
-    p.add_argument("--device", type=_device, default="auto")
+    p.add_argument("--device", type=checked_type(check_device_name, str), default="auto")
     p.add_argument("--save-prompted", default=None, metavar="DIR", help="also write each prompted image as a PNG")
     p.add_argument("--max-image-mp", type=_positive(float), default=DEFAULT_MAX_IMAGE_PIXELS / 1e6, metavar="MP",
                    help="refuse images with more megapixels than this, read from the header before decoding "
@@ -170,7 +150,6 @@ def cmd_train(a) -> int:
     from .training import train
 
     cfg = from_args(TrainConfig, a)
-    device_name(cfg.device)
     bar, zero = None, None
 
     def say(msg: str) -> None:

@@ -28,15 +28,17 @@ from .errors import VPError
 
 def setting(default=dataclasses.MISSING, help: str | Callable[[], str] = "", *, choices=None, low=None,
             high=None, low_open: bool = False, label: str | None = None, hint: str = "", flag: str | None = None,
-            cli: bool = True):
+            cli: bool = True, check: Callable[[object], None] | None = None):
     """A dataclass field with what the CLI, the app and the checks need to know about it.
 
     ``choices``: an iterable of allowed values (or a callable giving one: a registry). ``low`` / ``high``:
     bounds (``low_open``: strictly greater than ``low``); None values always pass (None means "the default").
     ``label``: the name in messages ("Batch size"); ``hint``: added to a bound's message. ``flag``: the option
-    instead of ``--field-name`` (``--no-amp`` for a bool that defaults to True). ``cli=False``: no option."""
+    instead of ``--field-name`` (``--no-amp`` for a bool that defaults to True). ``cli=False``: no option.
+    ``check``: a rule of its own for a value that is given (raises :class:`VPError`; e.g. a device's name), run
+    with the others everywhere, the CLI's parsing included."""
     meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open, "label": label,
-            "hint": hint, "flag": flag, "cli": cli}
+            "hint": hint, "flag": flag, "cli": cli, "check": check}
     return dataclasses.field(default=default, metadata={"setting": meta})
 
 
@@ -82,6 +84,8 @@ def check_value(cls, name: str, value, *, low=None, high=None) -> None:
     allowed = choices(cls, name)
     if allowed is not None and value not in allowed:
         raise VPError(f"Unknown {name.replace('_', ' ')} {value!r}; choose one of {', '.join(map(str, allowed))}.")
+    if m.get("check") is not None:
+        m["check"](value)
     lo = m.get("low") if low is None else low
     hi = m.get("high") if high is None else high
     if lo is None and hi is None:
@@ -154,11 +158,23 @@ def add_arguments(parser, cls, names: Iterable[str] | None = None, *, defaults: 
             else:
                 kw.update(action="store_true")
         else:
-            kw.update(default=default, type=t if t is not str else None)
+            kw.update(default=default, type=checked_type(m["check"], t) if m.get("check") else t if t is not str else None)
             allowed = choices(cls, f.name)
             if allowed is not None:
                 kw["choices"] = allowed
         parser.add_argument(flag, **{k: v for k, v in kw.items() if v is not None or k == "default"})
+
+
+def checked_type(check: Callable[[object], None], kind: type):
+    """An argparse type: ``kind`` of the text, then ``check`` (its VPError becomes argparse's own error)."""
+    def parse(text: str):
+        value = kind(text)
+        try:
+            check(value)
+        except VPError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return value
+    return parse
 
 
 def from_args(cls, namespace, **extra):

@@ -18,6 +18,7 @@ from .heads import MAPPINGS, TEMPLATE_SETS
 from .optim import OPTIMIZERS
 from .prompters import CLAMP_MODES, INITS, PROMPTERS
 from .settings import listing, setting
+from .utils import check_device_name
 from .transforms import TRANSFORMS, stack_choices
 
 
@@ -109,7 +110,7 @@ class TrainConfig:
     mapping_samples: int = setting(5000, "train images used to compute frequency / iterative mappings (default: "
                                    "%(default)s)", low=1, label="Mapping samples")
     seed: int = setting(0, "(default: %(default)s)", label="Seed")
-    device: str = setting("auto", "auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:1, mps (default: %(default)s)", check=check_device_name)
     amp: bool = setting(True, "disable mixed precision on CUDA", flag="--no-amp")
     fast_backbone: bool = setting(True, "run a classifier backbone as loaded, without folding its BatchNorms into "
                                   "its convolutions and without channels_last (the same results, slower)",

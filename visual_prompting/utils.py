@@ -14,8 +14,20 @@ import torch
 from .errors import VPError
 
 
+def check_device_name(name: str | None) -> None:
+    """Refuse a ``name`` torch does not know as a device (cpu, cuda, cuda:1, mps; auto or empty: the best there);
+    whether the device is there is checked when it is used (:func:`pick_device`)."""
+    if name in (None, "", "auto"):
+        return
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise VPError(f"{name!r:.80} is not a device; use auto, cpu, cuda, cuda:N or mps.") from None
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """``auto`` -> cuda, then mps, then cpu. An explicit device that is not there is an error, not a fallback."""
+    check_device_name(name)
     if name in (None, "", "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
