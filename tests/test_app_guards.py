@@ -155,7 +155,7 @@ def test_adding_to_the_shared_zoo_replaces_no_ones_prompt_and_concurrent_adds_al
     assert "Added as `my/mine`" in vp.add_to_zoo(str(PAD), "mine")
     before = (tmp_path / "zoo" / "mine.safetensors").read_bytes()
     live = REPO / "prompts_zoo" / "effnet-lite0-96_fashion-mnist_live.safetensors"
-    with pytest.raises(VPError, match="`my/mine` is in the zoo already; pick another name"):
+    with pytest.raises(VPError, match="`mine` is in the zoo already; pick another name"):
         vp.add_to_zoo(str(live), "mine")  # another user's add under the same name
     assert (tmp_path / "zoo" / "mine.safetensors").read_bytes() == before
     errors = []

@@ -67,7 +67,7 @@ def test_each_session_lists_and_uses_only_its_own_zoo(tmp_path):
     vp.add_to_zoo(str(REPO / "prompts_zoo" / "effnet-lite0-96_fashion-mnist_live.safetensors"), "mine", "bob")
     assert Path(vp.prompt_path("my/mine", session="alice")).read_bytes() == before
     assert vp.prompt_path("my/mine", session="bob") != vp.prompt_path("my/mine", session="alice")
-    with pytest.raises(VPError, match="`my/mine` is in the zoo already"):
+    with pytest.raises(VPError, match="`mine` is in the zoo already"):
         vp.add_to_zoo(PAD, "mine", "alice")
 
     vp.workspace.cleanup_session("alice")  # the page was closed

@@ -75,3 +75,25 @@ def test_unreachable_hub_entries_are_skipped_with_a_reason(tmp_path, isolated_hf
 
 def test_index_file_is_committed():
     assert INDEX.is_file()
+
+
+def test_add_prompt_replaces_a_name_unless_asked_not_to(tmp_path):
+    from visual_prompting.zoo import add_prompt
+
+    pad, live = (ZOO_DIR / f"effnet-lite0-96_fashion-mnist_{n}.safetensors" for n in ("pad", "live"))
+    add_prompt(pad, "mine", tmp_path)
+    add_prompt(live, "mine", tmp_path)  # a user's own zoo: the newer prompt replaces the older
+    (entry,) = load_index(tmp_path)
+    assert entry["name"] == "mine" and entry["prompter"] == read_kind(live)
+    before = (tmp_path / "mine.safetensors").read_bytes()
+    with pytest.raises(VPError, match="`mine` is in the zoo already; pick another name"):
+        add_prompt(pad, "mine", tmp_path, replace=False)  # a folder several users add to
+    assert (tmp_path / "mine.safetensors").read_bytes() == before and len(load_index(tmp_path)) == 1
+    with pytest.raises(VPError, match="Zoo names use letters"):
+        add_prompt(pad, "../mine", tmp_path, replace=False)  # the name's rule first, whatever is on disk
+
+
+def read_kind(path) -> str:
+    from visual_prompting.prompt_file import read_metadata
+
+    return read_metadata(path)["prompter"]["kind"]

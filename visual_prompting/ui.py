@@ -557,11 +557,9 @@ class VPApp:
         name = (name or "").strip()
         folder = self.user_zoo(session)
         with self._zoo_lock, named_as({**self._zoo_names(), folder: "my"}):  # one writer of a zoo's index at a time
-            if name and "/" not in name and "\\" not in name and (folder / f"{name}.safetensors").exists():
-                raise VPError(f"`my/{name}` is in the zoo already; pick another name (the app replaces no prompt).")
             if self.cfg.private_zoos:
                 self.workspace.check_room(session, os.path.getsize(path), "Adding this prompt to your zoo")
-            entry = add_prompt(path, name, folder, source="trained in the app")
+            entry = add_prompt(path, name, folder, replace=False, source="trained in the app")
             if not self.cfg.private_zoos:
                 self.refresh_zoo()
         if self.cfg.private_zoos:

@@ -141,16 +141,18 @@ def index_entry(name: str, path: str, meta: dict, **extra) -> dict:
             **extra}
 
 
-def add_prompt(prompt_path, name: str, folder: str | Path = USER_ZOO_DIR, **extra) -> dict:
+def add_prompt(prompt_path, name: str, folder: str | Path = USER_ZOO_DIR, replace: bool = True, **extra) -> dict:
     """Copy a prompt into the zoo ``folder`` as ``NAME.safetensors`` and list it in that folder's index (replacing
-    an entry of the same name). Returns the entry. The file is validated first; a training checkpoint is stored
-    without its optimiser state."""
+    an entry of the same name; ``replace=False``: refusing it, e.g. for a folder several users add to). Returns the
+    entry. The file is validated first; a training checkpoint is stored without its optimiser state."""
     from .prompt_file import load_prompt, save_shareable
 
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}", name or ""):
         raise VPError(f"Zoo names use letters, digits, '-', '_' and '.' (at most 96), not {name!r}.")
-    pf = load_prompt(prompt_path)
     folder = Path(folder)
+    if not replace and (folder / f"{name}.safetensors").exists():
+        raise VPError(f"`{name}` is in the zoo already; pick another name (no prompt is replaced).")
+    pf = load_prompt(prompt_path)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}.safetensors"
     save_shareable(pf, target)
