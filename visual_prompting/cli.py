@@ -46,6 +46,9 @@ def _add_train(sub, recipe: str, short_run: bool = False) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+PROMPT_HELP = "prompt file (.safetensors), a folder with prompt.safetensors, hf://USER/NAME[@REV][/FILE] or USER/NAME"
+
+
 def _positive(kind):
     """An argparse type: a finite number of ``kind`` above 0 (a batch size, a top-k, a pixel limit)."""
     def parse(text: str):
@@ -62,7 +65,7 @@ def _positive(kind):
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="accuracy of a prompt, with and without it",
                        description="Top-1/top-5 of a prompt file's model on a split, with and without the prompt.")
-    p.add_argument("--prompt", required=True, help="prompt file (.safetensors), a folder with prompt.safetensors, hf://USER/NAME[@REV][/FILE] or USER/NAME")
+    p.add_argument("--prompt", required=True, help=PROMPT_HELP)
     p.add_argument("--dataset", default=None, help="dataset (default: the one the prompt was trained on)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="(default: %(default)s)")
     p.add_argument("--data-root", default=None)
@@ -77,7 +80,7 @@ def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="zero-shot and prompted top-k for images",
                        description="Classify images with and without a prompt and print both top-k side by side.")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--prompt", required=True, help="prompt file (.safetensors), a folder with prompt.safetensors, hf://USER/NAME[@REV][/FILE] or USER/NAME")
+    p.add_argument("--prompt", required=True, help=PROMPT_HELP)
     p.add_argument("-k", "--top-k", type=_positive(int), default=5, help="(default: %(default)s)")
     p.add_argument("--device", type=checked_type(check_device_name, str), default="auto")
     p.add_argument("--save-prompted", default=None, metavar="DIR", help="also write each prompted image as a PNG")
@@ -90,7 +93,7 @@ def _add_info(sub) -> None:
     p = sub.add_parser("info", help="what a prompt file holds; or the known datasets and backbones",
                        description="Print a prompt file's metadata and metrics (validated), or with no file the "
                                    "datasets and backbone specs this version knows.")
-    p.add_argument("prompt", nargs="?", help="prompt file (.safetensors), a folder with prompt.safetensors, hf://USER/NAME[@REV][/FILE] or USER/NAME")
+    p.add_argument("prompt", nargs="?", help=PROMPT_HELP)
     p.add_argument("--json", action="store_true", help="print the raw metadata as JSON")
 
 

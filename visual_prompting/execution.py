@@ -39,9 +39,10 @@ raised (41.7 s against 37.4 s, start-up and evaluations included), and the libra
 fresh process against 430-470 with them (effnet-lite0@96, batch 64, 2 threads, 2-core AMD EPYC, three processes of
 each, alternated); in a worker thread, as the app trains, 190-450 (it depends on the thread's arena) against
 370-410. ``benchmarks/speed.py`` had read 451 img/s for the same step because it runs the eager model first, whose
-freed blocks had raised the threshold: the process's history, not the step. The numbers computed are the same bit for bit; the price is that freed memory stays
-with the process up to :data:`CPU_ALLOCATOR`'s trim threshold (:func:`release_cpu_memory` gives it back, as the app
-does after a training run). Elsewhere than glibc (macOS, Windows, musl) nothing is changed.
+freed blocks had raised the threshold: the process's history, not the step. The numbers computed are the same bit
+for bit; the price is that freed memory stays with the process up to :data:`CPU_ALLOCATOR`'s trim threshold
+(:func:`release_cpu_memory` gives it back, as the app does after a training run). Elsewhere than glibc (macOS,
+Windows, musl) nothing is changed.
 """
 from __future__ import annotations
 

@@ -195,9 +195,10 @@ class ClipTextHead(Head):
 @register_head
 class LabelMappingHead(Head):
     """Each new class reads one source logit, ``mapping[i]``, or (a 2-D mapping, ``multi_frequency``) the mean of
-    the source logits ``mapping[i, :]``. Nothing in it is trained: the mapping is fitted from counts. The head owns its method (:data:`MAPPINGS`), fits
-    itself from prediction counts (:meth:`fit`), and keeps the mapping found *without* a prompt as its no-prompt
-    baseline: unprompted inputs read that one, so "no prompt" is the fair comparison, not the prompt's mapping."""
+    the source logits ``mapping[i, :]``. Nothing in it is trained: the mapping is fitted from counts. The head owns
+    its method (:data:`MAPPINGS`), fits itself from prediction counts (:meth:`fit`), and keeps the mapping found
+    *without* a prompt as its no-prompt baseline: unprompted inputs read that one, so "no prompt" is the fair
+    comparison, not the prompt's mapping."""
 
     kind = "label_mapping"
     needs_counts = True

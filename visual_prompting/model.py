@@ -119,7 +119,8 @@ class PromptedModel(nn.Module):
         bb = cache.get(use, device) if cache is not None else load_backbone(use, device)
         head_meta = pf.meta["head"]
         indices = head_meta.get("mapping")
-        if other and indices is not None and (not hasattr(bb, "source_classes") or int(torch.as_tensor(indices).max()) >= len(bb.source_classes)):
+        if other and indices is not None and (not hasattr(bb, "source_classes")
+                                              or int(torch.as_tensor(indices).max()) >= len(bb.source_classes)):
             indices = None
         head = create_head(bb, pf.meta["class_names"], templates=head_meta.get("templates"),
                            mapping=head_meta.get("method", "first_k"), mapping_indices=indices)
