@@ -93,8 +93,9 @@ class AppConfig:
     max_steps: int = _limit(100_000, "training steps of one run")
     max_train_seconds: float = _limit(3600, "training time of one run (the Train tab's time budget)")
     max_batch_size: int = _limit(1024, "batch size of one run")
+    # the paper's batch, 256 images of 224 px, is 12.8 MP
     max_batch_mp: float = _limit(13, "pixels of one training batch, batch size x input size squared (224 px when "
-                                     "the model names no @SIZE): the paper's 256 x 224 px is 12.8")
+                                     "the model names no @SIZE)")
     max_runs: int = _limit(2, "training runs going at once, all users together (each user: one at a time)")
     max_user_disk_mb: float = _limit(1000, "one user's run folders (prompts, unpacked data) and own zoo on disk")
     max_work_disk_mb: float = _limit(5000, "the app's whole work folder on disk (finished runs are removed, "
