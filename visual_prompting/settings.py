@@ -158,7 +158,8 @@ def add_arguments(parser, cls, names: Iterable[str] | None = None, *, defaults: 
             else:
                 kw.update(action="store_true")
         else:
-            kw.update(default=default, type=checked_type(m["check"], t) if m.get("check") else t if t is not str else None)
+            kind = checked_type(m["check"], t) if m.get("check") else t if t is not str else None
+            kw.update(default=default, type=kind)
             allowed = choices(cls, f.name)
             if allowed is not None:
                 kw["choices"] = allowed

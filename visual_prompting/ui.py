@@ -205,9 +205,9 @@ class VPApp:
         """The folder "Add to my zoo" writes to for ``session``: its own (``private_zoos``) or the shared one."""
         return self.workspace.zoo_dir(session) if self.cfg.private_zoos else Path(self.cfg.user_zoo_dir)
 
-    def entries_for(self, session: str | None = None, warn: Callable[[str], None] | None = None) -> dict[str, dict]:
+    def entries_for(self, session: str | None = None) -> dict[str, dict]:
         """The prompts ``session`` can pick: :attr:`entries` and, with ``private_zoos``, the session's own zoo (read
-        now: it changes only when that session adds to it)."""
+        now: it changes only when that session adds to it; the app wrote every file of it)."""
         if not self.cfg.private_zoos or session is None:
             return self.entries
         skipped = []
@@ -215,7 +215,7 @@ class VPApp:
         with named_as({folder: "my"}):
             mine = self._user_entries(folder, skipped)
         for msg in skipped:
-            (warn or warnings.warn)(rename_paths(msg, {folder: "my"}))
+            warnings.warn(rename_paths(msg, {folder: "my"}))
         return {**self.entries, **mine}
 
     def prompt_names(self, session: str | None = None) -> list[str]:
@@ -364,9 +364,9 @@ class VPApp:
         side = size or 224
         mp = batch_size * side * side / 1e6
         if mp > self.cfg.max_batch_mp:
-            raise VPError(f"A batch of {batch_size} images of {side} px" + ("" if size else " (the model names no @SIZE)")
-                          + f" is {mp:.1f} MP, over this app's limit of {self.cfg.max_batch_mp:g} MP "
-                          "(VP_MAX_BATCH_MP); use a smaller batch or input size.")
+            named = "" if size else " (the model names no @SIZE)"
+            raise VPError(f"A batch of {batch_size} images of {side} px{named} is {mp:.1f} MP, over this app's limit "
+                          f"of {self.cfg.max_batch_mp:g} MP (VP_MAX_BATCH_MP); use a smaller batch or input size.")
 
     # -- Try ----------------------------------------------------------------------------------------------
     def predict(self, choice, upload, image, backbone: str | None = None,

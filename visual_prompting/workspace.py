@@ -100,8 +100,8 @@ class Workspace:
         """Refuse ``nbytes`` more for ``session`` when its folder would exceed its share, ``max_user_disk_mb``."""
         left = self.cfg.max_user_disk_mb * MIB - disk_usage(self.session_dir(session))
         if nbytes > left:
-            raise VPError(f"{what} needs {mib(nbytes)} MiB, more than is left of your {self.cfg.max_user_disk_mb:g} MiB "
-                          f"on this server ({mib(max(0, left))} MiB); reload the page to clear your earlier runs.")
+            raise VPError(f"{what} needs {mib(nbytes)} MiB, more than is left of your {self.cfg.max_user_disk_mb:g} "
+                          f"MiB on this server ({mib(max(0, left))} MiB); reload the page to clear your earlier runs.")
 
     def new_run(self, session: str, upload=None) -> tuple[Path, str | None]:
         """A new run folder for ``session`` (after a :meth:`sweep`) and, for an uploaded dataset ``.zip``, the folder
