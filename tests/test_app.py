@@ -134,8 +134,9 @@ def test_zoo_rows_and_gallery_list_every_prompt(vp):
     rows, gallery = vp.zoo_rows(), vp.zoo_gallery()
     assert len(rows) == len(gallery) == len(vp.entries)
     for row, (name, e) in zip(rows, vp.entries.items()):
-        assert row[0] == name and row[2] == e["meta"]["backbone"]["spec"]
-        assert row[6].endswith("%")
+        cells = dict(zip(VPApp.ZOO_HEADERS, row, strict=True))
+        assert cells["name"] == name and cells["backbone"] == e["meta"]["backbone"]["spec"]
+        assert cells["test top-1"] == f"{100 * e['meta']['metrics']['test_top1']:.1f}%"
 
 
 def test_refresh_hands_skipped_files_to_the_caller_who_asked(tmp_path):

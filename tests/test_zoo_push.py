@@ -122,7 +122,8 @@ def test_the_app_lists_the_hub_copies_only_when_asked_and_the_hub_answers(hub, z
     assert sorted(vp.entries) == names and len(hub.requests) == asked  # start-up: local files only, no Hub request
     got = vp.refresh_zoo(include_hub=True)
     assert sorted(got) == sorted(names + [f"{n} (Hub)" for n in names])
-    assert {r[0]: r[1] for r in vp.zoo_rows()} == {**{n: "zoo" for n in names}, **{f"{n} (Hub)": "hub" for n in names}}
+    source = VPApp.ZOO_HEADERS.index("source")
+    assert {r[0]: r[source] for r in vp.zoo_rows()} == {**{n: "zoo" for n in names}, **{f"{n} (Hub)": "hub" for n in names}}
 
     hub.stop()  # the Hub goes away: the copies pulled before come from the cache; a fresh cache has none
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))

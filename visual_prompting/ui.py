@@ -235,20 +235,20 @@ class VPApp:
         return {self.cfg.zoo_dir: "prompts_zoo", self.cfg.user_zoo_dir: "my"}
 
     def zoo_rows(self, session: str | None = None) -> list[list]:
-        """One row per prompt ``session`` can pick: name, source, backbone, dataset, prompt, classes, test top-1
-        (with / without)."""
+        """One row per prompt ``session`` can pick (:attr:`ZOO_HEADERS`): name, test top-1 with and without the
+        prompt (first: the numbers a wide table must not hide), prompt, backbone, dataset, source, classes."""
         rows = []
         for name, e in self.entries_for(session).items():
             m = e["meta"]
             met = m.get("metrics", {})
             classes = m["class_names"]
-            rows.append([name, e["source"], m["backbone"]["spec"], m.get("dataset", ""),
-                         f"{m['prompter']['kind']} ({m['prompter']['size']} px)",
-                         f"{len(classes)}: " + ", ".join(classes[:6]) + (" ..." if len(classes) > 6 else ""),
-                         percent(met.get("test_top1")), percent(met.get("test_top1_no_prompt"))])
+            rows.append([name, percent(met.get("test_top1")), percent(met.get("test_top1_no_prompt")),
+                         f"{m['prompter']['kind']} ({m['prompter']['size']} px)", m["backbone"]["spec"],
+                         m.get("dataset", ""), e["source"],
+                         f"{len(classes)}: " + ", ".join(classes[:6]) + (" ..." if len(classes) > 6 else "")])
         return rows
 
-    ZOO_HEADERS = ["name", "source", "backbone", "dataset", "prompt", "classes", "test top-1", "no prompt"]
+    ZOO_HEADERS = ["name", "test top-1", "no prompt", "prompt", "backbone", "dataset", "source", "classes"]
 
     def zoo_gallery(self, session: str | None = None) -> list[tuple]:
         """``[(picture of the prompt, caption)]`` for every prompt ``session`` can pick."""
