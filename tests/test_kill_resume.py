@@ -303,3 +303,32 @@ def test_a_ctrl_c_that_a_library_turns_into_another_error_still_ends_the_cli_as_
     monkeypatch.setattr(cli, "cmd_info", lambda args: fails())
     with pytest.raises(ValueError, match="a real error"):
         cli.main(["info", str(zoo_prompt)])
+
+
+def test_a_ctrl_c_that_a_library_swallows_while_the_run_prepares_still_stops_the_cli_run(tmp_path, terminal_sigint,
+                                                                                         monkeypatch, capsys):
+    """A Ctrl-C can land in library code that catches it and goes on (an ``except BaseException``, a finalizer:
+    Python only prints "Exception ignored"). The CLI remembers it came and stops the run where the trainer next asks
+    (while preparing, or at the next step), exit 130, instead of training on to the end (the random-kill test once
+    saw a run that a SIGINT had hit while it resumed go on to its last step and exit 0)."""
+    from visual_prompting import cli, training
+
+    real = training.load_inputs
+
+    def swallowing_load(*args, **kw):  # a library call that swallows the KeyboardInterrupt and returns normally
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the handler runs here (it raises KeyboardInterrupt), not in the test's own code
+        except KeyboardInterrupt:
+            pass
+        return real(*args, **kw)
+
+    monkeypatch.setattr(training, "load_inputs", swallowing_load)
+    out = tmp_path / "run"
+    code = cli.main([*ARGS[:5], "--steps", "4", "--batch-size", "16", "--eval-every", "2", "--device", "cpu",
+                     "--quiet", "--out-dir", str(out)])
+    said = capsys.readouterr()
+    assert code == 130, said
+    assert "Stopped before the first step" in said.out, said
+    assert not (out / "last.safetensors").exists()  # it did not train on to its end
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the CLI put the handler back

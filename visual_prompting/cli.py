@@ -147,7 +147,8 @@ def _pct(x) -> str:  # the CLI's columns: the number in 5 characters, "n/a" in t
     return percent(x, width=5, missing="n/a")
 
 
-def cmd_train(a) -> int:
+def cmd_train(a, should_stop=None) -> int:
+    """``should_stop``: polled while the run prepares and every step (the CLI's: a Ctrl-C came, see :class:`_CtrlC`)."""
     from .settings import from_args
     from .train_config import TrainConfig
     from .training import train
@@ -182,7 +183,7 @@ def cmd_train(a) -> int:
         elif ev.kind == "end" and bar is not None:
             bar.close()
 
-    res = train(cfg, callbacks=[progress])
+    res = train(cfg, callbacks=[progress], should_stop=should_stop)
     from .distributed import current
 
     if not current().is_main:  # several processes (torchrun): rank 0 alone reports
@@ -325,9 +326,11 @@ def cmd_push(a) -> int:
 class _CtrlC(SigintHandler):
     """Remembers that a Ctrl-C came (and raises KeyboardInterrupt as Python's own handler does), so that one which
     lands inside a library call and comes back as another exception (safetensors' ``get_tensor`` turned it into a
-    ValueError while the bundled subset loaded) still ends the command as an interruption. Installed only in the main
-    thread over Python's default handler (not over SIG_IGN, as under ``nohup ... &``, nor over a caller's own);
-    the trainer's step-boundary handler (``training.SigintBetweenSteps``) sits on top of it while steps run."""
+    ValueError while the bundled subset loaded) still ends the command as an interruption, and one that a library
+    swallowed altogether still stops a training run (``cmd_train`` polls :attr:`came` while preparing and every
+    step). Installed only in the main thread over Python's default handler (not over SIG_IGN, as under
+    ``nohup ... &``, nor over a caller's own); the trainer's step-boundary handler (``training.SigintBetweenSteps``)
+    sits on top of it while steps run."""
 
     def __init__(self):
         super().__init__()
@@ -354,8 +357,9 @@ def _main(argv: list[str] | None, ctrl_c: _CtrlC) -> int:
             from .hub import resolve_prompt
 
             args.prompt = resolve_prompt(args.prompt)
-        return {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "info": cmd_info,
-                "push": cmd_push}[args.command](args)
+        if args.command == "train":  # a Ctrl-C that a library swallowed while the run prepared still stops it
+            return cmd_train(args, should_stop=lambda: ctrl_c.came)
+        return {"eval": cmd_eval, "predict": cmd_predict, "info": cmd_info, "push": cmd_push}[args.command](args)
     except VPError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -68,7 +68,7 @@ class Workspace:
         path = self.check_upload(upload, "dataset")
         cfg = self.cfg
         size = zip_size(path)[1]
-        user_left = cfg.max_user_disk_mb * MIB - disk_usage(session_dir)
+        user_left = self._user_left(session_dir)
         total_left = cfg.max_work_disk_mb * MIB - disk_usage(cfg.work_dir)
         if size <= cfg.max_dataset_mb * MIB and size > user_left:
             raise VPError(f"The dataset unpacks to {mib(size)} MiB, more than is left of your "
@@ -96,9 +96,13 @@ class Workspace:
         to it for ``run_ttl_hours``."""
         return self.session_dir(session, create=False) / "zoo"
 
+    def _user_left(self, session_dir: Path) -> int:
+        """Bytes left of a session's disk share (``max_user_disk_mb``); negative once it is over."""
+        return int(self.cfg.max_user_disk_mb * MIB) - disk_usage(session_dir)
+
     def check_room(self, session: str, nbytes: int, what: str) -> None:
         """Refuse ``nbytes`` more for ``session`` when its folder would exceed its share, ``max_user_disk_mb``."""
-        left = self.cfg.max_user_disk_mb * MIB - disk_usage(self.session_dir(session))
+        left = self._user_left(self.session_dir(session))
         if nbytes > left:
             raise VPError(f"{what} needs {mib(nbytes)} MiB, more than is left of your {self.cfg.max_user_disk_mb:g} "
                           f"MiB on this server ({mib(max(0, left))} MiB); reload the page to clear your earlier runs.")
