@@ -282,6 +282,28 @@ def test_a_prompt_is_validated_and_kept_with_the_mapping_it_trained_with(tmp_pat
     assert kept["head"]["mapping"] == (seen[kept["metrics"]["step"] - 1] if evaluations else start)
 
 
+@pytest.mark.parametrize("start_samples", [8, 5000])
+def test_a_prompt_started_at_an_offset_keeps_the_mapping_it_starts_with(tmp_path, small, cache, start_samples):
+    """A prompt that does not start as no change (``init_offset``) is never switched to the no-prompt mapping: it
+    trains and is kept with the mapping counted, with its start, before its first step; counting every mapping
+    image there (``start_samples`` at least the mapping images, a long run of the live recipe) gives that mapping
+    all of them."""
+    seen = []
+
+    class Spy(Trainer):
+        def train_step(self, x, y):
+            seen.append(self.model.head.mapping.tolist())
+            return super().train_step(x, y)
+
+    t = Spy(_cfg(tmp_path / "r", start_samples=start_samples, init_offset=0.01, steps=6, eval_every=3),
+            splits=small, cache=cache)
+    res = t.run()
+    assert len(seen) == 6 and all(m == seen[0] for m in seen)  # one mapping throughout, past the first evaluation
+    assert load(res.best_path).meta["head"]["mapping"] == seen[0]
+    if start_samples == 8:  # counted on 8 images: not the mapping all of them give
+        assert seen[0] != t.model.head.baseline.tolist()
+
+
 def test_a_run_evaluated_only_at_its_end_keeps_the_full_mapping_when_it_validates_better(tmp_path, small, cache):
     """One step at a tiny lr (the prompt is still almost no change) and 8 start images: the full mapping validates
     better than the start one (here 48% against 13%), so the kept prompt is the full mapping's and not worse than no

@@ -390,7 +390,8 @@ def _details(meta: dict, base: str | None) -> str:
     pc, spec, m = meta["prompter"], meta["backbone"]["spec"], meta.get("metrics") or {}
     tc, classes = meta.get("train_config") or {}, meta["class_names"]
     details = [f"- prompter: `{pc['kind']}`, size {pc['size']} at {pc['image_size']} px{stack_text(pc)}, clamp "
-               f"`{pc.get('clamp')}`, init `{pc.get('init')}`",
+               f"`{pc.get('clamp')}`, init `{pc.get('init')}`"
+               + (f" from {pc['init_offset']:+g}" if pc.get("init_offset") else ""),
                f"- backbone: `{spec}`" + (f" (weights: [{base}](https://huggingface.co/{base}))" if base else ""),
                f"- head: {head_text(meta['head'])}"]
     picked = {k: tc[k] for k in ("epochs", "steps", "batch_size", "lr", "momentum", "weight_decay", "warmup_steps",

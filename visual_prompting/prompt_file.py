@@ -392,6 +392,9 @@ def _check_prompter_config(pc: dict, source: str) -> None:
     if not _is_number(pc.get("init_std", 0.0)) or not _is_int(seed) or not -(2**63) <= seed < 2**64:
         raise VPError(f"{source}: the prompter's init_std must be a number and its seed a whole number "
                       "(64 bits).")
+    offset = pc.get("init_offset", 0.0)
+    if not _is_number(offset) or not -1 <= offset <= 1:
+        raise VPError(f"{source}: the prompter's init_offset must be a number from -1 to 1, not {offset!r:.80}.")
     scale = pc.get("scale")
     if scale is not None and (not _is_number(scale) or not 0 < scale <= 1):
         raise VPError(f"{source}: the prompter's scale must be a number above 0 and at most 1, not {scale!r}.")

@@ -47,6 +47,8 @@ class PrompterConfig:
     init: str = "zeros"
     init_std: float = 0.0  # std of the "randn" init, in pixel units (the paper's randn in normalised space * std)
     seed: int = 0  # random_patch: where the patch sits at evaluation
+    # the prompt's starting pixel value wherever it acts, added to ``init``'s (0: the prompt starts at no change)
+    init_offset: float = 0.0
     scale: float | None = None  # scale_pad kinds: the image's scale on the canvas (None: (S - 2*size) / S)
     # learned input transforms applied in this order before the kind acts (:mod:`visual_prompting.transforms`)
     transforms: tuple[str, ...] = ()
@@ -55,12 +57,14 @@ class PrompterConfig:
         self.transforms = tuple(self.transforms)  # a JSON list from a file, or a tuple
 
     def to_dict(self) -> dict:
-        """The config as stored in prompt files. ``scale`` is left out while it is None and ``transforms`` while it
-        is empty, so every prompter that does not use them writes exactly the metadata it wrote before the fields
-        existed (and old files, which lack them, compare equal on resume)."""
+        """The config as stored in prompt files. ``scale`` is left out while it is None, ``init_offset`` while it is
+        0 and ``transforms`` while it is empty, so every prompter that does not use them writes exactly the metadata
+        it wrote before the fields existed (and old files, which lack them, compare equal on resume)."""
         d = asdict(self)
         if d["scale"] is None:
             del d["scale"]
+        if d["init_offset"] == 0:
+            del d["init_offset"]
         if d["transforms"]:
             d["transforms"] = list(d["transforms"])  # as JSON reads it back
         else:
@@ -135,6 +139,7 @@ class Prompter(nn.Module):
 
     kind = "base"
     description = ""  # one line: the CLI's help, the app's choices and the model card read it
+    starts_at_offset = True  # whether the kind can start at ``init_offset`` (its prompt is held as pixels, or DCT's)
 
     @classmethod
     def default_size(cls, image_size: int) -> int:
@@ -154,14 +159,21 @@ class Prompter(nn.Module):
             raise VPError(f"Unknown prompt init {cfg.init!r}; choose one of {', '.join(INITS)}.")
         if cfg.image_size < 1 or cfg.size < 1:
             raise VPError(f"Prompt size and image size must be positive (got size={cfg.size}, image={cfg.image_size}).")
+        if not -1.0 <= cfg.init_offset <= 1.0:  # also refuses NaN
+            raise VPError(f"The prompt's start offset must be a number from -1 to 1, not {cfg.init_offset!r}.")
+        if cfg.init_offset and not self.starts_at_offset:
+            raise VPError(f"The {self.kind} prompt cannot start at an offset (its numbers are not pixels).")
         self.cfg = cfg
         self.transforms = build_transforms(cfg.transforms, cfg.image_size)  # applied first, in order
 
     # -- parameters ---------------------------------------------------------------------------------------
-    def _param(self, *shape: int) -> nn.Parameter:
+    def _param(self, *shape: int, pixels: bool = True) -> nn.Parameter:
+        """A prompt tensor at its start: ``init``'s draw, plus ``init_offset`` when it holds pixels."""
         t = torch.zeros(*shape)
         if self.cfg.init == "randn":
             t.normal_(0.0, self.cfg.init_std)
+        if pixels:
+            t += self.cfg.init_offset
         return nn.Parameter(t)
 
     def num_parameters(self) -> int:
@@ -419,6 +431,7 @@ class LowRankPrompter(WholeImagePrompter):
 
     kind = "lowrank"
     description = "low-rank prompt B @ A over the whole image (LoR-VP); size = rank"
+    starts_at_offset = False  # B @ A: a constant is not what a zero-start LoRA factor pair holds
 
     @classmethod
     def default_size(cls, image_size: int) -> int:
@@ -429,7 +442,7 @@ class LowRankPrompter(WholeImagePrompter):
         s, r = cfg.image_size, cfg.size
         if r > s:
             raise VPError(f"Low-rank prompt rank {r} is larger than the {s}px image.")
-        self.lr_b = self._param(3, s, r)
+        self.lr_b = self._param(3, s, r, pixels=False)
         g = torch.Generator().manual_seed(cfg.seed)
         bound = s ** -0.5
         self.lr_a = nn.Parameter((torch.rand(3, r, s, generator=g) * 2 - 1) * bound)

@@ -29,15 +29,20 @@ def dct_basis(n: int) -> torch.Tensor:
 class DctPrompter(WholeImagePrompter):
     """The full-image additive prompt (3 x S x S numbers) held as its DCT coefficients (see the module). The prompt
     file keeps the coefficients; :meth:`delta` gives the pixels. ``init`` ``randn`` draws the coefficients, which
-    gives the same Gaussian pixels; ``size`` is not used."""
+    gives the same Gaussian pixels; ``init_offset`` starts it at the constant image's coefficients; ``size`` is not
+    used."""
 
     kind = "full_dct"
     description = "additive prompt over the whole image, learned as its cosine (DCT) coefficients"
 
     def __init__(self, cfg: PrompterConfig):
         super().__init__(cfg)
-        self.coefficients = self._param(3, cfg.image_size, cfg.image_size)
+        self.coefficients = self._param(3, cfg.image_size, cfg.image_size, pixels=False)
         self.register_buffer("basis", dct_basis(cfg.image_size), persistent=False)
+        if cfg.init_offset:  # the constant image's coefficients (all in the lowest, DC one)
+            with torch.no_grad():
+                c = torch.full((3, cfg.image_size, cfg.image_size), float(cfg.init_offset))
+                self.coefficients += self.basis @ c @ self.basis.T
 
     def delta(self) -> torch.Tensor:
         return self.basis.T @ self.coefficients @ self.basis

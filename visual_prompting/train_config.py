@@ -67,6 +67,9 @@ class TrainConfig:
     clamp: str = setting("straight-through", _choice_help("keep prompted images in [0,1]: ", CLAMP_MODES, "{name} ({description})"),
                          choices=lambda: CLAMP_MODES)
     init: str = setting("zeros", _choice_help("prompt initialisation: ", INITS, "{name} ({description})"), choices=lambda: INITS)
+    init_offset: float = setting(0.0, "the prompt's starting pixel value wherever it acts, added to --init's (a "
+                                 "start a little above 0 lets the plain clamp pass gradient through black pixels from "
+                                 "the first step; default %(default)s)", low=-1, high=1, label="Prompt start offset")
     templates: str = setting("paper", _choice_help("CLIP text templates: ", TEMPLATE_SETS),
                              choices=lambda: TEMPLATE_SETS)
     label_mapping: str = setting("iterative", _choice_help("vision-only models: ", MAPPINGS, "{name} ({description})"),

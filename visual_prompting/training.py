@@ -436,7 +436,8 @@ class Trainer:
         self.prompter = create_prompter(PrompterConfig(
             kind=cfg.prompter, image_size=S, size=prompt_size_for(cfg, S),
             clamp=cfg.clamp, init=cfg.init, init_std=float(self.backbone.std.mean()) if cfg.init == "randn" else 0.0,
-            seed=cfg.seed, scale=cfg.image_scale, transforms=split_stack(cfg.transforms))).to(self.device)
+            seed=cfg.seed, scale=cfg.image_scale, transforms=split_stack(cfg.transforms),
+            init_offset=cfg.init_offset)).to(self.device)
         head = create_head(self.backbone, self.class_names, templates=templates, mapping=cfg.label_mapping)
         self.model = PromptedModel(self.backbone, head, self.prompter, self.class_names)
         self.augment = build_augment(cfg.augment)  # draws from the global RNG: resumable
