@@ -56,7 +56,7 @@ def test_cli_default_is_the_live_recipe_and_explicit_options_win():
     assert (cfg.capture, cfg.optimizer, cfg.lr, cfg.prompter) == ("capture", "adam", 0.05, "pad")
 
 
-def test_a_short_cli_run_takes_the_recipes_short_run_lr_and_an_explicit_lr_wins():
+def test_a_short_cli_run_takes_the_recipes_short_run_settings_and_an_explicit_lr_wins():
     from visual_prompting.cli import _train_defaults_in
     from visual_prompting.recipes import SHORT_RUN_STEPS
 
@@ -64,9 +64,13 @@ def test_a_short_cli_run_takes_the_recipes_short_run_lr_and_an_explicit_lr_wins(
         argv = ["train", *args]
         return from_args(TrainConfig, build_parser(*_train_defaults_in(argv)).parse_args(argv))
 
-    short = RECIPES["live"].short_run_lr
+    short = RECIPES["live"].short_run["lr"]
     assert cfg("--steps", "200").lr == cfg("--steps", str(SHORT_RUN_STEPS)).lr == cfg("--steps=50").lr == short
     assert cfg("--steps", str(SHORT_RUN_STEPS + 1)).lr == cfg().lr == cfg("--epochs", "1").lr == 0.03  # long runs
+    # a long run starts the prompt above 0 and counts every mapping image before its first step; a short one not
+    assert (cfg("--steps", "200").init_offset, cfg("--steps", "200").start_samples) == (0.0, 500)
+    assert (cfg("--steps", "1000").init_offset, cfg("--steps", "1000").start_samples) == (0.01, 5000)
+    assert cfg("--steps", "200", "--init-offset", "0.02").init_offset == 0.02  # given: it wins
     assert cfg("--steps", "200", "--lr", "0.02").lr == 0.02  # given: it wins
     assert cfg("--recipe", "fast", "--steps", "200").lr == 0.01  # no short-run lr measured: the recipe's own
     with pytest.raises(SystemExit):  # not a number: refused by the full parser, as before
@@ -158,16 +162,19 @@ def test_images_per_second_is_a_steps_own_rate(tmp_path, small32):
     assert all(med / 5 < r < med * 5 for r in rates), rates
 
 
-def test_a_short_run_lr_replaces_only_the_lr_and_only_when_asked():
+def test_short_run_settings_replace_only_theirs_and_only_when_asked():
     live = RECIPES["live"]
-    assert recipe_settings("live", short_run=True) == {**live.settings, "lr": live.short_run_lr}
+    assert recipe_settings("live", short_run=True) == {**live.settings, "lr": 0.05, "init_offset": 0.0,
+                                                       "start_samples": 500}
     assert recipe_settings("live") == live.settings and live.settings["lr"] == 0.03  # the recipe itself unchanged
     assert recipe_settings("paper", short_run=True) == recipe_settings("paper") == {}  # none measured: its own
-    assert config_from_recipe("live", steps=200).lr == live.short_run_lr  # the library's way, as the CLI's
+    assert config_from_recipe("live", steps=200).lr == 0.05  # the library's way, as the CLI's
     assert config_from_recipe("live", steps=1000).lr == config_from_recipe("live").lr == 0.03
     assert config_from_recipe("live", steps=200, lr=0.02).lr == 0.02
-    with pytest.raises(ValueError, match="short_run_lr must be above 0"):
-        register_recipe(Recipe("bad-short", "x", {"lr": 0.1}, short_run_lr=0.0))
+    with pytest.raises(ValueError, match="a short run's lr must be above 0"):
+        register_recipe(Recipe("bad-short", "x", {"lr": 0.1}, short_run={"lr": 0.0}))
+    with pytest.raises(ValueError, match="unknown settings: speed"):
+        register_recipe(Recipe("bad-short", "x", {"lr": 0.1}, short_run={"speed": 2}))
     assert "bad-short" not in RECIPES
     with pytest.raises(VPError, match="Unknown recipe"):
         recipe_settings("nope", short_run=True)
@@ -184,10 +191,12 @@ def test_app_form_follows_a_recipe(tmp_path):
 
     vp = VPApp()
     d = vp.train_defaults()  # on a CPU: the recipe for a short live run, a minute of training
-    short = RECIPES["live"].short_run_lr
+    short = RECIPES["live"].short_run["lr"]
     assert d.recipe == "live" and d.prompter == "full_dct" and d.optimizer == "adam" and d.lr == short != 0.03
     assert RECIPES["live"].settings == {**RECIPES["fast"].settings, "prompter": "full_dct", "lr": 0.03,
-                                        "label_mapping": "contrast", "clamp": "hard"}
+                                        "label_mapping": "contrast", "clamp": "hard", "init_offset": 0.01,
+                                        "start_samples": 5000}
+    assert (d.settings["init_offset"], d.settings["start_samples"]) == (0.0, 500)  # a short run's start
     assert d.settings["clamp"] == "hard"  # the form shows the recipe's clamp
     assert RECIPES["fast_pad"].settings == {**RECIPES["fast"].settings, "prompter": "pad", "prompt_fraction": 0.3,
                                             "lr": 0.03, "clamp": "hard"}
@@ -196,6 +205,7 @@ def test_app_form_follows_a_recipe(tmp_path):
     assert vp.train_defaults("fast").lr == 0.01  # a recipe without a short-run lr keeps its own
     vp.device = torch.device("cuda")  # (only read here) a GPU trains 1000 steps: the recipe's lr
     assert vp.train_defaults().lr == 0.03 and vp.train_defaults().time_budget is None
+    assert vp.train_defaults().settings["init_offset"] == 0.01  # a long run's start
     vp.device = torch.device("cpu")
     assert vp.train_defaults("paper").settings == {f: getattr(TrainConfig(), f) if f != "lr" else 40.0
                                                    for f in TRAIN_FORM_FIELDS}

@@ -73,9 +73,10 @@ def test_each_setting_has_one_default(tmp_path):
     for name in RECIPES:
         d = vp.train_defaults(name)
         settings = {**{f.name: getattr(base, f.name) for f in TRAIN_FORM if f.recipe}, **RECIPES[name].settings}
-        # on a CPU (a short run) the recipe's short-run lr when it has one, else the recipe's lr, else the
+        # on a CPU (a short run) the recipe's short-run settings where it has them; an lr still unset is the
         # optimiser's own, decided by train_config.default_lr (as the trainer does)
-        lr = RECIPES[name].short_run_lr or settings["lr"] or default_lr(settings["optimizer"])
+        settings.update(RECIPES[name].short_run)
+        lr = settings["lr"] or default_lr(settings["optimizer"])
         assert d.settings == {**settings, "lr": lr}
         assert d.seed == base.seed and d.dataset == base.dataset and d.prompt_size is None
     # a field left out of the form, or blank, is TrainConfig's default; the trainer fills lr from the optimiser
@@ -97,3 +98,12 @@ def test_the_form_names_real_settings_and_components():
     assert len({f.name for f in TRAIN_FORM}) == len(TRAIN_FORM)
     with pytest.raises(ValueError, match="place must be one of"):
         FormField("seed", "number", "Seed", place="sidebar")
+
+
+def test_every_setting_a_recipe_sets_is_a_field_the_form_shows_and_sends():
+    # the Train tab sends only its fields: a recipe setting without one would be dropped from the app's runs
+    from visual_prompting.train_form import TRAIN_FORM, TRAIN_FORM_FIELDS
+
+    sent = {f.name for f in TRAIN_FORM if f.api and f.fills_setting}
+    for name, recipe in RECIPES.items():
+        assert set(recipe.settings) | set(recipe.short_run) <= set(TRAIN_FORM_FIELDS) & sent, name

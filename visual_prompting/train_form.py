@@ -96,6 +96,10 @@ TRAIN_FORM: tuple[FormField, ...] = (  # in this order on the page (per place) a
               recipe=True, blank=(None, 0), options={"minimum": 0, "maximum": 0.5}),
     FormField("transforms", "dropdown", "Learned input transforms (before the prompt, in order)", place="more",
               recipe=True, info="ACAVP's affine (a warp) and colour (a 3 x 3 colour matrix and bias); adam only"),
+    FormField("init_offset", "number", "Prompt start offset (the pixel value it starts at)", place="more",
+              recipe=True, blank=(None,), options={"minimum": -1, "maximum": 1}),
+    FormField("start_samples", "number", "Mapping images counted before the first step", place="more",
+              recipe=True, blank=(None,), options={**_WHOLE, "minimum": 1}),
 )
 # the settings a recipe may set (the form shows each)
 TRAIN_FORM_FIELDS = tuple(f.name for f in TRAIN_FORM if f.recipe)

@@ -437,7 +437,7 @@ class VPApp:
         :data:`~visual_prompting.recipes.DEFAULT_RECIPE`, ``live``), sized so a first run on a CPU shows progress within
         seconds and ends in a minute and a half; the paper's batch size on a GPU. What these defaults
         reach is measured by ``benchmarks/app_defaults.py`` (numbers in README.md). On a CPU the run is short, so
-        a recipe's lr for a short run applies (:attr:`~visual_prompting.recipes.Recipe.short_run_lr`)."""
+        a recipe's settings for a short run apply (:attr:`~visual_prompting.recipes.Recipe.short_run`)."""
         recipe = recipe or DEFAULT_RECIPE
         base = TrainConfig()
         gpu = self.device.type == "cuda"  # 1000 steps; anything else trains for about a minute: a short run
