@@ -41,11 +41,15 @@ class DctPrompter(WholeImagePrompter):
         self.register_buffer("basis", dct_basis(cfg.image_size), persistent=False)
         if cfg.init_offset:  # the constant image's coefficients (all in the lowest, DC one)
             with torch.no_grad():
-                c = torch.full((3, cfg.image_size, cfg.image_size), float(cfg.init_offset))
-                self.coefficients += self.basis @ c @ self.basis.T
+                self.coefficients += self.coefficients_of(torch.full((3, cfg.image_size, cfg.image_size),
+                                                                     float(cfg.init_offset)))
 
     def delta(self) -> torch.Tensor:
         return self.basis.T @ self.coefficients @ self.basis
+
+    def coefficients_of(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The DCT coefficients of a 3 x S x S prompt in pixels (the inverse of :meth:`delta`)."""
+        return self.basis @ pixels @ self.basis.T
 
     @torch.no_grad()
     def _project_prompt(self) -> None:
@@ -59,4 +63,4 @@ class DctPrompter(WholeImagePrompter):
         if mode.projects and mode.gradient_beyond_range:
             d = self.delta()
             if d.abs().max() > 1:
-                self.coefficients.copy_(self.basis @ d.clamp(-1.0, 1.0) @ self.basis.T)
+                self.coefficients.copy_(self.coefficients_of(d.clamp(-1.0, 1.0)))
