@@ -102,8 +102,9 @@ t0=$(date +%s)
     local left=$(( ${TOTAL_S:-575} - ($(date +%s) - t0) )); [ "$1" -lt "$left" ] && left=$1; [ "$left" -lt 1 ] && left=1
     echo "$left"
   }
+  skipped() { [[ " ${SKIP:-} " == *" $1 "* ]]; }  # NAME: whether SKIP names this step
   step() {  # NAME SECONDS COMMAND...: the command under its limit; the log says how it ended
-    case " ${SKIP:-} " in *" $1 "*) echo "== $1: skipped (SKIP)"; return 0;; esac
+    skipped "$1" && { echo "== $1: skipped (SKIP)"; return 0; }
     local name=$1 limit; limit=$(left_of "$2"); shift 2
     echo "== $name (at most ${limit} s, $(( $(date +%s) - t0 )) s in)"
     timeout "$limit" "$@"; local rc=$?
@@ -111,10 +112,10 @@ t0=$(date +%s)
   }
   step accuracy "${ACC_S:-400}" python3 benchmarks/accuracy.py --device "$dev" --out "$OUT/acc" "${acc_args[@]}"
   step speed "${SPEED_S:-150}" python3 benchmarks/speed.py --device "$dev" --out "$tmp" "${speed_args[@]}"
-  [[ " ${SKIP:-} " == *" speed "* ]] || cp "$tmp/speed.json" "$OUT/"  # skipped: nothing new to merge
+  skipped speed || cp "$tmp/speed.json" "$OUT/"  # skipped: nothing new to merge
   step check "${CHECK_S:-90}" env OUT="$OUT" python3 scripts/gpu_check.py "${check_args[@]}"
   left=$(left_of 100000)
-  if [[ " ${SKIP:-} " == *" sweep "* ]]; then
+  if skipped sweep; then
     echo "recipe search: skipped (SKIP)"
   elif [ "$left" -lt 40 ]; then
     echo "recipe search: no time left (${left} s of TOTAL_S)"
