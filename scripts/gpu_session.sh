@@ -65,11 +65,11 @@ else
   # lanes side by side): a step this small leaves the GPU idle between kernels, so one-thread lanes share it well.
   # One lane = "NAME SEEDS SETTINGS" runs separated by ';' (SEEDS: 0,1,2), run in order until the time is up (each
   # finished run is kept). Issue 30's open question (2026-12-07): the default recipe live reads 86.63% at the CPU
-  # budget (3 seeds, CPU), 0.25 points under the linear probe (86.88%), 87.07% at 2000 steps (records final_2000).
-  # On CPU (seed 0, records final_*) the settings near it measured level (lr 0.025, weight decay 1e-5: 3 seeds;
-  # affine) or below (lr 0.035, colour, straight-through, randn, offset 0.005 / 0.02, multi_frequency), so the GPU's
-  # use here is seeds: one lane per seed 0-5, each running live at 1000, 2000 and 1500 steps and the level
-  # candidates, to tell whether the 0.25 points are more than the seeds' spread and where the budget crosses the
+  # budget (3 seeds, CPU), 0.25 points under the linear probe (86.88%), 87.12% at 2000 steps (4 seeds, records
+  # final_2000). On CPU (seed 0, records final_*) the settings near it measured level (lr 0.025, weight decay 1e-5:
+  # 3 seeds; affine) or below (lr 0.035, colour, straight-through, randn, offset 0.005 / 0.02, multi_frequency),
+  # so the GPU's use here is seeds: one lane per seed 0-5, each running live at 1000, 2000 and 1500 steps and the
+  # level candidates, to tell whether the 0.25 points are more than the seeds' spread and where the budget crosses the
   # probe. Compare every candidate with the `g_live` runs of the same machine, not with CPU numbers. Earlier
   # searches: benchmarks/results/recipe_search.jsonl.
   L='{"recipe": "live", "amp": false'
