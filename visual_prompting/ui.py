@@ -158,6 +158,19 @@ CPU_TRAIN_SECONDS = 65.0  # the Train tab's first training time on a CPU (benchm
 CPU_MAX_STEPS = 1000
 
 
+def label_scores(top: list[tuple[str, float]]) -> dict[str, float]:
+    """``{class: p}`` for a label component from top-k ``(name, p)`` pairs, every pair kept: a name a prompt lists
+    twice (ImageNet has two "crane" classes; a hostile file can name every class alike) comes again with a number,
+    "crane (2)", instead of overwriting the first one's probability with its own."""
+    out: dict[str, float] = {}
+    for name, p in top:
+        key, n = name, 2
+        while key in out:
+            key, n = f"{name} ({n})", n + 1
+        out[key] = p
+    return out
+
+
 class VPApp:
     """The app's logic. ``form``: the Train tab's fields (:data:`~visual_prompting.train_form.TRAIN_FORM`);
     ``workspace``: its disk (:class:`~visual_prompting.workspace.Workspace`)."""
@@ -377,7 +390,7 @@ class VPApp:
         if warning and warn:
             warn(warning)
         (zs,), (pr,), (prompted,) = model.predict_both([img], 5, with_images=True)
-        return prompted, dict(zs), dict(pr)
+        return prompted, label_scores(zs), label_scores(pr)
 
     def read_image(self, image):
         """A PIL image, a path or an array from the UI -> RGB PIL image; a clear message when there is none, or when
