@@ -70,6 +70,7 @@ def test_a_prompt_whose_class_names_repeat_shows_each_of_its_top5_once(vp, name,
         assert list(labels) == ["same", "same (2)", "same (3)", "same (4)", "same (5)"]
         assert list(labels.values()) == pytest.approx(top5, abs=1e-6)
 
+
 def test_uploaded_prompt_file_wins_over_the_dropdown(vp, trained, name):
     result, _, _ = trained
     assert vp.prompt_summary(name, None)[0] != vp.prompt_summary(name, result.best_path)[0]
