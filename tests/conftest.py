@@ -21,6 +21,20 @@ torch.set_num_threads(int(os.environ.get("VP_TEST_THREADS", max(1, min(2, (os.cp
 EFFNET = "effnet-lite0@64"
 
 
+def with_metadata(src, out, edit) -> str:
+    """A copy of the prompt file ``src`` at ``out`` whose JSON metadata ``edit`` has changed in place (its tensors and
+    header kept): a file as a user, or an attacker, could upload it. Returns the copy's path."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), "pt") as f:
+        header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    meta = json.loads(header["metadata"])
+    edit(meta)
+    save_file(tensors, str(out), metadata={**header, "metadata": json.dumps(meta)})
+    return str(out)
+
+
 @pytest.fixture(scope="session")
 def tiny_clip():
     return load_backbone("clip:vp-tiny")

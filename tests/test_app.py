@@ -13,7 +13,7 @@ from visual_prompting import VPError
 from visual_prompting.prompt_file import load_prompt
 from visual_prompting.ui import OWN_BACKBONE, UPLOADED_DATASET, AppConfig, VPApp
 
-from conftest import EFFNET
+from conftest import EFFNET, with_metadata
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +54,10 @@ def test_try_predicts_top5_over_the_prompts_classes(vp, name):
 def test_a_prompt_whose_class_names_repeat_shows_each_of_its_top5_once(vp, name, tmp_path):
     """A label component is a {name: p} dict: a prompt file listing a name twice (ImageNet's two "crane" classes, or a
     hostile file naming every class alike) must not overwrite one class's probability with another's."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-    with safe_open(str(vp.prompt_path(name)), "pt") as f:
-        header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    meta = json.loads(header["metadata"])
-    meta["class_names"] = ["same"] * len(meta["class_names"])
-    path = tmp_path / "same_names.safetensors"
-    save_file(tensors, str(path), {**header, "metadata": json.dumps(meta)})
-    _, zero, with_prompt = vp.predict(None, str(path), vp.examples()[0])
-    model, _, _ = vp.model(str(path))
+    path = with_metadata(vp.prompt_path(name), tmp_path / "same_names.safetensors",
+                         lambda meta: meta.update(class_names=["same"] * len(meta["class_names"])))
+    _, zero, with_prompt = vp.predict(None, path, vp.examples()[0])
+    model, _, _ = vp.model(path)
     img = vp.read_image(vp.examples()[0])
     for labels, use_prompt in ((zero, False), (with_prompt, True)):
         top5 = [p for _, p in model.predict([img], k=5, use_prompt=use_prompt)[0]]

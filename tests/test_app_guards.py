@@ -4,21 +4,20 @@ how many backbones stay loaded, a run's slot held while it loads (before its fir
 folder written by one user at a time without replacing anyone's prompt."""
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from visual_prompting import VPError
 from visual_prompting.backbones import BackboneCache
 from visual_prompting.ui import AppConfig, VPApp, _BackgroundRun
 from visual_prompting.workspace import _fresh
 from visual_prompting.zoo import load_index
+
+from conftest import with_metadata
 
 REPO = Path(__file__).resolve().parent.parent
 PAD = REPO / "prompts_zoo" / "effnet-lite0-96_fashion-mnist_pad.safetensors"
@@ -31,13 +30,8 @@ def _app(tmp_path, **limits) -> VPApp:
 
 def _prompt_with_spec(tmp_path, spec: str) -> str:
     """The shipped pad prompt (96 px) with its backbone spec changed, as a user could upload it."""
-    with safe_open(str(PAD), "pt") as f:
-        header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    meta = json.loads(header["metadata"])
-    meta["backbone"]["spec"] = spec
-    out = tmp_path / f"upload-{abs(hash(spec))}.safetensors"
-    save_file(tensors, str(out), metadata={**header, "metadata": json.dumps(meta)})
-    return str(out)
+    return with_metadata(PAD, tmp_path / f"upload-{abs(hash(spec))}.safetensors",
+                         lambda meta: meta["backbone"].update(spec=spec))
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ from visual_prompting.heads import FullyMapHead, LabelMappingHead
 from visual_prompting.prompt_file import load_prompt
 from visual_prompting.training import Trainer
 
+from conftest import with_metadata
+
 SPEC = "effnet-lite0@32"
 
 
@@ -160,17 +162,8 @@ def test_a_broken_head_in_a_prompt_file_is_refused(run, tmp_path, change, msg):
 
 
 def test_head_tensors_in_a_plain_mapping_file_are_refused(run, tmp_path):
-    import json
-
-    from safetensors import safe_open
-
-    with safe_open(run[1].best_path, "pt") as f:
-        header = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    meta = json.loads(header["metadata"])
-    meta["head"]["kind"] = "label_mapping"
-    bad = str(tmp_path / "bad.safetensors")
-    save_file(tensors, bad, metadata={**header, "metadata": json.dumps(meta)})
+    bad = with_metadata(run[1].best_path, tmp_path / "bad.safetensors",
+                        lambda meta: meta["head"].update(kind="label_mapping"))
     with pytest.raises(VPError, match="has no trained tensors"):
         load_prompt(bad)
     assert load_file(run[1].best_path)["head.weight"].shape == (10, 1000)
