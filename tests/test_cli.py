@@ -15,7 +15,8 @@ def test_help_works_as_a_module():
 
 
 @pytest.mark.parametrize("cmd, words", [("train", ["--prompter", "--lr", "paper"]), ("eval", ["--split"]),
-                                        ("predict", ["--prompt", "-k"]), ("info", ["prompt"]),
+                                        ("predict", ["--prompt", "-k"]), ("compare", ["--split", "McNemar"]),
+                                        ("info", ["prompt"]),
                                         ("push", ["--repo-id", "--private", "--dry-run"])])
 def test_every_command_explains_its_options(cmd, words, capsys):
     with pytest.raises(SystemExit) as e:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m visual_prompting train | eval | predict | info``.
+"""Command line: ``python -m visual_prompting train | eval | predict | compare | info | push``.
 
 A thin front over the library: it parses options into the library's configs, prints results, and turns every
 :class:`VPError` into one readable line on stderr and exit status 2.
@@ -89,6 +89,23 @@ def _add_predict(sub) -> None:
                         "(default: %(default)g)")
 
 
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="several prompts on the same images, and whether they differ beyond noise",
+                       description="Top-1 of each prompt on one split of one dataset, with and without its prompt; "
+                                   "each prompt after the first against the first, image by image: the difference "
+                                   "in points with its 95%% interval, the images only one of the two gets right, "
+                                   "and McNemar's exact p-value (a small one: the difference is more than the "
+                                   "split's noise).")
+    p.add_argument("prompts", nargs="+", metavar="PROMPT", help=PROMPT_HELP + "; the first is the reference")
+    p.add_argument("--dataset", default=None, help="dataset (default: the one the first prompt was trained on)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="(default: %(default)s)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--batch-size", type=_positive(int), default=128)
+    p.add_argument("--device", type=checked_type(check_device_name, str), default="auto")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+
+
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="what a prompt file holds; or the known datasets and backbones",
                        description="Print a prompt file's metadata and metrics (validated), or with no file the "
@@ -134,10 +151,11 @@ def build_parser(recipe: str | None = None, short_run: bool = False) -> argparse
     ap = argparse.ArgumentParser(prog="python -m visual_prompting",
                                  description="Visual prompting: adapt a frozen vision model to a new classification "
                                              "task by learning one image perturbation.")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,predict,info,push}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,predict,compare,info,push}")
     _add_train(sub, recipe or DEFAULT_RECIPE, short_run)
     _add_eval(sub)
     _add_predict(sub)
+    _add_compare(sub)
     _add_info(sub)
     _add_push(sub)
     return ap
@@ -216,19 +234,13 @@ def mapping_text(mapping: list) -> str:
 
 
 def cmd_eval(a) -> int:
-    from .data import load_splits
+    from .comparison import prompt_splits
     from .evaluation import evaluate
     from .model import PromptedModel
     from .utils import pick_device
 
     model, pf = PromptedModel.from_prompt_file(a.prompt, pick_device(a.device))
-    name = a.dataset or pf.meta.get("dataset") or ""
-    tc = pf.meta.get("train_config", {})
-    splits = load_splits(name, image_size=model.image_size, root=a.data_root or tc.get("data_root"),
-                         download=a.download, val_fraction=tc.get("val_fraction", 0.1))
-    if splits.class_names != model.class_names:
-        raise VPError(f"{name} has classes {splits.class_names[:5]}... but the prompt was trained for "
-                      f"{model.class_names[:5]}...")
+    name, splits = prompt_splits(model, pf, a.dataset, a.data_root, a.download)
     data = splits.get(a.split)
     with_p = evaluate(model, data, True, a.batch_size)
     without = evaluate(model, data, False, a.batch_size)  # uses the no-prompt mapping when the file has one
@@ -242,6 +254,26 @@ def cmd_eval(a) -> int:
     if a.per_class:
         for c in model.class_names:
             print(f"  {c:30s} {_pct(without.per_class[c])}     {_pct(with_p.per_class[c])}")
+    return 0
+
+
+def cmd_compare(a) -> int:
+    from .comparison import compare_prompts
+    from .utils import pick_device
+
+    c = compare_prompts(a.prompts, a.dataset, a.split, pick_device(a.device), a.data_root, a.download, a.batch_size)
+    if a.json:
+        print(json.dumps(c.to_dict(), indent=2))
+        return 0
+    print(f"{c.dataset} / {c.split}: {c.n} images, each prompt with its own backbone")
+    print(f"  {'':3s} {'no prompt':>9s} {'prompted':>9s}  prompt")
+    for i, s in enumerate(c.scores):
+        print(f"  {'ref' if i == 0 else i:>3} {_pct(s.top1_no_prompt):>9s} {_pct(s.top1):>9s}  {s.source} "
+              f"({s.prompter}, {s.backbone})")
+    for i, d in enumerate(c.differences, 1):
+        lo, hi = d.ci95
+        print(f"  {i} - ref: {d.difference:+.2f} points (95% {lo:+.2f} to {hi:+.2f}); right only with ref "
+              f"{d.only_reference}, only with {i} {d.only_other}; McNemar p = {d.p_value:.3g}")
     return 0
 
 
@@ -357,9 +389,14 @@ def _main(argv: list[str] | None, ctrl_c: _CtrlC) -> int:
             from .hub import resolve_prompt
 
             args.prompt = resolve_prompt(args.prompt)
+        if args.command == "compare":
+            from .hub import resolve_prompt
+
+            args.prompts = [resolve_prompt(p) for p in args.prompts]
         if args.command == "train":  # a Ctrl-C that a library swallowed while the run prepared still stops it
             return cmd_train(args, should_stop=lambda: ctrl_c.came)
-        return {"eval": cmd_eval, "predict": cmd_predict, "info": cmd_info, "push": cmd_push}[args.command](args)
+        return {"eval": cmd_eval, "predict": cmd_predict, "compare": cmd_compare, "info": cmd_info,
+                "push": cmd_push}[args.command](args)
     except VPError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
