@@ -66,13 +66,18 @@ def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="accuracy of a prompt, with and without it",
                        description="Top-1/top-5 of a prompt file's model on a split, with and without the prompt.")
     p.add_argument("--prompt", required=True, help=PROMPT_HELP)
-    p.add_argument("--dataset", default=None, help="dataset (default: the one the prompt was trained on)")
+    _add_split_options(p, "the one the prompt was trained on")
+    p.add_argument("--per-class", action="store_true", help="also print per-class accuracy")
+
+
+def _add_split_options(p, default_dataset: str) -> None:
+    """What measuring prompts on a split takes (eval, compare): the dataset, split, data, batch, device and --json."""
+    p.add_argument("--dataset", default=None, help=f"dataset (default: {default_dataset})")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="(default: %(default)s)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--download", action="store_true")
     p.add_argument("--batch-size", type=_positive(int), default=128)
     p.add_argument("--device", type=checked_type(check_device_name, str), default="auto")
-    p.add_argument("--per-class", action="store_true", help="also print per-class accuracy")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
 
@@ -97,13 +102,7 @@ def _add_compare(sub) -> None:
                                    "and McNemar's exact p-value (a small one: the difference is more than the "
                                    "split's noise).")
     p.add_argument("prompts", nargs="+", metavar="PROMPT", help=PROMPT_HELP + "; the first is the reference")
-    p.add_argument("--dataset", default=None, help="dataset (default: the one the first prompt was trained on)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="(default: %(default)s)")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--download", action="store_true")
-    p.add_argument("--batch-size", type=_positive(int), default=128)
-    p.add_argument("--device", type=checked_type(check_device_name, str), default="auto")
-    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    _add_split_options(p, "the one the first prompt was trained on")
 
 
 def _add_info(sub) -> None:
