@@ -116,13 +116,13 @@ def build_app(vp: VPApp | None = None, delete_cache: tuple[int, int] | None = No
             try_prompt = try_tab(vp)
             added = train_tab(vp)
             inspect_prompt = inspect_tab(vp)
-            refreshed = zoo_tab(vp)
-        # a prompt added to the zoo, or a refreshed zoo, shows up in the prompt lists of Try and Inspect
+            compare_prompts, refreshed = zoo_tab(vp)
+        # a prompt added to the zoo, or a refreshed zoo, shows up in the prompt lists of Try, Inspect and Compare
         def prompt_lists(request: gr.Request):
-            return [gr.update(choices=vp.prompt_names(request.session_hash))] * 2
+            return [gr.update(choices=vp.prompt_names(request.session_hash))] * 3
 
         for event in (added, refreshed):
-            event.success(prompt_lists, None, [try_prompt, inspect_prompt], api_name=False)
+            event.success(prompt_lists, None, [try_prompt, inspect_prompt, compare_prompts], api_name=False)
 
         def cleanup(request: gr.Request):  # the browser session ended: forget its files
             vp.workspace.cleanup_session(request.session_hash)
@@ -327,8 +327,10 @@ def inspect_tab(vp: VPApp) -> gr.Dropdown:
     return prompt
 
 
-def zoo_tab(vp: VPApp):
-    """Tab 4: every prompt in the zoo as a picture and a table. Returns the refresh event."""
+def zoo_tab(vp: VPApp) -> tuple[gr.Dropdown, object]:
+    """Tab 4: every prompt in the zoo as a picture and a table, and several of them compared on the same images.
+    Returns the compare tab's prompt list and the refresh event."""
+    names, first = _zoo_names(vp)
 
     def refresh(include_hub, request: gr.Request):
         with user_errors("reading the zoo"):
@@ -336,13 +338,28 @@ def zoo_tab(vp: VPApp):
             session = request.session_hash
             return vp.zoo_gallery(session), pd.DataFrame(vp.zoo_rows(session), columns=VPApp.ZOO_HEADERS)
 
+    def compare(choices, request: gr.Request = None):
+        with user_errors("comparing the prompts"):
+            rows, text = vp.compare(choices, request.session_hash if request else None)
+            return pd.DataFrame(rows, columns=VPApp.COMPARE_HEADERS), text
+
     with gr.Tab("Zoo", id="zoo"):
         with gr.Row():
             hub = gr.Checkbox(False, label="Also list the Hub prompts named in prompts_zoo/index.json")
             button = gr.Button("Refresh")
         gallery = gr.Gallery(vp.zoo_gallery(), label="Prompts", columns=5, height="auto")
         table = gr.Dataframe(pd.DataFrame(vp.zoo_rows(), columns=VPApp.ZOO_HEADERS), interactive=False)
-    return button.click(refresh, hub, [gallery, table], api_name=False)
+        with gr.Row():
+            picked = gr.Dropdown(names, value=([first] if first else []) + [n for n in names if n != first][:1],
+                                 multiselect=True, scale=3,
+                                 label="Compare prompts on the same images (the first is the reference)",
+                                 max_choices=vp.cfg.max_compare)
+            compare_button = gr.Button("Compare", scale=1, elem_id="compare")
+        compared = gr.Dataframe(headers=VPApp.COMPARE_HEADERS, interactive=False)
+        compared_text = gr.Markdown()
+    compare_button.click(compare, picked, [compared, compared_text], api_name="compare", concurrency_limit=1,
+                         concurrency_id="compare")
+    return picked, button.click(refresh, hub, [gallery, table], api_name=False)
 
 
 def page_files(demo: gr.Blocks) -> set[str]:

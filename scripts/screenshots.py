@@ -6,7 +6,7 @@
 It launches ``app.py``'s Blocks in this process on a free local port, lets the launch prewarm finish (as
 ``python app.py`` starts it), runs a prediction on an example image, trains a
 prompt through the Train tab (with the form as a user first sees it, or ``--steps`` / ``--model`` / ``--batch-size``
-typed in), inspects the default prompt and opens the zoo; each step waits for what
+typed in), inspects the default prompt, and compares two prompts in the Zoo tab; each step waits for what
 the page shows, and the timings are printed. ``tests/test_app_server.py`` uses the same helpers.
 """
 from __future__ import annotations
@@ -106,6 +106,14 @@ def inspect(page, timeout_ms: int = 60_000) -> None:
                                "return i && i.complete && i.naturalWidth > 0; }", timeout=timeout_ms)
 
 
+def compare(page, timeout_ms: int = 120_000) -> None:
+    """Open the Zoo tab and compare the prompts it has picked (the best one and the next), until the table shows."""
+    open_tab(page, "Zoo")
+    page.click("#compare")
+    page.wait_for_function("() => /test images of the bundled Fashion-MNIST subset/.test(document.body.innerText)",
+                           timeout=timeout_ms)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "assets" / "screenshots"))
@@ -146,7 +154,9 @@ def main(argv=None) -> None:
                 page.screenshot(path=str(out / "train.png"), full_page=True)
                 inspect(page)
                 page.screenshot(path=str(out / "inspect.png"), full_page=True)
-                open_tab(page, "Zoo")
+                t = time.perf_counter()
+                compare(page)
+                print(f"comparison of two prompts in the browser: {time.perf_counter() - t:.1f} s")
                 page.wait_for_timeout(1000)
                 page.screenshot(path=str(out / "zoo.png"), full_page=True)
                 browser.close()

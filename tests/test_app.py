@@ -470,3 +470,39 @@ def test_below_no_prompt_reads_the_metrics_or_the_no_prompt_number_a_front_saw()
     assert res(best_val_top1=0.4).below_no_prompt(0.6)  # the number the live view saw in an event
     assert not res(best_val_top1=0.4, zero_shot_val_top1=0.3).below_no_prompt(0.6)  # the run's own number first
     assert not res(zero_shot_val_top1=0.6).below_no_prompt()  # stopped before a validation
+
+
+def test_the_zoo_tab_compares_prompts_on_the_bundled_test_images(vp):
+    from visual_prompting.comparison import compare_prompts
+    from visual_prompting.ui import SUBSET
+
+    best = vp.best_prompt()
+    other = next(n for n in vp.entries if n != best)
+    rows, text = vp.compare([best, other, best])  # a prompt picked twice counts once
+    assert [r[0] for r in rows] == [best, other] and rows[0][3] == "(reference)"
+    # the numbers the library's comparison gives for the same two files, as the table shows them
+    c = compare_prompts([vp.prompt_path(best), vp.prompt_path(other)], SUBSET, "test", "cpu")
+    d = c.differences[0]
+    assert rows[0][1:3] == [f"{100 * c.scores[0].top1:.1f}%", f"{100 * c.scores[0].top1_no_prompt:.1f}%"]
+    assert rows[1][1:3] == [f"{100 * c.scores[1].top1:.1f}%", f"{100 * c.scores[1].top1_no_prompt:.1f}%"]
+    assert rows[1][3] == f"{d.difference:+.2f} ({d.ci95[0]:+.2f} to {d.ci95[1]:+.2f})"
+    assert rows[1][4] == f"{d.p_value:.3g}" and rows[1][5] == c.scores[1].backbone
+    assert f"{c.n} test images" in text and c.n == 1000
+
+
+def test_the_zoo_tab_refuses_a_comparison_it_cannot_make(tmp_path):
+    vp = VPApp(AppConfig(user_zoo_dir=tmp_path / "zoo", work_dir=tmp_path / "work", device="cpu", max_compare=2))
+    names = list(vp.entries)
+    with pytest.raises(VPError, match="at least two prompts"):
+        vp.compare([names[0]])
+    with pytest.raises(VPError, match="at least two prompts"):
+        vp.compare(None)
+    with pytest.raises(VPError, match=r"At most 2 prompts .*VP_MAX_COMPARE.* you picked 3"):
+        vp.compare(names[:3])
+    # a prompt of the user's zoo trained for other classes than the bundled subset's
+    other = with_metadata(vp.prompt_path(names[0]), tmp_path / "other.safetensors",
+                          lambda m: m.update(class_names=[f"class {i}" for i in range(len(m["class_names"]))]))
+    vp.add_to_zoo(other, "other")
+    vp.refresh_zoo()
+    with pytest.raises(VPError, match=r"my/other was trained for the classes \['class 0'"):
+        vp.compare([names[0], "my/other"])

@@ -118,3 +118,19 @@ def test_browser_predicts_on_an_example_and_trains(served):
             assert page.get_by_text(next(iter(vp.entries))).first.is_visible()
         finally:
             browser.close()
+
+
+def test_the_zoo_tab_compares_prompts_over_http(served, tmp_path):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    demo, vp = served
+    client = Client(demo.local_url, verbose=False, download_files=str(tmp_path))
+    best = vp.best_prompt()
+    other = next(n for n in vp.entries if n != best)
+    table, text = client.predict([best, other], api_name="/compare")
+    assert table["headers"] == VPApp.COMPARE_HEADERS
+    assert table["data"] == [[str(c) for c in row] for row in vp.compare([best, other])[0]]
+    assert "1000 test images" in text
+    with pytest.raises(AppError, match="at least two prompts"):
+        client.predict([best], api_name="/compare")

@@ -12,6 +12,7 @@ A difference of a few tenths of a point on 10,000 images is often inside it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -109,32 +110,50 @@ def prompt_splits(model: PromptedModel, pf: PromptFile, dataset: str | None = No
     return name, splits
 
 
+def compare_models(models: list[tuple[str, PromptedModel, str]], data_for: Callable[[PromptedModel], ImageSet],
+                   dataset: str, split: str, batch_size: int = 128) -> Comparison:
+    """Every ``(name, model, prompter kind)`` on ``data_for(model)`` (the same images for each: one split of one
+    dataset, at each model's input size), with and without its prompt; each after the first against the first,
+    image by image."""
+    if len(models) < 2:
+        raise VPError("Give at least two prompts to compare.")
+    scores, right, labels = [], [], None
+    for name, model, kind in models:
+        data = data_for(model)
+        if data.class_names != model.class_names:
+            raise VPError(f"{name} was trained for the classes {model.class_names[:5]}..., not {dataset}'s "
+                          f"{data.class_names[:5]}...")
+        ok, y = correct_per_image(model, data, True, batch_size)
+        if labels is not None and not torch.equal(y, labels):
+            raise VPError(f"{name} was measured on other images than {models[0][0]} (another order or size of the "
+                          f"{split} split).")
+        labels = y
+        ok_without, _ = correct_per_image(model, data, False, batch_size)
+        scores.append(PromptScore(name, model.backbone.spec, kind, float(ok.double().mean()),
+                                  float(ok_without.double().mean())))
+        right.append(ok)
+    diffs = [paired_difference(models[0][0], s.source, right[0], r) for s, r in zip(scores[1:], right[1:])]
+    return Comparison(dataset, split, len(labels), scores, diffs)
+
+
 def compare_prompts(sources: list[str], dataset: str | None = None, split: str = "test", device: str = "cpu",
                     data_root: str | None = None, download: bool = False, batch_size: int = 128,
                     cache: BackboneCache | None = None) -> Comparison:
-    """Every prompt in ``sources`` (local files, already resolved) on one split of one dataset (default: the first
-    prompt's), with and without its prompt; each after the first is compared with the first, image by image."""
+    """Every prompt file in ``sources`` (local files, already resolved) on one split of one dataset (default: the
+    first prompt's) with :func:`compare_models`; each prompt's splits as ``eval`` loads them (:func:`prompt_splits`),
+    once per input size."""
     if len(sources) < 2:
         raise VPError("Give at least two prompts to compare.")
     cache = cache or BackboneCache()
     loaded = [PromptedModel.from_prompt_file(s, device, cache=cache) for s in sources]
     dataset = dataset or loaded[0][1].meta.get("dataset") or ""
-    split_at: dict[int, DataSplits] = {}  # one load per image size
-    scores, right, labels = [], [], None
-    for source, (model, pf) in zip(sources, loaded):
+    metas = {id(model): pf for model, pf in loaded}
+    split_at: dict[int, DataSplits] = {}
+
+    def data_for(model: PromptedModel) -> ImageSet:
         if model.image_size not in split_at:
-            split_at[model.image_size] = prompt_splits(model, pf, dataset, data_root, download)[1]
-        elif split_at[model.image_size].class_names != model.class_names:
-            raise VPError(f"{source} was trained for the classes {model.class_names[:5]}..., not {dataset}'s.")
-        data = split_at[model.image_size].get(split)
-        ok, y = correct_per_image(model, data, True, batch_size)
-        if labels is not None and not torch.equal(y, labels):
-            raise VPError(f"{source} was measured on other images than {sources[0]} (another order or size of the "
-                          f"{split} split).")
-        labels = y
-        ok_without, _ = correct_per_image(model, data, False, batch_size)
-        scores.append(PromptScore(source, model.backbone.spec, pf.meta["prompter"]["kind"],
-                                  float(ok.double().mean()), float(ok_without.double().mean())))
-        right.append(ok)
-    diffs = [paired_difference(sources[0], s, right[0], r) for s, r in zip(sources[1:], right[1:])]
-    return Comparison(dataset, split, len(labels), scores, diffs)
+            split_at[model.image_size] = prompt_splits(model, metas[id(model)], dataset, data_root, download)[1]
+        return split_at[model.image_size].get(split)
+
+    models = [(s, model, pf.meta["prompter"]["kind"]) for s, (model, pf) in zip(sources, loaded)]
+    return compare_models(models, data_for, dataset, split, batch_size)

@@ -59,6 +59,7 @@ from .zoo import USER_ZOO_DIR, ZOO_DIR, add_prompt, list_prompts
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 OWN_BACKBONE = "the prompt's own (recommended)"
+SUBSET = "fashion_mnist_subset"  # the bundled dataset: every server has it, offline (the Zoo tab compares prompts on it)
 
 
 def _limit(default, what: str):
@@ -97,6 +98,8 @@ class AppConfig:
     max_batch_mp: float = _limit(13, "pixels of one training batch, batch size x input size squared (224 px when "
                                      "the model names no @SIZE)")
     max_runs: int = _limit(2, "training runs going at once, all users together (each user: one at a time)")
+    max_compare: int = _limit(4, "prompts in one comparison of the Zoo tab (each measured on the bundled subset's "
+                                 "1,000 test images, with and without its prompt)")
     max_user_disk_mb: float = _limit(1000, "one user's run folders (prompts, unpacked data) and own zoo on disk")
     max_work_disk_mb: float = _limit(5000, "the app's whole work folder on disk (finished runs are removed, "
                                            "oldest first, to make room)")
@@ -391,6 +394,39 @@ class VPApp:
             warn(warning)
         (zs,), (pr,), (prompted,) = model.predict_both([img], 5, with_images=True)
         return prompted, label_scores(zs), label_scores(pr)
+
+    COMPARE_HEADERS = ["prompt", "test top-1", "no prompt", "minus the first (points, 95% interval)", "McNemar p",
+                       "backbone"]
+
+    def compare(self, choices: list[str] | None, session: str | None = None) -> tuple[list[list], str]:
+        """The prompts ``choices`` (names of the zoo and of ``session``'s own zoo; the first is the reference) on the
+        bundled Fashion-MNIST subset's test images (:func:`~visual_prompting.comparison.compare_models`): one row
+        each (:attr:`COMPARE_HEADERS`) and a line saying what the numbers are."""
+        from .comparison import compare_models
+        from .data import load_splits
+
+        choices = list(dict.fromkeys(choices or []))
+        if len(choices) < 2:
+            raise VPError("Pick at least two prompts to compare; the first one is the reference.")
+        if len(choices) > self.cfg.max_compare:
+            raise VPError(f"At most {self.cfg.max_compare} prompts in one comparison on this server "
+                          f"(VP_MAX_COMPARE); you picked {len(choices)}.")
+        models = []
+        for name in choices:
+            model, meta, _ = self.model(self.prompt_path(name, None, session))
+            models.append((name, model, meta["prompter"]["kind"]))
+        # the subset's 1,000 test images at each prompt's input size (resized batch by batch above 64 MiB)
+        data_for = lambda m: load_splits(SUBSET, image_size=m.image_size, resize_cache_bytes=64 << 20).test  # noqa: E731
+        c = compare_models(models, data_for, SUBSET, "test")
+        rows = [[c.scores[0].source, percent(c.scores[0].top1), percent(c.scores[0].top1_no_prompt), "(reference)",
+                 "", c.scores[0].backbone]]
+        for s, d in zip(c.scores[1:], c.differences):
+            rows.append([s.source, percent(s.top1), percent(s.top1_no_prompt),
+                         f"{d.difference:+.2f} ({d.ci95[0]:+.2f} to {d.ci95[1]:+.2f})", f"{d.p_value:.3g}", s.backbone])
+        text = (f"{c.n} test images of the bundled Fashion-MNIST subset, each prompt with its own backbone. McNemar's "
+                "exact test on the images only one of two prompts gets right: p below 0.05 means the difference is "
+                "more than this test set's noise.")
+        return rows, text
 
     def read_image(self, image):
         """A PIL image, a path or an array from the UI -> RGB PIL image; a clear message when there is none, or when
