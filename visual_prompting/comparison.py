@@ -113,13 +113,16 @@ def prompt_splits(model: PromptedModel, pf: PromptFile, dataset: str | None = No
 def compare_models(models: list[tuple[str, PromptedModel, str]], data_for: Callable[[PromptedModel], ImageSet],
                    dataset: str, split: str, batch_size: int = 128) -> Comparison:
     """Every ``(name, model, prompter kind)`` on ``data_for(model)`` (the same images for each: one split of one
-    dataset, at each model's input size), with and without its prompt; each after the first against the first,
-    image by image."""
+    dataset, at each model's input size; asked once per input size, for the first model of that size), with and
+    without its prompt; each after the first against the first, image by image."""
     if len(models) < 2:
         raise VPError("Give at least two prompts to compare.")
     scores, right, labels = [], [], None
+    data_at: dict[int, ImageSet] = {}
     for name, model, kind in models:
-        data = data_for(model)
+        if model.image_size not in data_at:
+            data_at[model.image_size] = data_for(model)
+        data = data_at[model.image_size]
         if data.class_names != model.class_names:
             raise VPError(f"{name} was trained for the classes {model.class_names[:5]}..., not {dataset}'s "
                           f"{data.class_names[:5]}...")
@@ -140,20 +143,13 @@ def compare_prompts(sources: list[str], dataset: str | None = None, split: str =
                     data_root: str | None = None, download: bool = False, batch_size: int = 128,
                     cache: BackboneCache | None = None) -> Comparison:
     """Every prompt file in ``sources`` (local files, already resolved) on one split of one dataset (default: the
-    first prompt's) with :func:`compare_models`; each prompt's splits as ``eval`` loads them (:func:`prompt_splits`),
-    once per input size."""
+    first prompt's) with :func:`compare_models`; each prompt's splits as ``eval`` loads them (:func:`prompt_splits`)."""
     if len(sources) < 2:
         raise VPError("Give at least two prompts to compare.")
     cache = cache or BackboneCache()
     loaded = [PromptedModel.from_prompt_file(s, device, cache=cache) for s in sources]
     dataset = dataset or loaded[0][1].meta.get("dataset") or ""
-    metas = {id(model): pf for model, pf in loaded}
-    split_at: dict[int, DataSplits] = {}
-
-    def data_for(model: PromptedModel) -> ImageSet:
-        if model.image_size not in split_at:
-            split_at[model.image_size] = prompt_splits(model, metas[id(model)], dataset, data_root, download)[1]
-        return split_at[model.image_size].get(split)
-
+    file_of = {id(model): pf for model, pf in loaded}  # prompt_splits reads the file's dataset and validation carve
+    data_for = lambda m: prompt_splits(m, file_of[id(m)], dataset, data_root, download)[1].get(split)  # noqa: E731
     models = [(s, model, pf.meta["prompter"]["kind"]) for s, (model, pf) in zip(sources, loaded)]
     return compare_models(models, data_for, dataset, split, batch_size)
